@@ -1,0 +1,59 @@
+"""The one small error tree of the MLS core.
+
+``MLSError`` is the root. Its children say whose fault a failure is:
+
+* :class:`RemoteProtocolError` -- the peer (or the Delivery Service) sent
+  something invalid: malformed bytes, a bad signature, a wrong epoch.
+  Catching it and dropping the message is always safe; group state is left
+  exactly as it was.
+* :class:`LocalUsageError` -- the caller misused the API (asked for an unknown
+  cipher suite, passed a key of the wrong size, ...).
+
+Transport failures belong to the XMPP layer and derive from ``MLSError`` there.
+"""
+
+from __future__ import annotations
+
+
+class MLSError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class RemoteProtocolError(MLSError):
+    """Input from a peer violates RFC 9420; the input is rejected."""
+
+
+class LocalUsageError(MLSError):
+    """The local caller used the API in a way it does not allow."""
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes do not decode as the expected structure (RFC 9420 §2.1)."""
+
+
+class CryptoError(RemoteProtocolError):
+    """A cryptographic check failed: bad signature, tag, or undecryptable data."""
+
+
+class InvalidSignatureError(CryptoError):
+    """A signature does not verify (SignWithLabel/VerifyWithLabel, RFC 9420 §5.1.2)."""
+
+
+class DecryptionError(CryptoError):
+    """AEAD or HPKE decryption failed (RFC 9420 §5.1.3, §6.3)."""
+
+
+class ValidationError(RemoteProtocolError):
+    """A structure decoded but breaks a validation rule of RFC 9420."""
+
+
+class UnsupportedCipherSuiteError(LocalUsageError):
+    """The requested cipher suite is not one of suites 1-7 (RFC 9420 §17.1)."""
+
+
+class SecretTreeError(RemoteProtocolError):
+    """A message refers to a key the secret tree cannot provide (RFC 9420 §9).
+
+    Raised for a generation that was already consumed (replay), is too far in
+    the past to be kept, or too far ahead of the ratchet.
+    """
