@@ -23,9 +23,9 @@ refuses trailing bytes. Every failure raises :class:`DecodeError`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import typing
-from typing import Any, Callable, ClassVar, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .errors import DecodeError, LocalUsageError
 
@@ -369,8 +369,7 @@ def _codec_for(hint: Any, owner: type) -> Codec[Any]:
 def _resolve_fields(cls: type) -> tuple[tuple[str, Codec[Any]], ...]:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a dataclass to derive its wire format")
-    module = sys.modules[cls.__module__]
-    hints = typing.get_type_hints(cls, globalns=vars(module), include_extras=True)
+    hints = typing.get_type_hints(cls, include_extras=True)
     out = []
     for f in dataclasses.fields(cls):
         if f.metadata.get("wire") is False:

@@ -9,7 +9,8 @@ when the implementation disagrees with it. The test suite and the command
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Case = dict[str, Any]
 
@@ -41,12 +42,14 @@ TYPES: dict[str, tuple[str, frozenset[str]]] = {
     "psk_secret": ("psk_secret", frozenset({"psks", "psk_secret"})),
     "message-protection": ("message_protection", frozenset({"application_priv", "membership_key"})),
     "messages": ("messages", frozenset({"mls_welcome", "mls_group_info", "commit"})),
-    "transcript-hashes": ("transcript_hashes", frozenset({"authenticated_content", "confirmation_key"})),
+    "transcript-hashes": (
+        "transcript_hashes", frozenset({"authenticated_content", "confirmation_key"})),
     "welcome": ("welcome", frozenset({"welcome", "init_priv", "signer_pub"})),
     "tree-validation": ("tree_validation", frozenset({"tree", "tree_hashes", "resolutions"})),
     "tree-operations": ("tree_operations", frozenset({"tree_before", "tree_after", "proposal"})),
     "treekem": ("treekem", frozenset({"leaves_private", "update_paths"})),
-    "passive-client": ("passive_client", frozenset({"epochs", "welcome", "key_package", "external_psks"})),
+    "passive-client": (
+        "passive_client", frozenset({"epochs", "welcome", "key_package", "external_psks"})),
 }
 
 
