@@ -1,0 +1,194 @@
+"""Message protection (RFC 9420 §6.1-§6.3): signatures, membership tags, encryption.
+
+Sending::
+
+    ac = sign_content(suite, sig_priv, WireFormat.PUBLIC_MESSAGE, content, ctx)
+    msg = protect_public(suite, ac, membership_key, ctx)
+    # or, encrypted
+    ac = sign_content(suite, sig_priv, WireFormat.PRIVATE_MESSAGE, content, ctx)
+    msg = protect_private(suite, ac, secret_tree, sender_data_secret, padding=...)
+
+Receiving: :func:`unprotect_public` checks the membership tag and
+:func:`unprotect_private` decrypts; both return the AuthenticatedContent,
+whose signature the caller then checks with :func:`verify_content` using the
+sender's key from its tree. :func:`unprotect_private` never consumes a key of
+the secret tree unless decryption succeeds, so a forged message changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import TYPE_CHECKING
+
+from ..errors import DecodeError, LocalUsageError, ValidationError
+from .common import ContentType, SenderType, WireFormat
+from .framing import (
+    AuthenticatedContent,
+    FramedContent,
+    FramedContentAuthData,
+    PrivateContentAAD,
+    PrivateMessage,
+    PublicMessage,
+    Sender,
+    SenderData,
+    SenderDataAAD,
+    decode_private_message_content,
+    encode_private_message_content,
+    framed_content_tbs,
+)
+
+if TYPE_CHECKING:
+    from ..crypto import CipherSuite, Rng
+    from ..tree.secret_tree import SecretTree
+
+
+def sign_content(suite: CipherSuite, signature_private_key: bytes, wire_format: int,
+                 content: FramedContent, group_context: bytes | None,
+                 confirmation_tag: bytes | None = None) -> AuthenticatedContent:
+    """Sign ``content`` for ``wire_format`` (§6.1).
+
+    ``group_context`` is the encoded GroupContext (needed for member and
+    new_member_commit senders); commits need their ``confirmation_tag``.
+    """
+    if (content.content_type == ContentType.COMMIT) != (confirmation_tag is not None):
+        raise LocalUsageError("a confirmation tag goes with commits and only commits")
+    tbs = framed_content_tbs(wire_format, content, group_context)
+    signature = suite.sign_with_label(signature_private_key, "FramedContentTBS", tbs)
+    return AuthenticatedContent(wire_format, content,
+                                FramedContentAuthData(signature, confirmation_tag))
+
+
+def verify_content(suite: CipherSuite, signature_public_key: bytes, ac: AuthenticatedContent,
+                   group_context: bytes | None) -> None:
+    """Check the signature of ``ac`` with the sender's key (§6.1)."""
+    tbs = framed_content_tbs(ac.wire_format, ac.content, group_context)
+    suite.verify_with_label(signature_public_key, "FramedContentTBS", tbs, ac.auth.signature)
+
+
+def membership_tag(suite: CipherSuite, membership_key: bytes, ac: AuthenticatedContent,
+                   group_context: bytes) -> bytes:
+    """MAC(membership_key, AuthenticatedContentTBM) (§6.2)."""
+    w = bytearray(framed_content_tbs(WireFormat.PUBLIC_MESSAGE, ac.content, group_context))
+    ac.auth.write(w)
+    return suite.mac(membership_key, bytes(w))
+
+
+def protect_public(suite: CipherSuite, ac: AuthenticatedContent, membership_key: bytes | None,
+                   group_context: bytes | None) -> PublicMessage:
+    """Wrap signed content as a PublicMessage, tagged when the sender is a member (§6.2).
+
+    Application data is never sent as a PublicMessage (§6.2).
+    """
+    if ac.wire_format != WireFormat.PUBLIC_MESSAGE:
+        raise LocalUsageError("content was signed for another wire format")
+    if ac.content.content_type == ContentType.APPLICATION:
+        raise LocalUsageError("application data must not be sent as a PublicMessage (§6.2)")
+    tag = None
+    if ac.content.sender.sender_type == SenderType.MEMBER:
+        if membership_key is None or group_context is None:
+            raise LocalUsageError("a member's PublicMessage needs the membership key")
+        tag = membership_tag(suite, membership_key, ac, group_context)
+    return PublicMessage(ac.content, ac.auth, tag)
+
+
+def unprotect_public(suite: CipherSuite, msg: PublicMessage, membership_key: bytes | None,
+                     group_context: bytes | None) -> AuthenticatedContent:
+    """Check a PublicMessage's membership tag (member senders) and return its content.
+
+    The signature is left to :func:`verify_content` (the key comes from the tree).
+    """
+    if msg.content.content_type == ContentType.APPLICATION:
+        raise ValidationError("application data received as a PublicMessage (§6.2)")
+    ac = msg.authenticated_content()
+    if msg.content.sender.sender_type == SenderType.MEMBER:
+        if membership_key is None or group_context is None or msg.membership_tag is None:
+            raise ValidationError("a member's PublicMessage must carry a membership tag")
+        want = membership_tag(suite, membership_key, ac, group_context)
+        if not hmac.compare_digest(want, msg.membership_tag):
+            raise ValidationError("membership tag does not verify (§6.2)")
+    return ac
+
+
+def _content_key(suite: CipherSuite, key: bytes, nonce: bytes, reuse_guard: bytes
+                 ) -> tuple[bytes, bytes]:
+    guarded = bytes(a ^ b for a, b in zip(reuse_guard, nonce[:4], strict=True)) + nonce[4:]
+    return key, guarded
+
+
+def protect_private(suite: CipherSuite, ac: AuthenticatedContent, secret_tree: SecretTree,
+                    sender_data_secret: bytes, *, padding: int = 0,
+                    rng: Rng = os.urandom) -> PrivateMessage:
+    """Encrypt signed content as a PrivateMessage (§6.3), consuming one ratchet key.
+
+    ``padding`` zero bytes are appended to the plaintext before encryption.
+    """
+    from ..tree.secret_tree import ratchet_type_for_content_type
+
+    content = ac.content
+    if ac.wire_format != WireFormat.PRIVATE_MESSAGE:
+        raise LocalUsageError("content was signed for another wire format")
+    if content.sender.sender_type != SenderType.MEMBER:
+        raise LocalUsageError("only members send PrivateMessages (§6.3)")
+    leaf = content.sender.index
+    generation, key, nonce = secret_tree.next_key(
+        leaf, ratchet_type_for_content_type(content.content_type))
+    reuse_guard = rng(4)
+    key, nonce = _content_key(suite, key, nonce, reuse_guard)
+    plaintext = encode_private_message_content(content.content_type, content.content, ac.auth,
+                                               padding)
+    aad = PrivateContentAAD(content.group_id, content.epoch, content.content_type,
+                            content.authenticated_data).encode()
+    ciphertext = suite.aead_seal(key, nonce, aad, plaintext)
+    encrypted_sender_data = _seal_sender_data(
+        suite, sender_data_secret, ciphertext, SenderData(leaf, generation, reuse_guard),
+        SenderDataAAD(content.group_id, content.epoch, content.content_type).encode())
+    return PrivateMessage(content.group_id, content.epoch, content.content_type,
+                          content.authenticated_data, encrypted_sender_data, ciphertext)
+
+
+def _seal_sender_data(suite: CipherSuite, sender_data_secret: bytes, ciphertext: bytes,
+                      sender_data: SenderData, aad: bytes) -> bytes:
+    from ..tree.secret_tree import sender_data_key_nonce
+
+    key, nonce = sender_data_key_nonce(suite, sender_data_secret, ciphertext)
+    return suite.aead_seal(key, nonce, aad, sender_data.encode())
+
+
+def decrypt_sender_data(suite: CipherSuite, msg: PrivateMessage,
+                        sender_data_secret: bytes) -> SenderData:
+    """Decrypt and parse the SenderData of a PrivateMessage (§6.3.2)."""
+    from ..tree.secret_tree import sender_data_key_nonce
+
+    key, nonce = sender_data_key_nonce(suite, sender_data_secret, msg.ciphertext)
+    aad = SenderDataAAD(msg.group_id, msg.epoch, msg.content_type).encode()
+    return SenderData.decode(suite.aead_open(key, nonce, aad, msg.encrypted_sender_data))
+
+
+def unprotect_private(suite: CipherSuite, msg: PrivateMessage, secret_tree: SecretTree,
+                      sender_data_secret: bytes) -> AuthenticatedContent:
+    """Decrypt a PrivateMessage (§6.3) and return its AuthenticatedContent.
+
+    The ratchet key is consumed only after the content decrypted and parsed,
+    so a failed or forged message leaves the secret tree as it was. The caller
+    verifies the signature with :func:`verify_content`.
+    """
+    from ..tree.secret_tree import ratchet_type_for_content_type
+
+    if msg.content_type not in (ContentType.APPLICATION, ContentType.PROPOSAL,
+                                ContentType.COMMIT):
+        raise DecodeError(f"unknown content type {msg.content_type}")
+    sd = decrypt_sender_data(suite, msg, sender_data_secret)
+    if sd.leaf_index >= secret_tree.n_leaves:
+        raise ValidationError(f"sender leaf {sd.leaf_index} is outside the tree (§6.3.2)")
+    rtype = ratchet_type_for_content_type(msg.content_type)
+    key, nonce = secret_tree.peek(sd.leaf_index, rtype, sd.generation)
+    key, nonce = _content_key(suite, key, nonce, sd.reuse_guard)
+    aad = PrivateContentAAD(msg.group_id, msg.epoch, msg.content_type,
+                            msg.authenticated_data).encode()
+    plaintext = suite.aead_open(key, nonce, aad, msg.ciphertext)
+    body, auth = decode_private_message_content(plaintext, msg.content_type)
+    secret_tree.consume(sd.leaf_index, rtype, sd.generation)
+    content = FramedContent(msg.group_id, msg.epoch, Sender.member(sd.leaf_index),
+                            msg.authenticated_data, msg.content_type, body)
+    return AuthenticatedContent(WireFormat.PRIVATE_MESSAGE, content, auth)
