@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -104,7 +104,8 @@ class CipherSuite:
 
     def hash(self, data: bytes) -> bytes:
         """``Hash(data)`` of the suite."""
-        return self._hash_ctor(data).digest()
+        digest: bytes = self._hash_ctor(data).digest()
+        return digest
 
     def mac(self, key: bytes, data: bytes) -> bytes:
         """``MAC(key, data)``: HMAC with the suite's hash (RFC 9420 §5.1)."""

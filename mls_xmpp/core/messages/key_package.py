@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated
 
 from ..codec import U16, Opaque, Reader, Struct, Vec, write_opaque
+from .common import LeafNodeSource
+from .credentials import Credential
 from .extensions import Extension, Extensions
-from .leaf_node import LeafNode
+from .leaf_node import Capabilities, LeafNode, Lifetime
 
 if TYPE_CHECKING:
-    from ..crypto import CipherSuite
+    from ..crypto import CipherSuite, Rng
 
 _EXTS = Vec(Extension.codec())
 
@@ -54,3 +57,37 @@ class KeyPackage(Struct):
     def read(cls, r: Reader) -> KeyPackage:
         return cls(r.uint(2), r.uint(2), r.opaque(), LeafNode.read(r), _EXTS.read(r),
                    r.opaque())
+
+
+@dataclass(frozen=True, repr=False)
+class KeyPackageBundle:
+    """A KeyPackage with the private keys its owner keeps until it is used (§10)."""
+
+    key_package: KeyPackage
+    init_private_key: bytes
+    encryption_private_key: bytes
+
+    def __repr__(self) -> str:
+        return f"KeyPackageBundle(suite={self.key_package.cipher_suite}, <private keys>)"
+
+
+def build_key_package(suite: CipherSuite, signature_private_key: bytes, credential: Credential,
+                      *, not_before: int, not_after: int,
+                      capabilities: Capabilities | None = None,
+                      leaf_extensions: Extensions = (), extensions: Extensions = (),
+                      rng: Rng = os.urandom) -> KeyPackageBundle:
+    """Make and sign a fresh KeyPackage (RFC 9420 §10) for ``credential``.
+
+    ``capabilities`` default to this implementation's: version 1, the given
+    suite, and the credential's type.
+    """
+    init_priv, init_pub = suite.generate_kem_key_pair(rng)
+    enc_priv, enc_pub = suite.generate_kem_key_pair(rng)
+    caps = capabilities or Capabilities(
+        versions=(1,), cipher_suites=(suite.id,), extensions=(), proposals=(),
+        credentials=(credential.credential_type,))
+    leaf = LeafNode(enc_pub, suite.signature_public_key(signature_private_key), credential, caps,
+                    LeafNodeSource.KEY_PACKAGE, Lifetime(not_before, not_after),
+                    extensions=leaf_extensions).signed(suite, signature_private_key)
+    kp = KeyPackage(1, suite.id, init_pub, leaf, extensions).signed(suite, signature_private_key)
+    return KeyPackageBundle(kp, init_priv, enc_priv)
