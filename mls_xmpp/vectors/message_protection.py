@@ -92,7 +92,7 @@ def _check_private(env: _Env, data: bytes, content_type: int, body: Content) -> 
     tag = b"\x00" * env.suite.hash_len if content_type == ContentType.COMMIT else None
     mine_ac = sign_content(env.suite, env.sig_priv, WireFormat.PRIVATE_MESSAGE,
                            env.content(content_type, body), env.context, tag)
-    mine = protect_private(env.suite, mine_ac, env.tree(), env.sender_data_secret, padding=13)
+    mine = protect_private(env.suite, mine_ac, env.tree(), env.sender_data_secret, pad_to=13)
     back = MLSMessage.decode(MLSMessage(mine).encode()).body
     assert isinstance(back, PrivateMessage)
     got: AuthenticatedContent = unprotect_private(env.suite, back, env.tree(),

@@ -66,7 +66,7 @@ def _public() -> PublicMessage:
 def _private(tree: SecretTree, ctype: int = ContentType.APPLICATION) -> PrivateMessage:
     body = b"hello" if ctype == ContentType.APPLICATION else None
     ac = sign_content(SUITE, SIG_PRIV, WireFormat.PRIVATE_MESSAGE, _content(ctype, body), CTX)
-    return protect_private(SUITE, ac, tree, SDS, padding=7)
+    return protect_private(SUITE, ac, tree, SDS, pad_to=32)
 
 
 def test_public_round_trip() -> None:
@@ -178,3 +178,14 @@ def test_nonzero_padding_rejected() -> None:
 def test_private_message_encodes_in_mls_message() -> None:
     msg = _private(SecretTree(SUITE, ENC, 2))
     assert MLSMessage.decode(MLSMessage(msg).encode()).body == msg
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 500])
+def test_padding_hides_the_exact_length(size: int) -> None:
+    tree = SecretTree(SUITE, ENC, 2)
+    ac = sign_content(SUITE, SIG_PRIV, WireFormat.PRIVATE_MESSAGE,
+                      _content(ContentType.APPLICATION, bytes(size)), CTX)
+    msg = protect_private(SUITE, ac, tree, SDS, pad_to=64)
+    assert (len(msg.ciphertext) - 16) % 64 == 0  # AES-GCM tag is 16 bytes
+    got = unprotect_private(SUITE, msg, SecretTree(SUITE, ENC, 2), SDS)
+    assert got.content.content == bytes(size)

@@ -7,7 +7,7 @@ Only the wire structures live here; signing, tagging and encryption are in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from ..codec import U8, U16, U32, U64, Fixed, Opaque, Reader, Struct, write_opaque
 from ..errors import DecodeError
@@ -17,6 +17,9 @@ from .group_info import GroupInfo
 from .key_package import KeyPackage
 from .proposals import PROPOSAL, Proposal
 from .welcome import Welcome
+
+if TYPE_CHECKING:
+    from ..crypto import CipherSuite
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,10 @@ class AuthenticatedContent(Struct):
         U16.write(w, self.wire_format)
         self.content.write(w)
         self.auth.write(w)
+
+    def proposal_ref(self, suite: CipherSuite) -> bytes:
+        """ProposalRef = RefHash("MLS 1.0 Proposal Reference", AuthenticatedContent) (§5.2)."""
+        return suite.ref_hash("MLS 1.0 Proposal Reference", self.encode())
 
     @classmethod
     def read(cls, r: Reader) -> AuthenticatedContent:

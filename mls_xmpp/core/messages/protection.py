@@ -6,7 +6,7 @@ Sending::
     msg = protect_public(suite, ac, membership_key, ctx)
     # or, encrypted
     ac = sign_content(suite, sig_priv, WireFormat.PRIVATE_MESSAGE, content, ctx)
-    msg = protect_private(suite, ac, secret_tree, sender_data_secret, padding=...)
+    msg = protect_private(suite, ac, secret_tree, sender_data_secret, pad_to=64)
 
 Receiving: :func:`unprotect_public` checks the membership tag and
 :func:`unprotect_private` decrypts; both return the AuthenticatedContent,
@@ -117,11 +117,12 @@ def _content_key(suite: CipherSuite, key: bytes, nonce: bytes, reuse_guard: byte
 
 
 def protect_private(suite: CipherSuite, ac: AuthenticatedContent, secret_tree: SecretTree,
-                    sender_data_secret: bytes, *, padding: int = 0,
+                    sender_data_secret: bytes, *, pad_to: int = 0,
                     rng: Rng = os.urandom) -> PrivateMessage:
     """Encrypt signed content as a PrivateMessage (§6.3), consuming one ratchet key.
 
-    ``padding`` zero bytes are appended to the plaintext before encryption.
+    With ``pad_to`` > 0, zero padding makes the PrivateMessageContent a multiple
+    of ``pad_to`` bytes, so ciphertext sizes reveal less about the content.
     """
     from ..tree.secret_tree import ratchet_type_for_content_type
 
@@ -135,8 +136,11 @@ def protect_private(suite: CipherSuite, ac: AuthenticatedContent, secret_tree: S
         leaf, ratchet_type_for_content_type(content.content_type))
     reuse_guard = rng(4)
     key, nonce = _content_key(suite, key, nonce, reuse_guard)
-    plaintext = encode_private_message_content(content.content_type, content.content, ac.auth,
-                                               padding)
+    if pad_to < 0:
+        raise LocalUsageError("pad_to must be >= 0")
+    plaintext = encode_private_message_content(content.content_type, content.content, ac.auth, 0)
+    if pad_to:
+        plaintext += bytes(-len(plaintext) % pad_to)
     aad = PrivateContentAAD(content.group_id, content.epoch, content.content_type,
                             content.authenticated_data).encode()
     ciphertext = suite.aead_seal(key, nonce, aad, plaintext)
