@@ -57,3 +57,23 @@ class SecretTreeError(RemoteProtocolError):
     Raised for a generation that was already consumed (replay), is too far in
     the past to be kept, or too far ahead of the ratchet.
     """
+
+
+class WrongEpochError(ValidationError):
+    """A message is for an epoch this member does not hold keys for (RFC 9420 §6, §14)."""
+
+
+class WrongGroupError(ValidationError):
+    """A message names another group (RFC 9420 §6)."""
+
+
+class PolicyError(ValidationError):
+    """The application's policy refused a proposal or commit (RFC 9420 §12.2)."""
+
+
+class MissingProposalError(ValidationError):
+    """A Commit refers to a proposal this member has not received (RFC 9420 §12.4)."""
+
+
+class GroupStateError(LocalUsageError):
+    """The group cannot do this now: removed, reinitialised, or a commit is pending."""

@@ -23,6 +23,7 @@ input; output is always ``Nsk`` bytes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -384,7 +385,45 @@ class Hpke:
         except Exception as e:  # malformed enc or key, DH failure, bad tag
             raise DecryptionError(f"HPKE open failed ({type(e).__name__})") from e
 
+    def _exporter_secret(self, shared_secret: bytes, info: bytes) -> bytes:
+        """``exporter_secret`` of the base-mode key schedule (RFC 9180 §5.1)."""
+        info_hash = self._labeled_extract(b"", b"info_hash", info)
+        context = bytes((_MODE_BASE,)) + self._psk_id_hash + info_hash
+        secret = self._labeled_extract(shared_secret, b"secret", b"")
+        n_h = hashlib.new(self._kdf_hash).digest_size
+        return _labeled_expand(self._kdf_hash, self._hpke_suite_id, secret, b"exp", context,
+                               n_h)
+
+    def _export(self, exporter_secret: bytes, exporter_context: bytes, length: int) -> bytes:
+        """``Context.Export(exporter_context, L)`` (RFC 9180 §5.3)."""
+        return _labeled_expand(self._kdf_hash, self._hpke_suite_id, exporter_secret, b"sec",
+                               exporter_context, length)
+
     # -- public API ---------------------------------------------------------
+
+    def export_sender(self, public_key: bytes, info: bytes, exporter_context: bytes,
+                      length: int) -> tuple[bytes, bytes]:
+        """``SetupBaseS(pkR, info)`` then ``Export(exporter_context, length)``.
+
+        Returns ``(enc, exported_secret)`` (RFC 9180 §5.3, §6.1); used by
+        external commits (RFC 9420 §8.3).
+        """
+        shared_secret, enc = self._encap(public_key)
+        return enc, self._export(self._exporter_secret(shared_secret, info), exporter_context,
+                                 length)
+
+    def export_receiver(self, enc: bytes, private_key: bytes, info: bytes,
+                        exporter_context: bytes, length: int) -> bytes:
+        """``SetupBaseR(enc, skR, info)`` then ``Export(exporter_context, length)``.
+
+        Raises :class:`DecryptionError` when ``enc`` or the key is malformed.
+        """
+        try:
+            shared_secret = self._decap(bytes(enc), bytes(private_key))
+        except Exception as e:  # malformed enc or key, DH failure
+            raise DecryptionError(f"HPKE decapsulation failed ({type(e).__name__})") from e
+        return self._export(self._exporter_secret(shared_secret, info), exporter_context,
+                            length)
 
     def seal_base(self, public_key: bytes, info: bytes, aad: bytes,
                   plaintext: bytes) -> tuple[bytes, bytes]:

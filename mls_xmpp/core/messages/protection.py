@@ -170,12 +170,31 @@ def decrypt_sender_data(suite: CipherSuite, msg: PrivateMessage,
 
 
 def unprotect_private(suite: CipherSuite, msg: PrivateMessage, secret_tree: SecretTree,
-                      sender_data_secret: bytes) -> AuthenticatedContent:
+                      sender_data_secret: bytes, *, consume: bool = True
+                      ) -> AuthenticatedContent:
     """Decrypt a PrivateMessage (§6.3) and return its AuthenticatedContent.
 
     The ratchet key is consumed only after the content decrypted and parsed,
     so a failed or forged message leaves the secret tree as it was. The caller
-    verifies the signature with :func:`verify_content`.
+    verifies the signature with :func:`verify_content`; with ``consume=False``
+    see :func:`open_private_message`.
+    """
+    ac, sd = open_private_message(suite, msg, secret_tree, sender_data_secret)
+    if consume:
+        from ..tree.secret_tree import ratchet_type_for_content_type
+
+        secret_tree.consume(sd.leaf_index, ratchet_type_for_content_type(msg.content_type),
+                            sd.generation)
+    return ac
+
+
+def open_private_message(suite: CipherSuite, msg: PrivateMessage, secret_tree: SecretTree,
+                         sender_data_secret: bytes
+                         ) -> tuple[AuthenticatedContent, SenderData]:
+    """Decrypt a PrivateMessage without consuming its key (§6.3).
+
+    Returns the content and the SenderData; the caller checks the signature
+    and then calls ``secret_tree.consume(leaf, ratchet, sender_data.generation)``.
     """
     from ..tree.secret_tree import ratchet_type_for_content_type
 
@@ -192,7 +211,6 @@ def unprotect_private(suite: CipherSuite, msg: PrivateMessage, secret_tree: Secr
                             msg.authenticated_data).encode()
     plaintext = suite.aead_open(key, nonce, aad, msg.ciphertext)
     body, auth = decode_private_message_content(plaintext, msg.content_type)
-    secret_tree.consume(sd.leaf_index, rtype, sd.generation)
     content = FramedContent(msg.group_id, msg.epoch, Sender.member(sd.leaf_index),
                             msg.authenticated_data, msg.content_type, body)
-    return AuthenticatedContent(WireFormat.PRIVATE_MESSAGE, content, auth)
+    return AuthenticatedContent(WireFormat.PRIVATE_MESSAGE, content, auth), sd

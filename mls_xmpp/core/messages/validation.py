@@ -8,7 +8,7 @@ Authentication Service is a callback (:data:`CredentialValidator`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,8 +51,8 @@ class LeafContext:
     required_capabilities: RequiredCapabilities | None = None
     member_credential_types: frozenset[int] = frozenset()
     member_supported_credentials: frozenset[int] | None = None
-    signature_keys: Collection[bytes] = field(default_factory=frozenset)
-    encryption_keys: Collection[bytes] = field(default_factory=frozenset)
+    signature_keys: Container[bytes] = field(default_factory=frozenset)
+    encryption_keys: Container[bytes] = field(default_factory=frozenset)
 
 
 def validate_leaf_node(suite: CipherSuite, leaf: LeafNode, *, source: int, ctx: LeafContext,

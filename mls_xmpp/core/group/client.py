@@ -1,0 +1,167 @@
+"""A client identity: credential, signature key, KeyPackages, groups (RFC 9420 §10, §11).
+
+::
+
+    alice = Client.generate(b"alice@example.org", suite_id=1)
+    kp = alice.make_key_package()                  # publish this
+    group = alice.create_group()
+    bob_group = bob.join(welcome_bytes)            # uses and deletes bob's KeyPackage keys
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..crypto import CipherSuite, get_suite
+from ..errors import ValidationError
+from ..messages.common import CredentialType, LeafNodeSource
+from ..messages.credentials import Credential
+from ..messages.extensions import Extension, Extensions
+from ..messages.framing import MLSMessage
+from ..messages.group_info import GroupContext
+from ..messages.key_package import KeyPackage, KeyPackageBundle, build_key_package
+from ..messages.leaf_node import Capabilities, LeafNode, Lifetime
+from ..messages.welcome import Welcome
+from ..schedule.key_schedule import epoch_secrets_from_epoch_secret
+from ..schedule.psk import PreSharedKeyID, PSKType
+from ..schedule.transcript import interim_transcript_hash
+from ..tree.ratchet_tree import RatchetTree
+from ..tree.secret_tree import SecretTree
+from ..tree.treekem import TreePrivateKeys
+from .config import GroupConfig
+from .group import Group
+from .join import join_from_welcome
+from .state import EpochState
+
+DEFAULT_LIFETIME = 90 * 24 * 3600
+LAST_RESORT = 0x000A
+
+
+@dataclass
+class Client:
+    """One device: a credential bound to a signature key, and its KeyPackage store."""
+
+    credential: Credential
+    suite_id: int
+    signature_private_key: bytes
+    config: GroupConfig = field(default_factory=GroupConfig)
+    #: KeyPackageRef -> bundle, private keys kept until the KeyPackage is used
+    key_packages: dict[bytes, KeyPackageBundle] = field(default_factory=dict)
+    #: KeyPackageRefs that stay after use (last resort, §16.8)
+    last_resort: set[bytes] = field(default_factory=set)
+    #: external PSKs by psk_id
+    external_psks: dict[bytes, bytes] = field(default_factory=dict)
+    #: resumption PSKs of other groups: (group_id, epoch) -> secret
+    resumption_psks: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+
+    @classmethod
+    def generate(cls, identity: bytes, suite_id: int = 1, *,
+                 config: GroupConfig | None = None) -> Client:
+        """A new client with a basic credential for ``identity`` and a fresh key."""
+        config = config or GroupConfig()
+        priv, _ = get_suite(suite_id).generate_signature_key_pair(config.rng)
+        return cls(Credential.basic(identity), suite_id, priv, config)
+
+    @property
+    def suite(self) -> CipherSuite:
+        """The client's CipherSuite."""
+        return get_suite(self.suite_id)
+
+    @property
+    def signature_public_key(self) -> bytes:
+        """The public half of the signature key."""
+        return self.suite.signature_public_key(self.signature_private_key)
+
+    def capabilities(self) -> Capabilities:
+        """What this implementation supports, advertised in every leaf."""
+        return Capabilities(versions=(1,), cipher_suites=(self.suite_id,),
+                            extensions=(LAST_RESORT,), proposals=(),
+                            credentials=(CredentialType.BASIC, CredentialType.X509))
+
+    # -- KeyPackages (§10) ---------------------------------------------------------
+
+    def make_key_package(self, *, lifetime: int = DEFAULT_LIFETIME,
+                         last_resort: bool = False) -> KeyPackage:
+        """A fresh KeyPackage; its private keys are kept until a Welcome uses it."""
+        now = self.config.clock()
+        exts: Extensions = (Extension(LAST_RESORT, b""),) if last_resort else ()
+        bundle = build_key_package(self.suite, self.signature_private_key, self.credential,
+                                   not_before=now - 3600, not_after=now + lifetime,
+                                   capabilities=self.capabilities(), extensions=exts,
+                                   rng=self.config.rng)
+        ref = bundle.key_package.ref(self.suite)
+        self.key_packages[ref] = bundle
+        if last_resort:
+            self.last_resort.add(ref)
+        return bundle.key_package
+
+    def forget_key_package(self, ref: bytes) -> None:
+        """Delete a KeyPackage's private keys (used, expired or retracted)."""
+        self.key_packages.pop(ref, None)
+        self.last_resort.discard(ref)
+
+    # -- PSKs ------------------------------------------------------------------------
+
+    def psk_lookup(self, psk_id: PreSharedKeyID) -> bytes | None:
+        """Find a PSK this client holds (external, or resumption of another group)."""
+        if psk_id.psktype == PSKType.EXTERNAL and psk_id.psk_id is not None:
+            return self.external_psks.get(psk_id.psk_id)
+        if psk_id.psk_group_id is not None and psk_id.psk_epoch is not None:
+            return self.resumption_psks.get((psk_id.psk_group_id, psk_id.psk_epoch))
+        return None
+
+    # -- groups ------------------------------------------------------------------------
+
+    def create_group(self, group_id: bytes | None = None, *,
+                     extensions: Extensions = ()) -> Group:
+        """A new group with this client as its only member, in epoch 0 (§11)."""
+        suite = self.suite
+        rng = self.config.rng
+        gid = group_id if group_id is not None else rng(16)
+        enc_priv, enc_pub = suite.generate_kem_key_pair(rng)
+        leaf = LeafNode(enc_pub, self.signature_public_key, self.credential,
+                        self.capabilities(), LeafNodeSource.KEY_PACKAGE,
+                        lifetime=_lifetime(self.config.clock()))
+        leaf = leaf.signed(suite, self.signature_private_key)
+        tree = RatchetTree.create(suite, leaf)
+        ctx = GroupContext(1, suite.id, gid, 0, tree.tree_hash(), b"", extensions)
+        secrets = epoch_secrets_from_epoch_secret(suite, rng(suite.hash_len))
+        tag = suite.mac(secrets.confirmation_key, b"")
+
+        state = EpochState(
+            suite=suite, context=ctx, tree=tree, keys=TreePrivateKeys.for_leaf(0, enc_priv),
+            own_leaf=0, signature_private_key=self.signature_private_key, secrets=secrets,
+            secret_tree=SecretTree(suite, secrets.encryption_secret, 1,
+                                   max_generation_gap=self.config.max_generation_gap,
+                                   out_of_order_window=self.config.out_of_order_window),
+            interim_transcript_hash=interim_transcript_hash(suite, b"", tag),
+            confirmation_tag=tag, resumption_psks={0: secrets.resumption_psk})
+        return Group(state, self.config, self.psk_lookup)
+
+    def join(self, welcome: bytes | Welcome, *, ratchet_tree: bytes | None = None) -> Group:
+        """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
+
+        The KeyPackage's private keys are deleted afterwards (unless it is the
+        last-resort one). ``ratchet_tree`` supplies the tree out of band.
+        """
+        w = welcome
+        if isinstance(w, bytes):
+            msg = MLSMessage.decode(w)
+            if not isinstance(msg.body, Welcome):
+                raise ValidationError("not a Welcome message")
+            w = msg.body
+        refs = {e.new_member for e in w.secrets}
+        mine = [r for r in self.key_packages if r in refs]
+        if not mine:
+            raise ValidationError("the Welcome is for none of this client's KeyPackages")
+        bundle = self.key_packages[mine[0]]
+        state = join_from_welcome(w, bundle, self.signature_private_key, self.config,
+                                  self.psk_lookup, ratchet_tree)
+        if mine[0] not in self.last_resort:
+            self.forget_key_package(mine[0])
+        return Group(state, self.config, self.psk_lookup)
+
+
+def _lifetime(now: int) -> Lifetime:
+    return Lifetime(now - 3600, now + DEFAULT_LIFETIME)
+

@@ -1,0 +1,125 @@
+"""Joining a group from a Welcome (RFC 9420 §12.4.3.1)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import replace
+
+from ..errors import ValidationError
+from ..messages.extensions import RequiredCapabilities, find_extension
+from ..messages.framing import MLSMessage
+from ..messages.group_info import GroupInfo
+from ..messages.key_package import KeyPackageBundle
+from ..messages.nodes import RATCHET_TREE
+from ..messages.welcome import Welcome, decrypt_group_info, decrypt_group_secrets
+from ..schedule.key_schedule import epoch_secrets_from_joiner, welcome_secret
+from ..schedule.psk import PSKType, ResumptionPSKUsage, psk_secret
+from ..schedule.transcript import interim_transcript_hash
+from ..tree.ratchet_tree import RatchetTree
+from ..tree.secret_tree import SecretTree
+from ..tree.treekem import TreePrivateKeys
+from ..tree.validation import validate_tree
+from .config import GroupConfig
+from .epoch import PskLookup
+from .state import EpochState
+
+
+def tree_from_group_info(info: GroupInfo, ratchet_tree: RatchetTree | bytes | None,
+                         suite_id: int) -> RatchetTree:
+    """The ratchet tree: supplied out of band, or from the ratchet_tree extension (§12.4.3.3)."""
+    from ..crypto import get_suite
+
+    suite = get_suite(suite_id)
+    if isinstance(ratchet_tree, RatchetTree):
+        return ratchet_tree.copy()
+    if ratchet_tree is not None:
+        return RatchetTree.decode(suite, ratchet_tree)
+    data = find_extension(info.extensions, 2)
+    if data is None:
+        raise ValidationError("no ratchet tree: neither supplied nor in the GroupInfo "
+                              "(§12.4.3.1)")
+    return RatchetTree.from_nodes(suite, RATCHET_TREE.decode(data))
+
+
+def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -> None:
+    """Signature of the GroupInfo by its signer and the integrity of the tree (§12.4.3.1)."""
+    suite = tree.suite
+    if info.signer >= tree.n_leaves or tree.leaf(info.signer) is None:
+        raise ValidationError("the GroupInfo signer is not a member (§12.4.3.1)")
+    signer = tree.leaf(info.signer)
+    assert signer is not None
+    info.verify_signature(suite, signer.signature_key)
+    ctx = info.group_context
+    if ctx.cipher_suite != suite.id:
+        raise ValidationError("GroupInfo cipher suite differs from the tree's (§12.4.3.1)")
+    rc_data = find_extension(ctx.extensions, 3)
+    validate_tree(tree, ctx.group_id, ctx.tree_hash,
+                  required_capabilities=None if rc_data is None
+                  else RequiredCapabilities.decode(rc_data))
+    for _, leaf in tree.leaves():
+        config.credential_validator(leaf.credential, leaf.signature_key)
+
+
+def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
+                      signature_private_key: bytes, config: GroupConfig, psk_lookup: PskLookup,
+                      ratchet_tree: RatchetTree | bytes | None = None) -> EpochState:
+    """The new member's state from a Welcome and the KeyPackage it answers (§12.4.3.1)."""
+    from ..crypto import get_suite
+
+    if isinstance(welcome, bytes):
+        msg = MLSMessage.decode(welcome)
+        if not isinstance(msg.body, Welcome):
+            raise ValidationError("not a Welcome message")
+        welcome = msg.body
+    kp = bundle.key_package
+    if welcome.cipher_suite != kp.cipher_suite:
+        raise ValidationError("the Welcome's cipher suite differs from the KeyPackage's "
+                              "(§12.4.3.1)")
+    suite = get_suite(kp.cipher_suite)
+    secrets = decrypt_group_secrets(suite, welcome, kp.ref(suite), bundle.init_private_key)
+    psk_value = None
+    if secrets.psks:
+        special = [p for p in secrets.psks if p.psktype == PSKType.RESUMPTION
+                   and p.usage in (ResumptionPSKUsage.REINIT, ResumptionPSKUsage.BRANCH)]
+        if len(special) > 1:
+            raise ValidationError("more than one reinit/branch PSK (§12.4.3.1)")
+        pairs = []
+        for pid in secrets.psks:
+            value = psk_lookup(pid)
+            if value is None:
+                raise ValidationError("a PSK of the Welcome is not available (§12.4.3.1)")
+            pairs.append((pid, value))
+        psk_value = psk_secret(suite, pairs)
+    info = decrypt_group_info(suite, welcome_secret(suite, secrets.joiner_secret, psk_value),
+                              welcome.encrypted_group_info)
+    ctx = info.group_context
+    if ctx.cipher_suite != kp.cipher_suite:
+        raise ValidationError("GroupInfo cipher suite differs from the KeyPackage's "
+                              "(§12.4.3.1)")
+    tree = tree_from_group_info(info, ratchet_tree, suite.id)
+    verify_group_info(info, tree, config)
+
+    own_leaf = next((i for i, leaf in tree.leaves() if leaf == kp.leaf_node), None)
+    if own_leaf is None:
+        raise ValidationError("this KeyPackage's leaf is not in the tree (§12.4.3.1)")
+
+    keys = TreePrivateKeys.for_joiner(tree, own_leaf, bundle.encryption_private_key,
+                                      info.signer,
+                                      secrets.path_secret.path_secret
+                                      if secrets.path_secret else None)
+    epoch = epoch_secrets_from_joiner(suite, secrets.joiner_secret, ctx.encode(), psk_value)
+    tag = suite.mac(epoch.confirmation_key, ctx.confirmed_transcript_hash)
+    if not hmac.compare_digest(tag, info.confirmation_tag):
+        raise ValidationError("the GroupInfo confirmation tag does not verify (§12.4.3.1)")
+    return EpochState(
+        suite=suite, context=ctx, tree=tree, keys=keys, own_leaf=own_leaf,
+        signature_private_key=signature_private_key,
+        secrets=replace(epoch, joiner_secret=None, welcome_secret=None),
+        secret_tree=SecretTree(suite, epoch.encryption_secret, tree.n_leaves,
+                               max_generation_gap=config.max_generation_gap,
+                               out_of_order_window=config.out_of_order_window),
+        interim_transcript_hash=interim_transcript_hash(suite, ctx.confirmed_transcript_hash,
+                                                        info.confirmation_tag),
+        confirmation_tag=info.confirmation_tag,
+        resumption_psks={ctx.epoch: epoch.resumption_psk})
+
