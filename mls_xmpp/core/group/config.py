@@ -46,6 +46,8 @@ class GroupConfig:
             late application messages (older secrets are deleted).
         out_of_order_window: skipped message keys kept per sender ratchet.
         max_generation_gap: how far ahead of a ratchet a message may be.
+        resumption_psk_epochs: how many recent epochs keep their resumption_psk
+            (for resumption PSKs, RFC 9420 §8.6).
         ratchet_tree_in_welcome: put the ratchet_tree extension in GroupInfo
             inside Welcome messages (turn off to supply the tree out of band).
         policy: the application's rules for proposals and commits.
@@ -59,6 +61,7 @@ class GroupConfig:
     past_epochs: int = 3
     out_of_order_window: int = 128
     max_generation_gap: int = 1000
+    resumption_psk_epochs: int = 100
     ratchet_tree_in_welcome: bool = True
     policy: Policy = field(default_factory=Policy)
     credential_validator: CredentialValidator = accept_any_credential

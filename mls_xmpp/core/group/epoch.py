@@ -96,7 +96,7 @@ def build_state(previous: EpochState, config: GroupConfig, nxt: NextEpoch, tree:
                 keys: TreePrivateKeys, own_leaf: int, reinit: ReInit | None) -> EpochState:
     """The member's EpochState for the new epoch."""
     resumption = {e: v for e, v in previous.resumption_psks.items()
-                  if e > nxt.context.epoch - 1 - max(config.past_epochs, 1)}
+                  if e > nxt.context.epoch - config.resumption_psk_epochs}
     resumption[nxt.context.epoch] = nxt.secrets.resumption_psk
     return EpochState(
         suite=previous.suite, context=nxt.context, tree=tree, keys=keys, own_leaf=own_leaf,
