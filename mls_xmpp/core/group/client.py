@@ -51,8 +51,10 @@ class Client:
     last_resort: set[bytes] = field(default_factory=set)
     #: external PSKs by psk_id
     external_psks: dict[bytes, bytes] = field(default_factory=dict)
-    #: resumption PSKs of other groups: (group_id, epoch) -> secret
+    #: resumption PSKs of groups no longer held: (group_id, epoch) -> secret
     resumption_psks: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+    #: the groups this client is in, by group ID
+    groups: dict[bytes, Group] = field(default_factory=dict)
 
     @classmethod
     def generate(cls, identity: bytes, suite_id: int = 1, *,
@@ -107,8 +109,19 @@ class Client:
         if psk_id.psktype == PSKType.EXTERNAL and psk_id.psk_id is not None:
             return self.external_psks.get(psk_id.psk_id)
         if psk_id.psk_group_id is not None and psk_id.psk_epoch is not None:
+            group = self.groups.get(psk_id.psk_group_id)
+            if group is not None:
+                found = group.state.resumption_psks.get(psk_id.psk_epoch)
+                if found is not None:
+                    return found
             return self.resumption_psks.get((psk_id.psk_group_id, psk_id.psk_epoch))
         return None
+
+    def _register(self, group: Group) -> Group:
+        if group.group_id in self.groups and self.groups[group.group_id].active:
+            raise ValidationError("this client is already in a group with that ID (§12.4.3.1)")
+        self.groups[group.group_id] = group
+        return group
 
     # -- groups ------------------------------------------------------------------------
 
@@ -136,7 +149,7 @@ class Client:
                                    out_of_order_window=self.config.out_of_order_window),
             interim_transcript_hash=interim_transcript_hash(suite, b"", tag),
             confirmation_tag=tag, resumption_psks={0: secrets.resumption_psk})
-        return Group(state, self.config, self.psk_lookup)
+        return self._register(Group(state, self.config, self.psk_lookup))
 
     def join(self, welcome: bytes | Welcome, *, ratchet_tree: bytes | None = None) -> Group:
         """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
@@ -159,7 +172,34 @@ class Client:
                                   self.psk_lookup, ratchet_tree)
         if mine[0] not in self.last_resort:
             self.forget_key_package(mine[0])
-        return Group(state, self.config, self.psk_lookup)
+        return self._register(Group(state, self.config, self.psk_lookup))
+
+    def join_external(self, group_info: bytes, *, ratchet_tree: bytes | None = None,
+                      resync_leaf: int | None = None,
+                      psks: tuple[PreSharedKeyID, ...] = ()) -> tuple[Group, bytes]:
+        """Join by external Commit from a GroupInfo with external_pub (§12.4.3.2).
+
+        Returns the group (already in the new epoch) and the Commit to send.
+        ``resync_leaf`` removes this client's old leaf in the same Commit (state
+        loss recovery). If the Delivery Service orders another Commit first,
+        discard the group and join again from the newer GroupInfo.
+        """
+        from ..messages.common import SenderType
+        from ..messages.framing import Sender
+        from .events import CommitApplied
+        from .external import external_join
+
+        joined = external_join(group_info, self.credential, self.suite_id,
+                               self.signature_private_key, self.capabilities(), self.config,
+                               self.psk_lookup, ratchet_tree=ratchet_tree,
+                               resync_leaf=resync_leaf, psks=psks)
+        old = self.groups.get(joined.state.group_id)
+        if old is not None:
+            del self.groups[joined.state.group_id]  # the lost state is replaced
+        group = self._register(Group(joined.state, self.config, self.psk_lookup))
+        group.remember_own_commit(joined.message, CommitApplied(
+            joined.state.epoch, Sender(SenderType.NEW_MEMBER_COMMIT), own=True))
+        return group, joined.message
 
 
 def _lifetime(now: int) -> Lifetime:

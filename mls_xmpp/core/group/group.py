@@ -58,6 +58,8 @@ class Group:
         self._psk_lookup = psk_lookup
         self._past: dict[int, PastEpoch] = {}
         self._pending: PendingCommit | None = None
+        #: this member's last merged Commit and its event, to recognise the echo
+        self._last_own_commit: tuple[bytes, CommitApplied] | None = None
         #: the leaf node this member proposed in an Update, with its private key
         self._pending_updates: dict[bytes, tuple[LeafNode, bytes]] = {}
 
@@ -217,7 +219,7 @@ class Group:
             raise GroupStateError("no pending Commit")
         self._advance(p.new_state)
         self._pending = None
-        return CommitApplied(
+        event = CommitApplied(
             p.new_state.epoch, Sender.member(p.new_state.own_leaf),
             added=tuple(Member(i, kp.leaf_node.credential, kp.leaf_node.signature_key)
                         for i, kp in p.added),
@@ -226,6 +228,8 @@ class Group:
             updated=(), psks=sum(isinstance(x, PreSharedKey) for x, _ in p.proposals),
             reinit=p.new_state.reinit if isinstance(p.new_state.reinit, ReInit) else None,
             own=True)
+        self._last_own_commit = (p.message, event)
+        return event
 
     def discard_pending_commit(self) -> list[Proposal]:
         """Drop the pending Commit; returns the proposals it carried by value."""
@@ -244,6 +248,8 @@ class Group:
         """
         if self._pending is not None and data == self._pending.message:
             return self.merge_pending_commit()
+        if self._last_own_commit is not None and data == self._last_own_commit[0]:
+            return self._last_own_commit[1]  # the DS echoing a Commit already merged
         if not self._state.active:
             raise GroupStateError("this member was removed from the group")
         msg = decode_message(data)
@@ -269,6 +275,10 @@ class Group:
         else:
             self._advance(new_state)
         return event
+
+    def remember_own_commit(self, message: bytes, event: CommitApplied) -> None:
+        """Recognise ``message`` (already applied, e.g. an external join) when echoed."""
+        self._last_own_commit = (message, event)
 
     def _advance(self, new_state: EpochState) -> None:
         old = self._state
