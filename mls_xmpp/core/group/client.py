@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..crypto import CipherSuite, get_suite
-from ..errors import ValidationError
+from ..errors import GroupStateError, LocalUsageError, ValidationError
 from ..messages.common import CredentialType, LeafNodeSource
 from ..messages.credentials import Credential
 from ..messages.extensions import Extension, Extensions
@@ -21,13 +21,15 @@ from ..messages.framing import MLSMessage
 from ..messages.group_info import GroupContext
 from ..messages.key_package import KeyPackage, KeyPackageBundle, build_key_package
 from ..messages.leaf_node import Capabilities, LeafNode, Lifetime
+from ..messages.proposals import PreSharedKey, ReInit
 from ..messages.welcome import Welcome
 from ..schedule.key_schedule import epoch_secrets_from_epoch_secret
-from ..schedule.psk import PreSharedKeyID, PSKType
+from ..schedule.psk import PreSharedKeyID, PSKType, ResumptionPSKUsage
 from ..schedule.transcript import interim_transcript_hash
 from ..tree.ratchet_tree import RatchetTree
 from ..tree.secret_tree import SecretTree
 from ..tree.treekem import TreePrivateKeys
+from .commit import PendingCommit
 from .config import GroupConfig
 from .group import Group
 from .join import join_from_welcome
@@ -117,6 +119,21 @@ class Client:
             return self.resumption_psks.get((psk_id.psk_group_id, psk_id.psk_epoch))
         return None
 
+    def _check_reinit(self, psk: PreSharedKeyID, ctx: GroupContext) -> None:
+        """The new group matches the ReInit the old group committed (§12.4.3.1)."""
+        if psk.usage != ResumptionPSKUsage.REINIT or psk.psk_group_id is None:
+            return
+        old = self.groups.get(psk.psk_group_id)
+        if old is None:
+            return  # the PSK itself proved the link; the old group is not held here
+        reinit = old.state.reinit
+        if not isinstance(reinit, ReInit) or old.epoch != psk.psk_epoch:
+            raise ValidationError("the reinit PSK does not name a reinitialised epoch "
+                                  "(§12.4.3.1)")
+        if (reinit.group_id, reinit.version, reinit.cipher_suite, reinit.extensions) != (
+                ctx.group_id, ctx.version, ctx.cipher_suite, ctx.extensions):
+            raise ValidationError("the new group does not match the ReInit (§12.4.3.1)")
+
     def _register(self, group: Group) -> Group:
         if group.group_id in self.groups and self.groups[group.group_id].active:
             raise ValidationError("this client is already in a group with that ID (§12.4.3.1)")
@@ -151,6 +168,29 @@ class Client:
             confirmation_tag=tag, resumption_psks={0: secrets.resumption_psk})
         return self._register(Group(state, self.config, self.psk_lookup))
 
+    def reinit_group(self, old: Group, key_packages: list[KeyPackage]
+                     ) -> tuple[Group, PendingCommit]:
+        """Re-create a reinitialised group with its new parameters (§11.2).
+
+        ``old`` must have applied a Commit with a ReInit whose cipher suite is
+        this client's. The new group adds the other members from
+        ``key_packages`` and binds itself to the old one with a resumption PSK
+        (usage reinit). Send the returned Commit, then each Welcome.
+        """
+        reinit = old.state.reinit
+        if not isinstance(reinit, ReInit):
+            raise GroupStateError("the group has not been reinitialised")
+        if reinit.cipher_suite != self.suite_id:
+            raise LocalUsageError("use a client of the ReInit's cipher suite")
+        old_epoch = old.epoch
+        self.resumption_psks[(old.group_id, old_epoch)] = old.state.resumption_psks[old_epoch]
+        group = self.create_group(reinit.group_id, extensions=reinit.extensions)
+        psk = PreSharedKeyID.resumption(ResumptionPSKUsage.REINIT, old.group_id, old_epoch,
+                                        self.config.rng(self.suite.hash_len))
+        pending = group.commit(add=key_packages, proposals=[PreSharedKey(psk)],
+                               reinitialising=True)
+        return group, pending
+
     def join(self, welcome: bytes | Welcome, *, ratchet_tree: bytes | None = None) -> Group:
         """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
 
@@ -169,7 +209,7 @@ class Client:
             raise ValidationError("the Welcome is for none of this client's KeyPackages")
         bundle = self.key_packages[mine[0]]
         state = join_from_welcome(w, bundle, self.signature_private_key, self.config,
-                                  self.psk_lookup, ratchet_tree)
+                                  self.psk_lookup, ratchet_tree, self._check_reinit)
         if mine[0] not in self.last_resort:
             self.forget_key_package(mine[0])
         return self._register(Group(state, self.config, self.psk_lookup))

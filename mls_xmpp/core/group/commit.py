@@ -84,7 +84,8 @@ def make_group_info(state: EpochState, *, with_tree: bool, with_external_pub: bo
 def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup, *,
                   by_value: list[Proposal] | None = None,
                   by_reference: list[CachedProposal] | None = None,
-                  force_path: bool = True, authenticated_data: bytes = b"") -> PendingCommit:
+                  force_path: bool = True, authenticated_data: bytes = b"",
+                  reinitialising: bool = False) -> PendingCommit:
     """Build a Commit covering ``by_reference`` (default: every cached proposal) and
     ``by_value``; compute the next epoch, the Welcome and the GroupInfo (§12.4.1)."""
     if not state.active or state.reinit is not None:
@@ -95,7 +96,7 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
     values = list(by_value or [])
     proposals: list[tuple[Proposal, Sender]] = [(c.proposal, c.sender) for c in refs]
     proposals += [(p, me) for p in values]
-    outcome = apply_proposals(state, config, proposals, me)
+    outcome = apply_proposals(state, config, proposals, me, reinitialising=reinitialising)
 
     tree = outcome.tree
     added_leaves = [i for i, _ in outcome.added]

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from ..errors import GroupStateError, ValidationError
 from ..messages.common import ContentType, SenderType, WireFormat
+from ..messages.extensions import Extension
 from ..messages.framing import FramedContent, MLSMessage, PrivateMessage, PublicMessage, Sender
 from ..messages.key_package import KeyPackage
 from ..messages.leaf_node import LeafNode
@@ -183,13 +184,22 @@ class Group:
         self._pending_updates[pub] = (leaf, priv)
         return self.propose(Update(leaf))
 
+    def propose_reinit(self, *, group_id: bytes | None = None, cipher_suite: int | None = None,
+                       extensions: tuple[Extension, ...] | None = None) -> bytes:
+        """Propose moving the group to new parameters (§12.1.5); defaults keep the current."""
+        s = self._state
+        return self.propose(ReInit(group_id if group_id is not None else self.config.rng(16),
+                                   1, cipher_suite or s.suite.id,
+                                   s.context.extensions if extensions is None else extensions))
+
     def propose_psk(self, psk_id: PreSharedKeyID) -> bytes:
         """Propose injecting a PSK (§12.1.4)."""
         return self.propose(PreSharedKey(psk_id))
 
     def commit(self, *, add: list[KeyPackage] | None = None, remove: list[int] | None = None,
                proposals: list[Proposal] | None = None, include_pending: bool = True,
-               path: bool = True, authenticated_data: bytes = b"") -> PendingCommit:
+               path: bool = True, authenticated_data: bytes = b"",
+               reinitialising: bool = False) -> PendingCommit:
         """Create a Commit; it becomes current only with :meth:`merge_pending_commit`.
 
         ``add``/``remove``/``proposals`` go in by value; proposals received in
@@ -208,7 +218,8 @@ class Group:
                                         and isinstance(c.proposal, Update))]
         pending = create_commit(self._state, self.config, self._psk_lookup, by_value=values,
                                 by_reference=refs, force_path=path,
-                                authenticated_data=authenticated_data)
+                                authenticated_data=authenticated_data,
+                                reinitialising=reinitialising)
         self._pending = pending
         return pending
 

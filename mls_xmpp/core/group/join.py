@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import ValidationError
 from ..messages.extensions import RequiredCapabilities, find_extension
 from ..messages.framing import MLSMessage
-from ..messages.group_info import GroupInfo
+from ..messages.group_info import GroupContext, GroupInfo
 from ..messages.key_package import KeyPackageBundle
 from ..messages.nodes import RATCHET_TREE
 from ..messages.welcome import Welcome, decrypt_group_info, decrypt_group_secrets
 from ..schedule.key_schedule import epoch_secrets_from_joiner, welcome_secret
-from ..schedule.psk import PSKType, ResumptionPSKUsage, psk_secret
+from ..schedule.psk import PreSharedKeyID, PSKType, ResumptionPSKUsage, psk_secret
 from ..schedule.transcript import interim_transcript_hash
 from ..tree.ratchet_tree import RatchetTree
 from ..tree.secret_tree import SecretTree
@@ -62,8 +63,13 @@ def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -
 
 def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
                       signature_private_key: bytes, config: GroupConfig, psk_lookup: PskLookup,
-                      ratchet_tree: RatchetTree | bytes | None = None) -> EpochState:
-    """The new member's state from a Welcome and the KeyPackage it answers (§12.4.3.1)."""
+                      ratchet_tree: RatchetTree | bytes | None = None,
+                      reinit_check: Callable[[PreSharedKeyID, GroupContext], None] | None = None
+                      ) -> EpochState:
+    """The new member's state from a Welcome and the KeyPackage it answers (§12.4.3.1).
+
+    ``reinit_check`` verifies a reinit PSK against the old group (§12.4.3.1).
+    """
     from ..crypto import get_suite
 
     if isinstance(welcome, bytes):
@@ -92,6 +98,13 @@ def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
         psk_value = psk_secret(suite, pairs)
     info = decrypt_group_info(suite, welcome_secret(suite, secrets.joiner_secret, psk_value),
                               welcome.encrypted_group_info)
+    special = [p for p in secrets.psks if p.psktype == PSKType.RESUMPTION
+               and p.usage in (ResumptionPSKUsage.REINIT, ResumptionPSKUsage.BRANCH)]
+    if special and info.group_context.epoch != 1:
+        raise ValidationError("a group joined with a reinit/branch PSK must be in epoch 1 "
+                              "(§12.4.3.1)")
+    if special and reinit_check is not None:
+        reinit_check(special[0], info.group_context)
     ctx = info.group_context
     if ctx.cipher_suite != kp.cipher_suite:
         raise ValidationError("GroupInfo cipher suite differs from the KeyPackage's "

@@ -145,11 +145,13 @@ class ProposalOutcome:
 
 def apply_proposals(state: EpochState, config: GroupConfig,
                     proposals: list[tuple[Proposal, Sender]], committer: Sender, *,
-                    external: bool = False) -> ProposalOutcome:
+                    external: bool = False, reinitialising: bool = False) -> ProposalOutcome:
     """Validate a committed proposal list (§12.2) and apply it to a tree copy (§12.3).
 
     ``committer`` is the Commit's sender; for an external Commit it has type
     new_member_commit and the list follows the external rules of §12.2.
+    ``reinitialising`` allows the reinit resumption PSK of the first Commit of
+    a group that replaces a reinitialised one (§11.2, §12.1.4).
     """
     now = config.clock()
     suite = state.suite
@@ -236,7 +238,7 @@ def apply_proposals(state: EpochState, config: GroupConfig,
 
     psk_ids: set[bytes] = set()
     for psk in psks:
-        check_psk_id(state, psk.psk, reinit_ok=False)
+        check_psk_id(state, psk.psk, reinit_ok=reinitialising)
         enc = psk.psk.encode()
         if enc in psk_ids:
             raise ValidationError("the same PreSharedKeyID proposed twice (§12.2)")
