@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from ..codec import U16, Opaque, Reader, Struct, Vec, write_opaque
-from ..errors import DecodeError
+from ..errors import DecodeError, LocalUsageError
 from .common import CredentialType
 
 _CERTS = Vec(Opaque)
@@ -41,7 +41,7 @@ class Credential(Struct):
         elif self.credential_type == CredentialType.X509:
             _CERTS.write(w, self.certificates)
         else:
-            raise DecodeError(f"cannot encode unknown credential type {self.credential_type}")
+            raise LocalUsageError(f"cannot encode unknown credential type {self.credential_type}")
 
     @classmethod
     def read(cls, r: Reader) -> Credential:

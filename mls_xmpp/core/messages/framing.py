@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from ..codec import U8, U16, U32, U64, Fixed, Opaque, Reader, Struct, write_opaque
-from ..errors import DecodeError
+from ..errors import DecodeError, LocalUsageError
 from .commit import Commit
 from .common import ContentType, SenderType, WireFormat
 from .group_info import GroupInfo
@@ -41,7 +41,7 @@ class Sender(Struct):
             U32.write(w, self.index)
         elif self.sender_type not in (SenderType.NEW_MEMBER_COMMIT,
                                       SenderType.NEW_MEMBER_PROPOSAL):
-            raise DecodeError(f"unknown sender type {self.sender_type}")
+            raise LocalUsageError(f"cannot encode unknown sender type {self.sender_type}")
 
     @classmethod
     def read(cls, r: Reader) -> Sender:
@@ -54,6 +54,11 @@ class Sender(Struct):
 
 
 Content = bytes | Proposal | Commit
+
+
+def _check_auth(content_type: int, auth: FramedContentAuthData) -> None:
+    if (content_type == ContentType.COMMIT) != (auth.confirmation_tag is not None):
+        raise LocalUsageError("a confirmation tag goes with commits and only commits (§6.1)")
 
 
 def _write_body(w: bytearray, content_type: int, content: Content) -> None:
@@ -145,6 +150,7 @@ class AuthenticatedContent(Struct):
     def write(self, w: bytearray) -> None:
         U16.write(w, self.wire_format)
         self.content.write(w)
+        _check_auth(self.content.content_type, self.auth)
         self.auth.write(w)
 
     def proposal_ref(self, suite: CipherSuite) -> bytes:
@@ -183,6 +189,7 @@ class PublicMessage(Struct):
 
     def write(self, w: bytearray) -> None:
         self.content.write(w)
+        _check_auth(self.content.content_type, self.auth)
         self.auth.write(w)
         if self.content.sender.sender_type == SenderType.MEMBER:
             write_opaque(w, self.membership_tag or b"")
@@ -244,6 +251,7 @@ def encode_private_message_content(content_type: int, content: Content,
     """PrivateMessageContent (§6.3.1) with ``padding`` zero bytes at the end."""
     w = bytearray()
     _write_body(w, content_type, content)
+    _check_auth(content_type, auth)
     auth.write(w)
     w += bytes(padding)
     return bytes(w)
