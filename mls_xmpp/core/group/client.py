@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..crypto import CipherSuite, get_suite
 from ..errors import GroupStateError, LocalUsageError, ValidationError
@@ -160,7 +160,8 @@ class Client:
 
         state = EpochState(
             suite=suite, context=ctx, tree=tree, keys=TreePrivateKeys.for_leaf(0, enc_priv),
-            own_leaf=0, signature_private_key=self.signature_private_key, secrets=secrets,
+            own_leaf=0, signature_private_key=self.signature_private_key,
+            secrets=replace(secrets, encryption_secret=b""),  # the secret tree holds it (§9)
             secret_tree=SecretTree(suite, secrets.encryption_secret, 1,
                                    max_generation_gap=self.config.max_generation_gap,
                                    out_of_order_window=self.config.out_of_order_window),

@@ -101,8 +101,10 @@ def build_state(previous: EpochState, config: GroupConfig, nxt: NextEpoch, tree:
     return EpochState(
         suite=previous.suite, context=nxt.context, tree=tree, keys=keys, own_leaf=own_leaf,
         signature_private_key=previous.signature_private_key,
-        # forward secrecy: the joiner and welcome secrets are not kept (§8)
-        secrets=replace(nxt.secrets, joiner_secret=None, welcome_secret=None),
+        # forward secrecy: the joiner and welcome secrets are not kept (§8), nor
+        # the secret tree's root once the tree holds it (§9)
+        secrets=replace(nxt.secrets, joiner_secret=None, welcome_secret=None,
+                        encryption_secret=b""),
         secret_tree=SecretTree(previous.suite, nxt.secrets.encryption_secret, tree.n_leaves,
                                max_generation_gap=config.max_generation_gap,
                                out_of_order_window=config.out_of_order_window),

@@ -127,7 +127,7 @@ def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
     return EpochState(
         suite=suite, context=ctx, tree=tree, keys=keys, own_leaf=own_leaf,
         signature_private_key=signature_private_key,
-        secrets=replace(epoch, joiner_secret=None, welcome_secret=None),
+        secrets=replace(epoch, joiner_secret=None, welcome_secret=None, encryption_secret=b""),
         secret_tree=SecretTree(suite, epoch.encryption_secret, tree.n_leaves,
                                max_generation_gap=config.max_generation_gap,
                                out_of_order_window=config.out_of_order_window),
