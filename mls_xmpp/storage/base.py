@@ -1,0 +1,51 @@
+"""The storage seam between the XMPP plugin and a persistent store.
+
+The plugin writes through this interface after every change that must
+survive a restart: one :meth:`StateStore.save_group` per processed message or
+epoch change, carrying the serialised group *and* the position in the room
+archive, so that both move together (atomically, in stores that can).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """What is stored per group.
+
+    Attributes:
+        group_id: the MLS group ID.
+        room: the MUC room JID that carries the group.
+        state: the serialised :class:`~mls_xmpp.core.group.group.Group`.
+        last_stanza_id: stanza-id of the last room message processed.
+    """
+
+    group_id: bytes
+    room: str
+    state: bytes
+    last_stanza_id: str | None = None
+
+
+class StateStore(Protocol):
+    """A device's persistent state: its identity and its groups."""
+
+    def load_identity(self) -> bytes | None:
+        """The serialised client identity, or ``None`` for a new device."""
+
+    def save_identity(self, data: bytes) -> None:
+        """Replace the serialised client identity."""
+
+    def load_groups(self) -> list[GroupRecord]:
+        """Every stored group."""
+
+    def save_group(self, record: GroupRecord) -> None:
+        """Insert or replace one group's record in a single atomic write."""
+
+    def delete_group(self, group_id: bytes) -> None:
+        """Forget a group (left, removed, or replaced by a rejoin)."""
+
+    def close(self) -> None:
+        """Release the store."""

@@ -1,0 +1,36 @@
+"""An in-memory :class:`~mls_xmpp.storage.base.StateStore` (tests, ephemeral bots)."""
+
+from __future__ import annotations
+
+from .base import GroupRecord
+
+
+class MemoryStore:
+    """Keeps everything in dictionaries; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._identity: bytes | None = None
+        self._groups: dict[bytes, GroupRecord] = {}
+
+    def load_identity(self) -> bytes | None:
+        """The stored identity, if any."""
+        return self._identity
+
+    def save_identity(self, data: bytes) -> None:
+        """Replace the identity."""
+        self._identity = data
+
+    def load_groups(self) -> list[GroupRecord]:
+        """Every stored group."""
+        return list(self._groups.values())
+
+    def save_group(self, record: GroupRecord) -> None:
+        """Insert or replace a group's record."""
+        self._groups[record.group_id] = record
+
+    def delete_group(self, group_id: bytes) -> None:
+        """Forget a group."""
+        self._groups.pop(group_id, None)
+
+    def close(self) -> None:
+        """Nothing to release."""

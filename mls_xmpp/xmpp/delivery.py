@@ -1,0 +1,212 @@
+"""The Delivery Service side of the mapping: MUC rooms, MAM, Welcome, blobs.
+
+Stanzas built here carry exactly one ``<mls xmlns='urn:mls-xmpp:0'/>``
+element (base64 protobuf Envelope), a fallback ``<body/>``, the store hint
+(``urn:xmpp:hints``, so body-less payloads are archived too) and an EME
+marker (XEP-0380). Nothing sent exceeds the server's stanza limit: large
+MLSMessages are fragmented, and ratchet trees above a threshold go out of
+band through HTTP File Upload (XEP-0363) with a SHA-256 that receivers check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from slixmpp import JID
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream import ET
+
+from .envelope import BlobRef, Envelope, Reassembler, fragment
+from .errors import EnvelopeError, TransportError
+from .stanza import NS
+
+if TYPE_CHECKING:
+    from .plugin import XEP_MLS
+
+log = logging.getLogger(__name__)
+
+FALLBACK_BODY = "[This message is encrypted with MLS (urn:mls-xmpp:0).]"
+#: Prosody's default c2s stanza limit is 262144 bytes; stay well below it.
+DEFAULT_STANZA_BUDGET = 200 * 1024
+#: Largest blob we download (a 50,000-member tree is about 13 MiB).
+MAX_BLOB = 64 * 1024 * 1024
+
+
+class Delivery:
+    """Sends and receives envelopes for one slixmpp client."""
+
+    def __init__(self, plugin: XEP_MLS, *, stanza_budget: int = DEFAULT_STANZA_BUDGET,
+                 timeout: float = 30.0) -> None:
+        self.plugin = plugin
+        self.xmpp = plugin.xmpp
+        self.stanza_budget = stanza_budget
+        self.timeout = timeout
+        self.reassembler = Reassembler()
+
+    # -- building stanzas ----------------------------------------------------------
+
+    def _message(self, to: str, mtype: Literal["chat", "groupchat"], env: Envelope) -> Any:
+        msg = self.xmpp.make_message(mto=to, mtype=mtype, mbody=FALLBACK_BODY)
+        msg["mls"]["payload"] = env.to_base64()
+        msg.append(ET.Element("{urn:xmpp:hints}store"))
+        eme = ET.Element("{urn:xmpp:eme:0}encryption")
+        eme.set("namespace", NS)
+        eme.set("name", "MLS")
+        msg.append(eme)
+        return msg
+
+    def _pieces(self, env: Envelope) -> list[Envelope]:
+        # base64 grows by 4/3; leave room for the rest of the stanza
+        budget = self.stanza_budget - 2048  # base64 characters of the <mls/> text
+        return fragment(env, budget)
+
+    async def _with_blobs(self, env: Envelope, ratchet_tree: bytes | None) -> Envelope:
+        if ratchet_tree is not None:
+            env = replace(env, ratchet_tree=await self.upload(ratchet_tree, "ratchet-tree"))
+        return env
+
+    async def send_room(self, room: str, env: Envelope, *,
+                        ratchet_tree: bytes | None = None) -> None:
+        """Send an envelope to the group's room (fragmented if needed)."""
+        env = await self._with_blobs(env, ratchet_tree)
+        for piece in self._pieces(env):
+            self._message(room, "groupchat", piece).send()
+
+    async def send_welcome(self, jid: str, env: Envelope, *,
+                           ratchet_tree: bytes | None = None) -> None:
+        """Send a Welcome to a new member's bare JID (offline storage keeps it)."""
+        env = await self._with_blobs(env, ratchet_tree)
+        for piece in self._pieces(env):
+            self._message(str(JID(jid).bare), "chat", piece).send()
+
+    # -- reading stanzas -----------------------------------------------------------
+
+    @staticmethod
+    def room_stanza_id(msg: Any, room: str) -> str | None:
+        """The stanza-id the room assigned (XEP-0359), or ``None``."""
+        for el in msg.xml.findall("{urn:xmpp:sid:0}stanza-id"):
+            if JID(el.get("by", "")).bare == JID(room).bare:
+                value = el.get("id")
+                return None if value is None else str(value)
+        return None
+
+    def envelope_of(self, msg: Any, sender: str) -> Envelope | None:
+        """The envelope of a stanza; ``None`` while a fragmented message is incomplete."""
+        el = msg.xml.find(f"{{{NS}}}mls")
+        if el is None:
+            raise EnvelopeError("no <mls/> payload")
+        env = Envelope.from_base64(el.text or "")
+        if env.fragment is not None:
+            return self.reassembler.add(sender, env)
+        return env
+
+    async def resolve_payload(self, env: Envelope) -> bytes:
+        """The MLSMessage bytes, downloading them when sent by reference."""
+        if env.mls_message_ref is not None:
+            return await self.download(env.mls_message_ref)
+        return env.mls_message
+
+    # -- HTTP File Upload (XEP-0363) ------------------------------------------------
+
+    async def upload(self, data: bytes, name: str) -> BlobRef:
+        """Upload a blob; the reference carries its SHA-256 and size."""
+        import io
+
+        try:
+            url = await self.xmpp.plugin["xep_0363"].upload_file(
+                f"{name}.bin", size=len(data), content_type="application/octet-stream",
+                input_file=io.BytesIO(data), timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - slixmpp raises many kinds here
+            raise TransportError(f"upload failed: {e}") from e
+        return BlobRef(url=str(url), sha256=hashlib.sha256(data).digest(), size=len(data))
+
+    async def download(self, ref: BlobRef) -> bytes:
+        """Fetch a blob and check its size and SHA-256; refuse anything else."""
+        import aiohttp
+
+        if ref.size > MAX_BLOB:
+            raise EnvelopeError(f"blob of {ref.size} bytes is over the limit")
+        if not ref.url.startswith(("http://", "https://")):
+            raise EnvelopeError("blob URL must be http(s)")
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(ref.url) as r:
+                if r.status != 200:
+                    raise TransportError(f"blob download failed with HTTP {r.status}")
+                data = await r.content.read(ref.size + 1)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise TransportError(f"blob download failed: {e}") from e
+        if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
+            raise EnvelopeError("blob does not match its size and hash")
+        return data
+
+    # -- rooms and archive -----------------------------------------------------------
+
+    async def create_room(self, room: str, nick: str) -> None:
+        """Create the group's room: members-only, persistent, archived."""
+        await self.join_room(room, nick)
+        muc = self.xmpp.plugin["xep_0045"]
+        try:
+            form = await muc.get_room_config(room, timeout=self.timeout)
+            values = {
+                "muc#roomconfig_membersonly": True,
+                "muc#roomconfig_persistentroom": True,
+                "muc#roomconfig_enablearchiving": True,
+                "muc#roomconfig_whois": "anyone",
+                "muc#roomconfig_publicroom": False,
+            }
+            fields = form["fields"]
+            submit: Any = self.xmpp.plugin["xep_0004"].make_form(ftype="submit")  # type: ignore[no-untyped-call]
+            for var, value in values.items():
+                if var in fields:
+                    submit.add_field(var=var, value=value)
+            submit.add_field(var="FORM_TYPE", value="http://jabber.org/protocol/muc#roomconfig",
+                             ftype="hidden")
+            await muc.set_room_config(room, submit, timeout=self.timeout)
+        except (IqError, IqTimeout) as e:
+            raise TransportError(f"configuring {room} failed: {e}") from e
+
+    async def join_room(self, room: str, nick: str) -> None:
+        """Enter the room (no history: the archive is read separately)."""
+        try:
+            await self.xmpp.plugin["xep_0045"].join_muc_wait(
+                JID(room), nick, maxstanzas=0, timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - presence errors and timeouts
+            raise TransportError(f"joining {room} failed: {e!r}") from e
+
+    async def set_affiliation(self, room: str, jid: str,
+                              affiliation: Literal["member", "owner", "none"]) -> None:
+        """Make room affiliations follow MLS membership."""
+        try:
+            await self.xmpp.plugin["xep_0045"].set_affiliation(
+                room, affiliation, jid=JID(jid).bare, timeout=self.timeout)
+        except (IqError, IqTimeout) as e:
+            raise TransportError(f"setting {jid} to {affiliation} in {room} failed: {e}") from e
+
+    async def fetch_archive(self, room: str, *, after: str | None = None,
+                            page: int = 100) -> list[tuple[Any, str | None]]:
+        """Room messages from the archive (MAM), oldest first, after ``after``."""
+        mam = self.xmpp.plugin["xep_0313"]
+        out: list[tuple[Any, str | None]] = []
+        cursor = after
+        while True:
+            rsm: dict[str, Any] = {"max": page}
+            if cursor:
+                rsm["after"] = cursor
+            try:
+                iq = await mam.retrieve(jid=JID(room), rsm=rsm, timeout=int(self.timeout))
+            except (IqError, IqTimeout) as e:
+                raise TransportError(f"archive query on {room} failed: {e}") from e
+            results = iq["mam"]["results"]
+            for result in results:
+                fwd = result["mam_result"]["forwarded"]["stanza"]
+                if fwd.xml.find(f"{{{NS}}}mls") is not None:
+                    out.append((fwd, result["mam_result"]["id"]))
+            fin = iq["mam_fin"]
+            last = fin["rsm"]["last"]
+            if not results or fin["complete"] in (True, "true") or not last:
+                return out
+            cursor = last

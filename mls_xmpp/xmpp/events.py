@@ -1,0 +1,51 @@
+"""Payloads of the slixmpp events the plugin raises (``mls_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .session import GroupSession
+
+
+@dataclass(frozen=True)
+class MLSMessageEvent:
+    """``mls_message``: decrypted application content from a group member.
+
+    ``sender`` is the bare JID from the sender's MLS credential (not from
+    the stanza, which the server could forge); ``device`` is the sender's
+    signature-key fingerprint.
+    """
+
+    group: GroupSession
+    sender: str
+    device: str
+    body: str
+    epoch: int
+    content: Any = None
+    stanza_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MembershipEvent:
+    """``mls_membership``: a Commit changed the roster (or just the keys)."""
+
+    group: GroupSession
+    epoch: int
+    committer: str | None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    own: bool = False
+
+
+@dataclass(frozen=True)
+class MLSErrorEvent:
+    """``mls_error``: input that was dropped, and why; group state is unchanged."""
+
+    reason: str
+    group: GroupSession | None = None
+    sender: str | None = None
+    stanza_id: str | None = None
+    error: BaseException | None = field(default=None, compare=False)

@@ -1,0 +1,275 @@
+"""The slixmpp plugin: MLS groups over any XMPP server (urn:mls-xmpp:0).
+
+::
+
+    xmpp = slixmpp.ClientXMPP("alice@example.org", password)
+    xmpp.register_plugin("mls", module=mls_xmpp.xmpp.plugin)   # or mls_xmpp.xmpp.register(xmpp)
+    xmpp.add_event_handler("mls_message", on_message)          # MLSMessageEvent
+    ...
+    group = await xmpp["mls"].create_group(members=["bob@example.org"])
+    await group.send("hello")
+
+Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``
+(:class:`MembershipEvent`), ``mls_joined`` (a :class:`GroupSession` this device
+was welcomed into), ``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
+input dropped, group state unchanged), ``mls_ready`` (KeyPackages published,
+groups resumed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from slixmpp import JID
+from slixmpp.plugins import BasePlugin
+from slixmpp.plugins.base import register_plugin
+from slixmpp.xmlstream.handler import CoroutineCallback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from ..core.errors import MLSError
+from ..core.group.client import Client
+from ..core.group.config import GroupConfig
+from ..storage import GroupRecord, MemoryStore, StateStore
+from .delivery import Delivery
+from .envelope import Kind
+from .errors import TransportError
+from .events import MLSErrorEvent
+from .keystore import KeyPackageStore
+from .session import GroupSession
+from .stanza import NS, register_stanzas
+
+log = logging.getLogger(__name__)
+
+
+class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
+    """MLS (RFC 9420) groups: one MUC room each, KeyPackages on PEP."""
+
+    name = "mls"
+    description = "MLS groups over MUC (urn:mls-xmpp:0)"
+    dependencies = {"xep_0004", "xep_0030", "xep_0045", "xep_0059", "xep_0060", "xep_0163",
+                    "xep_0313", "xep_0334", "xep_0359", "xep_0363", "xep_0380"}
+    default_config = {
+        "store": None,            # a StateStore; memory by default
+        "client": None,           # a core Client; generated from the JID by default
+        "suite": 1,
+        "muc_domain": None,       # default: conference.<domain>
+        "pool_size": 5,           # KeyPackages kept on PEP
+        "group_config": None,     # core GroupConfig
+        "commit_timeout": 30.0,
+        "publish_key_packages": True,
+    }
+
+    # -- slixmpp lifecycle ------------------------------------------------------------
+
+    def plugin_init(self) -> None:
+        register_stanzas()
+        cfg = self.config
+        self.store: StateStore = cfg.get("store") or MemoryStore()
+        self.commit_timeout: float = float(cfg.get("commit_timeout", 30.0))
+        self.sessions: dict[str, GroupSession] = {}
+        self.client: Client | None = cfg.get("client")
+        self.delivery = Delivery(self)
+        self.keystore: KeyPackageStore | None = None
+        self._ready = asyncio.Event()
+        self.xmpp.register_handler(CoroutineCallback(
+            "mls payload", MatchXPath(f"{{{self.xmpp.default_ns}}}message/{{{NS}}}mls"),
+            self._on_payload))
+        self.xmpp.add_event_handler("session_start", self._on_session_start)
+
+    def plugin_end(self) -> None:
+        self.xmpp.remove_handler("mls payload")
+        self.xmpp.del_event_handler("session_start", self._on_session_start)
+        self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
+        for session in list(self.sessions.values()):
+            asyncio.ensure_future(session.stop())
+
+    def session_bind(self, jid: Any) -> None:
+        self.xmpp.plugin["xep_0030"].add_feature(NS)
+
+    @property
+    def bare_jid(self) -> str:
+        """This account's bare JID."""
+        return str(self.xmpp.boundjid.bare)
+
+    @property
+    def muc_domain(self) -> str:
+        """Where group rooms are created."""
+        return self.config.get("muc_domain") or f"conference.{self.xmpp.boundjid.domain}"
+
+    def _group_config(self) -> GroupConfig:
+        cfg = self.config.get("group_config")
+        return cfg if isinstance(cfg, GroupConfig) else GroupConfig()
+
+    async def _on_session_start(self, _: Any) -> None:
+        try:
+            await self.start()
+        except MLSError as e:
+            self.error(MLSErrorEvent(f"start-up failed: {e}", error=e))
+
+    async def start(self) -> None:
+        """Set up identity, resume stored groups, publish KeyPackages."""
+        if self._ready.is_set():
+            return
+        if self.client is None:
+            self.client = Client.generate(self.bare_jid.encode(), int(self.config.get("suite", 1)),
+                                          config=self._group_config())
+        self.keystore = KeyPackageStore(self.xmpp, self.client)
+        from ..core.group.serialize import decode_group
+
+        for record in self.store.load_groups():
+            try:
+                group = decode_group(record.state, self.client.config, self.client.psk_lookup)
+            except MLSError as e:
+                self.error(MLSErrorEvent(f"stored group unreadable: {e}", error=e))
+                continue
+            self.client.groups[group.group_id] = group
+            session = GroupSession(self, group, record.room, record.last_stanza_id)
+            self.sessions[str(JID(record.room).bare)] = session
+            await self.delivery.join_room(record.room, self._nick())
+            session.start()
+        if self.config.get("publish_key_packages", True):
+            await self.keystore.publish_pool(size=int(self.config.get("pool_size", 5)))
+        self._ready.set()
+        self.xmpp.event("mls_ready", self)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until :meth:`start` finished (KeyPackages published, groups resumed)."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    def _nick(self) -> str:
+        assert self.client is not None
+        return f"{self.xmpp.boundjid.user}-{self.client.signature_public_key[:4].hex()}"
+
+    # -- persistence and events -------------------------------------------------------
+
+    def persist(self, session: GroupSession) -> None:
+        """Write a group's state and archive position (after every change)."""
+        from ..core.group.serialize import encode_group
+
+        self.store.save_group(GroupRecord(session.group_id, session.room,
+                                          encode_group(session.group), session.last_stanza_id))
+
+    def error(self, event: MLSErrorEvent) -> None:
+        """Report dropped input or a failed operation as ``mls_error``."""
+        log.info("mls_error: %s", event.reason)
+        self.xmpp.event("mls_error", event)
+
+    def group_removed(self, session: GroupSession) -> None:
+        """This device was removed from a group."""
+        self.xmpp.event("mls_removed", session)
+
+    # -- the API -------------------------------------------------------------------------
+
+    async def create_group(self, *, members: list[str] | None = None,
+                           group_id: bytes | None = None) -> GroupSession:
+        """Create an MLS group and its room, then add ``members`` (every device of each)."""
+        await self.wait_ready()
+        assert self.client is not None
+        group = self.client.create_group(group_id or os.urandom(16))
+        room = f"{group.group_id.hex()}@{self.muc_domain}"
+        await self.delivery.create_room(room, self._nick())
+        session = GroupSession(self, group, room)
+        self.sessions[room] = session
+        self.persist(session)
+        session.start(catch_up=False)
+        if members:
+            await session.add(*members)
+        else:
+            await session.publish_group_info()
+        return session
+
+    def group(self, room_or_id: str | bytes) -> GroupSession:
+        """A group by room JID or group ID."""
+        if isinstance(room_or_id, bytes):
+            for s in self.sessions.values():
+                if s.group_id == room_or_id:
+                    return s
+            raise KeyError(room_or_id.hex())
+        return self.sessions[str(JID(room_or_id).bare)]
+
+    @property
+    def groups(self) -> list[GroupSession]:
+        """Every group this device is in."""
+        return list(self.sessions.values())
+
+    # -- incoming stanzas -------------------------------------------------------------------
+
+    async def _on_payload(self, msg: Any) -> None:
+        """Route a stanza with an <mls/> payload; never raises."""
+        try:
+            if msg["type"] == "groupchat":
+                room = str(msg["from"].bare)
+                session = self.sessions.get(room)
+                if session is None:
+                    return  # a room we are not (or no longer) in
+                session.feed(msg, self.delivery.room_stanza_id(msg, room))
+                return
+            if msg["type"] == "error":
+                return
+            await self._on_direct(msg)
+        except Exception as e:  # noqa: BLE001 - hostile input must not kill the loop
+            log.exception("payload handling failed")
+            self.error(MLSErrorEvent(f"{type(e).__name__}: {e}", sender=str(msg["from"]),
+                                     error=e))
+
+    async def _on_direct(self, msg: Any) -> None:
+        """A Welcome (or anything else) sent to this account directly."""
+        sender = str(msg["from"])
+        try:
+            env = self.delivery.envelope_of(msg, sender)
+            if env is None:
+                return
+            if env.kind != Kind.WELCOME:
+                raise TransportError(f"unexpected {env.kind.name} sent directly")
+            await self.wait_ready()
+            assert self.client is not None
+            if not self._welcome_is_mine(env.mls_message):
+                return  # for another device of this account
+            tree = None
+            if env.ratchet_tree is not None:
+                tree = await self.delivery.download(env.ratchet_tree)
+            group = self.client.join(env.mls_message, ratchet_tree=tree)
+        except MLSError as e:
+            self.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+            return
+        room = env.room
+        if not room or JID(room).domain == "":
+            self.error(MLSErrorEvent("Welcome without a room", sender=sender))
+            return
+        session = GroupSession(self, group, str(JID(room).bare), env.after_stanza_id or None)
+        self.sessions[session.room] = session
+        self.persist(session)
+        try:
+            await self.delivery.join_room(session.room, self._nick())
+        except TransportError as e:
+            self.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
+        session.start(catch_up=True)
+        if self.keystore is not None:
+            asyncio.ensure_future(self._after_join())
+        self.xmpp.event("mls_joined", session)
+
+    def _welcome_is_mine(self, data: bytes) -> bool:
+        from ..core.messages.framing import MLSMessage
+        from ..core.messages.welcome import Welcome
+
+        assert self.client is not None
+        msg = MLSMessage.decode(data)
+        if not isinstance(msg.body, Welcome):
+            raise TransportError("Welcome envelope without a Welcome")
+        refs = {e.new_member for e in msg.body.secrets}
+        return any(r in self.client.key_packages for r in refs)
+
+    async def _after_join(self) -> None:
+        """Retract KeyPackages that were used and top the pool up."""
+        assert self.keystore is not None
+        try:
+            await self.keystore.sync_used()
+            await self.keystore.top_up(int(self.config.get("pool_size", 5)))
+        except MLSError as e:
+            self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+
+register_plugin(XEP_MLS)

@@ -1,0 +1,71 @@
+"""Helpers for integration tests: slixmpp clients with the MLS plugin on real Prosody."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" plugin
+from mls_xmpp.testing import ProsodyServer, disconnect_client
+
+TIMEOUT = 30
+
+
+class Recorder:
+    """Collects the plugin's events of one client, with waits."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.events: dict[str, list[Any]] = defaultdict(list)
+        self._cond = asyncio.Condition()
+        for name in ("mls_message", "mls_membership", "mls_joined", "mls_error",
+                     "mls_removed"):
+            client.add_event_handler(name, self._make(name))
+
+    def _make(self, name: str) -> Any:
+        async def handler(event: Any) -> None:
+            async with self._cond:
+                self.events[name].append(event)
+                self._cond.notify_all()
+        return handler
+
+    async def wait(self, name: str, count: int = 1, timeout: float = TIMEOUT) -> list[Any]:
+        """Wait until at least ``count`` events of ``name`` were seen."""
+        async with self._cond:
+            await asyncio.wait_for(
+                self._cond.wait_for(lambda: len(self.events[name]) >= count), timeout)
+            return list(self.events[name])
+
+    def bodies(self) -> list[str]:
+        """Bodies of the messages received, in order."""
+        return [e.body for e in self.events["mls_message"]]
+
+
+async def mls_client(server: ProsodyServer, jid: str, password: str,
+                     config: dict[str, Any] | None = None) -> tuple[Any, Recorder]:
+    """A connected client with the plugin started (KeyPackages published)."""
+    import slixmpp
+
+    client = slixmpp.ClientXMPP(jid, password)
+    client.enable_direct_tls = False
+    client.enable_starttls = False
+    client.enable_plaintext = True
+    client.plugin["feature_mechanisms"].unencrypted_scram = True
+    client.register_plugin("xep_0199")
+    client.register_plugin("mls", dict(config or {}))
+    recorder = Recorder(client)
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client.add_event_handler("mls_ready", lambda _: started.done() or started.set_result(None))
+    client.add_event_handler("session_start", lambda _: client.send_presence())
+    client.connect(server.host, server.c2s_port)
+    await asyncio.wait_for(started, TIMEOUT)
+    return client, recorder
+
+
+async def close(*clients: Any) -> None:
+    """Disconnect clients."""
+    for c in clients:
+        await disconnect_client(c)
+
+
