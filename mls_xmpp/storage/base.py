@@ -44,6 +44,9 @@ class StateStore(Protocol):
     def save_group(self, record: GroupRecord) -> None:
         """Insert or replace one group's record in a single atomic write."""
 
+    def save_position(self, group_id: bytes, last_stanza_id: str | None) -> None:
+        """Record only a group's archive position (its state did not change)."""
+
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group (left, removed, or replaced by a rejoin)."""
 

@@ -28,6 +28,14 @@ class MemoryStore:
         """Insert or replace a group's record."""
         self._groups[record.group_id] = record
 
+    def save_position(self, group_id: bytes, last_stanza_id: str | None) -> None:
+        """Move a stored group's archive position."""
+        from dataclasses import replace
+
+        record = self._groups.get(group_id)
+        if record is not None:
+            self._groups[group_id] = replace(record, last_stanza_id=last_stanza_id)
+
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group."""
         self._groups.pop(group_id, None)

@@ -10,6 +10,7 @@ band through HTTP File Upload (XEP-0363) with a SHA-256 that receivers check.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import replace
@@ -74,6 +75,7 @@ class Delivery:
         env = await self._with_blobs(env, ratchet_tree)
         for piece in self._pieces(env):
             self._message(room, "groupchat", piece).send()
+        await asyncio.sleep(0)  # let the stream write (and read) between sends
 
     async def send_welcome(self, jid: str, env: Envelope, *,
                            ratchet_tree: bytes | None = None) -> None:
@@ -136,7 +138,13 @@ class Delivery:
             async with aiohttp.ClientSession(timeout=timeout) as http, http.get(ref.url) as r:
                 if r.status != 200:
                     raise TransportError(f"blob download failed with HTTP {r.status}")
-                data = await r.content.read(ref.size + 1)
+                buf = bytearray()
+                while len(buf) <= ref.size:  # never more than one byte past the size
+                    chunk = await r.content.read(ref.size + 1 - len(buf))
+                    if not chunk:
+                        break
+                    buf += chunk
+                data = bytes(buf)
         except (TimeoutError, aiohttp.ClientError) as e:
             raise TransportError(f"blob download failed: {e}") from e
         if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:

@@ -78,10 +78,12 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             "mls payload", MatchXPath(f"{{{self.xmpp.default_ns}}}message/{{{NS}}}mls"),
             self._on_payload))
         self.xmpp.add_event_handler("session_start", self._on_session_start)
+        self.xmpp.add_event_handler("disconnected", self._on_disconnected)
 
     def plugin_end(self) -> None:
         self.xmpp.remove_handler("mls payload")
         self.xmpp.del_event_handler("session_start", self._on_session_start)
+        self.xmpp.del_event_handler("disconnected", self._on_disconnected)
         self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
         for session in list(self.sessions.values()):
             asyncio.ensure_future(session.stop())
@@ -102,6 +104,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     def _group_config(self) -> GroupConfig:
         cfg = self.config.get("group_config")
         return cfg if isinstance(cfg, GroupConfig) else GroupConfig()
+
+    async def _on_disconnected(self, _: Any) -> None:
+        await self.stop_sessions()
+
+    async def stop_sessions(self) -> None:
+        """Stop every group worker (the stream is gone; state is already stored)."""
+        for session in list(self.sessions.values()):
+            await session.stop()
+        self.sessions.clear()
+        self._ready.clear()
 
     async def _on_session_start(self, _: Any) -> None:
         try:
@@ -131,7 +143,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             await self.delivery.join_room(record.room, self._nick())
             session.start()
         if self.config.get("publish_key_packages", True):
-            await self.keystore.publish_pool(size=int(self.config.get("pool_size", 5)))
+            await self.keystore.top_up(int(self.config.get("pool_size", 5)))
         self._ready.set()
         self.xmpp.event("mls_ready", self)
 
@@ -151,6 +163,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
         self.store.save_group(GroupRecord(session.group_id, session.room,
                                           encode_group(session.group), session.last_stanza_id))
+
+    def persist_position(self, session: GroupSession) -> None:
+        """Record only the archive position (an echo or a GroupInfo changed nothing else)."""
+        self.store.save_position(session.group_id, session.last_stanza_id)
 
     def error(self, event: MLSErrorEvent) -> None:
         """Report dropped input or a failed operation as ``mls_error``."""

@@ -62,11 +62,11 @@ class GroupSession:
         self._seen_set: set[str] = set()
         self._sent: dict[bytes, None] = {}
         self._op_lock = asyncio.Lock()
-        self._commit_waiter: asyncio.Future[tuple[bool, CommitApplied]] | None = None
-        self._commit_stanza_id: str | None = None
+        self._commit_waiter: asyncio.Future[tuple[bool, CommitApplied, str | None]] | None = None
+        self._inflight: PendingCommit | None = None
         self._worker: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
-        self.latest_group_info: bytes | None = None
+        self.latest_group_info: Envelope | None = None
         self._inline_tree = True
 
     # -- what the group is ----------------------------------------------------
@@ -158,18 +158,17 @@ class GroupSession:
             if env.group_id != self.group_id:
                 raise TransportError("envelope names another group")
             if env.kind == Kind.GROUP_INFO:
-                self.latest_group_info = env.mls_message
+                self._accept_group_info(env)
                 self._mark(stanza_id)
-                self.plugin.persist(self)
+                self.plugin.persist_position(self)
                 return
-            data = await self.plugin.delivery.resolve_payload(env)
+            data = await self._resolve(env)
             digest = hashlib.sha256(data).digest()
             if digest in self._sent:
                 del self._sent[digest]  # our own message, reflected by the room
                 self._mark(stanza_id)
-                self.plugin.persist(self)
+                self.plugin.persist_position(self)
                 return
-            self._commit_stanza_id = stanza_id
             event = self.group.process(data)
         except MLSError as e:
             log.info("dropped room message %s from %s: %s", stanza_id, sender, e)
@@ -181,6 +180,37 @@ class GroupSession:
         self._mark(stanza_id)
         self.plugin.persist(self)
         self._dispatch(event, stanza_id)
+
+    async def _resolve(self, env: Envelope) -> bytes:
+        """The payload bytes; a blob download is retried before giving up on it."""
+        for attempt in range(3):
+            try:
+                return await self.plugin.delivery.resolve_payload(env)
+            except TransportError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _accept_group_info(self, env: Envelope) -> None:
+        """Keep a GroupInfo from the room only if a member signed it for this epoch."""
+        from ..core.messages.framing import MLSMessage
+        from ..core.messages.group_info import GroupInfo
+
+        body = MLSMessage.decode(env.mls_message).body
+        if not isinstance(body, GroupInfo):
+            raise TransportError("GROUP_INFO envelope without a GroupInfo")
+        ctx = body.group_context
+        state = self.group.state
+        if ctx.group_id != self.group_id or ctx.epoch != state.epoch:
+            return  # stale or foreign: not an error, just not useful
+        if ctx.tree_hash != state.context.tree_hash or body.signer >= state.tree.n_leaves:
+            raise TransportError("GroupInfo does not describe this epoch's tree")
+        signer = state.tree.leaf(body.signer)
+        if signer is None:
+            raise TransportError("GroupInfo signed by a blank leaf")
+        body.verify_signature(state.suite, signer.signature_key)
+        self.latest_group_info = env
 
     def _dispatch(self, event: object, stanza_id: str | None) -> None:
         if isinstance(event, ApplicationMessage):
@@ -196,7 +226,13 @@ class GroupSession:
         elif isinstance(event, CommitApplied):
             waiter = self._commit_waiter
             if waiter is not None and not waiter.done():
-                waiter.set_result((event.own, event))
+                waiter.set_result((event.own, event, stanza_id))
+            elif event.own and self._inflight is not None:
+                # merged after the committer stopped waiting: finish its work now
+                pending, self._inflight = self._inflight, None
+                asyncio.ensure_future(self._finish_late(pending, stanza_id))
+            if not event.own:
+                self._inflight = None
             committer = None
             if event.committer.sender_type == 1:
                 leaf = self.group.state.tree.leaf(event.committer.index)
@@ -264,10 +300,10 @@ class GroupSession:
     async def remove(self, *jids: str) -> None:
         """Remove every device of each user."""
         wanted = set(jids)
-        leaves = [m.leaf_index for m in self.group.members if member_jid(m) in wanted]
-        if not leaves:
+        keys = [m.signature_key for m in self.group.members if member_jid(m) in wanted]
+        if not keys:
             raise TransportError("none of these JIDs is in the group")
-        await self._commit(remove=leaves)
+        await self._commit(remove_keys=keys)
 
     async def update(self) -> None:
         """Fresh keys for this device: an empty Commit with a path (PCS)."""
@@ -282,68 +318,100 @@ class GroupSession:
             kind=Kind.PROPOSAL, group_id=self.group_id, epoch=self.epoch, mls_message=data))
 
     async def _commit(self, *, add: list[KeyPackage] | None = None,
-                      remove: list[int] | None = None, attempts: int = 4) -> CommitApplied:
+                      remove_keys: list[bytes] | None = None,
+                      attempts: int = 4) -> CommitApplied:
+        """Commit (with pending proposals), wait for the room, rebuild if another won.
+
+        Removals are named by signature key, so a retry after another Commit
+        never removes whoever took over a freed leaf.
+        """
         await self.ready.wait()
         async with self._op_lock:
             add = list(add or [])
-            remove = list(remove or [])
+            gone = set(remove_keys or [])
             last: Exception | None = None
             for _ in range(attempts):
+                if self.group.pending_commit is not None:
+                    raise TransportError("an earlier Commit is still waiting for the room")
                 current = {m.signature_key for m in self.group.members}
                 add = [kp for kp in add if kp.leaf_node.signature_key not in current]
-                leaves = {m.leaf_index for m in self.group.members}
-                remove = [i for i in remove if i in leaves]
-                self._inline_tree = len(self.group.ratchet_tree()) <= TREE_INLINE_LIMIT
+                remove = [m.leaf_index for m in self.group.members if m.signature_key in gone]
+                # the tree after this Commit: today's plus the new leaves
+                estimate = len(self.group.ratchet_tree()) + sum(
+                    len(kp.leaf_node.encode()) + 16 for kp in add)
+                self._inline_tree = estimate <= TREE_INLINE_LIMIT
                 self.group.config = replace(self.group.config,
                                             ratchet_tree_in_welcome=self._inline_tree)
                 pending = self.group.commit(add=add, remove=remove)
                 loop = asyncio.get_running_loop()
                 self._commit_waiter = loop.create_future()
+                self._inflight = pending
                 self.plugin.persist(self)
                 await self.plugin.delivery.send_room(self.room, Envelope(
                     kind=Kind.COMMIT, group_id=self.group_id, epoch=self.epoch,
                     mls_message=pending.message))
                 try:
-                    own, event = await asyncio.wait_for(self._commit_waiter,
-                                                        self.plugin.commit_timeout)
+                    own, event, stanza_id = await asyncio.wait_for(
+                        asyncio.shield(self._commit_waiter), self.plugin.commit_timeout)
                 except TimeoutError as e:
-                    last = TransportError("the room did not reflect the Commit in time")
-                    raise last from e
+                    # keep it pending: if the room reflects it later, the worker merges
+                    # it and finishes the Welcomes and affiliations then
+                    raise TransportError("the room did not reflect the Commit in time") from e
                 finally:
                     self._commit_waiter = None
                 if own:
-                    await self._after_own_commit(pending, self._commit_stanza_id)
+                    self._inflight = None
+                    await self._after_own_commit(pending, stanza_id)
                     return event
+                # our Commit lost the race: its echo, when it comes, is not news
+                self._remember_sent(pending.message)
                 last = TransportError("another Commit won; retrying")
             raise TransportError(f"could not commit after {attempts} attempts: {last}")
+
+    async def _finish_late(self, pending: PendingCommit, stanza_id: str | None) -> None:
+        try:
+            await self._after_own_commit(pending, stanza_id)
+        except MLSError as e:
+            self.plugin.error(MLSErrorEvent(f"finishing a late Commit failed: {e}", self,
+                                            error=e))
 
     async def _after_own_commit(self, pending: PendingCommit, stanza_id: str | None) -> None:
         """Affiliations follow membership; Welcomes go out; the GroupInfo is published."""
         now_jids = self.jids()
         added = {kp.leaf_node.credential.identity.decode() for _, kp in pending.added}
         removed = {leaf.credential.identity.decode() for _, leaf in pending.removed}
-        for jid in sorted(added):
-            await self.plugin.delivery.set_affiliation(self.room, jid, "owner")
-        for jid in sorted(removed - now_jids):
-            await self.plugin.delivery.set_affiliation(self.room, jid, "none")
+        changes = [(jid, "owner") for jid in sorted(added)]
+        changes += [(jid, "none") for jid in sorted(removed - now_jids)]
+        for jid, affiliation in changes:
+            try:
+                await self.plugin.delivery.set_affiliation(
+                    self.room, jid, "owner" if affiliation == "owner" else "none")
+            except TransportError as e:  # the MLS change stands; report and go on
+                self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
+                                                error=e))
+        tree_ref = None
+        if pending.welcomes and not self._inline_tree:
+            tree_ref = await self.plugin.delivery.upload(self.group.ratchet_tree(),
+                                                         "ratchet-tree")
+        suite = self.group.state.suite
+        by_ref = {kp.ref(suite): kp for _, kp in pending.added}
         for ref, welcome in pending.welcomes.items():
-            kp = next(k for _, k in pending.added if k.ref(self.group.state.suite) == ref)
-            jid = kp.leaf_node.credential.identity.decode()
+            jid = by_ref[ref].leaf_node.credential.identity.decode()
             await self.plugin.delivery.send_welcome(jid, Envelope(
                 kind=Kind.WELCOME, group_id=self.group_id, epoch=self.epoch,
-                mls_message=welcome, room=self.room, after_stanza_id=stanza_id or ""),
-                ratchet_tree=None if self._inline_tree else self.group.ratchet_tree())
+                mls_message=welcome, room=self.room, after_stanza_id=stanza_id or "",
+                ratchet_tree=tree_ref))
         await self.publish_group_info()
 
     async def publish_group_info(self) -> None:
         """Send the current GroupInfo (with external_pub) to the room for external joins."""
         tree = self.group.ratchet_tree()
         inline = len(tree) <= TREE_INLINE_LIMIT
-        info = self.group.group_info(with_tree=inline)
-        self.latest_group_info = info
-        await self.plugin.delivery.send_room(self.room, Envelope(
-            kind=Kind.GROUP_INFO, group_id=self.group_id, epoch=self.epoch, mls_message=info),
-            ratchet_tree=None if inline else tree)
+        env = Envelope(kind=Kind.GROUP_INFO, group_id=self.group_id, epoch=self.epoch,
+                       mls_message=self.group.group_info(with_tree=inline))
+        self.latest_group_info = env
+        await self.plugin.delivery.send_room(self.room, env,
+                                             ratchet_tree=None if inline else tree)
 
 
 Callback = Callable[..., Any]

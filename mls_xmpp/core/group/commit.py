@@ -7,6 +7,7 @@ knows the Delivery Service accepted the Commit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..errors import GroupStateError
@@ -49,8 +50,8 @@ class PendingCommit:
 
     Attributes:
         message: the MLSMessage with the Commit, to hand to the Delivery Service.
-        welcome: one Welcome for all new members (``None`` when nobody joins).
-        welcomes: one Welcome per new member, by KeyPackageRef.
+        welcome: one Welcome for all new members (``None`` when nobody joins);
+            :attr:`welcomes` splits it into one Welcome per new member.
         group_info: the new epoch's signed GroupInfo (MLSMessage), with external_pub.
         new_state: the state to switch to once the Commit is accepted.
         proposals: what the Commit covers, in order.
@@ -59,13 +60,42 @@ class PendingCommit:
 
     message: bytes
     welcome: bytes | None
-    welcomes: dict[bytes, bytes]
     group_info: bytes
     new_state: EpochState
     proposals: list[tuple[Proposal, Sender]]
     by_value: list[Proposal] = field(default_factory=list)
     added: list[tuple[int, KeyPackage]] = field(default_factory=list)
     removed: list[tuple[int, LeafNode]] = field(default_factory=list)
+
+    @property
+    def welcomes(self) -> Mapping[bytes, bytes]:
+        """One Welcome per new member, by KeyPackageRef, built when asked for.
+
+        They share the encrypted GroupInfo, so they are not all kept in memory.
+        """
+        return _PerRecipient(self.welcome)
+
+
+class _PerRecipient(Mapping[bytes, bytes]):
+    """KeyPackageRef -> a Welcome holding only that member's secrets."""
+
+    def __init__(self, welcome: bytes | None) -> None:
+        body = None if welcome is None else MLSMessage.decode(welcome).body
+        self._welcome = body if isinstance(body, Welcome) else None
+        self._entries = {} if self._welcome is None else {
+            e.new_member: e for e in self._welcome.secrets}
+
+    def __getitem__(self, ref: bytes) -> bytes:
+        entry = self._entries[ref]
+        assert self._welcome is not None
+        return MLSMessage(Welcome(self._welcome.cipher_suite, (entry,),
+                                  self._welcome.encrypted_group_info)).encode()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def make_group_info(state: EpochState, *, with_tree: bool, with_external_pub: bool = True
@@ -153,19 +183,18 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
     new_state = build_state(state, config, nxt, tree, keys, state.own_leaf, outcome.reinit)
     info = make_group_info(new_state, with_tree=config.ratchet_tree_in_welcome)
     welcome = None
-    welcomes: dict[bytes, bytes] = {}
     if outcome.added:
-        welcome, welcomes = _welcomes(new_state, nxt.secrets, info, outcome.added, outcome.psks,
-                                      path_secrets)
+        welcome = _welcome(new_state, nxt.secrets, info, outcome.added, outcome.psks,
+                           path_secrets)
     public_info = make_group_info(new_state, with_tree=False)
-    return PendingCommit(message, welcome, welcomes, MLSMessage(public_info).encode(), new_state,
+    return PendingCommit(message, welcome, MLSMessage(public_info).encode(), new_state,
                          proposals, values, outcome.added, outcome.removed)
 
 
-def _welcomes(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
+def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
               added: list[tuple[int, KeyPackage]], psks: list[PreSharedKeyID],
               path: CreatedUpdatePath | None
-              ) -> tuple[bytes, dict[bytes, bytes]]:
+              ) -> bytes:
     suite = state.suite
     assert secrets.joiner_secret is not None and secrets.welcome_secret is not None
     encrypted_info = encrypt_group_info(suite, secrets.welcome_secret, info)
@@ -178,8 +207,5 @@ def _welcomes(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
         ref = kp.ref(suite)
         entries.append(EncryptedGroupSecrets(
             ref, encrypt_group_secrets(suite, kp.init_key, encrypted_info, gs)))
-    whole = MLSMessage(Welcome(suite.id, tuple(entries), encrypted_info)).encode()
-    single = {e.new_member: MLSMessage(Welcome(suite.id, (e,), encrypted_info)).encode()
-              for e in entries}
-    return whole, single
+    return MLSMessage(Welcome(suite.id, tuple(entries), encrypted_info)).encode()
 

@@ -57,6 +57,8 @@ class CommitApplied:
     own: bool = False
     self_removed: bool = False
     lost: tuple[Proposal, ...] = field(default_factory=tuple)
+    #: every proposal the Commit applied, in order
+    proposals: tuple[Proposal, ...] = field(default_factory=tuple)
 
 
 Event = ApplicationMessage | ProposalReceived | CommitApplied

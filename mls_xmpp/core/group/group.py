@@ -270,16 +270,25 @@ class Group:
         if ctype == ContentType.APPLICATION:
             if ac.content.sender.sender_type != SenderType.MEMBER:
                 raise ValidationError("application data from a non-member (§6)")
-            return handle_application(unprotected, self._state)
+            app = handle_application(unprotected, self._state)
+            unprotected.consume()
+            return app
         if ctype == ContentType.PROPOSAL:
-            return handle_proposal(self._state, self.config, ac)
+            received = handle_proposal(self._state, self.config, ac)
+            unprotected.consume()
+            return received
+        old = self._state
         new_state, event = process_commit(
-            self._state, self.config, self._psk_lookup, ac,
+            old, self.config, self._psk_lookup, ac,
             own_update_keys={k: v[1] for k, v in self._pending_updates.items()})
-        if self._pending is not None:
-            lost = [p for p in self._pending.by_value]
-            self._pending = None
-            event = replace(event, lost=tuple(lost))
+        unprotected.consume()
+        me = Sender.member(old.own_leaf)
+        wanted = list(self._pending.by_value) if self._pending is not None else []
+        wanted += [c.proposal for c in old.proposals.values() if c.sender == me]
+        lost = [p for p in wanted if p not in event.proposals]
+        self._pending = None
+        self._last_own_commit = None
+        event = replace(event, lost=tuple(dict.fromkeys(lost)))
         if event.self_removed:
             self._state = new_state
             self._past.clear()

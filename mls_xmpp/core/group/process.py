@@ -6,6 +6,7 @@ event); nothing is swapped in until every check passed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import (
@@ -96,6 +97,8 @@ class Unprotected:
 
     ac: AuthenticatedContent
     past: PastEpoch | None = None
+    #: deletes the message key; called once the message was fully accepted
+    consume: Callable[[], None] = lambda: None
 
 
 def unprotect(state: EpochState, past: dict[int, PastEpoch],
@@ -134,9 +137,12 @@ def unprotect(state: EpochState, past: dict[int, PastEpoch],
     if leaf is None:
         raise ValidationError(f"sender leaf {leaf_index} is blank (§6.3.2)")
     verify_content(suite, leaf.signature_key, ac, ctx)
-    # the key is used: delete it (forward secrecy, §9.2)
-    st.consume(leaf_index, ratchet_type_for_content_type(msg.content_type), sd.generation)
-    return Unprotected(ac, old)
+    rtype = ratchet_type_for_content_type(msg.content_type)
+
+    def consume() -> None:  # the key is used: delete it (forward secrecy, §9.2)
+        st.consume(leaf_index, rtype, sd.generation)
+
+    return Unprotected(ac, old, consume)
 
 
 def check_single_proposal(state: EpochState, config: GroupConfig, proposal: Proposal,
@@ -286,7 +292,7 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
         event = CommitApplied(state.epoch + 1, sender,
                               removed=tuple(Member(i, leaf.credential, leaf.signature_key)
                                             for i, leaf in outcome.removed),
-                              self_removed=True)
+                              self_removed=True, proposals=tuple(p for p, _ in proposals))
         gone = replace(state, active=False)
         return gone, event
     nxt = compute_next_epoch(state, ac, tree, outcome.extensions, init_secret, commit_secret,
@@ -299,5 +305,6 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
         removed=tuple(Member(i, leaf.credential, leaf.signature_key)
                       for i, leaf in outcome.removed),
         updated=tuple(member(tree, i) for i in outcome.updated),
-        psks=len(outcome.psks), reinit=outcome.reinit)
+        psks=len(outcome.psks), reinit=outcome.reinit,
+        proposals=tuple(p for p, _ in proposals))
     return new_state, event

@@ -64,8 +64,7 @@ variable-length size prefix, ``optional<T>`` a presence byte then ``T``)::
 
     PendingCommitRecord:
         opaque message<V>
-        optional<opaque> welcome
-        {opaque key_package_ref<V>; opaque welcome<V>} welcomes<V>
+        optional<opaque> welcome          (per-recipient Welcomes are derived from it)
         opaque group_info<V>
         StateRecord new_state
         {Proposal proposal; Sender sender} proposals<V>
@@ -302,14 +301,6 @@ class _PastEpochRecord(Struct):
 
 
 @dataclass(frozen=True)
-class _WelcomeRecord(Struct):
-    """One per-member Welcome of a pending commit."""
-
-    key_package_ref: Annotated[bytes, Opaque]
-    welcome: Annotated[bytes, Opaque]
-
-
-@dataclass(frozen=True)
 class _ProposalWithSender(Struct):
     """A proposal a pending commit covers, with its sender."""
 
@@ -339,7 +330,6 @@ class _PendingCommitRecord(Struct):
 
     message: Annotated[bytes, Opaque]
     welcome: Annotated[bytes | None, _OPT_OPAQUE]
-    welcomes: tuple[_WelcomeRecord, ...]
     group_info: Annotated[bytes, Opaque]
     new_state: _StateRecord
     proposals: tuple[_ProposalWithSender, ...]
@@ -664,7 +654,6 @@ def _pending_record(p: PendingCommit) -> _PendingCommitRecord:
     return _PendingCommitRecord(
         message=p.message,
         welcome=p.welcome,
-        welcomes=tuple(_WelcomeRecord(r, w) for r, w in p.welcomes.items()),
         group_info=p.group_info,
         new_state=_state_record(p.new_state),
         proposals=tuple(_ProposalWithSender(x, s) for x, s in p.proposals),
@@ -675,11 +664,9 @@ def _pending_record(p: PendingCommit) -> _PendingCommitRecord:
 
 
 def _pending_from(rec: _PendingCommitRecord) -> PendingCommit:
-    _unique([w.key_package_ref for w in rec.welcomes], "Welcome KeyPackageRefs")
     return PendingCommit(
         message=rec.message,
         welcome=rec.welcome,
-        welcomes={w.key_package_ref: w.welcome for w in rec.welcomes},
         group_info=rec.group_info,
         new_state=_state_from(rec.new_state),
         proposals=[(x.proposal, x.sender) for x in rec.proposals],

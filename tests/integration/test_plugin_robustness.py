@@ -1,0 +1,186 @@
+"""The plugin under pressure, over a real Prosody: racing commits, a ratchet tree
+larger than the stanza limit, and hostile input from someone outside the group."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Callable
+from typing import Any
+
+from mls_xmpp.core.group.client import Client
+from mls_xmpp.core.group.serialize import encode_group
+from mls_xmpp.testing import Account, ProsodyServer, connect_client, disconnect_client
+from mls_xmpp.xmpp.envelope import Envelope, Kind
+from mls_xmpp.xmpp.session import GroupSession
+from mls_xmpp.xmpp.stanza import NS
+
+from .mls_clients import TIMEOUT, close, mls_client
+
+STANZA_LIMIT = 262144  # Prosody's default c2s_stanza_size_limit
+
+
+async def _group_of(server: ProsodyServer, accounts: list[Account]
+                    ) -> tuple[list[Any], list[Any], list[GroupSession]]:
+    clients, recorders = [], []
+    for acc in accounts:
+        c, r = await mls_client(server, *acc)
+        clients.append(c)
+        recorders.append(r)
+    g0 = await clients[0].plugin["mls"].create_group(members=[a.jid for a in accounts[1:]])
+    sessions = [g0]
+    for r in recorders[1:]:
+        (g,) = await r.wait("mls_joined")
+        await asyncio.wait_for(g.ready.wait(), TIMEOUT)
+        sessions.append(g)
+    return clients, recorders, sessions
+
+
+async def _settle(sessions: list[GroupSession], epoch: int) -> None:
+    for _ in range(300):
+        if all(s.epoch >= epoch for s in sessions):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"epochs {[s.epoch for s in sessions]}, wanted {epoch}")
+
+
+# -- commits racing ------------------------------------------------------------------
+
+
+async def _race(server: ProsodyServer, accounts: list[Account]) -> None:
+    clients, recorders, sessions = await _group_of(server, accounts[:3])
+    dave, rd = await mls_client(server, *accounts[3])
+    erin, re_ = await mls_client(server, *accounts[4])
+    try:
+        ga, gb, gc = sessions
+        start = ga.epoch
+        # both commit at the same moment: two updates
+        await asyncio.gather(ga.update(), gb.update())
+        await _settle(sessions, start + 2)
+        auths = {s.group.epoch_authenticator for s in sessions}
+        assert len(auths) == 1 and len({s.epoch for s in sessions}) == 1
+        # both add someone at the same moment: neither addition is lost
+        await asyncio.gather(ga.add(accounts[3].jid), gb.add(accounts[4].jid))
+        (gd,) = await rd.wait("mls_joined")
+        (ge,) = await re_.wait("mls_joined")
+        await asyncio.wait_for(asyncio.gather(gd.ready.wait(), ge.ready.wait()), TIMEOUT)
+        everyone = [ga, gb, gc, gd, ge]
+        await _settle(everyone, max(s.epoch for s in everyone))
+        assert len({s.epoch for s in everyone}) == 1
+        assert len({s.group.epoch_authenticator for s in everyone}) == 1
+        assert {a.jid for a in accounts} == ga.jids()
+        await gd.send("dave and erin both made it")
+        await re_.wait("mls_message", 1)
+        assert re_.bodies()[-1] == "dave and erin both made it"
+    finally:
+        await close(*clients, dave, erin)
+
+
+def test_concurrent_commits_converge(prosody: ProsodyServer,
+                                    new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob", "carol", "dave", "erin")]
+    asyncio.run(asyncio.wait_for(_race(prosody, accounts), 180))
+
+
+# -- a tree larger than a stanza -----------------------------------------------------------
+
+
+async def _large_tree(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    alice, _ = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        group = await alice.plugin["mls"].create_group()
+        # 1,500 devices that are not online: KeyPackages made locally
+        fakes = [Client.generate(f"member{i}@{server.domain}".encode()) for i in range(1500)]
+        kps = [c.make_key_package() for c in fakes]
+        bob_kps = await alice.plugin["mls"].keystore.fetch(bob_acc.jid)
+        await group._commit(add=kps + [bob_kps[0].key_package])
+        tree = group.group.ratchet_tree()
+        assert len(tree) > STANZA_LIMIT, len(tree)
+        (gb,) = await rb.wait("mls_joined", timeout=120)
+        await asyncio.wait_for(gb.ready.wait(), 120)
+        assert gb.group.epoch_authenticator == group.group.epoch_authenticator
+        await group.send("a big room")
+        await rb.wait("mls_message", 1, timeout=60)
+        assert rb.bodies() == ["a big room"]
+    finally:
+        await close(alice, bob)
+
+
+def test_tree_over_stanza_limit_still_lets_a_member_join(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(
+        _large_tree(prosody, new_account("alice"), new_account("bob")), 600))
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+def _raw(client: Any, to: str, mtype: str, payload: str) -> None:
+    from slixmpp.xmlstream import ET
+
+    msg = client.make_message(mto=to, mtype=mtype)
+    el = ET.Element(f"{{{NS}}}mls")
+    el.text = payload
+    msg.append(el)
+    msg.append(ET.Element("{urn:xmpp:hints}store"))
+    msg.send()
+
+
+async def _hostile(server: ProsodyServer, accounts: list[Account]) -> None:
+    clients, recorders, sessions = await _group_of(server, accounts[:2])
+    ga, gb = sessions
+    ra, rb = recorders
+    mallory = await connect_client(server, *accounts[2])
+    try:
+        await ga.send("before")
+        await rb.wait("mls_message", 1)
+        # the room's owner lets mallory in as an occupant (a hostile or sloppy DS);
+        # she is not an MLS member
+        await ga.plugin.delivery.set_affiliation(ga.room, accounts[2].jid, "member")
+        await mallory.plugin["xep_0045"].join_muc_wait(ga.room, "mallory", maxstanzas=0,
+                                                       timeout=TIMEOUT)
+        before_a, before_b = encode_group(ga.group), encode_group(gb.group)
+        errors_before = len(rb.events["mls_error"])
+        old_ct = ga.group.encrypt(b"\x0a\x03old")  # valid ciphertext, replayed below
+        good = Envelope(kind=Kind.APPLICATION, group_id=ga.group_id, epoch=ga.epoch,
+                        mls_message=old_ct).to_base64()
+        forged_mls = Envelope(kind=Kind.APPLICATION, group_id=ga.group_id, epoch=ga.epoch,
+                              mls_message=bytes([0, 1, 0, 2]) + os.urandom(200)).to_base64()
+        other_group = Envelope(kind=Kind.APPLICATION, group_id=b"x" * 16, epoch=1,
+                               mls_message=old_ct).to_base64()
+        payloads = [
+            "!!! not base64 !!!",
+            base64.b64encode(os.urandom(64)).decode(),   # not a protobuf envelope
+            forged_mls,                                    # garbage MLS
+            other_group,                                   # names another group
+            good, good,                                    # replay: second copy must fail
+        ]
+        for p in payloads:
+            _raw(mallory, ga.room, "groupchat", p)
+        # direct messages to bob: garbage, a Welcome not meant for him
+        _raw(mallory, accounts[1].jid, "chat", "%%%")
+        _raw(mallory, accounts[1].jid, "chat", forged_mls)
+        # 5 bad room payloads (the replayed copy included) + 2 direct ones
+        await rb.wait("mls_error", errors_before + 7)
+        await ga.send("after")
+        await rb.wait("mls_message", 3)
+        # bob read alice's genuine ciphertext once (relayed by mallory); the replay
+        # and every forgery were dropped
+        assert rb.bodies() == ["before", "old", "after"]
+        assert gb.epoch == ga.epoch
+        assert gb.group.epoch_authenticator == ga.group.epoch_authenticator
+        # nothing mallory sent moved bob's group: only the one genuine message key was used
+        assert encode_group(ga.group) != before_a  # alice encrypted twice since
+        assert gb.group.state.tree.encode() == ga.group.state.tree.encode()
+        del before_b
+    finally:
+        await disconnect_client(mallory)
+        await close(*clients)
+
+
+def test_outsider_payloads_change_nothing(prosody: ProsodyServer,
+                                         new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob", "mallory")]
+    asyncio.run(asyncio.wait_for(_hostile(prosody, accounts), 120))
