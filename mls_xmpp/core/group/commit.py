@@ -129,7 +129,7 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
     outcome = apply_proposals(state, config, proposals, me, reinitialising=reinitialising)
 
     tree = outcome.tree
-    added_leaves = [i for i, _ in outcome.added]
+    added_leaves = frozenset(i for i, _ in outcome.added)
     path = None
     commit_secret = None
     path_secrets = None
@@ -181,9 +181,9 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
                                             ctx_bytes)).encode()
 
     new_state = build_state(state, config, nxt, tree, keys, state.own_leaf, outcome.reinit)
-    info = make_group_info(new_state, with_tree=config.ratchet_tree_in_welcome)
     welcome = None
     if outcome.added:
+        info = make_group_info(new_state, with_tree=config.ratchet_tree_in_welcome)
         welcome = _welcome(new_state, nxt.secrets, info, outcome.added, outcome.psks,
                            path_secrets)
     public_info = make_group_info(new_state, with_tree=False)

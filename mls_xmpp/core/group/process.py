@@ -250,7 +250,7 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
                                   "credential (§12.2)")
 
     tree = outcome.tree
-    added_leaves = [i for i, _ in outcome.added]
+    added_leaves = frozenset(i for i, _ in outcome.added)
     removed_leaves = {i for i, _ in outcome.removed}
     self_removed = state.own_leaf in removed_leaves
     committer = sender.index
@@ -300,7 +300,7 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
     new_state = build_state(state, config, nxt, tree, keys, state.own_leaf, outcome.reinit)
     event = CommitApplied(
         nxt.context.epoch, sender,
-        added=tuple(member(tree, i) for i in added_leaves)
+        added=tuple(member(tree, i) for i in sorted(added_leaves))
         + ((member(tree, committer),) if external else ()),
         removed=tuple(Member(i, leaf.credential, leaf.signature_key)
                       for i, leaf in outcome.removed),

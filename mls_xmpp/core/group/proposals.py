@@ -71,19 +71,12 @@ def leaf_context(state: EpochState, tree: RatchetTree, extensions: Extensions,
                  ignore_leaves: frozenset[int] = frozenset()) -> LeafContext:
     """The LeafContext for checking a leaf against ``tree`` (§7.3)."""
     rc_data = find_extension(extensions, 3)
-    in_use: set[int] = set()
-    supported: set[int] | None = None
-    for i, leaf in tree.leaves():
-        if i in ignore_leaves:
-            continue
-        in_use.add(leaf.credential.credential_type)
-        caps = set(leaf.capabilities.credentials)
-        supported = caps if supported is None else supported & caps
+    in_use, supported = tree.credential_types(ignore_leaves)
     return LeafContext(
         cipher_suite=state.suite.id,
         required_capabilities=None if rc_data is None else RequiredCapabilities.decode(rc_data),
-        member_credential_types=frozenset(in_use),
-        member_supported_credentials=None if supported is None else frozenset(supported),
+        member_credential_types=in_use,
+        member_supported_credentials=supported,
         signature_keys=_TreeSignatureKeys(tree, ignore_leaves),
         encryption_keys=_TreeEncryptionKeys(tree, frozenset(2 * i for i in ignore_leaves)))
 

@@ -28,6 +28,7 @@ group layer can apply a Commit to a copy and keep the original on failure.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 
@@ -122,7 +123,7 @@ class RatchetTree:
     """
 
     __slots__ = ("suite", "_n_leaves", "_nodes", "_th", "_ph", "_count", "_leafcount",
-                 "_enc", "_sig")
+                 "_enc", "_sig", "_cred_in_use", "_cred_support")
 
     def __init__(self, suite: CipherSuite, nodes: Sequence[Node | None]) -> None:
         """Wrap ``nodes`` (already padded to ``2**(d+1) - 1`` and type-checked).
@@ -210,6 +211,8 @@ class RatchetTree:
         new._leafcount = self._leafcount.copy()
         new._enc = self._enc.copy()
         new._sig = self._sig.copy()
+        new._cred_in_use = self._cred_in_use.copy()
+        new._cred_support = self._cred_support.copy()
         return new
 
     def _build_counts(self) -> None:
@@ -242,6 +245,39 @@ class RatchetTree:
                 sig.setdefault(node.signature_key, x >> 1)
         self._enc = _KeyIndex(enc)
         self._sig = _KeyIndex(sig)
+        self._cred_in_use: Counter[int] = Counter()
+        self._cred_support: Counter[int] = Counter()
+        for node in self._nodes[::2]:
+            if node is not None:
+                assert isinstance(node, LeafNode)
+                self._count_credentials(node, 1)
+
+    def _count_credentials(self, leaf: LeafNode, delta: int) -> None:
+        self._cred_in_use[leaf.credential.credential_type] += delta
+        for t in set(leaf.capabilities.credentials):
+            self._cred_support[t] += delta
+
+    def credential_types(self, ignore: Collection[int] = ()
+                         ) -> tuple[frozenset[int], frozenset[int] | None]:
+        """Credential types in use, and those every member supports (§7.3), in O(1).
+
+        Leaves in ``ignore`` (leaf indices) are left out; the second value is
+        ``None`` when no member remains.
+        """
+        in_use = Counter(self._cred_in_use)
+        support = Counter(self._cred_support)
+        members = self.n_members
+        for i in set(ignore):
+            leaf = self.leaf(i) if 0 <= i < self._n_leaves else None
+            if leaf is not None:
+                members -= 1
+                in_use[leaf.credential.credential_type] -= 1
+                for t in set(leaf.capabilities.credentials):
+                    support[t] -= 1
+        if members == 0:
+            return frozenset(), None
+        return (frozenset(t for t, c in in_use.items() if c > 0),
+                frozenset(t for t, c in support.items() if c == members))
 
     # -- shape and access --------------------------------------------------
 
@@ -416,10 +452,12 @@ class RatchetTree:
             self._enc.remove(old.encryption_key, x)
             if isinstance(old, LeafNode):
                 self._sig.remove(old.signature_key, x >> 1)
+                self._count_credentials(old, -1)
         if node is not None:
             self._enc.add(node.encryption_key, x)
             if isinstance(node, LeafNode):
                 self._sig.add(node.signature_key, x >> 1)
+                self._count_credentials(node, 1)
         nodes[x] = node
         dn = (node is not None) - (old is not None)
         dl = dn if x & 1 == 0 else 0
