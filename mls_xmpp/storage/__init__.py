@@ -1,6 +1,8 @@
-"""Persistent state: a typed store interface, a memory store, and (later) SQLite."""
+"""Persistent state: a typed store interface, a memory store, and a SQLite store."""
 
 from .base import GroupRecord, StateStore
+from .errors import StorageError
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
-__all__ = ["GroupRecord", "MemoryStore", "StateStore"]
+__all__ = ["GroupRecord", "MemoryStore", "SQLiteStore", "StateStore", "StorageError"]

@@ -1,0 +1,469 @@
+"""A SQLite :class:`~mls_xmpp.storage.base.StateStore`: durable, atomic, forward-secure.
+
+::
+
+    with SQLiteStore("device.db", key=key32) as store:
+        blob = store.load_identity()
+        ...
+        store.save_group(GroupRecord(group_id, room, encode_group(group), stanza_id))
+
+Schema (version 1)::
+
+    meta     (name TEXT PRIMARY KEY, value BLOB)        encryption mode, key check
+    identity (id INTEGER PRIMARY KEY CHECK (id = 1),    one row at most
+              data BLOB, updated_at INTEGER)
+    groups   (group_id BLOB PRIMARY KEY, room TEXT, state BLOB,
+              last_stanza_id TEXT, updated_at INTEGER)
+
+``updated_at`` is in whole seconds since the Unix epoch. The schema version
+is ``PRAGMA user_version``; :data:`_MIGRATIONS` lists one function per
+version (index ``i`` takes the database from version ``i`` to ``i + 1``), and
+opening a store runs the missing ones, each in its own transaction together
+with the version bump, so a crash during a migration leaves the previous
+version intact. Version 0 is a database without our tables (a new file, or
+one an application created for other tables, which are left alone). A
+database of a newer version than this code knows is refused.
+
+Durability and atomicity
+    Every write method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, and
+    SQLite's rollback journal makes it atomic: a process killed (or a machine
+    losing power) at any point leaves either the old or the new row, never a
+    mix. The pragmas set on every open:
+
+    * ``journal_mode=DELETE``: a rollback journal that is unlinked at commit.
+      Not WAL: a WAL file keeps copies of old pages (old states, consumed
+      keys) until it is overwritten, long after the commit. Not PERSIST, nor
+      the exclusive locking mode, which both keep the old pages in a journal
+      whose header is merely zeroed.
+    * ``synchronous=EXTRA``: ``FULL`` (fsync the journal before writing the
+      database, the database before deleting the journal) plus an fsync of
+      the directory after the journal is unlinked, so a commit that returned
+      survives a power loss. A member that sent a Commit and then lost the
+      new epoch would have to rejoin.
+    * ``secure_delete=ON``: SQLite overwrites deleted content with zeros, in
+      the b-tree pages (a replaced or deleted row) and in freed pages
+      (the overflow pages of a large state blob).
+    * ``auto_vacuum=FULL``: free pages are moved to the end of the file and
+      truncated away at every commit, so the file holds no free pages and
+      does not keep growing. (``INCREMENTAL`` would keep free pages until
+      ``PRAGMA incremental_vacuum`` runs; with ``secure_delete`` they are zeroed
+      either way, and ``FULL`` needs no maintenance call.) ``auto_vacuum`` only
+      takes effect when set before the first table is created, so a database
+      made without it is converted once with ``VACUUM`` on open.
+    * ``temp_store=MEMORY``: statement journals and the ``VACUUM`` copy never
+      go to temporary files.
+
+Forward secrecy on disk
+    With those settings, a state that :meth:`SQLiteStore.save_group` replaced
+    or :meth:`SQLiteStore.delete_group` removed is no longer anywhere in the
+    database file once the call returns, and the journal that briefly held
+    it is gone. What SQLite cannot reach is below the file system: blocks
+    of the unlinked journal and of the truncated file tail, copy-on-write
+    snapshots and flash wear levelling may still hold old bytes. Encryption
+    at rest (below) turns those into ciphertext, but under the same long-term
+    key: it protects against a stolen disk without the key, not against a
+    later compromise of the key.
+
+Encryption at rest
+    With ``key`` (32 bytes), every BLOB holding secrets (the identity and each
+    group state) is stored as::
+
+        0x01 || nonce (12 random bytes) || AES-256-GCM(key, nonce, plaintext, aad)
+
+    where ``aad = b"mls-xmpp sqlite v1" 0x00 table 0x00 primary_key``: the
+    table name (``identity`` or ``groups``), then the row's primary key (the
+    raw group ID, or ``b"1"`` for the single identity row). A blob therefore
+    only decrypts in the row it was written for; moving a state to another
+    group's row, or into the identity row, fails to decrypt. Random 96-bit
+    nonces are safe for about 2**32 writes under one key.
+
+    A key check (the sealed constant ``b"mls-xmpp key check"`` in ``meta``)
+    is written when the store is created, so opening it with a wrong key, a
+    key for a store that was created without one, or no key for one created
+    with one raises :class:`StorageError` at once. The mode is fixed when
+    the store is created.
+
+    Not encrypted: ``group_id``, ``room``, ``last_stanza_id``, ``updated_at``
+    and the schema. An observer of the file learns which rooms the device
+    is in, how far it has read each room's archive and when it last wrote;
+    someone who can write to the file can move a room's archive position
+    (the MLS layer still refuses replayed messages, and skipped ones are lost
+    to this device). They stay in the clear so the plugin can look groups up
+    by room and resume archive queries without decrypting every state.
+
+Concurrency
+    One store is one SQLite connection, to be used from the thread that
+    opened it (the asyncio event loop thread; SQLite's ``check_same_thread``
+    stays on, so a call from another thread raises :class:`StorageError`).
+    Every method runs to completion without yielding, so concurrent asyncio
+    tasks cannot interleave inside a transaction. Other processes opening
+    the same file are serialised by SQLite's file locks (waiting up to
+    ``timeout`` seconds), but two running clients sharing one identity is
+    an error the store does not detect.
+
+Every SQLite failure is reported as :class:`StorageError`. The database file
+is created with mode 0600 (its journal inherits that mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..core.errors import LocalUsageError
+from .base import GroupRecord
+from .errors import StorageError
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+#: Length of the encryption-at-rest key.
+KEY_LEN = 32
+_NONCE_LEN = 12
+_BLOB_VERSION = 1
+_AAD_PREFIX = b"mls-xmpp sqlite v1\x00"
+_KEY_CHECK = b"mls-xmpp key check"
+_MODE_PLAIN = b"none"
+_MODE_AESGCM = b"aes-256-gcm"
+_IDENTITY_PK = b"1"
+
+
+# -- schema migrations ---------------------------------------------------------------------
+
+
+def _migration_1_initial_schema(db: sqlite3.Connection) -> None:
+    """Version 0 -> 1: the meta, identity and groups tables."""
+    db.execute("CREATE TABLE meta ("
+               " name TEXT PRIMARY KEY NOT NULL,"
+               " value BLOB NOT NULL)")
+    db.execute("CREATE TABLE identity ("
+               " id INTEGER PRIMARY KEY CHECK (id = 1),"
+               " data BLOB NOT NULL,"
+               " updated_at INTEGER NOT NULL)")
+    db.execute("CREATE TABLE groups ("
+               " group_id BLOB PRIMARY KEY NOT NULL,"
+               " room TEXT NOT NULL,"
+               " state BLOB NOT NULL,"
+               " last_stanza_id TEXT,"
+               " updated_at INTEGER NOT NULL)")
+
+
+#: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
+#: Append new ones; never edit or reorder a released one.
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1_initial_schema,
+]
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sql_errors(what: str) -> Iterator[None]:
+    """Report SQLite failures as :class:`StorageError`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StorageError(f"{what}: {exc}") from exc
+
+
+def _aad(table: str, primary_key: bytes) -> bytes:
+    return _AAD_PREFIX + table.encode() + b"\x00" + primary_key
+
+
+def _pragma(db: sqlite3.Connection, name: str) -> object:
+    row = db.execute(f"PRAGMA {name}").fetchone()
+    return None if row is None else row[0]
+
+
+def _create_private_file(path: str) -> None:
+    """Create ``path`` empty and readable by its owner only, unless it exists."""
+    if os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot create the store {path!r}: {exc}") from exc
+    os.close(fd)
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+class SQLiteStore:
+    """A :class:`~mls_xmpp.storage.base.StateStore` in one SQLite file.
+
+    Args:
+        path: the database file (created, mode 0600, if missing; not
+            ``":memory:"``, ``""`` or a ``file:`` URI).
+        key: 32 bytes to encrypt the identity and group states at rest with
+            AES-256-GCM, or ``None`` to store them in the clear. Fixed when
+            the store is created.
+        timeout: seconds to wait for another process's lock before failing.
+
+    Raises:
+        StorageError: the file is not a usable store (not a database, of a
+            newer schema, encrypted with another key, or encrypted while no
+            key was given, or the reverse).
+        LocalUsageError: ``key`` is not 32 bytes, or ``path`` is not a file path.
+
+    See the module docstring for the schema, the pragmas and the encryption
+    format. Use the store from one thread; it is a context manager that
+    closes it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, key: bytes | None = None,
+                 timeout: float = 5.0) -> None:
+        if key is not None and (not isinstance(key, bytes | bytearray | memoryview)
+                                or len(key) != KEY_LEN):
+            raise LocalUsageError(f"the storage key must be {KEY_LEN} bytes")
+        self._aead = None if key is None else AESGCM(bytes(key))
+        self._path = os.fspath(path)
+        if self._path in ("", ":memory:") or self._path.startswith("file:"):
+            raise LocalUsageError("SQLiteStore needs a file path (a temporary or in-memory "
+                                  "database has no durable rollback journal)")
+        self._db: sqlite3.Connection | None = None
+        with _sql_errors(f"cannot open the store {self._path!r}"):
+            _create_private_file(self._path)
+            db = sqlite3.connect(self._path, timeout=timeout, isolation_level=None)
+            try:
+                self._db = db
+                self._configure(db)
+                self._migrate(db)
+                self._ensure_auto_vacuum(db)
+                self._check_encryption()
+            except BaseException:
+                self._db = None
+                db.close()
+                raise
+
+    # -- opening --------------------------------------------------------------------------
+
+    @staticmethod
+    def _configure(db: sqlite3.Connection) -> None:
+        """Set the pragmas of the module docstring (auto_vacuum first)."""
+        db.execute("PRAGMA auto_vacuum = FULL")  # effective only before the first table
+        mode = _pragma(db, "journal_mode = DELETE")
+        if not isinstance(mode, str) or mode.lower() != "delete":
+            raise StorageError(f"cannot switch the journal to DELETE mode (it is {mode!r})")
+        db.execute("PRAGMA synchronous = EXTRA")
+        if _pragma(db, "secure_delete = ON") != 1:
+            raise StorageError("this SQLite cannot turn secure_delete on")
+        db.execute("PRAGMA temp_store = MEMORY")
+        db.execute("PRAGMA trusted_schema = OFF")
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Run the missing migrations, one transaction per version."""
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                version = _pragma(db, "user_version")
+                if not isinstance(version, int):
+                    raise StorageError("cannot read the schema version")
+                target = len(_MIGRATIONS)
+                if version > target:
+                    raise StorageError(f"the store has schema version {version}; this code "
+                                       f"knows versions up to {target}")
+                if version == target:
+                    db.execute("COMMIT")
+                    return
+                _MIGRATIONS[version](db)
+                db.execute(f"PRAGMA user_version = {version + 1:d}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _ensure_auto_vacuum(db: sqlite3.Connection) -> None:
+        """Convert, once, a database whose tables predate ``auto_vacuum=FULL``."""
+        if _pragma(db, "auto_vacuum") != 1:
+            db.execute("PRAGMA auto_vacuum = FULL")
+            db.execute("VACUUM")
+            if _pragma(db, "auto_vacuum") != 1:
+                raise StorageError("cannot turn auto_vacuum on")
+
+    def _check_encryption(self) -> None:
+        """Record the encryption mode of a new store, or check the key against it."""
+        with self._transaction("cannot check the storage key") as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'encryption'").fetchone()
+            if row is None:
+                mode = _MODE_PLAIN if self._aead is None else _MODE_AESGCM
+                db.execute("INSERT INTO meta (name, value) VALUES ('encryption', ?)", (mode,))
+                if self._aead is not None:
+                    db.execute("INSERT INTO meta (name, value) VALUES ('key_check', ?)",
+                               (self._seal(_KEY_CHECK, "meta", b"key_check"),))
+                return
+            mode = row[0]
+            if mode == _MODE_PLAIN:
+                if self._aead is not None:
+                    raise StorageError("the store is not encrypted, but a key was given")
+            elif mode == _MODE_AESGCM:
+                if self._aead is None:
+                    raise StorageError("the store is encrypted and no key was given")
+                check = db.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
+                if check is None:
+                    raise StorageError("the store's key check is missing")
+                try:
+                    ok = self._open(check[0], "meta", b"key_check") == _KEY_CHECK
+                except StorageError:
+                    ok = False
+                if not ok:
+                    raise StorageError("wrong storage key (the key check does not decrypt)")
+            else:
+                raise StorageError(f"unknown store encryption mode {mode!r}")
+
+    # -- encryption ---------------------------------------------------------------------------
+
+    def _seal(self, plaintext: bytes, table: str, primary_key: bytes) -> bytes:
+        """The stored form of a secret BLOB (unchanged when the store is not encrypted)."""
+        if self._aead is None:
+            return bytes(plaintext)
+        nonce = os.urandom(_NONCE_LEN)
+        ct = self._aead.encrypt(nonce, bytes(plaintext), _aad(table, primary_key))
+        return bytes((_BLOB_VERSION,)) + nonce + ct
+
+    def _open(self, stored: object, table: str, primary_key: bytes) -> bytes:
+        """The plaintext of a stored secret BLOB; :class:`StorageError` if it fails."""
+        if not isinstance(stored, bytes):
+            raise StorageError(f"a {table} row holds a {type(stored).__name__}, not a BLOB")
+        if self._aead is None:
+            return stored
+        if len(stored) < 1 + _NONCE_LEN + 16 or stored[0] != _BLOB_VERSION:
+            raise StorageError(f"a {table} row is not an encrypted blob of version "
+                               f"{_BLOB_VERSION}")
+        nonce = stored[1:1 + _NONCE_LEN]
+        try:
+            return self._aead.decrypt(nonce, stored[1 + _NONCE_LEN:],
+                                      _aad(table, primary_key))
+        except InvalidTag:
+            raise StorageError(f"a {table} row does not decrypt: wrong key, or the data "
+                               "was altered or moved") from None
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError("the store is closed")
+        return self._db
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE ... COMMIT``; rolled back if anything fails."""
+        db = self._conn()
+        with _sql_errors(what):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    # -- StateStore -----------------------------------------------------------------------------
+
+    def load_identity(self) -> bytes | None:
+        """The stored identity, or ``None`` if none was saved."""
+        db = self._conn()
+        with _sql_errors("cannot read the identity"):
+            row = db.execute("SELECT data FROM identity WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        return self._open(row[0], "identity", _IDENTITY_PK)
+
+    def save_identity(self, data: bytes) -> None:
+        """Replace the identity, atomically."""
+        blob = self._seal(data, "identity", _IDENTITY_PK)
+        with self._transaction("cannot save the identity") as db:
+            db.execute("INSERT INTO identity (id, data, updated_at) VALUES (1, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
+                       "updated_at = excluded.updated_at", (blob, int(time.time())))
+
+    def load_groups(self) -> list[GroupRecord]:
+        """Every stored group, ordered by group ID."""
+        db = self._conn()
+        with _sql_errors("cannot read the groups"):
+            rows = db.execute("SELECT group_id, room, state, last_stanza_id FROM groups "
+                              "ORDER BY group_id").fetchall()
+        out = []
+        for gid, room, state, last in rows:
+            if not isinstance(gid, bytes) or not isinstance(room, str) or not (
+                    last is None or isinstance(last, str)):
+                raise StorageError("a groups row has columns of the wrong type")
+            out.append(GroupRecord(gid, room, self._open(state, "groups", gid), last))
+        return out
+
+    def save_group(self, record: GroupRecord) -> None:
+        """Insert or replace a group's record (state and position together), atomically."""
+        gid = bytes(record.group_id)
+        blob = self._seal(record.state, "groups", gid)
+        with self._transaction("cannot save the group") as db:
+            db.execute("INSERT INTO groups (group_id, room, state, last_stanza_id, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (group_id) DO UPDATE SET room = excluded.room, "
+                       "state = excluded.state, last_stanza_id = excluded.last_stanza_id, "
+                       "updated_at = excluded.updated_at",
+                       (gid, record.room, blob, record.last_stanza_id, int(time.time())))
+
+    def save_position(self, group_id: bytes, last_stanza_id: str | None) -> None:
+        """Move a stored group's archive position; nothing happens for an unknown group."""
+        with self._transaction("cannot save the archive position") as db:
+            db.execute("UPDATE groups SET last_stanza_id = ?, updated_at = ? "
+                       "WHERE group_id = ?", (last_stanza_id, int(time.time()), bytes(group_id)))
+
+    def delete_group(self, group_id: bytes) -> None:
+        """Forget a group; its state is overwritten with zeros in the file."""
+        with self._transaction("cannot delete the group") as db:
+            db.execute("DELETE FROM groups WHERE group_id = ?", (bytes(group_id),))
+
+    def close(self) -> None:
+        """Close the connection; later calls raise :class:`StorageError`. Idempotent."""
+        db, self._db = self._db, None
+        if db is not None:
+            with _sql_errors("cannot close the store"):
+                db.close()
+
+    # -- extras ------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    @property
+    def schema_version(self) -> int:
+        """``PRAGMA user_version`` of the open database."""
+        with _sql_errors("cannot read the schema version"):
+            version = _pragma(self._conn(), "user_version")
+        if not isinstance(version, int):
+            raise StorageError("cannot read the schema version")
+        return version
+
+    def check_integrity(self) -> None:
+        """Run ``PRAGMA integrity_check``; :class:`StorageError` unless it says ``ok``."""
+        with _sql_errors("cannot check the store's integrity"):
+            rows = self._conn().execute("PRAGMA integrity_check").fetchall()
+        if [r[0] for r in rows] != ["ok"]:
+            raise StorageError("integrity check failed: "
+                               + "; ".join(str(r[0]) for r in rows[:10]))
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
