@@ -32,7 +32,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from ..core.errors import MLSError
 from ..core.group.client import Client
 from ..core.group.config import GroupConfig
-from ..storage import GroupRecord, MemoryStore, StateStore
+from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from .delivery import Delivery
 from .envelope import Kind
 from .errors import TransportError
@@ -52,7 +52,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     dependencies = {"xep_0004", "xep_0030", "xep_0045", "xep_0059", "xep_0060", "xep_0163",
                     "xep_0313", "xep_0334", "xep_0359", "xep_0363", "xep_0380"}
     default_config = {
-        "store": None,            # a StateStore; memory by default
+        "store": None,            # a StateStore or an SQLite file path; memory by default
+        "store_key": None,        # 32 bytes: encrypt the SQLite store at rest
         "client": None,           # a core Client; generated from the JID by default
         "suite": 1,
         "muc_domain": None,       # default: conference.<domain>
@@ -67,7 +68,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     def plugin_init(self) -> None:
         register_stanzas()
         cfg = self.config
-        self.store: StateStore = cfg.get("store") or MemoryStore()
+        store = cfg.get("store")
+        if isinstance(store, str):
+            store = SQLiteStore(store, key=cfg.get("store_key"))
+        self.store: StateStore = store or MemoryStore()
         self.commit_timeout: float = float(cfg.get("commit_timeout", 30.0))
         self.sessions: dict[str, GroupSession] = {}
         self.client: Client | None = cfg.get("client")
@@ -126,8 +130,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self._ready.is_set():
             return
         if self.client is None:
-            self.client = Client.generate(self.bare_jid.encode(), int(self.config.get("suite", 1)),
-                                          config=self._group_config())
+            self.client = self._load_identity()
         self.keystore = KeyPackageStore(self.xmpp, self.client)
         from ..core.group.serialize import decode_group
 
@@ -144,8 +147,35 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             session.start()
         if self.config.get("publish_key_packages", True):
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
+            self.save_identity()
         self._ready.set()
         self.xmpp.event("mls_ready", self)
+
+    def _load_identity(self) -> Client:
+        """This device's identity from the store, or a new one (saved at once)."""
+        from ..core.group.client_state import decode_client
+
+        data = self.store.load_identity()
+        if data is not None:
+            try:
+                client = decode_client(data, self._group_config())
+            except MLSError as e:
+                raise TransportError(f"the stored identity is unreadable: {e}") from e
+            if client.credential.identity != self.bare_jid.encode():
+                raise TransportError("the stored identity belongs to another account")
+            return client
+        client = Client.generate(self.bare_jid.encode(), int(self.config.get("suite", 1)),
+                                 config=self._group_config())
+        self.client = client
+        self.save_identity()
+        return client
+
+    def save_identity(self) -> None:
+        """Write the identity and its KeyPackage private keys (after every change)."""
+        from ..core.group.client_state import encode_client
+
+        if self.client is not None:
+            self.store.save_identity(encode_client(self.client))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until :meth:`start` finished (KeyPackages published, groups resumed)."""
@@ -244,18 +274,21 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             assert self.client is not None
             if not self._welcome_is_mine(env.mls_message):
                 return  # for another device of this account
+            if not env.room or not JID(env.room).user or not JID(env.room).domain:
+                raise TransportError("Welcome without a room")
             tree = None
             if env.ratchet_tree is not None:
                 tree = await self.delivery.download(env.ratchet_tree)
             group = self.client.join(env.mls_message, ratchet_tree=tree)
+            self.save_identity()  # the used KeyPackage's private keys are gone
         except MLSError as e:
             self.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
             return
-        room = env.room
-        if not room or JID(room).domain == "":
-            self.error(MLSErrorEvent("Welcome without a room", sender=sender))
+        if env.group_id != group.group_id:
+            del self.client.groups[group.group_id]
+            self.error(MLSErrorEvent("Welcome envelope names another group", sender=sender))
             return
-        session = GroupSession(self, group, str(JID(room).bare), env.after_stanza_id or None)
+        session = GroupSession(self, group, str(JID(env.room).bare), env.after_stanza_id or None)
         self.sessions[session.room] = session
         self.persist(session)
         try:
@@ -284,6 +317,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         try:
             await self.keystore.sync_used()
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
+            self.save_identity()
         except MLSError as e:
             self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
 
