@@ -1,0 +1,50 @@
+"""A device restarts from its SQLite store and catches up from the room archive."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from mls_xmpp.testing import Account, ProsodyServer
+
+from .mls_clients import TIMEOUT, close, mls_client
+
+
+async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                   db: Path) -> None:
+    alice, ra = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc, config={"store": str(db)})
+    try:
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        (gb,) = await rb.wait("mls_joined")
+        await asyncio.wait_for(gb.ready.wait(), TIMEOUT)
+        await group.send("one")
+        await rb.wait("mls_message", 1)
+        bob_key = bob.plugin["mls"].client.signature_public_key
+        await close(bob)  # bob goes away; his state is on disk
+
+        await group.send("two")
+        await group.update()
+        await group.send("three")
+
+        bob2, rb2 = await mls_client(server, *bob_acc, config={"store": str(db)})
+        try:
+            assert bob2.plugin["mls"].client.signature_public_key == bob_key
+            await rb2.wait("mls_message", 2)
+            assert rb2.bodies() == ["two", "three"]  # nothing twice, nothing skipped
+            (gb2,) = bob2.plugin["mls"].groups
+            assert gb2.group.epoch_authenticator == group.group.epoch_authenticator
+            await gb2.send("bob is back")
+            await ra.wait("mls_message", 1)
+            assert ra.bodies() == ["bob is back"]
+        finally:
+            await close(bob2)
+    finally:
+        await close(alice)
+
+
+def test_restart_from_sqlite_catches_up(prosody: ProsodyServer, tmp_path: Path,
+                                        new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(
+        _restart(prosody, new_account("alice"), new_account("bob"), tmp_path / "bob.db"), 120))
