@@ -125,6 +125,11 @@ class GroupSession:
                 except TransportError as e:
                     self.plugin.error(MLSErrorEvent(f"archive catch-up failed: {e}", self,
                                                     error=e))
+            if self.group.pending_commit is not None and self._commit_waiter is None:
+                # restored with a Commit that the archive does not hold: it never
+                # reached the room, so it will never be merged
+                self.group.discard_pending_commit()
+                self.plugin.persist(self)
             self.ready.set()
             while True:
                 msg, sid = await self._queue.get()
@@ -178,8 +183,11 @@ class GroupSession:
                                             stanza_id, e))
             return
         self._mark(stanza_id)
-        self.plugin.persist(self)
+        # events first, then the state: a crash in between replays this message
+        # after the restart (same stanza-id, for the application to deduplicate)
+        # instead of losing it
         self._dispatch(event, stanza_id)
+        self.plugin.persist(self)
 
     async def _resolve(self, env: Envelope) -> bytes:
         """The payload bytes; a blob download is retried before giving up on it."""
