@@ -502,6 +502,29 @@ def test_consumed_key_package_keys_are_gone_from_the_file(db_path: Path) -> None
     assert not contains_any_piece(data, bundle.encryption_private_key)
 
 
+def test_used_message_keys_are_gone_from_the_file(db_path: Path) -> None:
+    from mls_xmpp.core.tree.secret_tree import RatchetType
+
+    alice, bob = Client.generate(b"alice"), Client.generate(b"bob")
+    group = alice.create_group()
+    pending = group.commit(add=[bob.make_key_package()])
+    group.merge_pending_commit()
+    assert pending.welcome is not None
+    joined = bob.join(pending.welcome)
+    first, second = group.encrypt(b"first"), group.encrypt(b"second")
+    joined.process(second)  # out of order: the key of "first" is kept, skipped
+    app = RatchetType.APPLICATION
+    key0, nonce0 = joined.state.secret_tree.peek(0, app, 0)
+    with SQLiteStore(db_path) as s:
+        s.save_group(GroupRecord(joined.group_id, "room@muc", encode_group(joined)))
+        assert contains_any_piece(file_bytes(db_path), key0)  # positive control
+        joined.process(first)  # the key is used, then deleted
+        s.save_group(GroupRecord(joined.group_id, "room@muc", encode_group(joined)))
+    data = file_bytes(db_path)
+    assert not contains_any_piece(data, key0)
+    assert not contains_any_piece(data, nonce0)
+
+
 def test_old_epoch_secrets_are_gone_from_the_file(db_path: Path) -> None:
     config = GroupConfig(past_epochs=0, resumption_psk_epochs=1)
     alice = Client.generate(b"alice", config=config)
