@@ -2,9 +2,12 @@
 
 Subcommands:
 
-* ``demo`` -- start an embedded Prosody (the Delivery Service), connect two
-  slixmpp clients and pass one body-less, namespaced payload through a MUC room
-  and its archive. Says plainly which parts of the project exist and which not.
+* ``demo`` -- the architecture's scenario end to end (:mod:`mls_xmpp.demo`):
+  an embedded Prosody as the MLS Delivery Service, four devices, KeyPackages
+  on PEP, a group in a MUC room, messages every way, a key update, a removal,
+  and a member added while offline who catches up from the room archive.
+  Exit status 0 only when every step passed. ``--server``/``--account`` run
+  the same steps on an existing server with existing accounts.
 * ``vectors PATH...`` -- run mlswg test-vector files
   (same as ``python -m mls_xmpp.vectors``).
 """
@@ -12,25 +15,28 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mls_xmpp.testing import ProsodyServer
 
 __all__ = ["main"]
 
-NOT_BUILT = (
-    "This demo exercises the transport only. Not built yet: the slixmpp plugin that\n"
-    "carries MLS over XMPP (mls_xmpp/xmpp), hence no MLS group is created here and\n"
-    "nothing is encrypted: the payload above is placeholder bytes, NOT an MLS message.\n"
-    "The RFC 9420 core (mls_xmpp/core) is in progress; see what passes with\n"
-    "`mls-xmpp vectors tests/vectors/data/*.json` (the mlswg test vectors)."
-)
+DEMO_EPILOG = """Without options the demo starts a throw-away Prosody on free loopback ports
+(Debian package 'prosody'; bin/setup installs it), creates the accounts
+alice, bob, charlie and dave, runs every step and stops the server again.
+
+On an existing server give all four accounts; they must exist already (the
+demo does not register accounts) and be used for nothing else, since the demo
+publishes KeyPackages to their PEP node and adds every device it finds there.
+Their server needs MUC with MAM (conference.DOMAIN unless --muc-domain), PEP
+and offline storage. The demo destroys its room and retracts its KeyPackages
+when it ends. Example:
+
+  mls-xmpp demo --server xmpp.example.org:5222 --domain example.org \\
+      --account alice=alice:PW1 --account bob=bob:PW2 \\
+      --account charlie=charlie:PW3 --account dave=dave:PW4
+
+Exit status: 0 when every step passed, 1 when one failed, 2 on bad options.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,13 +53,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = sub.add_parser(
         "demo",
-        help="start an embedded Prosody and pass a payload through a room",
-        description="Start a throw-away Prosody on loopback, connect alice and bob, "
-        "and pass one body-less payload through a MUC room and its MAM archive.",
+        help="run the architecture's scenario on an embedded Prosody (or a given server)",
+        description="Four devices, one MLS group over a MUC room: KeyPackages on PEP, group "
+        "creation, messages every way, a key update, a removal, and a member added while "
+        "offline who catches up from the room archive. Every step is checked.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--keep", action="store_true", help="keep Prosody's directory and log")
-    demo.add_argument("-v", "--verbose", action="store_true", help="log slixmpp (debug)")
-    demo.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
+    existing = demo.add_argument_group("existing server (instead of the embedded one)")
+    existing.add_argument("--server", metavar="HOST:PORT",
+                          help="connect here (default port 5222; default: DNS SRV of the JIDs)")
+    existing.add_argument("--domain", metavar="D",
+                          help="XMPP domain for --account JIDs given as a bare local part")
+    existing.add_argument("--muc-domain", metavar="D",
+                          help="MUC service for the group room (default: conference.DOMAIN)")
+    existing.add_argument("--account", metavar="NAME=JID:PASSWORD", action="append",
+                          default=[], help="an existing account for NAME (alice, bob, charlie, "
+                          "dave); give all four")
+    existing.add_argument("--plaintext", action="store_true",
+                          help="no TLS at all (loopback test servers only)")
+    existing.add_argument("--no-tls-verify", action="store_true",
+                          help="accept any TLS certificate (self-signed test servers)")
+    demo.add_argument("-q", "--quiet", action="store_true",
+                      help="print only the step results and the verdict")
+    demo.add_argument("-v", "--verbose", action="store_true", help="log slixmpp and the plugin")
+    demo.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                      help="seconds to wait for each reply or event (default 30)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the embedded Prosody's directory and log")
+    demo.add_argument("--fail-at", type=int, metavar="STEP", help=argparse.SUPPRESS)
     sub.add_parser(
         "vectors",
         help="run mlswg test-vector files: vectors [--type T] [-q] [-v] PATH...",
@@ -61,121 +89,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ns = parser.parse_args(args)
     if ns.command == "demo":
-        return run_demo(keep=ns.keep, verbose=ns.verbose, step_timeout=ns.timeout)
-    parser.error(f"unknown command {ns.command!r}")  # pragma: no cover - argparse exits
+        # imported here so that `mls-xmpp vectors` does not load slixmpp
+        from mls_xmpp import demo as demo_module
 
-
-def run_demo(*, keep: bool = False, verbose: bool = False, step_timeout: float = 10.0) -> int:
-    """The ``demo`` subcommand; 0 only when every step worked."""
-    # imported here so that `mls-xmpp vectors` does not load slixmpp
-    from mls_xmpp.testing import ClientError, ProsodyError, ProsodyServer
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.ERROR,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    print("mls-xmpp demo: XMPP server as MLS Delivery Service (infrastructure only)")
-    server = ProsodyServer(keep_directory=keep)
-    try:
-        with server:
-            say(
-                f"Prosody pid {server.pid} ready in {server.start_seconds:.2f} s: "
-                f"c2s 127.0.0.1:{server.c2s_port}, http {server.http_port}, "
-                f"rooms on {server.muc_domain}"
-            )
-            ok = asyncio.run(
-                asyncio.wait_for(_demo_flow(server, step_timeout), 6 * step_timeout)
-            )
-        say(f"Prosody stopped in {server.stop_seconds:.2f} s")
-    except (ProsodyError, ClientError, TimeoutError) as e:
-        _fail(str(e) or type(e).__name__)
-        ok = False
-    except Exception as e:  # noqa: BLE001 - a demo reports any failure plainly
-        _fail(f"{type(e).__name__}: {e}")
-        ok = False
-    if keep:
         try:
-            say(f"kept {server.directory} (log: prosody.log)")
-        except ProsodyError:
-            pass
-    print()
-    print(NOT_BUILT)
-    print()
-    print("demo: OK" if ok else "demo: FAILED")
-    return 0 if ok else 1
-
-
-async def _demo_flow(server: ProsodyServer, step: float) -> bool:
-    """Accounts, two clients, a room, one payload live and from the archive."""
-    import base64
-
-    from mls_xmpp.testing import (
-        PayloadInbox,
-        connect_client,
-        create_room,
-        disconnect_client,
-        join_room,
-        payload_of,
-        room_archive,
-        send_payload,
-        stanza_id,
-    )
-
-    alice_acct = server.create_user("alice", "alice-demo-pw")
-    bob_acct = server.create_user("bob", "bob-demo-pw")
-    say(f"accounts created: {alice_acct.jid}, {bob_acct.jid}")
-
-    t0 = time.monotonic()
-    alice = await connect_client(server, *alice_acct, timeout=step)
-    bob = await connect_client(server, *bob_acct, timeout=step)
-    say(f"alice and bob logged in (plaintext SCRAM on loopback) in {time.monotonic() - t0:.2f} s")
-    try:
-        room = server.room_jid("demo")
-        await create_room(alice, room, "alice", timeout=step)
-        say(f"alice created and configured {room} (persistent, archived)")
-        await join_room(bob, room, "bob", timeout=step)
-        say(f"bob joined {room}")
-
-        data = b"placeholder, not an MLSMessage: " + bytes(range(16))
-        encoded = base64.b64encode(data).decode("ascii")
-        with PayloadInbox(bob) as inbox:
-            t0 = time.monotonic()
-            send_payload(alice, room, data, store_hint=True)
-            say(
-                f"alice sent a groupchat message with no <body/>: <mls xmlns='urn:mls-xmpp:0'> "
-                f"({len(data)} bytes, base64) + <store xmlns='urn:xmpp:hints'/>"
-            )
-            got = await inbox.get(step)
-            elapsed_ms = (time.monotonic() - t0) * 1000
-        sid = stanza_id(got.xml, by=room)
-        if payload_of(got.xml) != encoded or not sid:
-            say("bob received a message, but the payload or the room's stanza-id is wrong")
-            return False
-        say(
-            f"bob received it from {got['from']} in {elapsed_ms:.1f} ms, "
-            f"payload intact, room stanza-id {sid}"
-        )
-
-        archive = await room_archive(bob, room, timeout=step)
-        hits = [m for m in archive if m.payload == encoded and m.archive_id == sid]
-        if not hits:
-            say("the payload is missing from the room's MAM archive")
-            return False
-        say(f"room archive (MAM) holds it under the same id: {len(archive)} message(s) in room")
-        return True
-    finally:
-        await asyncio.gather(disconnect_client(alice), disconnect_client(bob))
-        say("clients disconnected")
-
-
-def _fail(reason: str) -> None:
-    sys.stdout.flush()
-    print(f"FAILED: {reason}", file=sys.stderr, flush=True)
-
-
-def say(line: str) -> None:
-    """One progress line of the demo."""
-    print(f"  - {line}", flush=True)
+            options = demo_module.DemoOptions.build(
+                server=ns.server, domain=ns.domain, muc_domain=ns.muc_domain,
+                accounts=ns.account, plaintext=ns.plaintext, tls_verify=not ns.no_tls_verify,
+                quiet=ns.quiet, verbose=ns.verbose, keep=ns.keep, step_timeout=ns.timeout,
+                fail_at=ns.fail_at)
+        except demo_module.DemoError as e:
+            demo.error(str(e))
+        return demo_module.run(options)
+    parser.error(f"unknown command {ns.command!r}")  # pragma: no cover - argparse exits
 
 
 if __name__ == "__main__":

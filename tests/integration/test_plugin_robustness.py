@@ -134,6 +134,14 @@ async def _hostile(server: ProsodyServer, accounts: list[Account]) -> None:
     ra, rb = recorders
     mallory = await connect_client(server, *accounts[2])
     try:
+        # the room is members-only: an outsider cannot even enter it
+        joined_uninvited = True
+        try:
+            await mallory.plugin["xep_0045"].join_muc_wait(ga.room, "mallory", maxstanzas=0,
+                                                           timeout=5)
+        except Exception:  # noqa: BLE001 - presence error or timeout: refused
+            joined_uninvited = False
+        assert not joined_uninvited
         await ga.send("before")
         await rb.wait("mls_message", 1)
         # the room's owner lets mallory in as an occupant (a hostile or sloppy DS);
