@@ -166,7 +166,7 @@ class Delivery:
                 "muc#roomconfig_whois": "anyone",
                 "muc#roomconfig_publicroom": False,
             }
-            fields = form.get_fields()
+            fields = form.get_fields()  # type: ignore[no-untyped-call]
             submit: Any = self.xmpp.plugin["xep_0004"].make_form(ftype="submit")  # type: ignore[no-untyped-call]
             for var, value in values.items():
                 if var in fields:
