@@ -34,10 +34,11 @@ from ..core.group.client import Client
 from ..core.group.config import GroupConfig
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from .delivery import Delivery
-from .envelope import Kind
+from .envelope import Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent
 from .keystore import KeyPackageStore
+from .recovery import GroupRegistry, latest_group_info, old_leaf
 from .session import GroupSession
 from .stanza import NS, register_stanzas
 
@@ -60,6 +61,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "pool_size": 5,           # KeyPackages kept on PEP
         "group_config": None,     # core GroupConfig
         "commit_timeout": 30.0,
+        "device": None,           # a stable device name (application_id in its leaves)
+        "recover": True,          # a device without stored state rejoins its groups
         "publish_key_packages": True,
     }
 
@@ -76,6 +79,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.sessions: dict[str, GroupSession] = {}
         self.client: Client | None = cfg.get("client")
         self.delivery = Delivery(self)
+        self.registry = GroupRegistry(self)
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
         self.xmpp.register_handler(CoroutineCallback(
@@ -129,8 +133,12 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """Set up identity, resume stored groups, publish KeyPackages."""
         if self._ready.is_set():
             return
+        fresh = self.store.load_identity() is None and self.client is None
         if self.client is None:
             self.client = self._load_identity()
+        device = self.config.get("device")
+        if device:
+            self.client.device_id = str(device).encode()
         self.keystore = KeyPackageStore(self.xmpp, self.client)
         from ..core.group.serialize import decode_group
 
@@ -148,8 +156,61 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.config.get("publish_key_packages", True):
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
             self.save_identity()
+        if fresh and self.config.get("recover", True):
+            await self.recover()
         self._ready.set()
         self.xmpp.event("mls_ready", self)
+
+    async def recover(self) -> list[GroupSession]:
+        """Rejoin, by external Commit, every recorded group this device is not in.
+
+        For a device whose state was lost: its old leaf (same account and
+        device name) is removed in the same Commit (RFC 9750 §3.1.2).
+        """
+        out = []
+        for room in await self.registry.rooms():
+            if room in self.sessions:
+                continue
+            try:
+                out.append(await self.rejoin(room))
+            except MLSError as e:
+                self.error(MLSErrorEvent(f"rejoining {room} failed: {e}", error=e))
+        return out
+
+    async def rejoin(self, room: str, *, attempts: int = 3) -> GroupSession:
+        """Rejoin one room's group from its latest GroupInfo (external Commit)."""
+        assert self.client is not None
+        from ..core.messages.framing import MLSMessage
+
+        await self.delivery.join_room(room, self._nick())
+        last: Exception | None = None
+        for _ in range(attempts):
+            info, tree, stanza_id = await latest_group_info(self, room)
+            resync = old_leaf(info, tree, self.bare_jid, self.client.device_id)
+            self.client.groups.pop(info.group_context.group_id, None)
+            group, commit = self.client.join_external(MLSMessage(info).encode(),
+                                                      ratchet_tree=tree, resync_leaf=resync)
+            session = GroupSession(self, group, room, stanza_id)
+            session.expect_echo = commit
+            self.sessions[room] = session
+            session.start(catch_up=True)
+            await self.delivery.send_room(room, Envelope(
+                kind=Kind.COMMIT, group_id=group.group_id, epoch=info.group_context.epoch,
+                mls_message=commit))
+            try:
+                ok = await asyncio.wait_for(session.echo_result, self.commit_timeout)
+            except TimeoutError as e:
+                last = TransportError(f"the room did not reflect the rejoin: {e}")
+                ok = False
+            if ok:
+                self.persist(session)
+                self.xmpp.event("mls_joined", session)
+                await session.publish_group_info()
+                return session
+            await session.stop()
+            del self.sessions[room]
+            last = last or TransportError("another Commit came first; retrying")
+        raise TransportError(f"could not rejoin {room}: {last}")
 
     def _load_identity(self) -> Client:
         """This device's identity from the store, or a new one (saved at once)."""
@@ -206,6 +267,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     def group_removed(self, session: GroupSession) -> None:
         """This device was removed from a group."""
         self.xmpp.event("mls_removed", session)
+        asyncio.ensure_future(self.registry.remove(session.room))
+
+    async def _record(self, session: GroupSession) -> None:
+        try:
+            await self.registry.add(session.room, session.group_id)
+        except TransportError as e:
+            self.error(MLSErrorEvent(f"recording the group failed: {e}", session, error=e))
 
     # -- the API -------------------------------------------------------------------------
 
@@ -221,6 +289,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.sessions[room] = session
         self.persist(session)
         session.start(catch_up=False)
+        await self._record(session)
         if members:
             await session.add(*members)
         else:
@@ -296,6 +365,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         except TransportError as e:
             self.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
         session.start(catch_up=True)
+        await self._record(session)
         if self.keystore is not None:
             asyncio.ensure_future(self._after_join())
         self.xmpp.event("mls_joined", session)

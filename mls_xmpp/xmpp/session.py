@@ -68,6 +68,9 @@ class GroupSession:
         self.ready = asyncio.Event()
         self.latest_group_info: Envelope | None = None
         self._inline_tree = True
+        #: a rejoin's external Commit, until the room reflects it
+        self.expect_echo: bytes | None = None
+        self.echo_result: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
 
     # -- what the group is ----------------------------------------------------
 
@@ -168,6 +171,14 @@ class GroupSession:
                 self.plugin.persist_position(self)
                 return
             data = await self._resolve(env)
+            if self.expect_echo is not None and env.kind == Kind.COMMIT:
+                mine = data == self.expect_echo
+                self.expect_echo = None
+                if not self.echo_result.done():
+                    self.echo_result.set_result(mine)
+                if not mine:  # another Commit came first: this rejoin is void
+                    self._mark(stanza_id)
+                    return
             digest = hashlib.sha256(data).digest()
             if digest in self._sent:
                 del self._sent[digest]  # our own message, reflected by the room

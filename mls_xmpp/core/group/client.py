@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..codec import encode_opaque
 from ..crypto import CipherSuite, get_suite
 from ..errors import GroupStateError, LocalUsageError, ValidationError
-from ..messages.common import CredentialType, LeafNodeSource
+from ..messages.common import CredentialType, ExtensionType, LeafNodeSource
 from ..messages.credentials import Credential
 from ..messages.extensions import Extension, Extensions
 from ..messages.framing import MLSMessage
@@ -57,6 +58,9 @@ class Client:
     resumption_psks: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
     #: the groups this client is in, by group ID
     groups: dict[bytes, Group] = field(default_factory=dict)
+    #: a stable name of this device, carried in every leaf as application_id
+    #: (RFC 9420 §5.3.3), so a device that lost its state can find its old leaf
+    device_id: bytes | None = None
 
     @classmethod
     def generate(cls, identity: bytes, suite_id: int = 1, *,
@@ -76,6 +80,12 @@ class Client:
         """The public half of the signature key."""
         return self.suite.signature_public_key(self.signature_private_key)
 
+    def leaf_extensions(self) -> Extensions:
+        """Extensions of this device's leaves: its application_id, if it has one."""
+        if self.device_id is None:
+            return ()
+        return (Extension(ExtensionType.APPLICATION_ID, encode_opaque(self.device_id)),)
+
     def capabilities(self) -> Capabilities:
         """What this implementation supports, advertised in every leaf."""
         return Capabilities(versions=(1,), cipher_suites=(self.suite_id,),
@@ -92,6 +102,7 @@ class Client:
         bundle = build_key_package(self.suite, self.signature_private_key, self.credential,
                                    not_before=now - 3600, not_after=now + lifetime,
                                    capabilities=self.capabilities(), extensions=exts,
+                                   leaf_extensions=self.leaf_extensions(),
                                    rng=self.config.rng)
         ref = bundle.key_package.ref(self.suite)
         self.key_packages[ref] = bundle
@@ -151,7 +162,8 @@ class Client:
         enc_priv, enc_pub = suite.generate_kem_key_pair(rng)
         leaf = LeafNode(enc_pub, self.signature_public_key, self.credential,
                         self.capabilities(), LeafNodeSource.KEY_PACKAGE,
-                        lifetime=_lifetime(self.config.clock()))
+                        lifetime=_lifetime(self.config.clock()),
+                        extensions=self.leaf_extensions())
         leaf = leaf.signed(suite, self.signature_private_key)
         tree = RatchetTree.create(suite, leaf)
         ctx = GroupContext(1, suite.id, gid, 0, tree.tree_hash(), b"", extensions)
@@ -233,7 +245,8 @@ class Client:
         joined = external_join(group_info, self.credential, self.suite_id,
                                self.signature_private_key, self.capabilities(), self.config,
                                self.psk_lookup, ratchet_tree=ratchet_tree,
-                               resync_leaf=resync_leaf, psks=psks)
+                               resync_leaf=resync_leaf, psks=psks,
+                               leaf_extensions=self.leaf_extensions())
         old = self.groups.get(joined.state.group_id)
         if old is not None:
             del self.groups[joined.state.group_id]  # the lost state is replaced
@@ -246,3 +259,17 @@ class Client:
 def _lifetime(now: int) -> Lifetime:
     return Lifetime(now - 3600, now + DEFAULT_LIFETIME)
 
+
+
+def leaf_device_id(leaf: LeafNode) -> bytes | None:
+    """The device name a leaf carries in its application_id extension, if any."""
+    from ..codec import Opaque
+    from ..errors import DecodeError
+
+    for e in leaf.extensions:
+        if e.extension_type == ExtensionType.APPLICATION_ID:
+            try:
+                return Opaque.decode(e.extension_data)
+            except DecodeError:
+                return None
+    return None

@@ -17,7 +17,7 @@ from ..errors import ValidationError
 from ..messages.commit import Commit
 from ..messages.common import ContentType, LeafNodeSource, SenderType, WireFormat
 from ..messages.credentials import Credential
-from ..messages.extensions import ExternalPub, find_extension
+from ..messages.extensions import Extensions, ExternalPub, find_extension
 from ..messages.framing import (
     AuthenticatedContent,
     FramedContent,
@@ -75,7 +75,8 @@ def external_join(group_info: bytes | GroupInfo, credential: Credential, suite_i
                   signature_private_key: bytes, capabilities: Capabilities,
                   config: GroupConfig, psk_lookup: PskLookup, *,
                   ratchet_tree: bytes | None = None, resync_leaf: int | None = None,
-                  psks: tuple[PreSharedKeyID, ...] = ()) -> ExternalJoin:
+                  psks: tuple[PreSharedKeyID, ...] = (),
+                  leaf_extensions: Extensions = ()) -> ExternalJoin:
     """Build an external Commit that adds this client to the group (§12.4.3.2).
 
     With ``resync_leaf`` the Commit also removes that leaf (this client's
@@ -115,7 +116,8 @@ def external_join(group_info: bytes | GroupInfo, credential: Credential, suite_i
 
     def sign_leaf(encryption_key: bytes, parent_hash: bytes) -> LeafNode:
         return LeafNode(encryption_key, sig_pub, credential, capabilities,
-                        LeafNodeSource.COMMIT, parent_hash=parent_hash
+                        LeafNodeSource.COMMIT, parent_hash=parent_hash,
+                        extensions=leaf_extensions
                         ).signed(suite, signature_private_key, gid, leaf_index)
 
     def provisional(tree_hash: bytes) -> bytes:

@@ -1,0 +1,135 @@
+"""Knowing one's groups without local state, and rejoining them after state loss.
+
+Every device records the rooms of its groups in a private PEP node of its
+account (``urn:mls-xmpp:0:groups``, access model whitelist: only the account
+reads it; one item per room, item id = room JID). A device whose store is gone
+(a wiped phone, a reinstalled bot) reads that node, finds in each room's
+archive the latest GroupInfo members publish after every Commit, and rejoins by
+external Commit, removing the leaf it had before (same account, same device
+name) -- RFC 9750 §3.1.2, RFC 9420 §12.4.3.2.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from slixmpp import JID
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0004 import Form
+from slixmpp.xmlstream import ET
+
+from ..core.errors import MLSError
+from ..core.group.client import leaf_device_id
+from ..core.group.join import tree_from_group_info
+from ..core.messages.framing import MLSMessage
+from ..core.messages.group_info import GroupInfo
+from .envelope import Envelope, Kind
+from .errors import TransportError
+from .stanza import NS
+
+if TYPE_CHECKING:
+    from .plugin import XEP_MLS
+
+log = logging.getLogger(__name__)
+
+GROUPS_NODE = "urn:mls-xmpp:0:groups"
+
+
+class GroupRegistry:
+    """The private list of this account's group rooms, on PEP."""
+
+    def __init__(self, plugin: XEP_MLS, timeout: float = 10.0) -> None:
+        self.plugin = plugin
+        self.xmpp = plugin.xmpp
+        self.timeout = timeout
+
+    @property
+    def _pubsub(self) -> Any:
+        return cast(Any, self.xmpp.plugin)["xep_0060"]
+
+    def _options(self) -> Any:
+        form = cast(Any, Form)()
+        form["type"] = "submit"
+        form.add_field(var="FORM_TYPE", ftype="hidden",
+                       value="http://jabber.org/protocol/pubsub#publish-options")
+        form.add_field(var="pubsub#access_model", value="whitelist")
+        form.add_field(var="pubsub#max_items", value="max")
+        return form
+
+    async def add(self, room: str, group_id: bytes) -> None:
+        """Record a room this account is in."""
+        el = ET.Element(f"{{{NS}}}group")
+        el.set("room", room)
+        el.set("group-id", group_id.hex())
+        pubsub = self._pubsub
+        jid = JID(self.plugin.bare_jid)
+        try:
+            await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el,
+                                 options=self._options(), timeout=self.timeout)
+        except IqError:
+            try:  # servers that refuse the options: the node's defaults
+                await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el,
+                                     timeout=self.timeout)
+            except (IqError, IqTimeout) as e:
+                raise TransportError(f"recording {room} failed: {e}") from e
+        except IqTimeout as e:
+            raise TransportError(f"recording {room} failed: {e}") from e
+
+    async def remove(self, room: str) -> None:
+        """Forget a room (left or removed)."""
+        try:
+            await self._pubsub.retract(JID(self.plugin.bare_jid), GROUPS_NODE,
+                                                       room, timeout=self.timeout)
+        except (IqError, IqTimeout) as e:
+            log.info("retracting %s from %s: %s", room, GROUPS_NODE, e)
+
+    async def rooms(self) -> list[str]:
+        """The recorded rooms (none when the node does not exist)."""
+        try:
+            iq = await self._pubsub.get_items(
+                JID(self.plugin.bare_jid), GROUPS_NODE, timeout=self.timeout)
+        except IqError:
+            return []
+        except IqTimeout as e:
+            raise TransportError(f"reading {GROUPS_NODE} failed: {e}") from e
+        out = []
+        for item in iq["pubsub"]["items"]:
+            room = item["id"]
+            if room and JID(room).user:
+                out.append(str(JID(room).bare))
+        return out
+
+
+async def latest_group_info(plugin: XEP_MLS, room: str
+                            ) -> tuple[GroupInfo, bytes | None, str | None]:
+    """The newest GroupInfo in the room's archive, its tree and its stanza-id."""
+    found: tuple[Envelope, str | None] | None = None
+    for msg, stanza_id in await plugin.delivery.fetch_archive(room):
+        try:
+            env = plugin.delivery.envelope_of(msg, str(msg["from"]))
+        except MLSError:
+            continue
+        if env is not None and env.kind == Kind.GROUP_INFO:
+            found = (env, stanza_id)
+    if found is None:
+        raise TransportError(f"{room} holds no GroupInfo to rejoin from")
+    env, stanza_id = found
+    body = MLSMessage.decode(env.mls_message).body
+    if not isinstance(body, GroupInfo):
+        raise TransportError("GROUP_INFO envelope without a GroupInfo")
+    tree = None
+    if env.ratchet_tree is not None:
+        tree = await plugin.delivery.download(env.ratchet_tree)
+    return body, tree, stanza_id
+
+
+def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,
+             device_id: bytes | None) -> int | None:
+    """This device's previous leaf: same account and, when named, same device."""
+    tree = tree_from_group_info(info, tree_bytes, info.group_context.cipher_suite)
+    mine = [(i, leaf) for i, leaf in tree.leaves()
+            if leaf.credential.identity == jid.encode()]
+    if device_id is not None:
+        mine = [(i, leaf) for i, leaf in mine if leaf_device_id(leaf) == device_id]
+    return mine[0][0] if len(mine) == 1 else None

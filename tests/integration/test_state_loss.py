@@ -1,0 +1,67 @@
+"""Recovery after state loss (RFC 9750 §3.1.2) over a real Prosody: a member's
+store is deleted; the device rejoins by external Commit from the GroupInfo in the
+room archive, its old leaf is removed, and it talks with the others again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from mls_xmpp.testing import Account, ProsodyServer
+
+from .mls_clients import TIMEOUT, close, mls_client
+
+
+async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+    alice_acc, bob_acc, carol_acc = accounts
+    alice, ra = await mls_client(server, *alice_acc)
+    carol, rc = await mls_client(server, *carol_acc)
+    db = tmp / "bob.db"
+    bob, rb = await mls_client(server, *bob_acc, config={"store": str(db), "device": "phone"})
+    try:
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid, carol_acc.jid])
+        (gb,) = await rb.wait("mls_joined")
+        (gc,) = await rc.wait("mls_joined")
+        await asyncio.wait_for(asyncio.gather(gb.ready.wait(), gc.ready.wait()), TIMEOUT)
+        await gb.send("bob before the loss")
+        await ra.wait("mls_message", 1)
+        old_key = bob.plugin["mls"].client.signature_public_key
+        await close(bob)
+
+        db.unlink()  # the phone is wiped
+        await group.send("while bob is gone")
+        bob2, rb2 = await mls_client(server, *bob_acc,
+                                     config={"store": str(db), "device": "phone"})
+        try:
+            (gb2,) = await rb2.wait("mls_joined", timeout=60)
+            await asyncio.wait_for(gb2.ready.wait(), TIMEOUT)
+            assert bob2.plugin["mls"].client.signature_public_key != old_key
+            # the others took the rejoin: same epoch, same secrets, bob's old leaf gone
+            for _ in range(100):
+                if group.epoch == gb2.epoch == gc.epoch:
+                    break
+                await asyncio.sleep(0.05)
+            assert group.group.epoch_authenticator == gb2.group.epoch_authenticator
+            assert gc.group.epoch_authenticator == gb2.group.epoch_authenticator
+            jids = [jid for jid, _, _ in group.members]
+            assert sorted(jids) == sorted([alice_acc.jid, bob_acc.jid, carol_acc.jid])
+            assert old_key not in {m.signature_key for m in group.group.members}
+
+            await gb2.send("bob is back")
+            await ra.wait("mls_message", 2)
+            await rc.wait("mls_message", 3)
+            assert ra.bodies()[-1] == rc.bodies()[-1] == "bob is back"
+            await group.send("welcome back")
+            await rb2.wait("mls_message", 1)
+            assert rb2.bodies() == ["welcome back"]
+        finally:
+            await close(bob2)
+    finally:
+        await close(alice, carol)
+
+
+def test_member_rejoins_after_losing_its_store(prosody: ProsodyServer, tmp_path: Path,
+                                               new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob", "carol")]
+    asyncio.run(asyncio.wait_for(_state_loss(prosody, accounts, tmp_path), 120))
