@@ -126,10 +126,14 @@ async def latest_group_info(plugin: XEP_MLS, room: str
 
 def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,
              device_id: bytes | None) -> int | None:
-    """This device's previous leaf: same account and, when named, same device."""
+    """This device's previous leaf: same account and same device name.
+
+    Without a device name nothing is removed: another device of the same
+    account must never be taken for this one (it joins as one more leaf).
+    """
+    if device_id is None:
+        return None
     tree = tree_from_group_info(info, tree_bytes, info.group_context.cipher_suite)
-    mine = [(i, leaf) for i, leaf in tree.leaves()
-            if leaf.credential.identity == jid.encode()]
-    if device_id is not None:
-        mine = [(i, leaf) for i, leaf in mine if leaf_device_id(leaf) == device_id]
-    return mine[0][0] if len(mine) == 1 else None
+    mine = [i for i, leaf in tree.leaves()
+            if leaf.credential.identity == jid.encode() and leaf_device_id(leaf) == device_id]
+    return mine[0] if len(mine) == 1 else None
