@@ -10,6 +10,8 @@ Subcommands:
   the same steps on an existing server with existing accounts.
 * ``vectors PATH...`` -- run mlswg test-vector files
   (same as ``python -m mls_xmpp.vectors``).
+* ``chat JID [options]`` -- a terminal chat client for MLS groups on any XMPP
+  server (:mod:`mls_xmpp.chat`; ``mls-xmpp chat --help``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mls_xmpp.vectors.__main__ import main as vectors_main
 
         return vectors_main(args[1:])
+    if args[:1] == ["chat"]:  # the chat client parses its own options
+        from mls_xmpp.chat import main as chat_main
+
+        return chat_main(args[1:])
 
     parser = argparse.ArgumentParser(
         prog="mls-xmpp", description="MLS (RFC 9420) over XMPP, as a slixmpp plugin."
@@ -85,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "vectors",
         help="run mlswg test-vector files: vectors [--type T] [-q] [-v] PATH...",
+        add_help=False,
+    )
+    sub.add_parser(
+        "chat",
+        help="a terminal chat client: chat JID [--server HOST:PORT] [--store PATH] ... "
+        "(chat --help)",
         add_help=False,
     )
     ns = parser.parse_args(args)

@@ -272,7 +272,7 @@ class Device:
 
     name: str
     account: Account
-    core: Client
+    core: Client | None  #: None until the plugin made (or recovered) the identity
     store: MemoryStore = field(default_factory=MemoryStore)
     xmpp: Any = None  #: the connected slixmpp client, while online
     rec: Recorder | None = None  #: events of the current session
@@ -286,6 +286,8 @@ class Device:
     @property
     def fingerprint(self) -> str:
         """The device fingerprint members see (of its signature key)."""
+        if self.core is None:
+            raise StepFailed(f"{self.name} has no identity yet")
         return fingerprint(self.core.signature_public_key)
 
     @property
@@ -312,6 +314,7 @@ STEP_TITLES = (
     "bob updates his keys",
     "alice removes charlie",
     "dave, offline when added, catches up and replies",
+    "bob's device loses its state and rejoins",
 )
 
 
@@ -346,6 +349,7 @@ class Demo:
         self.steps: list[Callable[[], Awaitable[None]]] = [
             self.step_keypackages, self.step_create_group, self.step_messages,
             self.step_update, self.step_remove, self.step_offline_member,
+            self.step_state_loss,
         ]
 
     # -- helpers -----------------------------------------------------------------
@@ -367,7 +371,9 @@ class Demo:
             client.ssl_context.check_hostname = False
             client.ssl_context.verify_mode = ssl.CERT_NONE
         client.register_plugin("xep_0199")
-        config: dict[str, Any] = {"client": device.core, "store": device.store}
+        config: dict[str, Any] = {"store": device.store, "device": f"{device.name}-device"}
+        if device.core is not None:
+            config["client"] = device.core
         if opts.muc_domain:
             config["muc_domain"] = opts.muc_domain
         client.register_plugin("mls", config)
@@ -763,6 +769,32 @@ class Demo:
             raise StepFailed("charlie read messages after his removal")
         out.check(f"charlie's received messages: still {self._charlie_seen}")
 
+    async def step_state_loss(self) -> None:
+        out = self.out
+        bob = self.devices["bob"]
+        old = bob.fingerprint
+        await self.disconnect(bob)
+        bob.core, bob.store = None, MemoryStore()
+        out.detail(f"bob's device is wiped: its keys and group state are gone (device {old})")
+        await self._send_and_deliver("alice", "Is bob still there?", ["dave"])
+        t0 = time.monotonic()
+        await self.connect(bob)
+        (gb,) = await bob.events.wait("mls_joined", 1, "bob rejoining", self.timeout)
+        await asyncio.wait_for(gb.ready.wait(), self.timeout)
+        self.group["bob"] = gb
+        bob.core = bob.mls.client
+        await self._wait_epoch(("alice", "dave"), gb.epoch, "seeing bob's rejoin")
+        out.detail(f"bob, with a new identity ({bob.fingerprint}), found the group in his "
+                   f"account's private PEP node and the latest GroupInfo in the room archive, "
+                   f"and rejoined by external Commit removing his old leaf ({self._t(t0)})")
+        self._check_roster(("alice", "bob", "dave"))
+        if any(fp == old for _, fp, _ in gb.members):
+            raise StepFailed("bob's old device is still in the group")
+        out.check("alice and dave accepted him as bob; his old device is gone from the group")
+        self._agree(("alice", "bob", "dave"))
+        await self._send_and_deliver("bob", "Sorry, my phone was wiped.", ["alice", "dave"])
+        await self._send_and_deliver("alice", "No harm done.", ["bob", "dave"])
+
     # -- running and stopping ---------------------------------------------------------
 
     async def run(self) -> None:
@@ -830,6 +862,12 @@ class Demo:
     async def _tidy_existing_server(self, online: list[Device]) -> None:
         """Destroy the demo's room and retract this run's KeyPackages (best effort)."""
         alice = self.devices.get("alice")
+        for d in online:  # forget the room in each account's private groups node
+            if self.room:
+                try:
+                    await d.mls.registry.remove(self.room)
+                except Exception as e:  # noqa: BLE001 - best effort
+                    self.out.line(f"  ! forgetting the room for {d.name}: {e}", always=True)
         if self.room and alice is not None and alice.xmpp is not None:
             try:
                 await alice.xmpp.plugin["xep_0045"].destroy(self.room, "demo finished",

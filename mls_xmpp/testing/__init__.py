@@ -3,6 +3,9 @@
 * :class:`ProsodyServer` -- start/stop a loopback Prosody (Debian package) with
   the project's config (``prosody.cfg.lua``, shipped with the package), create
   accounts.
+* :class:`Federation` -- two federating Prosody servers (``a.test`` and
+  ``b.test`` on loopback, s2s with dialback; ``federation.cfg.lua``), each a
+  :class:`FederatedProsody`.
 * :func:`connect_client` / :func:`disconnect_client` and the room, payload and
   archive helpers in :mod:`mls_xmpp.testing.client` -- slixmpp clients set up
   for that server.
@@ -27,15 +30,20 @@ from .client import (
     send_payload,
     stanza_id,
 )
+from .federation import FEDERATION_CONFIG_PATH, FederatedProsody, Federation, Peer
 from .prosody import CONFIG_PATH, Account, ProsodyError, ProsodyServer
 
 __all__ = [
     "CONFIG_PATH",
+    "FEDERATION_CONFIG_PATH",
     "NS_PAYLOAD",
     "Account",
     "ArchivedMessage",
     "ClientError",
+    "FederatedProsody",
+    "Federation",
     "PayloadInbox",
+    "Peer",
     "ProsodyError",
     "ProsodyServer",
     "connect_client",

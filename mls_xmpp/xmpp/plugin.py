@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from slixmpp import JID
+from slixmpp.jid import InvalidJID
 from slixmpp.plugins import BasePlugin
 from slixmpp.plugins.base import register_plugin
 from slixmpp.xmlstream.handler import CoroutineCallback
@@ -38,7 +39,13 @@ from .envelope import Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent
 from .keystore import KeyPackageStore
-from .recovery import GroupRegistry, latest_group_info, old_leaf
+from .recovery import (
+    GroupRegistry,
+    NoGroupInfo,
+    latest_group_info,
+    old_leaf,
+    retract_stale_device_items,
+)
 from .session import GroupSession
 from .stanza import NS, register_stanzas
 
@@ -156,9 +163,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.config.get("publish_key_packages", True):
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
             self.save_identity()
-        if fresh and self.config.get("recover", True):
-            await self.recover()
         self._ready.set()
+        if fresh and self.config.get("recover", True):
+            # in the background: a slow or vanished room must not hold up the device
+            asyncio.ensure_future(self.recover())
         self.xmpp.event("mls_ready", self)
 
     async def recover(self) -> list[GroupSession]:
@@ -167,15 +175,25 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         For a device whose state was lost: its old leaf (same account and
         device name) is removed in the same Commit (RFC 9750 §3.1.2).
         """
-        out = []
-        for room in await self.registry.rooms():
-            if room in self.sessions:
-                continue
+        async def one(room: str) -> GroupSession | None:
             try:
-                out.append(await self.rejoin(room))
+                return await self.rejoin(room)
+            except NoGroupInfo as e:  # the room is gone or never held this group
+                self.error(MLSErrorEvent(f"not rejoining {room}: {e}", error=e))
+                await self.registry.remove(room)
             except MLSError as e:
                 self.error(MLSErrorEvent(f"rejoining {room} failed: {e}", error=e))
-        return out
+            return None
+
+        if self.client is not None and self.client.device_id is not None:
+            try:
+                await retract_stale_device_items(self, self.client.device_id)
+            except (MLSError, ValueError) as e:
+                self.error(MLSErrorEvent(f"retracting stale KeyPackages failed: {e}", error=e))
+        rooms = [r for r in await self.registry.rooms() if r not in self.sessions]
+        # concurrently: a slow or vanished room must not hold up the others
+        done = await asyncio.gather(*(one(r) for r in rooms))
+        return [s for s in done if s is not None]
 
     async def rejoin(self, room: str, *, attempts: int = 3) -> GroupSession:
         """Rejoin one room's group from its latest GroupInfo (external Commit)."""
@@ -190,7 +208,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.client.groups.pop(info.group_context.group_id, None)
             group, commit = self.client.join_external(MLSMessage(info).encode(),
                                                       ratchet_tree=tree, resync_leaf=resync)
-            session = GroupSession(self, group, room, stanza_id)
+            session = GroupSession(self, group, room, stanza_id,
+                                   first_epoch=info.group_context.epoch + 1)
             session.expect_echo = commit
             self.sessions[room] = session
             session.start(catch_up=True)
@@ -279,9 +298,21 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     async def create_group(self, *, members: list[str] | None = None,
                            group_id: bytes | None = None) -> GroupSession:
-        """Create an MLS group and its room, then add ``members`` (every device of each)."""
+        """Create an MLS group and its room, then add ``members`` (every device of each).
+
+        The account's other devices (those with KeyPackages on its node) are
+        added too: every device is its own leaf.
+        """
         await self.wait_ready()
-        assert self.client is not None
+        assert self.client is not None and self.keystore is not None
+        members = list(members or [])
+        if self.bare_jid not in {_bare(m) for m in members}:
+            try:  # this account's other devices (exclude_own: not this one)
+                if await self.keystore.fetch(self.bare_jid):
+                    members.append(self.bare_jid)
+            except TransportError as e:
+                self.error(MLSErrorEvent(f"fetching this account's devices failed: {e}",
+                                         error=e))
         group = self.client.create_group(group_id or os.urandom(16))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
         await self.delivery.create_room(room, self._nick())
@@ -357,7 +388,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             del self.client.groups[group.group_id]
             self.error(MLSErrorEvent("Welcome envelope names another group", sender=sender))
             return
-        session = GroupSession(self, group, str(JID(env.room).bare), env.after_stanza_id or None)
+        session = GroupSession(self, group, str(JID(env.room).bare), env.after_stanza_id or None,
+                               first_epoch=group.epoch)
         self.sessions[session.room] = session
         self.persist(session)
         try:
@@ -390,6 +422,14 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.save_identity()
         except MLSError as e:
             self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+
+def _bare(jid: str) -> str:
+    """The bare form of ``jid``; an invalid one as given (adding it reports the error)."""
+    try:
+        return str(JID(jid).bare)
+    except InvalidJID:
+        return jid
 
 
 register_plugin(XEP_MLS)

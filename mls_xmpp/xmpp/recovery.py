@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 GROUPS_NODE = "urn:mls-xmpp:0:groups"
 
 
+class NoGroupInfo(TransportError):
+    """A recorded room holds no GroupInfo to rejoin from."""
+
+
 class GroupRegistry:
     """The private list of this account's group rooms, on PEP."""
 
@@ -113,7 +117,7 @@ async def latest_group_info(plugin: XEP_MLS, room: str
         if env is not None and env.kind == Kind.GROUP_INFO:
             found = (env, stanza_id)
     if found is None:
-        raise TransportError(f"{room} holds no GroupInfo to rejoin from")
+        raise NoGroupInfo(f"{room} holds no GroupInfo to rejoin from")
     env, stanza_id = found
     body = MLSMessage.decode(env.mls_message).body
     if not isinstance(body, GroupInfo):
@@ -137,3 +141,29 @@ def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,
     mine = [i for i, leaf in tree.leaves()
             if leaf.credential.identity == jid.encode() and leaf_device_id(leaf) == device_id]
     return mine[0] if len(mine) == 1 else None
+
+
+async def retract_stale_device_items(plugin: XEP_MLS, device_id: bytes) -> int:
+    """Retract KeyPackages a previous incarnation of this device left on PEP.
+
+    A wiped device cannot retract its old KeyPackages; if an adder used one,
+    the group would get a leaf nobody holds. Items naming this device (same
+    application_id) but another signature key are that previous incarnation's.
+    """
+    from .keystore import decode_item
+
+    keystore = plugin.keystore
+    client = plugin.client
+    if keystore is None or client is None:
+        return 0
+    retracted = 0
+    for item_id, payload in await keystore._get_items(plugin.bare_jid):
+        try:
+            kp, _ = decode_item(payload)
+        except MLSError:
+            continue
+        leaf = kp.leaf_node
+        if (leaf_device_id(leaf) == device_id
+                and leaf.signature_key != client.signature_public_key):
+            retracted += await keystore.retract(bytes.fromhex(item_id))
+    return retracted

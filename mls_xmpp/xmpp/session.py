@@ -52,7 +52,7 @@ class GroupSession:
     """A group as the application sees it: send, add, remove, update, leave."""
 
     def __init__(self, plugin: XEP_MLS, group: Group, room: str,
-                 last_stanza_id: str | None = None) -> None:
+                 last_stanza_id: str | None = None, *, first_epoch: int | None = None) -> None:
         self.plugin = plugin
         self.group = group
         self.room = room
@@ -68,6 +68,8 @@ class GroupSession:
         self.ready = asyncio.Event()
         self.latest_group_info: Envelope | None = None
         self._inline_tree = True
+        #: the epoch this device joined in: earlier room traffic was never meant for it
+        self.first_epoch = first_epoch
         #: a rejoin's external Commit, until the room reflects it
         self.expect_echo: bytes | None = None
         self.echo_result: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
@@ -179,6 +181,10 @@ class GroupSession:
                 if not mine:  # another Commit came first: this rejoin is void
                     self._mark(stanza_id)
                     return
+            if self.first_epoch is not None and env.epoch < self.first_epoch:
+                self._mark(stanza_id)  # sent before this device joined: not for it
+                self.plugin.persist_position(self)
+                return
             digest = hashlib.sha256(data).digest()
             if digest in self._sent:
                 del self._sent[digest]  # our own message, reflected by the room

@@ -24,28 +24,29 @@ TIMEOUT = 180
 
 #: Lines a full, successful run prints (the markers are ✔/✘ or OK/FAILED).
 KEY_LINES = [
-    "[1/6] Delivery Service up; every device publishes KeyPackages",
+    "[1/7] Delivery Service up; every device publishes KeyPackages",
     "6 items (5 + 1 last-resort)",
     "dave goes offline",
-    "[2/6] alice creates a group with bob and charlie",
+    "[2/7] alice creates a group with bob and charlie",
     "identical on alice, bob and charlie",
-    "[3/6] messages every way, and what the server could see",
+    "[3/7] messages every way, and what the server could see",
     "alice   → group: 'Hello bob and charlie!'",
     "what the server could see: the room archive (MAM, read by alice)",
     "plaintext not in it",
-    "[4/6] bob updates his keys",
+    "[4/7] bob updates his keys",
     "bob committed an empty Commit with a fresh path",
-    "[5/6] alice removes charlie",
+    "[5/7] alice removes charlie",
     "charlie got mls_removed",
     "charlie's received messages: still 3",
     "cannot read it",
-    "[6/6] dave, offline when added, catches up and replies",
+    "[6/7] dave, offline when added, catches up and replies",
+    "[7/7] bob's device loses its state and rejoins",
     "dave read alice   'Welcome, dave!'",
     "dave read bob     'Hi dave, charlie has left.'",
     "exactly the messages sent since he was added, in order",
     "identical on alice, bob and dave",
     "dave    → group: 'Thanks, glad to be here.'",
-    "6/6 steps passed",
+    "7/7 steps passed",
     "demo: OK",
 ]
 
@@ -92,8 +93,8 @@ def test_demo_failed_step_exits_1_and_cleans_up() -> None:
     out = proc.stdout
     assert "step 2 passed" in out
     assert "step 3 FAILED: forced failure (--fail-at 3)" in out
-    assert "[4/6]" not in out, "steps after the failure must not run"
-    assert "2/6 steps passed" in out
+    assert "[4/7]" not in out, "steps after the failure must not run"
+    assert "2/7 steps passed" in out
     assert re.search(r"^demo: FAILED .*step 3 \(messages every way", out, re.M), out
     assert "Prosody stopped" in out
     assert not _running(_prosody_pid(out)), "the demo left Prosody running"
@@ -143,7 +144,7 @@ def test_demo_wrong_password_fails_cleanly(
     (["--account", "alice=alice@x:pw"], "missing --account bob"),
     (["--account", "eve=eve@x:pw"], "must be one of"),
     (["--domain", "example.org"], "apply to an existing server"),
-    (["--fail-at", "9"], "--fail-at must be 1..6"),
+    (["--fail-at", "9"], "--fail-at must be 1..7"),
 ])
 def test_demo_bad_options_exit_2(args: list[str], message: str) -> None:
     proc = _demo(*args)

@@ -1,0 +1,947 @@
+"""``mls-xmpp chat``: a line-based terminal chat client for MLS groups over XMPP.
+
+::
+
+    mls-xmpp chat alice@example.org                 # password from MLS_XMPP_PASSWORD or a prompt
+    mls-xmpp chat alice@localhost --server 127.0.0.1:5222 --plaintext --password PW
+
+It logs in to any XMPP server with the slixmpp plugin (:mod:`mls_xmpp.xmpp.plugin`),
+keeps this device's keys and groups in an SQLite store (by default
+``~/.local/share/mls-xmpp/<jid>.db``, or under ``$XDG_DATA_HOME``), and runs a
+read-eval-print loop on standard input. Lines starting with ``/`` are commands
+(``/help`` lists them); any other line is a message to the current group.
+
+Output is line-oriented, for people and for programs driving the client:
+
+* ``[HH:MM:SS] ROOM8 SENDER: BODY`` -- a message (``ROOM8``: the first eight
+  characters of the room's local part; continuation lines of a multi-line body
+  are indented by four spaces). Your own messages are shown the same way once sent.
+* ``[HH:MM:SS] ROOM8 * TEXT`` -- a group event: membership change, join, removal.
+* ``[HH:MM:SS] ROOM8 ! TEXT`` / ``[HH:MM:SS] ! TEXT`` -- input the plugin dropped,
+  or a connection problem.
+* ``* TEXT`` -- the result of a command, and status lines.
+* ``error: TEXT`` -- a command failed (the client goes on).
+
+Remote text is printed with control characters escaped, so no peer can send
+terminal escape sequences. Exit status: 0 after ``/quit`` or end of input,
+1 when logging in failed, 2 on bad options, 128+N after signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codecs
+import contextlib
+import getpass
+import logging
+import os
+import re
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TextIO, cast
+
+__all__ = ["ChatError", "ChatOptions", "default_store", "main", "parse_server", "run"]
+
+#: Environment variable read for the password when ``--password`` is not given.
+PASSWORD_ENV = "MLS_XMPP_PASSWORD"
+#: Messages kept in memory per group for ``/history``.
+HISTORY_SIZE = 1000
+#: ``/history`` without a count.
+HISTORY_DEFAULT = 20
+#: Seconds before reconnecting after the stream was lost.
+RECONNECT_DELAY = 2.0
+
+log = logging.getLogger(__name__)
+
+
+class ChatError(Exception):
+    """A command or option is unusable; the message says why (shown as ``error: ...``)."""
+
+
+# -- options --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What ``mls-xmpp chat`` was asked to do."""
+
+    jid: str
+    password: str
+    store: Path
+    server: tuple[str, int] | None = None
+    plaintext: bool = False
+    tls_verify: bool = True
+    device: str | None = None
+    timeout: float = 30.0
+    verbose: bool = False
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (port 5222 by default; ``[v6]:PORT`` for IPv6 literals).
+
+    :raises ChatError: malformed, or the port is out of range.
+    """
+    m = re.fullmatch(r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d+))?"
+                     r"|(?P<host>[^:\s\[\]]+)(?::(?P<port>\d+))?", value.strip())
+    if m is None:
+        raise ChatError(f"--server wants HOST:PORT, not {value!r}")
+    host = m["v6"] or m["host"]
+    port = int(m["p6"] or m["port"] or 5222)
+    if not 0 < port < 65536:
+        raise ChatError(f"--server port {port} is out of range")
+    return host, port
+
+
+def default_store(bare_jid: str) -> Path:
+    """``$XDG_DATA_HOME/mls-xmpp/<jid>.db`` (``~/.local/share`` when unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    name = bare_jid.replace(os.sep, "_")
+    return Path(base) / "mls-xmpp" / f"{name}.db"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mls-xmpp chat",
+        description="A terminal chat client for MLS (RFC 9420) groups over XMPP. Reads lines "
+        "from standard input: /help lists the commands, any other line is sent to the current "
+        "group.",
+        epilog=f"The password comes from --password, else ${PASSWORD_ENV}, else a prompt "
+        "(when standard input is a terminal). Prefer the variable or the prompt: command-line "
+        "arguments are visible to other users of the machine. Exit status: 0 after /quit or "
+        "end of input, 1 when logging in failed, 2 on bad options.",
+    )
+    p.add_argument("jid", help="your account, user@domain")
+    p.add_argument("--password", help=f"the account's password (default: ${PASSWORD_ENV}, "
+                   "else a prompt)")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="connect here (default port 5222; default: DNS SRV of the JID's domain)")
+    p.add_argument("--plaintext", action="store_true",
+                   help="no TLS at all (loopback test servers only)")
+    p.add_argument("--no-tls-verify", action="store_true",
+                   help="accept any TLS certificate (self-signed test servers)")
+    p.add_argument("--store", metavar="PATH",
+                   help="SQLite file for this device's keys and groups "
+                   "(default: ~/.local/share/mls-xmpp/<jid>.db)")
+    p.add_argument("--device", metavar="NAME",
+                   help="a stable name for this device; with it, a device whose store was "
+                   "lost replaces its old leaf when it rejoins its groups")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for logging in (default 30)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log slixmpp and the plugin to standard error")
+    return p
+
+
+def _options(argv: Sequence[str]) -> ChatOptions:
+    """Parse and check the command line; exits with status 2 on bad options."""
+    import slixmpp
+    from slixmpp.jid import InvalidJID
+
+    parser = _parser()
+    ns = parser.parse_args(list(argv))
+    try:
+        jid = slixmpp.JID(ns.jid)
+    except InvalidJID as e:
+        parser.error(f"{ns.jid!r} is not a JID: {e}")
+    if not jid.user or not jid.domain:
+        parser.error(f"{ns.jid!r} is not an account JID user@domain")
+    if ns.plaintext and ns.no_tls_verify:
+        parser.error("--plaintext and --no-tls-verify exclude each other")
+    if ns.timeout <= 0:
+        parser.error("--timeout must be positive")
+    server = None
+    if ns.server is not None:
+        try:
+            server = parse_server(ns.server)
+        except ChatError as e:
+            parser.error(str(e))
+    if ns.device is not None and not ns.device.strip():
+        parser.error("--device must not be empty")
+    password = ns.password
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        if not sys.stdin.isatty():
+            parser.error(f"no password: give --password or set ${PASSWORD_ENV} (standard input "
+                         "is not a terminal to prompt on)")
+        try:
+            password = getpass.getpass(f"password for {jid.bare}: ")
+        except (EOFError, KeyboardInterrupt):
+            parser.error("no password given")
+    if not password:
+        parser.error("the password is empty")
+    store = Path(ns.store).expanduser() if ns.store else default_store(str(jid.bare))
+    return ChatOptions(jid=str(jid), password=password, store=store, server=server,
+                       plaintext=ns.plaintext, tls_verify=not ns.no_tls_verify,
+                       device=ns.device.strip() if ns.device else None,
+                       timeout=ns.timeout, verbose=ns.verbose)
+
+
+# -- text helpers ---------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """``text`` with control characters (except newline and tab) escaped.
+
+    Peers choose message bodies and (through their credentials) names; none of
+    it may reach the terminal as escape sequences or bidirectional overrides.
+    """
+    def escape(m: re.Match[str]) -> str:
+        return m.group().encode("unicode_escape").decode("ascii")
+
+    return _CONTROL.sub(escape, text).replace("\t", "    ")
+
+
+def _one_line(text: str) -> str:
+    return clean(text).replace("\n", "\\n")
+
+
+def room_short(room: str) -> str:
+    """The first eight characters of a room's local part: a group's tag in output."""
+    local = room.split("@", 1)[0] if "@" in room else room
+    return _one_line(local[:8])
+
+
+def _stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _jids(items: Sequence[str]) -> str:
+    return ", ".join(_one_line(j) for j in items)
+
+
+HELP = """commands:
+  /groups               list your groups: index, room, epoch, member count
+  /create [JID ...]     create a group (adding every device of each JID) and select it
+  /open N|ROOM          select a group by index (from /groups), room JID or its first characters
+  /invite JID [JID ...] add every device of each JID to the current group
+  /remove JID [JID ...] remove every device of each JID from the current group
+  /members              members of the current group: leaf, JID, device fingerprint
+  /update               fresh keys for this device (post-compromise security)
+  /leave                ask the other members to remove this device from the current group
+  /history [N]          the last N messages of the current group (default 20)
+  /help                 this list
+  /quit                 log out and exit
+any other line is sent to the current group ('//text' sends '/text'); a JID
+without '@' is taken on your own domain"""
+
+
+# -- the client -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Command:
+    run: Callable[[list[str]], Awaitable[None]]
+    needs_group: bool = False
+    needs_online: bool = True
+
+
+class Chat:
+    """One account's chat session: the XMPP client, its events and the command loop."""
+
+    def __init__(self, options: ChatOptions, out: TextIO | None = None) -> None:
+        self.options = options
+        self.out = out if out is not None else sys.stdout
+        self.xmpp: Any = None
+        self.current: str | None = None  #: room of the selected group
+        self.history: dict[str, deque[str]] = {}
+        self.online = False
+        self.ever_ready = False
+        self.quitting = False
+        self._ready: asyncio.Future[None] | None = None
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._connecting = 0  #: counts slixmpp's "connecting" events
+        self._reconnect: asyncio.Task[None] | None = None
+        self._command: asyncio.Task[None] | None = None
+        self._problems: list[str] = []
+        self._commands: dict[str, _Command] = {
+            "help": _Command(self.cmd_help, needs_online=False),
+            "groups": _Command(self.cmd_groups),
+            "create": _Command(self.cmd_create),
+            "open": _Command(self.cmd_open),
+            "invite": _Command(self.cmd_invite, needs_group=True),
+            "remove": _Command(self.cmd_remove, needs_group=True),
+            "members": _Command(self.cmd_members, needs_group=True),
+            "update": _Command(self.cmd_update, needs_group=True),
+            "leave": _Command(self.cmd_leave, needs_group=True),
+            "history": _Command(self.cmd_history, needs_online=False),
+            "quit": _Command(self.cmd_quit, needs_online=False),
+        }
+        self._aliases = {"exit": "quit", "join": "open", "add": "invite", "h": "help",
+                         "?": "help", "list": "groups", "who": "members"}
+
+    # -- output ---------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """Write one line (or several) to the output, flushed at once."""
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError):  # nobody reads any more: end quietly
+            if not self.quitting:
+                self.quitting = True
+                self._lines.put_nowait(None)
+
+    def notice(self, text: str) -> None:
+        """A status line or a command's result."""
+        self.say(f"* {text}")
+
+    def error(self, text: str) -> None:
+        """A command failed."""
+        self.say(f"error: {text}")
+
+    def group_line(self, room: str | None, mark: str, text: str) -> None:
+        """A timestamped line about a group (or about the connection when ``room`` is None)."""
+        tag = f" {room_short(room)}" if room else ""
+        self.say(f"[{_stamp()}]{tag} {mark} {text}")
+
+    def _message_line(self, room: str, sender: str, body: str) -> str:
+        lines = clean(body).split("\n")
+        first = f"[{_stamp()}] {room_short(room)} {_one_line(sender)}: {lines[0]}"
+        return "\n".join([first, *(f"    {line}" for line in lines[1:])])
+
+    def _show_message(self, room: str, sender: str, body: str) -> None:
+        line = self._message_line(room, sender, body)
+        self.history.setdefault(room, deque(maxlen=HISTORY_SIZE)).append(line)
+        self.say(line)
+
+    # -- the plugin -------------------------------------------------------------
+
+    @property
+    def mls(self) -> Any:
+        """The ``mls`` plugin (:class:`mls_xmpp.xmpp.plugin.XEP_MLS`)."""
+        return self.xmpp.plugin["mls"]
+
+    @property
+    def me(self) -> str:
+        """This account's bare JID."""
+        return str(self.xmpp.boundjid.bare)
+
+    def own_fingerprint(self) -> str:
+        """This device's fingerprint, as /members shows it."""
+        from mls_xmpp.xmpp.session import fingerprint
+
+        client = self.mls.client
+        return "?" if client is None else fingerprint(client.signature_public_key)
+
+    def active_groups(self) -> list[Any]:
+        """The groups this device is in, in the plugin's order (GroupSession objects)."""
+        return [s for s in self.mls.groups if s.group.active]
+
+    def session(self, room: str | None) -> Any:
+        """The active GroupSession of ``room``, or None."""
+        if room is None or self.xmpp is None:
+            return None
+        s = self.mls.sessions.get(room)
+        return s if s is not None and s.group.active else None
+
+    def build_client(self) -> Any:
+        """The slixmpp client with the plugin and this chat's event handlers."""
+        import slixmpp
+
+        import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" slixmpp plugin
+        from mls_xmpp.storage import SQLiteStore
+
+        opts = self.options
+        store = SQLiteStore(str(opts.store))
+        client = slixmpp.ClientXMPP(opts.jid, opts.password)
+        if opts.plaintext:
+            client.enable_direct_tls = False
+            client.enable_starttls = False
+            client.enable_plaintext = True
+            cast(Any, client.plugin)["feature_mechanisms"].unencrypted_scram = True
+        elif not opts.tls_verify:
+            client.ssl_context.check_hostname = False
+            client.ssl_context.verify_mode = ssl.CERT_NONE
+        client.register_plugin("xep_0199", {"keepalive": True, "interval": 120, "timeout": 30})
+        config: dict[str, Any] = {"store": store}
+        if opts.device:
+            config["device"] = opts.device
+        client.register_plugin("mls", config)
+        for name, handler in (
+            ("session_start", self.on_session_start),
+            ("connecting", self.on_connecting),
+            ("connection_failed", self.on_connection_failed),
+            ("failed_all_auth", self.on_auth_failed),
+            ("disconnected", self.on_disconnected),
+            ("mls_ready", self.on_ready),
+            ("mls_message", self.on_message),
+            ("mls_membership", self.on_membership),
+            ("mls_joined", self.on_joined),
+            ("mls_removed", self.on_removed),
+            ("mls_error", self.on_mls_error),
+        ):
+            client.add_event_handler(name, handler)
+        return client
+
+    # -- connection events ------------------------------------------------------------
+
+    def on_session_start(self, _: Any) -> None:
+        self.xmpp.send_presence()
+
+    def on_connecting(self, _: Any) -> None:
+        self._connecting += 1
+
+    def on_connection_failed(self, reason: Any) -> None:
+        text = _one_line(str(reason))
+        self._problems.append(text)
+        if self.ever_ready and not self.quitting:
+            self.group_line(None, "!", f"connecting failed: {text}; trying again")
+
+    def on_auth_failed(self, _: Any) -> None:
+        secure = ("starttls" in self.xmpp.features
+                  or isinstance(self.xmpp.socket, ssl.SSLSocket | ssl.SSLObject))
+        hint = "" if secure or self.options.plaintext else (
+            " (the server offered no TLS, and the client does not send the password without "
+            "it; --plaintext allows that, for loopback test servers only)")
+        reason = f"authentication as {self.options.jid} failed{hint}"
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(ChatError(reason))
+        elif not self.quitting:
+            self.group_line(None, "!", reason)
+
+    def on_ready(self, _: Any) -> None:
+        self.online = True
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        elif self.ever_ready:
+            self.group_line(None, "*", f"reconnected; {len(self.active_groups())} group(s)")
+            if self.current is not None and self.session(self.current) is None:
+                self.current = None
+
+    def on_disconnected(self, reason: Any) -> None:
+        self.online = False
+        if self.quitting or not self.ever_ready:
+            return
+        why = f" ({_one_line(str(reason))})" if reason else ""
+        self.group_line(None, "!", f"disconnected from the server{why}; reconnecting")
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.ensure_future(self._reconnect_later(self._connecting))
+
+    async def _reconnect_later(self, seen: int) -> None:
+        """Connect again unless slixmpp (keepalive) already started to."""
+        await asyncio.sleep(RECONNECT_DELAY)
+        if self.quitting or self._connecting != seen:
+            return
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.options.server is None:
+            self.xmpp.connect()
+        else:
+            self.xmpp.connect(*self.options.server)
+
+    # -- group events -----------------------------------------------------------------
+
+    def on_message(self, event: Any) -> None:  # MLSMessageEvent
+        self._show_message(event.group.room, str(event.sender), str(event.body))
+
+    def on_membership(self, event: Any) -> None:  # MembershipEvent
+        if event.own:
+            who = "you"
+        elif event.committer:
+            who = _one_line(str(event.committer))
+        else:
+            who = "a new device (external join)"
+        parts = []
+        if event.added:
+            parts.append(f"added {_jids(event.added)}")
+        if event.removed:
+            parts.append(f"removed {_jids(event.removed)}")
+        if event.updated:
+            parts.append(f"updated the keys of {_jids(event.updated)}")
+        if not parts:
+            parts.append("updated " + ("your" if event.own else "their") + " keys")
+        self.group_line(event.group.room, "*", f"{who} {'; '.join(parts)} (epoch {event.epoch})")
+
+    def on_joined(self, session: Any) -> None:  # GroupSession
+        room = session.room
+        others = sorted(session.jids() - {self.me})
+        if not others:
+            own = sum(1 for jid, _, _ in session.members if jid == self.me) - 1
+            others = [f"{own} other device(s) of yours" if own > 0 else "nobody else"]
+        text = (f"you joined group {_one_line(room)} (epoch {session.epoch}, with "
+                f"{_jids(others)})")
+        if self.current is None or self.session(self.current) is None:
+            self.current = room
+            text += "; selected"
+        self.group_line(room, "*", text)
+
+    def on_removed(self, session: Any) -> None:  # GroupSession
+        room = session.room
+        self.group_line(room, "*", f"you are no longer a member of group {_one_line(room)}")
+        if self.current == room:
+            self.current = None
+            self.notice("no group selected now (/groups, /open N)")
+        # The plugin keeps a removed group in its store and resumes it at the next
+        # start, where joining its (members-only) room fails and the whole start-up
+        # with it. Forget it once the plugin has stored the final state.
+        asyncio.get_running_loop().call_soon(self._forget, session)
+
+    def _forget(self, session: Any) -> None:
+        if self.mls.sessions.get(session.room) is session:
+            del self.mls.sessions[session.room]
+        asyncio.ensure_future(session.stop())
+        try:
+            self.mls.store.delete_group(session.group_id)
+        except Exception as e:  # noqa: BLE001 - a storage failure is reported, not fatal
+            self.group_line(session.room, "!", f"could not delete the group from the store: "
+                            f"{_one_line(str(e))}")
+
+    def on_mls_error(self, event: Any) -> None:  # MLSErrorEvent
+        reason = _one_line(str(event.reason))
+        if self._ready is not None and not self._ready.done() and reason.startswith(
+                "start-up failed"):
+            self._ready.set_exception(ChatError(reason))
+            return
+        room = event.group.room if event.group is not None else None
+        sender = f" (from {_one_line(str(event.sender))})" if event.sender else ""
+        self.group_line(room, "!", f"{reason}{sender}")
+
+    # -- the command loop -------------------------------------------------------------
+
+    async def handle(self, line: str) -> None:
+        """One input line: a command, or a message for the current group."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return
+        if line.startswith("/") and not line.startswith("//"):
+            name, *args = line[1:].split() or [""]
+            name = self._aliases.get(name.lower(), name.lower())
+            command = self._commands.get(name)
+            if command is None:
+                self.error(f"unknown command /{_one_line(name)} (/help lists the commands)")
+                return
+            if command.needs_online and not self.online:
+                self.error("not connected to the server (reconnecting); try again shortly")
+                return
+            if command.needs_group and self.session(self.current) is None:
+                self.error("no group selected: /groups lists yours, /open N selects one, "
+                           "/create makes one")
+                return
+            await command.run(args)
+            return
+        text = line[1:] if line.startswith("//") else line
+        await self.send(text)
+
+    async def send(self, text: str) -> None:
+        """Send a message to the current group."""
+        if not self.online:
+            self.error("not connected to the server (reconnecting); message not sent")
+            return
+        session = self.session(self.current)
+        if session is None:
+            self.error("no group selected: /groups lists yours, /open N selects one, "
+                       "/create makes one")
+            return
+        await session.send(text)
+        self._show_message(session.room, self.me, text)
+
+    def _jid(self, text: str) -> str:
+        """A bare account JID from user input (a local part is taken on our domain)."""
+        import slixmpp
+        from slixmpp.jid import InvalidJID
+
+        if "@" not in text:
+            text = f"{text}@{self.xmpp.boundjid.domain}"
+        try:
+            jid = slixmpp.JID(text)
+        except InvalidJID:
+            raise ChatError(f"{_one_line(text)!r} is not a JID") from None
+        if not jid.user or not jid.domain or jid.resource:
+            raise ChatError(f"{_one_line(text)!r} is not an account JID user@domain")
+        return str(jid.bare)
+
+    async def _devices(self, jid: str) -> list[Any]:
+        """KeyPackages of every device of ``jid`` (other devices only for our own JID)."""
+        keystore = self.mls.keystore
+        if keystore is None:
+            raise ChatError("the plugin has not started yet")
+        return list(await keystore.fetch(jid))
+
+    async def _check_invitees(self, args: list[str], session: Any = None) -> list[str]:
+        """JIDs from ``args`` that have devices to add; unknown ones are an error."""
+        jids: list[str] = []
+        for arg in args:
+            jid = self._jid(arg)
+            if jid not in jids:
+                jids.append(jid)
+        members = set() if session is None else {
+            m.signature_key for m in session.group.members}
+        wanted = []
+        for jid in jids:
+            found = await self._devices(jid)
+            new = [f for f in found if f.signature_key not in members]
+            if not found and jid == self.me:
+                self.notice("you have no other device to add")
+            elif not found:
+                raise ChatError(f"{jid} has no KeyPackages: no such account, or it does not "
+                                "use MLS over XMPP (nothing was changed)")
+            elif not new:
+                self.notice(f"{jid} is already in the group (every device)")
+            else:
+                wanted.append(jid)
+        return wanted
+
+    async def cmd_help(self, args: list[str]) -> None:
+        self.say(HELP)
+
+    async def cmd_groups(self, args: list[str]) -> None:
+        groups = self.active_groups()
+        if not groups:
+            self.notice("no groups yet: /create [JID ...] makes one")
+            return
+        self.notice(f"{len(groups)} group(s):")
+        for i, s in enumerate(groups, 1):
+            mark = "  (current)" if s.room == self.current else ""
+            count = len(s.members)
+            self.say(f"  {i}. {_one_line(s.room)}  epoch {s.epoch}, {count} member"
+                     f"{'' if count == 1 else 's'}{mark}")
+
+    async def cmd_create(self, args: list[str]) -> None:
+        members = await self._check_invitees(args)
+        if args and not members:
+            raise ChatError("nobody to add (nothing was created)")
+        before = set(self.mls.sessions)
+        try:
+            session = await self.mls.create_group(members=members or None)
+        except Exception as e:
+            created = [room for room in self.mls.sessions if room not in before]
+            if not created:
+                raise
+            self.current = created[0]
+            raise ChatError(f"group {created[0]} was created and selected, but adding "
+                            f"{', '.join(members)} failed: {_describe(e)}") from e
+        self.current = session.room
+        self.notice(f"created group {session.room} (epoch {session.epoch}, {len(session.members)}"
+                    f" member device(s)); selected")
+
+    async def cmd_open(self, args: list[str]) -> None:
+        if len(args) != 1:
+            session = self.session(self.current)
+            if session is None:
+                raise ChatError("usage: /open N|ROOM (no group selected)")
+            self.notice(f"current group: {session.room}")
+            return
+        session = self._find_group(args[0])
+        self.current = session.room
+        count = len(session.members)
+        self.notice(f"selected group {session.room} (epoch {session.epoch}, {count} member"
+                    f"{'' if count == 1 else 's'})")
+
+    def _find_group(self, arg: str) -> Any:
+        groups = self.active_groups()
+        if not groups:
+            raise ChatError("you are in no group: /create [JID ...] makes one")
+        if arg.isdigit():
+            n = int(arg)
+            if not 1 <= n <= len(groups):
+                raise ChatError(f"no group {n}: /groups lists 1..{len(groups)}")
+            return groups[n - 1]
+        wanted = arg.lower()
+        for s in groups:
+            if s.room.lower() == wanted or s.room.split("@", 1)[0].lower() == wanted:
+                return s
+        found = [s for s in groups if s.room.lower().startswith(wanted)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ChatError(f"{_one_line(arg)!r} matches {len(found)} groups; give more of it")
+        raise ChatError(f"no group matches {_one_line(arg)!r} (/groups lists yours)")
+
+    async def cmd_invite(self, args: list[str]) -> None:
+        if not args:
+            raise ChatError("usage: /invite JID [JID ...]")
+        session = self.session(self.current)
+        jids = await self._check_invitees(args, session)
+        if jids:
+            await session.add(*jids)
+
+    async def cmd_remove(self, args: list[str]) -> None:
+        if not args:
+            raise ChatError("usage: /remove JID [JID ...]")
+        session = self.session(self.current)
+        present = session.jids()
+        jids = []
+        for arg in args:
+            jid = self._jid(arg)
+            if jid == self.me:
+                raise ChatError("you cannot remove yourself: /leave asks the others to")
+            if jid not in present:
+                raise ChatError(f"{jid} is not in this group (/members lists who is)")
+            if jid not in jids:
+                jids.append(jid)
+        await session.remove(*jids)
+
+    async def cmd_members(self, args: list[str]) -> None:
+        session = self.session(self.current)
+        auth = session.group.epoch_authenticator.hex()
+        members = sorted(session.members, key=lambda m: m[2])
+        self.notice(f"group {session.room}: epoch {session.epoch}, epoch_authenticator "
+                    f"{auth[:16]}, {len(members)} member device(s):")
+        mine = self.own_fingerprint()
+        width = max(len(_one_line(jid)) for jid, _, _ in members)
+        for jid, fp, leaf in members:
+            me = "  (this device)" if jid == self.me and fp == mine else ""
+            self.say(f"  leaf {leaf:<3} {_one_line(jid):<{width}}  {fp}{me}")
+
+    async def cmd_update(self, args: list[str]) -> None:
+        session = self.session(self.current)
+        await session.update()
+
+    async def cmd_leave(self, args: list[str]) -> None:
+        session = self.session(self.current)
+        if len(session.members) < 2:
+            raise ChatError("you are the only member: nobody could commit your removal")
+        await session.leave()
+        self.notice("leave requested: another member's device will remove you")
+
+    async def cmd_history(self, args: list[str]) -> None:
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            raise ChatError("usage: /history [N]")
+        count = int(args[0]) if args else HISTORY_DEFAULT
+        room = self.current
+        if room is None:
+            raise ChatError("no group selected: /groups lists yours, /open N selects one")
+        lines = list(self.history.get(room, ()))[-count:] if count else []
+        self.notice(f"last {len(lines)} message(s) of {room_short(room)}:")
+        for line in lines:
+            self.say(line)
+
+    async def cmd_quit(self, args: list[str]) -> None:
+        self.quitting = True
+
+    # -- running -----------------------------------------------------------------
+
+    async def login(self) -> None:
+        """Connect and wait until the plugin is ready.
+
+        :raises ChatError: authentication failed, or not ready within the timeout.
+        """
+        loop = asyncio.get_running_loop()
+        from mls_xmpp.core.errors import MLSError
+
+        self._ready = loop.create_future()
+        try:
+            self.xmpp = self.build_client()
+        except MLSError as e:
+            raise ChatError(f"cannot open the store {self.options.store}: {e}") from None
+        self._connect()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.options.timeout)
+        except TimeoutError:
+            problems = "; ".join(dict.fromkeys(self._problems[-3:]))
+            raise ChatError(f"not logged in within {self.options.timeout:g} s"
+                            + (f" ({problems})" if problems else "")) from None
+        self.ever_ready = True
+
+    async def logout(self) -> None:
+        """Close the stream (abort it when the server does not answer)."""
+        self.quitting = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+        if self.xmpp is None:
+            return
+        try:
+            await asyncio.wait_for(self.xmpp.disconnect(wait=2.0), 5.0)
+        except (TimeoutError, Exception):  # noqa: BLE001 - leaving anyway
+            pass
+        finally:
+            self.xmpp.abort()
+            self.xmpp.cancel_connection_attempt()
+
+    async def repl(self) -> None:
+        """Read input lines and run them, one at a time, until /quit or end of input."""
+        groups = self.active_groups()
+        self.notice(f"logged in as {self.me}, device {self.own_fingerprint()}"
+                    + (f" ({self.options.device})" if self.options.device else ""))
+        self.notice(f"store {self.options.store}; {len(groups)} group(s)")
+        if len(groups) == 1 and self.current is None:
+            self.current = groups[0].room
+            self.notice(f"selected group {groups[0].room}")
+        self.notice("ready: /help lists the commands")
+        _start_reader(asyncio.get_running_loop(), self._lines)
+        while not self.quitting:
+            line = await self._lines.get()
+            if line is None:  # end of input
+                break
+            self._command = asyncio.ensure_future(self._run_line(line))
+            await self._command
+
+    async def _run_line(self, line: str) -> None:
+        try:
+            await self.handle(line)
+        except ChatError as e:
+            self.error(str(e))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a command never ends the client
+            log.debug("command %r failed", line, exc_info=True)
+            self.error(_describe(e))
+
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: stop the running command and leave."""
+        self.quitting = True
+        if self._command is not None:
+            self._command.cancel()
+        self._lines.put_nowait(None)
+
+
+def _describe(e: BaseException) -> str:
+    """An exception as one readable line."""
+    from mls_xmpp.core.errors import MLSError
+
+    text = _one_line(str(e)) or type(e).__name__
+    if isinstance(e, ChatError | MLSError):
+        return text
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {text}"
+
+
+def _start_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    """Read standard input in a daemon thread; lines (then None at its end) go to ``queue``.
+
+    ``os.read`` on the descriptor, not ``sys.stdin``: a daemon thread blocked in
+    a buffered read would hold the buffer's lock at interpreter shutdown. Works
+    for terminals, pipes and regular files alike.
+    """
+    def put(item: str | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def read() -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            put(None)
+            return
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                chunk = b""
+            pending += decoder.decode(chunk, final=not chunk)
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                put(line)
+            if not chunk:
+                if pending:
+                    put(pending)
+                put(None)
+                return
+
+    with contextlib.suppress(RuntimeError):  # the loop is closing
+        threading.Thread(target=read, name="mls-xmpp-chat-stdin", daemon=True).start()
+
+
+def _lock_store(path: Path) -> IO[bytes] | None:
+    """Create the store's directory and take an exclusive lock next to the store.
+
+    :raises ChatError: another process uses the store, or it cannot be created.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise ChatError(f"cannot use the store {path}: {e.strerror or e}") from None
+    handle = os.fdopen(fd, "r+b")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no lock
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ChatError(f"the store {path} is in use by another mls-xmpp process") from None
+    return handle
+
+
+async def _main(chat: Chat) -> int:
+    loop = asyncio.get_running_loop()
+    caught: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        caught.append(signum)
+        chat.interrupt()
+        if not chat.ever_ready and main_task is not None:
+            main_task.cancel()
+
+    main_task = asyncio.current_task()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, on_signal, signum)
+    status = 0
+    try:
+        try:
+            await chat.login()
+        except ChatError as e:
+            chat.error(str(e))
+            return 1
+        await chat.repl()
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+    finally:
+        await chat.logout()
+        if not caught and chat.ever_ready:
+            chat.notice("logged out")
+    if caught:
+        status = 128 + caught[0]
+    return status
+
+
+def run(options: ChatOptions, out: TextIO | None = None) -> int:
+    """Run the chat client until /quit or end of input; the exit status."""
+    logging.basicConfig(level=logging.DEBUG if options.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not options.verbose:  # the client shows what matters; library lines add noise
+        for name in ("slixmpp", "mls_xmpp", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    stream = out if out is not None else sys.stdout
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:  # never die on a character the terminal cannot show
+        with contextlib.suppress(Exception):
+            reconfigure(errors="backslashreplace")
+    chat = Chat(options, stream)
+    try:
+        lock = _lock_store(options.store)
+    except ChatError as e:
+        chat.error(str(e))
+        return 1
+    try:
+        return asyncio.run(_main(chat))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception as e:  # noqa: BLE001 - e.g. an unreadable store: one line, no traceback
+        log.debug("chat failed", exc_info=True)
+        chat.error(_describe(e))
+        return 1
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mls-xmpp chat ...``; returns the exit status."""
+    options = _options(sys.argv[1:] if argv is None else argv)
+    return run(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Several devices per user over a real Prosody (RFC 9750 §3.1.1, DESIGN "Multi-device").
+
+Every device is its own leaf: two slixmpp clients of one account (different
+resources, device names and stores) are two members of a group. Adding a user
+adds all of that user's devices; a group's creator brings her other devices
+along; a user's new device joins the account's groups by external Commit,
+next to (never instead of) the devices already there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from mls_xmpp.storage import MemoryStore
+from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.session import GroupSession, fingerprint
+
+from .mls_clients import TIMEOUT, Recorder, close, mls_client
+
+
+def _device(name: str) -> dict[str, Any]:
+    """Plugin configuration of one device: its own name and its own store."""
+    return {"device": name, "store": MemoryStore()}
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll until ``predicate()`` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def _synced(*sessions: GroupSession) -> None:
+    """Wait until every session is at one epoch with one epoch authenticator."""
+    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in sessions)), TIMEOUT)
+    await _until(lambda: len({(s.epoch, s.group.epoch_authenticator) for s in sessions}) == 1)
+
+
+async def _message(recorder: Recorder, body: str) -> Any:
+    """Wait for the message with ``body``; return its event."""
+    await _until(lambda: body in recorder.bodies())
+    return next(e for e in recorder.events["mls_message"] if e.body == body)
+
+
+def _joined(recorder: Recorder, room: str) -> GroupSession | None:
+    return next((s for s in recorder.events["mls_joined"] if s.room == room), None)
+
+
+async def _join(recorder: Recorder, room: str) -> GroupSession:
+    """Wait until this device joined ``room``'s group."""
+    await _until(lambda: _joined(recorder, room) is not None)
+    session = _joined(recorder, room)
+    assert session is not None
+    return session
+
+
+def _devices(session: GroupSession, jid: str) -> list[str]:
+    """Device fingerprints of ``jid`` in the group, as a member sees them."""
+    return sorted(fp for member, fp, _ in session.members if member == jid)
+
+
+def _no_errors(*recorders: Recorder) -> None:
+    for r in recorders:
+        assert r.events["mls_error"] == [], [e.reason for e in r.events["mls_error"]]
+
+
+# -- 1: adding a user adds all of the user's devices ---------------------------------
+
+
+async def _bob_adds_alice(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
+    bob, rb = await mls_client(server, *bob_acc, config=_device("desktop"))
+    try:
+        assert laptop.boundjid.full != phone.boundjid.full  # two resources, one account
+        group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
+        # Welcomes went to alice's bare JID: each device saw both, took its own
+        gl = await _join(rl, group.room)
+        gp = await _join(rp, group.room)
+        await _synced(group, gl, gp)
+        assert len(rl.events["mls_joined"]) == len(rp.events["mls_joined"]) == 1
+        assert len(group.members) == 3
+        assert len(_devices(group, alice_acc.jid)) == 2
+        assert gl.group.own_leaf_index != gp.group.own_leaf_index
+
+        await group.send("hello alice, both of you")
+        for r in (rl, rp):
+            event = await _message(r, "hello alice, both of you")
+            assert event.sender == bob_acc.jid
+
+        await gl.send("from alice's laptop")
+        from_laptop = [await _message(r, "from alice's laptop") for r in (rb, rp)]
+        assert {e.sender for e in from_laptop} == {alice_acc.jid}  # seen as alice
+        await gp.send("from alice's phone")
+        from_phone = [await _message(r, "from alice's phone") for r in (rb, rl)]
+        assert {e.sender for e in from_phone} == {alice_acc.jid}
+        assert from_laptop[0].device != from_phone[0].device  # two devices
+        assert sorted([from_laptop[0].device, from_phone[0].device]) == \
+            _devices(group, alice_acc.jid)
+        assert "from alice's laptop" not in rl.bodies()  # one's own: not an event
+        _no_errors(rl, rp, rb)
+    finally:
+        await close(laptop, phone, bob)
+
+
+def test_adding_a_user_adds_every_device(prosody: ProsodyServer,
+                                         new_account: Callable[[str], Account]) -> None:
+    alice, bob = new_account("alice"), new_account("bob")
+    asyncio.run(asyncio.wait_for(_bob_adds_alice(prosody, alice, bob), 120))
+
+
+# -- 2: the creator's other devices are in her groups ----------------------------------
+
+
+async def _creator_brings_devices(server: ProsodyServer, alice_acc: Account,
+                                  bob_acc: Account) -> None:
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        group = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
+        gp = await _join(rp, group.room)
+        gb = await _join(rb, group.room)
+        await _synced(group, gp, gb)
+        assert len(_devices(gb, alice_acc.jid)) == 2
+        assert group.jids() == {alice_acc.jid, bob_acc.jid}
+
+        await gb.send("hi alice")
+        for r in (rl, rp):
+            await _message(r, "hi alice")
+        await group.send("phone, are you there?")
+        await _message(rp, "phone, are you there?")
+        await _message(rb, "phone, are you there?")
+        await gp.send("yes")
+        for r in (rl, rb):
+            assert (await _message(r, "yes")).sender == alice_acc.jid
+
+        # a group of one's own devices only
+        solo = await laptop.plugin["mls"].create_group()
+        gp_solo = await _join(rp, solo.room)
+        await _synced(solo, gp_solo)
+        assert len(solo.members) == 2 and solo.jids() == {alice_acc.jid}
+        await gp_solo.send("note to self")
+        await _message(rl, "note to self")
+        _no_errors(rl, rp, rb)
+    finally:
+        await close(laptop, phone, bob)
+
+
+def test_creator_brings_her_other_devices(prosody: ProsodyServer,
+                                          new_account: Callable[[str], Account]) -> None:
+    alice, bob = new_account("alice"), new_account("bob")
+    asyncio.run(asyncio.wait_for(_creator_brings_devices(prosody, alice, bob), 120))
+
+
+# -- 3: a new device joins by external Commit, next to the others ----------------------
+
+
+async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        bobs = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
+        alices = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
+        sessions = {}
+        for room in (bobs.room, alices.room):
+            sessions[room] = (await _join(rl, room) if room != alices.room else alices,
+                              await _join(rp, room),
+                              await _join(rb, room) if room != bobs.room else bobs)
+            await _synced(*sessions[room])
+        before = {room: {m[1] for m in s[0].members} for room, s in sessions.items()}
+        memberships = {r: len(r.events["mls_membership"]) for r in (rl, rp, rb)}
+
+        # the tablet: a fresh store; it finds the account's groups and joins them
+        tablet, rt = await mls_client(server, *alice_acc, config=_device("tablet"))
+        try:
+            for room, (gl, gp, gb) in sessions.items():
+                gt = await _join(rt, room)
+                await _synced(gl, gp, gb, gt)
+                assert gt.group.own_leaf_index not in {gl.group.own_leaf_index,
+                                                       gp.group.own_leaf_index}
+                # nobody was replaced: the old leaves are all there, plus the tablet's
+                now = {m[1] for m in gb.members}
+                assert before[room] < now and len(now) == len(before[room]) + 1
+                assert len(_devices(gb, alice_acc.jid)) == 3
+                assert gb.jids() == {alice_acc.jid, bob_acc.jid}
+
+            # every other device saw alice added, once per group
+            for r in (rl, rp, rb):
+                await r.wait("mls_membership", memberships[r] + 2)
+                news = r.events["mls_membership"][memberships[r]:]
+                assert sorted(e.group.room for e in news) == sorted(sessions)
+                for e in news:
+                    assert e.added == (alice_acc.jid,) and e.removed == ()
+                    # an external Commit has no member sender: no committer JID
+                    assert e.committer in (None, alice_acc.jid) and not e.own
+
+            tablet_device = fingerprint(tablet.plugin["mls"].client.signature_public_key)
+            for room, (gl, _gp, gb) in sessions.items():
+                joined = _joined(rt, room)
+                assert joined is not None
+                await gb.send(f"bob to all of alice in {room}")
+                for r in (rl, rp, rt):
+                    await _message(r, f"bob to all of alice in {room}")
+                await joined.send(f"tablet in {room}")
+                for r in (rl, rp, rb):
+                    event = await _message(r, f"tablet in {room}")
+                    assert (event.sender, event.device) == (alice_acc.jid, tablet_device)
+                await gl.send(f"laptop in {room}")
+                await _message(rt, f"laptop in {room}")
+            _no_errors(rl, rp, rb, rt)
+        finally:
+            await close(tablet)
+    finally:
+        await close(laptop, phone, bob)
+
+
+def test_new_device_joins_by_external_commit(prosody: ProsodyServer,
+                                             new_account: Callable[[str], Account]) -> None:
+    alice, bob = new_account("alice"), new_account("bob")
+    asyncio.run(asyncio.wait_for(_new_device(prosody, alice, bob), 180))
+
