@@ -283,10 +283,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         log.info("mls_error: %s", event.reason)
         self.xmpp.event("mls_error", event)
 
-    def group_removed(self, session: GroupSession) -> None:
-        """This device was removed from a group."""
+    def group_removed(self, session: GroupSession, *, account_still_in: bool = False) -> None:
+        """This device was removed from a group.
+
+        The account's record of the room is dropped only when no other device
+        of the account stays in the group.
+        """
         self.xmpp.event("mls_removed", session)
-        asyncio.ensure_future(self.registry.remove(session.room))
+        if not account_still_in:
+            asyncio.ensure_future(self.registry.remove(session.room))
 
     async def _record(self, session: GroupSession) -> None:
         try:

@@ -262,13 +262,21 @@ class GroupSession:
             if event.committer.sender_type == 1:
                 leaf = self.group.state.tree.leaf(event.committer.index)
                 committer = None if leaf is None else leaf.credential.identity.decode()
+            elif event.committer.sender_type == 4 and event.added:  # an external joiner
+                committer = member_jid(event.added[-1])
             self.plugin.xmpp.event("mls_membership", MembershipEvent(
                 self, event.epoch, committer,
                 tuple(sorted({member_jid(m) for m in event.added})),
                 tuple(sorted({member_jid(m) for m in event.removed})),
                 tuple(sorted({member_jid(m) for m in event.updated})), event.own))
             if event.self_removed:
-                self.plugin.group_removed(self)
+                # the tree is still the one before the Commit: is another device of
+                # this account staying in the group?
+                me = self.plugin.bare_jid
+                gone = {m.leaf_index for m in event.removed}
+                others = any(member_jid(m) == me and m.leaf_index not in gone
+                             for m in self.group.members)
+                self.plugin.group_removed(self, account_still_in=others)
         elif isinstance(event, ProposalReceived):
             self.plugin.xmpp.event("mls_proposal", event)
             if self._designated_committer():
