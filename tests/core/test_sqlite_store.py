@@ -572,6 +572,7 @@ CHILD = textwrap.dedent("""
     if ident is None:
         client = Client.generate(b"crash@example.org")
         client.make_key_package()
+        store.save_identity(encode_client(client))  # before any group refers to it
     else:
         client = decode_client(ident, GroupConfig())
     rows = {r.group_id: r for r in store.load_groups()}
