@@ -56,6 +56,8 @@ PASSWORD_ENV = "MLS_XMPP_PASSWORD"
 HISTORY_SIZE = 1000
 #: ``/history`` without a count.
 HISTORY_DEFAULT = 20
+#: Fewest leading characters of a room that ``/open`` accepts.
+MIN_PREFIX = 4
 #: Seconds before reconnecting after the stream was lost.
 RECONNECT_DELAY = 2.0
 
@@ -224,7 +226,8 @@ def _jids(items: Sequence[str]) -> str:
 HELP = """commands:
   /groups               list your groups: index, room, epoch, member count
   /create [JID ...]     create a group (adding every device of each JID) and select it
-  /open N|ROOM          select a group by index (from /groups), room JID or its first characters
+  /open N|ROOM          select a group by index (from /groups), room, or the room's first
+                        characters (at least 4, as shown before each message)
   /invite JID [JID ...] add every device of each JID to the current group
   /remove JID [JID ...] remove every device of each JID from the current group
   /members              members of the current group: leaf, JID, device fingerprint
@@ -264,7 +267,8 @@ class Chat:
         self._connecting = 0  #: counts slixmpp's "connecting" events
         self._reconnect: asyncio.Task[None] | None = None
         self._command: asyncio.Task[None] | None = None
-        self._problems: list[str] = []
+        self._problems: deque[str] = deque(maxlen=10)
+        self._auth_failed = False
         self._commands: dict[str, _Command] = {
             "help": _Command(self.cmd_help, needs_online=False),
             "groups": _Command(self.cmd_groups),
@@ -406,10 +410,11 @@ class Chat:
             " (the server offered no TLS, and the client does not send the password without "
             "it; --plaintext allows that, for loopback test servers only)")
         reason = f"authentication as {self.options.jid} failed{hint}"
+        self._auth_failed = True
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ChatError(reason))
         elif not self.quitting:
-            self.group_line(None, "!", reason)
+            self.group_line(None, "!", f"{reason}; not reconnecting (/quit, and start again)")
 
     def on_ready(self, _: Any) -> None:
         self.online = True
@@ -422,7 +427,7 @@ class Chat:
 
     def on_disconnected(self, reason: Any) -> None:
         self.online = False
-        if self.quitting or not self.ever_ready:
+        if self.quitting or not self.ever_ready or self._auth_failed:
             return
         why = f" ({_one_line(str(reason))})" if reason else ""
         self.group_line(None, "!", f"disconnected from the server{why}; reconnecting")
@@ -644,20 +649,22 @@ class Chat:
         groups = self.active_groups()
         if not groups:
             raise ChatError("you are in no group: /create [JID ...] makes one")
-        if arg.isdigit():
-            n = int(arg)
-            if not 1 <= n <= len(groups):
-                raise ChatError(f"no group {n}: /groups lists 1..{len(groups)}")
-            return groups[n - 1]
+        if arg.isdigit() and 1 <= int(arg) <= len(groups):
+            return groups[int(arg) - 1]
+        # a room JID, its local part, or its first (at least four) characters, which
+        # may be all digits
         wanted = arg.lower()
         for s in groups:
             if s.room.lower() == wanted or s.room.split("@", 1)[0].lower() == wanted:
                 return s
-        found = [s for s in groups if s.room.lower().startswith(wanted)]
+        found = [s for s in groups
+                 if len(wanted) >= MIN_PREFIX and s.room.lower().startswith(wanted)]
         if len(found) == 1:
             return found[0]
         if found:
             raise ChatError(f"{_one_line(arg)!r} matches {len(found)} groups; give more of it")
+        if arg.isdigit():
+            raise ChatError(f"no group {arg}: /groups lists 1..{len(groups)}")
         raise ChatError(f"no group matches {_one_line(arg)!r} (/groups lists yours)")
 
     async def cmd_invite(self, args: list[str]) -> None:
@@ -729,10 +736,9 @@ class Chat:
 
         :raises ChatError: authentication failed, or not ready within the timeout.
         """
-        loop = asyncio.get_running_loop()
         from mls_xmpp.core.errors import MLSError
 
-        self._ready = loop.create_future()
+        self._ready = asyncio.get_running_loop().create_future()
         try:
             self.xmpp = self.build_client()
         except MLSError as e:
@@ -741,7 +747,7 @@ class Chat:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.options.timeout)
         except TimeoutError:
-            problems = "; ".join(dict.fromkeys(self._problems[-3:]))
+            problems = "; ".join(dict.fromkeys(list(self._problems)[-3:]))
             raise ChatError(f"not logged in within {self.options.timeout:g} s"
                             + (f" ({problems})" if problems else "")) from None
         self.ever_ready = True
