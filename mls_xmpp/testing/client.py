@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, cast
 
 import slixmpp
-from slixmpp.exceptions import IqTimeout, PresenceError
+from slixmpp.exceptions import IqTimeout
 from slixmpp.stanza import Message
 from slixmpp.types import MessageTypes
 from slixmpp.xmlstream import StanzaBase
@@ -180,41 +180,13 @@ async def join_room(
 
     :raises ClientError: the room refused us, or no answer within ``timeout``.
     """
-    loop = asyncio.get_running_loop()
-    refused: asyncio.Future[str] = loop.create_future()
+    from ..xmpp.delivery import join_muc
+    from ..xmpp.errors import TransportError
 
-    def on_error(presence: Any) -> None:
-        if presence["from"].bare == room and not refused.done():
-            error = presence["error"]
-            refused.set_result(f"{error['type']}/{error['condition']} {error['text']}".strip())
-
-    join = asyncio.ensure_future(
-        _plugin(client, "xep_0045").join_muc_wait(
-            slixmpp.JID(room), nick, maxstanzas=0, timeout=timeout
-        )
-    )
-    client.add_event_handler("presence_error", on_error)
     try:
-        done, _ = await asyncio.wait(
-            [join, refused], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if refused in done:
-            raise ClientError(
-                f"{client.boundjid.bare}: {room} refused the join: {refused.result()}"
-            )
-        if join not in done:
-            raise ClientError(f"{client.boundjid.bare}: joining {room} timed out")
-        try:
-            join.result()
-        except PresenceError as e:
-            raise ClientError(f"{client.boundjid.bare}: {room} refused the join: {e}") from e
-        except TimeoutError:
-            raise ClientError(f"{client.boundjid.bare}: joining {room} timed out") from None
-    finally:
-        client.del_event_handler("presence_error", on_error)
-        if not join.done():
-            join.cancel()
-        refused.cancel()
+        await join_muc(client, room, nick, timeout=timeout)
+    except TransportError as e:
+        raise ClientError(f"{client.boundjid.bare}: {e}") from None
 
 
 async def create_room(

@@ -179,11 +179,7 @@ class Delivery:
 
     async def join_room(self, room: str, nick: str) -> None:
         """Enter the room (no history: the archive is read separately)."""
-        try:
-            await self.xmpp.plugin["xep_0045"].join_muc_wait(
-                JID(room), nick, maxstanzas=0, timeout=self.timeout)
-        except Exception as e:  # noqa: BLE001 - presence errors and timeouts
-            raise TransportError(f"joining {room} failed: {e!r}") from e
+        await join_muc(self.xmpp, room, nick, timeout=self.timeout)
 
     async def set_affiliation(self, room: str, jid: str,
                               affiliation: Literal["member", "owner", "none"]) -> None:
@@ -218,3 +214,51 @@ class Delivery:
             if not results or fin["complete"] in (True, "true") or not last:
                 return out
             cursor = last
+
+
+class RoomRefused(TransportError):
+    """The room refused to let this account in (``condition``: the XMPP error)."""
+
+    def __init__(self, condition: str, message: str) -> None:
+        super().__init__(message)
+        self.condition = condition
+
+
+async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) -> None:
+    """Join ``room`` as ``nick`` without history; fail fast when the room refuses.
+
+    slixmpp only recognises error presences that echo the MUC ``<x/>``
+    element; Prosody's refusals (members-only, locked room) do not, so this
+    also watches ``presence_error`` instead of waiting for the timeout.
+
+    :raises TransportError: refused, or no answer within ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[tuple[str, str]] = loop.create_future()
+    bare = JID(room).bare
+
+    def on_error(presence: Any) -> None:
+        if presence["from"].bare == bare and not refused.done():
+            error = presence["error"]
+            refused.set_result((str(error["condition"]), str(error["text"])))
+
+    join = asyncio.ensure_future(client.plugin["xep_0045"].join_muc_wait(
+        JID(room), nick, maxstanzas=0, timeout=timeout))
+    client.add_event_handler("presence_error", on_error)
+    try:
+        done, _ = await asyncio.wait([join, refused], timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if refused in done:
+            condition, text = refused.result()
+            raise RoomRefused(condition, f"{room} refused the join: {condition} {text}".strip())
+        if join not in done:
+            raise TransportError(f"joining {room} timed out")
+        try:
+            join.result()
+        except Exception as e:  # noqa: BLE001 - presence errors and timeouts
+            raise TransportError(f"joining {room} failed: {e!r}") from e
+    finally:
+        client.del_event_handler("presence_error", on_error)
+        if not join.done():
+            join.cancel()
+        refused.cancel()

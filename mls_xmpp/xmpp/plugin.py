@@ -34,7 +34,7 @@ from ..core.errors import MLSError
 from ..core.group.client import Client
 from ..core.group.config import GroupConfig
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
-from .delivery import Delivery
+from .delivery import Delivery, RoomRefused
 from .envelope import Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent
@@ -155,10 +155,23 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             except MLSError as e:
                 self.error(MLSErrorEvent(f"stored group unreadable: {e}", error=e))
                 continue
+            if not group.active:  # removed (or reinitialised) while we were away
+                self.store.delete_group(record.group_id)
+                continue
             self.client.groups[group.group_id] = group
             session = GroupSession(self, group, record.room, record.last_stanza_id)
             self.sessions[str(JID(record.room).bare)] = session
-            await self.delivery.join_room(record.room, self._nick())
+            try:
+                await self.delivery.join_room(record.room, self._nick())
+            except RoomRefused as e:
+                if e.condition in ("registration-required", "forbidden"):
+                    # affiliations follow membership: the room no longer has this
+                    # account, i.e. it was removed while this device was away
+                    self.group_removed(session)
+                    continue
+                self.error(MLSErrorEvent(f"resuming {record.room}: {e}", session, error=e))
+            except TransportError as e:  # one room must not keep the device down
+                self.error(MLSErrorEvent(f"resuming {record.room}: {e}", session, error=e))
             session.start()
         if self.config.get("publish_key_packages", True):
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
@@ -271,11 +284,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """Write a group's state and archive position (after every change)."""
         from ..core.group.serialize import encode_group
 
+        if self.sessions.get(session.room) is not session:
+            return  # left or removed: nothing of it is kept
         self.store.save_group(GroupRecord(session.group_id, session.room,
                                           encode_group(session.group), session.last_stanza_id))
 
     def persist_position(self, session: GroupSession) -> None:
         """Record only the archive position (an echo or a GroupInfo changed nothing else)."""
+        if self.sessions.get(session.room) is not session:
+            return
         self.store.save_position(session.group_id, session.last_stanza_id)
 
     def error(self, event: MLSErrorEvent) -> None:
@@ -290,6 +307,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         of the account stays in the group.
         """
         self.xmpp.event("mls_removed", session)
+        # its secrets are of no more use: forget the group (forward secrecy on disk)
+        self.store.delete_group(session.group_id)
+        self.sessions.pop(session.room, None)
+        asyncio.ensure_future(session.stop())
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
 

@@ -256,7 +256,9 @@ class GroupSession:
                 # merged after the committer stopped waiting: finish its work now
                 pending, self._inflight = self._inflight, None
                 asyncio.ensure_future(self._finish_late(pending, stanza_id))
-            if not event.own:
+            if not event.own and self._inflight is not None:
+                # our Commit lost the race; its echo, right behind, is not news
+                self._remember_sent(self._inflight.message)
                 self._inflight = None
             committer = None
             if event.committer.sender_type == 1:

@@ -48,3 +48,38 @@ def test_restart_from_sqlite_catches_up(prosody: ProsodyServer, tmp_path: Path,
                                         new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(
         _restart(prosody, new_account("alice"), new_account("bob"), tmp_path / "bob.db"), 120))
+
+
+async def _removed_while_away(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                              db: Path) -> None:
+    from mls_xmpp.storage import SQLiteStore
+
+    alice, _ = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc, config={"store": str(db)})
+    try:
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        (gb,) = await rb.wait("mls_joined")
+        await asyncio.wait_for(gb.ready.wait(), TIMEOUT)
+        await close(bob)
+        await group.remove(bob_acc.jid)  # while bob is away
+        bob2, rb2 = await mls_client(server, *bob_acc, config={"store": str(db)})
+        try:  # bob starts at once (mls_client waited for mls_ready) ...
+            await asyncio.sleep(0.5)  # ... and catching up tells him he was removed
+            assert bob2.plugin["mls"].groups == []
+            assert len(rb2.events["mls_removed"]) == 1
+        finally:
+            await close(bob2)
+        with SQLiteStore(db) as store:  # and nothing of the group is left on disk
+            assert store.load_groups() == []
+        bob3, _ = await mls_client(server, *bob_acc, config={"store": str(db)})
+        await close(bob3)  # a later start is just as quick
+    finally:
+        await close(alice)
+
+
+def test_member_removed_while_away_starts_cleanly(prosody: ProsodyServer, tmp_path: Path,
+                                                   new_account: Callable[[str], Account]
+                                                   ) -> None:
+    asyncio.run(asyncio.wait_for(
+        _removed_while_away(prosody, new_account("alice"), new_account("bob"),
+                            tmp_path / "bob.db"), 60))
