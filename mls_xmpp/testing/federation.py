@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-from .prosody import ProsodyError, ProsodyServer, _accepts, _PortTaken, _read
+from .prosody import ProsodyError, ProsodyServer, _PortTaken, _read
 
 __all__ = [
     "FEDERATION_CONFIG_PATH",
@@ -180,56 +180,31 @@ class FederatedProsody(ProsodyServer):
 
     # -- internals ----------------------------------------------------------------
 
-    def _spawn_and_wait(self, deadline: float) -> None:
-        """Start once, with this server's interface, s2s port and peer (see the base)."""
-        if self._fixed_s2s_port is None:
-            self._s2s_port = _free_port(self.interface, avoid={self.c2s_port, self.http_port})
-        elif self._fixed_s2s_port in (self.c2s_port, self.http_port):
-            raise _PortTaken()  # the base picks new c2s/HTTP ports and comes back
-        try:
-            self.pidfile_path.unlink()
-        except FileNotFoundError:
-            pass
-        peer_hosts = self.directory / "peer.hosts"
-        if self.peer is not None:
-            peer_hosts.write_text(f"{self.peer.interface} {self.peer.domain}\n", encoding="ascii")
-        self.log_path.write_bytes(b"")  # fresh log for this attempt
-        self._stdout = open(self.directory / "stdout.log", "wb")  # noqa: SIM115 - closed by stop
-        self._process = subprocess.Popen(
-            [self.prosody, "--config", str(self.config_path), "-F"],
-            env=self.environment,
-            stdin=subprocess.DEVNULL,
-            stdout=self._stdout,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop Prosody ourselves
-        )
-        pid = str(self._process.pid)
-        wanted = [
+    def _ready_services(self) -> list[str]:
+        """c2s, s2s and HTTP listeners on this server's interface."""
+        return [
             f"Activated service 'c2s' on [{self.interface}]:{self.c2s_port}",
             f"Activated service 's2s' on [{self.interface}]:{self.s2s_port}",
             f"Activated service 'http' on [{self.interface}]:{self.http_port}",
         ]
-        while True:
-            if self._process.poll() is not None:
-                raise ProsodyError(
-                    f"prosody exited with status {self._process.returncode} while starting\n"
-                    + self._log_tail()
-                )
-            log = self.log_text()
-            if "Failed to open server port" in log:
-                raise _PortTaken()
-            if (
-                _read(self.pidfile_path) == pid
-                and all(w in log for w in wanted)
-                and _accepts(self.host, self.c2s_port)
-                and _accepts(self.host, self.s2s_port)
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise ProsodyError(
-                    f"prosody not ready after {self.start_timeout:.0f} s\n" + self._log_tail()
-                )
-            time.sleep(0.02)
+
+    def _ready_ports(self) -> list[int]:
+        """Clients and the peer server must both get in."""
+        return [self.c2s_port, self.s2s_port]
+
+    def _before_spawn(self) -> None:
+        """Pick the s2s port and write the peer's address for the resolver."""
+        if self._fixed_s2s_port is None:
+            self._s2s_port = _free_port(self.interface, avoid={self.c2s_port, self.http_port})
+        elif self._fixed_s2s_port in (self.c2s_port, self.http_port):
+            raise _PortTaken()  # the base picks new c2s/HTTP ports and comes back
+        if self.peer is not None:
+            (self.directory / "peer.hosts").write_text(
+                f"{self.peer.interface} {self.peer.domain}\n", encoding="ascii")
+
+    def _spawn_and_wait(self, deadline: float) -> None:
+        """Start once (see the base), then insist that lua-unbound was found."""
+        super()._spawn_and_wait(deadline)
         if self.peer is not None and "unable to find lua-unbound" in _read(
                 self.directory / "stdout.log"):
             raise ProsodyError(

@@ -286,12 +286,25 @@ class ProsodyServer:
 
     # -- internals ----------------------------------------------------------
 
+    def _ready_services(self) -> list[str]:
+        """Log lines that show every listener of ours is up (subclasses add theirs)."""
+        return [f"Activated service 'c2s' on [127.0.0.1]:{self.c2s_port}",
+                f"Activated service 'http' on [127.0.0.1]:{self.http_port}"]
+
+    def _ready_ports(self) -> list[int]:
+        """Ports that must accept a connection before the server counts as ready."""
+        return [self.c2s_port]
+
+    def _before_spawn(self) -> None:
+        """Hook for subclasses: write files the config needs before each attempt."""
+
     def _spawn_and_wait(self, deadline: float) -> None:
         assert self._directory is not None
         try:
             self.pidfile_path.unlink()
         except FileNotFoundError:
             pass
+        self._before_spawn()
         self.log_path.write_bytes(b"")  # fresh log for this attempt
         self._stdout = open(self._directory / "stdout.log", "wb")
         self._process = subprocess.Popen(
@@ -303,10 +316,8 @@ class ProsodyServer:
             start_new_session=True,  # Ctrl-C reaches us; we stop Prosody ourselves
         )
         pid = str(self._process.pid)
-        wanted = (
-            f"Activated service 'c2s' on [127.0.0.1]:{self.c2s_port}",
-            f"Activated service 'http' on [127.0.0.1]:{self.http_port}",
-        )
+        wanted = self._ready_services()
+        ports = self._ready_ports()
         while True:
             if self._process.poll() is not None:
                 raise ProsodyError(
@@ -319,7 +330,7 @@ class ProsodyServer:
             if (
                 _read(self.pidfile_path) == pid
                 and all(w in log for w in wanted)
-                and _accepts(self.host, self.c2s_port)
+                and all(_accepts(self.host, port) for port in ports)
             ):
                 return
             if time.monotonic() > deadline:
