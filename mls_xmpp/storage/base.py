@@ -50,5 +50,11 @@ class StateStore(Protocol):
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group (left, removed, or replaced by a rejoin)."""
 
+    def load_inbox_position(self) -> str | None:
+        """The last message of the account's own archive read for Welcomes, or ``None``."""
+
+    def save_inbox_position(self, archive_id: str | None) -> None:
+        """Record how far the account's own archive was read for Welcomes."""
+
     def close(self) -> None:
         """Release the store."""

@@ -11,6 +11,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._identity: bytes | None = None
         self._groups: dict[bytes, GroupRecord] = {}
+        self._inbox: str | None = None
 
     def load_identity(self) -> bytes | None:
         """The stored identity, if any."""
@@ -39,6 +40,14 @@ class MemoryStore:
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group."""
         self._groups.pop(group_id, None)
+
+    def load_inbox_position(self) -> str | None:
+        """How far the account's archive was read for Welcomes."""
+        return self._inbox
+
+    def save_inbox_position(self, archive_id: str | None) -> None:
+        """Record how far the account's archive was read for Welcomes."""
+        self._inbox = archive_id
 
     def close(self) -> None:
         """Nothing to release."""

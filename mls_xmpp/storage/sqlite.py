@@ -9,7 +9,8 @@
 
 Schema (version 1)::
 
-    meta     (name TEXT PRIMARY KEY, value BLOB)        encryption mode, key check
+    meta     (name TEXT PRIMARY KEY, value BLOB)        encryption mode, key check,
+                                                        inbox position (UTF-8)
     identity (id INTEGER PRIMARY KEY CHECK (id = 1),    one row at most
               data BLOB, updated_at INTEGER)
     groups   (group_id BLOB PRIMARY KEY, room TEXT, state BLOB,
@@ -83,8 +84,8 @@ Encryption at rest
     with one raises :class:`StorageError` at once. The mode is fixed when
     the store is created.
 
-    Not encrypted: ``group_id``, ``room``, ``last_stanza_id``, ``updated_at``
-    and the schema. An observer of the file learns which rooms the device
+    Not encrypted: ``group_id``, ``room``, ``last_stanza_id``, ``updated_at``,
+    the inbox position and the schema. An observer of the file learns which rooms the device
     is in, how far it has read each room's archive and when it last wrote;
     someone who can write to the file can move a room's archive position
     (the MLS layer still refuses replayed messages, and skipped ones are lost
@@ -429,6 +430,30 @@ class SQLiteStore:
         """Forget a group; its state is overwritten with zeros in the file."""
         with self._transaction("cannot delete the group") as db:
             db.execute("DELETE FROM groups WHERE group_id = ?", (bytes(group_id),))
+
+    def load_inbox_position(self) -> str | None:
+        """How far the account's own archive was read for Welcomes, or ``None``."""
+        db = self._conn()
+        with _sql_errors("cannot read the inbox position"):
+            row = db.execute("SELECT value FROM meta WHERE name = 'inbox_position'").fetchone()
+        if row is None:
+            return None
+        if not isinstance(row[0], bytes):
+            raise StorageError("the inbox position is not a BLOB")
+        try:
+            return row[0].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StorageError("the inbox position is not UTF-8") from exc
+
+    def save_inbox_position(self, archive_id: str | None) -> None:
+        """Record (or, with ``None``, forget) how far the account's archive was read."""
+        with self._transaction("cannot save the inbox position") as db:
+            if archive_id is None:
+                db.execute("DELETE FROM meta WHERE name = 'inbox_position'")
+            else:
+                db.execute("INSERT INTO meta (name, value) VALUES ('inbox_position', ?) "
+                           "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                           (archive_id.encode("utf-8"),))
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`StorageError`. Idempotent."""

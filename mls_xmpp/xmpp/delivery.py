@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from slixmpp import JID
@@ -94,6 +95,11 @@ class Delivery:
                 value = el.get("id")
                 return None if value is None else str(value)
         return None
+
+    @staticmethod
+    def own_stanza_id(msg: Any, account: str) -> str | None:
+        """The id the account's own archive gave a message sent to it, or ``None``."""
+        return Delivery.room_stanza_id(msg, account)
 
     def envelope_of(self, msg: Any, sender: str) -> Envelope | None:
         """The envelope of a stanza; ``None`` while a fragmented message is incomplete."""
@@ -181,6 +187,13 @@ class Delivery:
         """Enter the room (no history: the archive is read separately)."""
         await join_muc(self.xmpp, room, nick, timeout=self.timeout)
 
+    def leave_room(self, room: str, nick: str) -> None:
+        """Leave the room (unavailable presence); nothing happens if not in it."""
+        try:
+            self.xmpp.plugin["xep_0045"].leave_muc(JID(room), nick)
+        except KeyError:  # slixmpp did not have it as joined
+            pass
+
     async def set_affiliation(self, room: str, jid: str,
                               affiliation: Literal["member", "owner", "none"]) -> None:
         """Make room affiliations follow MLS membership."""
@@ -190,20 +203,28 @@ class Delivery:
         except (IqError, IqTimeout) as e:
             raise TransportError(f"setting {jid} to {affiliation} in {room} failed: {e}") from e
 
-    async def fetch_archive(self, room: str, *, after: str | None = None,
+    async def fetch_archive(self, room: str | None, *, after: str | None = None,
+                            start: datetime | None = None,
                             page: int = 100) -> list[tuple[Any, str | None]]:
-        """Room messages from the archive (MAM), oldest first, after ``after``."""
+        """Messages with an ``<mls/>`` payload from an archive (MAM), oldest first.
+
+        ``room`` is a room JID, or ``None`` for the account's own archive;
+        only messages after the archive id ``after`` and, if given, stamped
+        no earlier than ``start``.
+        """
         mam = self.xmpp.plugin["xep_0313"]
         out: list[tuple[Any, str | None]] = []
         cursor = after
+        where = room or "the account's archive"
         while True:
             rsm: dict[str, Any] = {"max": page}
             if cursor:
                 rsm["after"] = cursor
             try:
-                iq = await mam.retrieve(jid=JID(room), rsm=rsm, timeout=int(self.timeout))
+                iq = await mam.retrieve(jid=None if room is None else JID(room), start=start,
+                                        rsm=rsm, timeout=int(self.timeout))
             except (IqError, IqTimeout) as e:
-                raise TransportError(f"archive query on {room} failed: {e}") from e
+                raise TransportError(f"archive query on {where} failed: {e}") from e
             results = iq["mam"]["results"]
             for result in results:
                 fwd = result["mam_result"]["forwarded"]["stanza"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from slixmpp import JID
@@ -89,6 +90,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.registry = GroupRegistry(self)
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
+        self._welcome_lock = asyncio.Lock()
+        #: the read of missed Welcomes from the account's archive, started by :meth:`start`
+        self.welcome_scan: asyncio.Future[None] | None = None
         self.xmpp.register_handler(CoroutineCallback(
             "mls payload", MatchXPath(f"{{{self.xmpp.default_ns}}}message/{{{NS}}}mls"),
             self._on_payload))
@@ -177,6 +181,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
             self.save_identity()
         self._ready.set()
+        if not fresh:
+            self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
         if fresh and self.config.get("recover", True):
             # in the background: a slow or vanished room must not hold up the device
             asyncio.ensure_future(self.recover())
@@ -311,6 +317,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.store.delete_group(session.group_id)
         self.sessions.pop(session.room, None)
         asyncio.ensure_future(session.stop())
+        # out of the room too: an account that stays affiliated through another
+        # device would otherwise keep this one an occupant, fed traffic it cannot read
+        self.delivery.leave_room(session.room, self._nick())
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
 
@@ -387,8 +396,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.error(MLSErrorEvent(f"{type(e).__name__}: {e}", sender=str(msg["from"]),
                                      error=e))
 
-    async def _on_direct(self, msg: Any) -> None:
-        """A Welcome (or anything else) sent to this account directly."""
+    async def _on_direct(self, msg: Any, archive_id: str | None = None) -> None:
+        """A Welcome (or anything else) sent to this account directly.
+
+        ``archive_id`` is the message's id in the account's own archive when
+        it was read from there (:meth:`fetch_welcomes`); a live message
+        carries it as a stanza-id by the account's bare JID.
+        """
         sender = str(msg["from"])
         try:
             env = self.delivery.envelope_of(msg, sender)
@@ -397,9 +411,23 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             if env.kind != Kind.WELCOME:
                 raise TransportError(f"unexpected {env.kind.name} sent directly")
             await self.wait_ready()
-            assert self.client is not None
+            async with self._welcome_lock:  # the live copy and the archive's, one at a time
+                await self._accept_welcome(env, sender)
+        except MLSError as e:
+            self.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+        finally:
+            position = archive_id or self.delivery.own_stanza_id(msg, self.bare_jid)
+            if position is not None:
+                self.store.save_inbox_position(position)
+
+    async def _accept_welcome(self, env: Envelope, sender: str) -> None:
+        """Join the group of a Welcome meant for this device; anything else is dropped."""
+        assert self.client is not None
+        if any(s.group_id == env.group_id for s in self.sessions.values()):
+            return  # already in it (a Welcome read twice: live and from the archive)
+        try:
             if not self._welcome_is_mine(env.mls_message):
-                return  # for another device of this account
+                return  # for another device of this account, or already used
             if not env.room or not JID(env.room).user or not JID(env.room).domain:
                 raise TransportError("Welcome without a room")
             tree = None
@@ -427,6 +455,46 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.keystore is not None:
             asyncio.ensure_future(self._after_join())
         self.xmpp.event("mls_joined", session)
+
+    async def fetch_welcomes(self) -> list[GroupSession]:
+        """Join the groups whose Welcome this device missed, from the account's archive.
+
+        A server delivers a chat message to a bare JID only to the account's
+        online resources (offline storage is used only when none is online),
+        so a device that was offline while another device of its account was
+        online finds its Welcome only in the account's own archive (MAM).
+        It is read from where the last read stopped (the stored inbox
+        position), and no earlier than a day before this device's oldest
+        KeyPackage was made: no Welcome can be for this device before that.
+        Runs at start for a device with stored state.
+        """
+        assert self.client is not None
+        bundles = list(self.client.key_packages.values())
+        if not bundles:
+            return []  # nothing to be welcomed with
+        oldest = min((lt.not_before for b in bundles
+                      if (lt := b.key_package.leaf_node.lifetime) is not None), default=0)
+        since = datetime.fromtimestamp(max(0, oldest - 86400), tz=UTC)
+        after = self.store.load_inbox_position()
+        try:
+            found = await self.delivery.fetch_archive(None, after=after, start=since)
+        except TransportError:
+            if after is None:
+                raise
+            # the position is gone from the archive (expired): read by time alone
+            found = await self.delivery.fetch_archive(None, start=since)
+        before = set(self.sessions)
+        for msg, archive_id in found:
+            if msg["type"] in ("groupchat", "error"):
+                continue
+            await self._on_direct(msg, archive_id)
+        return [s for room, s in self.sessions.items() if room not in before]
+
+    async def _fetch_welcomes_reporting(self) -> None:
+        try:
+            await self.fetch_welcomes()
+        except MLSError as e:
+            self.error(MLSErrorEvent(f"reading Welcomes from the archive failed: {e}", error=e))
 
     def _welcome_is_mine(self, data: bytes) -> bool:
         from ..core.messages.framing import MLSMessage

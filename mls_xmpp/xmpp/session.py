@@ -340,6 +340,18 @@ class GroupSession:
             raise TransportError("none of these JIDs is in the group")
         await self._commit(remove_keys=keys)
 
+    async def remove_device(self, *fingerprints: str) -> None:
+        """Remove single devices (e.g. a lost phone), named by their fingerprint.
+
+        The account stays in the group through its other devices.
+        """
+        wanted = set(fingerprints)
+        keys = [m.signature_key for m in self.group.members
+                if fingerprint(m.signature_key) in wanted]
+        if len(keys) != len(wanted):
+            raise TransportError("no device in the group has one of these fingerprints")
+        await self._commit(remove_keys=keys)
+
     async def update(self) -> None:
         """Fresh keys for this device: an empty Commit with a path (PCS)."""
         await self._commit()

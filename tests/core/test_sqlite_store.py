@@ -159,6 +159,26 @@ def test_save_position(store: SQLiteStore) -> None:
     assert [r.group_id for r in store.load_groups()] == [b"g"]
 
 
+def test_inbox_position(db_path: Path, key: bytes | None) -> None:
+    from mls_xmpp.storage import MemoryStore
+
+    memory = MemoryStore()
+    with SQLiteStore(db_path, key=key) as s:
+        for one in (s, memory):
+            assert one.load_inbox_position() is None
+            one.save_inbox_position("a1")
+            one.save_inbox_position("b2-\u00e9")
+            assert one.load_inbox_position() == "b2-\u00e9"
+        s.save_group(rec(b"g", b"state"))
+    with SQLiteStore(db_path, key=key) as s:  # it survives a reopen, next to the groups
+        assert s.load_inbox_position() == "b2-\u00e9"
+        assert [r.group_id for r in s.load_groups()] == [b"g"]
+        s.save_inbox_position(None)
+        assert s.load_inbox_position() is None
+    memory.save_inbox_position(None)
+    assert memory.load_inbox_position() is None
+
+
 def test_delete_group(store: SQLiteStore) -> None:
     store.save_group(rec(b"g1", b"state-1"))
     store.save_group(rec(b"g2", b"state-2"))

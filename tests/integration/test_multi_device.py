@@ -15,6 +15,7 @@ from typing import Any
 
 from mls_xmpp.storage import MemoryStore
 from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.errors import TransportError
 from mls_xmpp.xmpp.session import GroupSession, fingerprint
 
 from .mls_clients import TIMEOUT, Recorder, close, mls_client
@@ -225,3 +226,120 @@ def test_new_device_joins_by_external_commit(prosody: ProsodyServer,
     alice, bob = new_account("alice"), new_account("bob")
     asyncio.run(asyncio.wait_for(_new_device(prosody, alice, bob), 180))
 
+
+
+# -- 4: a device that was away while another device of the account was online ---------
+
+
+async def _away_device(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    phone_store = MemoryStore()
+    phone_config = {"device": "phone", "store": phone_store}
+    phone, _ = await mls_client(server, *alice_acc, config=phone_config)
+    await close(phone)  # the phone published its KeyPackages and went away
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
+        gl = await _join(rl, group.room)
+        await _synced(group, gl)
+        assert len(_devices(group, alice_acc.jid)) == 2  # the away phone is a member
+        await group.send("while the phone was away")
+        await _message(rl, "while the phone was away")
+
+        # the server gave both Welcomes to the laptop only (a resource was online, so
+        # nothing went to offline storage); the phone finds its own in the archive
+        phone, rp = await mls_client(server, *alice_acc, config=phone_config)
+        try:
+            gp = await _join(rp, group.room)
+            await _synced(group, gl, gp)
+            await _message(rp, "while the phone was away")
+            await gp.send("the phone is back")
+            for r in (rb, rl):
+                assert (await _message(r, "the phone is back")).sender == alice_acc.jid
+            assert len(rp.events["mls_joined"]) == 1
+            _no_errors(rl, rp, rb)
+        finally:
+            await close(phone)
+
+        # a restart reads the archive from where it stopped: no second join
+        assert phone_store.load_inbox_position() is not None
+        phone, rp = await mls_client(server, *alice_acc, config=phone_config)
+        try:
+            plugin = phone.plugin["mls"]
+            assert plugin.welcome_scan is not None
+            await asyncio.wait_for(plugin.welcome_scan, TIMEOUT)
+            assert rp.events["mls_joined"] == [] and len(plugin.groups) == 1
+            await group.send("after the restart")
+            await _message(rp, "after the restart")
+            _no_errors(rl, rp, rb)
+        finally:
+            await close(phone)
+    finally:
+        await close(laptop, bob)
+
+
+def test_away_device_finds_its_welcome_in_the_archive(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    alice, bob = new_account("alice"), new_account("bob")
+    asyncio.run(asyncio.wait_for(_away_device(prosody, alice, bob), 120))
+
+
+# -- 5: one device removed, the account stays ------------------------------------------
+
+
+def _occupant_nicks(client: Any, room: str) -> set[str]:
+    """Nicks in ``room`` as ``client``'s MUC plugin tracks them from presence."""
+    return set(client.plugin["xep_0045"].get_roster(room) or ())
+
+
+async def _one_device_removed(server: ProsodyServer, alice_acc: Account,
+                              bob_acc: Account) -> None:
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
+    tablet, rt = await mls_client(server, *alice_acc, config=_device("tablet"))
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
+        gl, gp, gt = [await _join(r, group.room) for r in (rl, rp, rt)]
+        await _synced(group, gl, gp, gt)
+        assert len(_devices(group, alice_acc.jid)) == 3
+        phone_nick = phone.plugin["mls"]._nick()
+        tablet_nick = tablet.plugin["mls"]._nick()
+        await _until(lambda: {phone_nick, tablet_nick} <= _occupant_nicks(bob, group.room))
+
+        # the phone leaves on its own (a proposal that another member commits)
+        await gp.leave()
+        await rp.wait("mls_removed")
+        await _synced(group, gl, gt)
+        # bob lost a tablet: he removes just that device, by its fingerprint
+        tablet_fp = fingerprint(tablet.plugin["mls"].client.signature_public_key)
+        await group.remove_device(tablet_fp)
+        await rt.wait("mls_removed")
+        await _synced(group, gl)
+        assert _devices(group, alice_acc.jid) == _devices(gl, alice_acc.jid)
+        assert len(_devices(group, alice_acc.jid)) == 1 and alice_acc.jid in group.jids()
+        # both are out of the room although alice's account is still affiliated
+        await _until(lambda: not {phone_nick, tablet_nick} & _occupant_nicks(bob, group.room))
+        assert phone.plugin["mls"].groups == [] and tablet.plugin["mls"].groups == []
+
+        await group.send("only the laptop now")
+        assert (await _message(rl, "only the laptop now")).sender == bob_acc.jid
+        await gl.send("laptop here")
+        await _message(rb, "laptop here")
+        await asyncio.sleep(0.5)  # what the removed devices would have received by now
+        for r in (rp, rt):
+            assert "only the laptop now" not in r.bodies()
+        _no_errors(rl, rp, rt, rb)
+        try:
+            await group.remove_device("00000000 00000000 00000000 00000000")
+            raise AssertionError("an unknown fingerprint was accepted")
+        except TransportError:
+            pass
+    finally:
+        await close(laptop, phone, tablet, bob)
+
+
+def test_removed_device_leaves_the_room(prosody: ProsodyServer,
+                                        new_account: Callable[[str], Account]) -> None:
+    alice, bob = new_account("alice"), new_account("bob")
+    asyncio.run(asyncio.wait_for(_one_device_removed(prosody, alice, bob), 120))
