@@ -20,6 +20,8 @@ Output is line-oriented, for people and for programs driving the client:
 * ``[HH:MM:SS] ROOM8 ! TEXT`` / ``[HH:MM:SS] ! TEXT`` -- input the plugin dropped,
   or a connection problem.
 * ``* TEXT`` -- the result of a command, and status lines.
+* ``... STAGE DONE/TOTAL`` -- progress of a long operation (adding many members):
+  each stage when it starts, at every tenth of the way, and when it is done.
 * ``error: TEXT`` -- a command failed (the client goes on).
 
 Remote text is printed with control characters escaped, so no peer can send
@@ -60,6 +62,10 @@ HISTORY_DEFAULT = 20
 MIN_PREFIX = 4
 #: Seconds before reconnecting after the stream was lost.
 RECONNECT_DELAY = 2.0
+#: Operations on at least this many accounts or devices show their progress.
+PROGRESS_MIN = 8
+#: KeyPackage fetches in flight at once.
+PARALLEL_FETCHES = 8
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +236,8 @@ HELP = """commands:
                         characters (at least 4, as shown before each message)
   /invite JID [JID ...] add every device of each JID to the current group
   /remove JID [JID ...] remove every device of each JID from the current group
+  /remove-device FP     remove one device (e.g. a lost phone) by the first characters of
+                        its fingerprint (at least 8, as /members shows it)
   /members              members of the current group: leaf, JID, device fingerprint
   /update               fresh keys for this device (post-compromise security)
   /leave                ask the other members to remove this device from the current group
@@ -268,6 +276,7 @@ class Chat:
         self._reconnect: asyncio.Task[None] | None = None
         self._command: asyncio.Task[None] | None = None
         self._problems: deque[str] = deque(maxlen=10)
+        self._progress_shown: dict[str, int] = {}  #: stage -> last tenth shown
         self._auth_failed = False
         self._commands: dict[str, _Command] = {
             "help": _Command(self.cmd_help, needs_online=False),
@@ -276,6 +285,7 @@ class Chat:
             "open": _Command(self.cmd_open),
             "invite": _Command(self.cmd_invite, needs_group=True),
             "remove": _Command(self.cmd_remove, needs_group=True),
+            "remove-device": _Command(self.cmd_remove_device, needs_group=True),
             "members": _Command(self.cmd_members, needs_group=True),
             "update": _Command(self.cmd_update, needs_group=True),
             "leave": _Command(self.cmd_leave, needs_group=True),
@@ -385,6 +395,7 @@ class Chat:
             ("mls_joined", self.on_joined),
             ("mls_removed", self.on_removed),
             ("mls_error", self.on_mls_error),
+            ("mls_progress", self.on_progress),
         ):
             client.add_event_handler(name, handler)
         return client
@@ -504,6 +515,19 @@ class Chat:
             self.group_line(session.room, "!", f"could not delete the group from the store: "
                             f"{_one_line(str(e))}")
 
+    def on_progress(self, event: Any) -> None:  # ProgressEvent
+        self.progress(str(event.stage), int(event.done), int(event.total))
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """A progress line for operations on many accounts or devices."""
+        if total < PROGRESS_MIN:
+            return
+        tenth = 10 * done // total
+        if done not in (0, total) and self._progress_shown.get(stage) == tenth:
+            return
+        self._progress_shown[stage] = tenth
+        self.say(f"... {stage} {done}/{total}" + (" done" if done == total else ""))
+
     def on_mls_error(self, event: Any) -> None:  # MLSErrorEvent
         reason = _one_line(str(event.reason))
         if self._ready is not None and not self._ready.done() and reason.startswith(
@@ -575,8 +599,12 @@ class Chat:
             raise ChatError("the plugin has not started yet")
         return list(await keystore.fetch(jid))
 
-    async def _check_invitees(self, args: list[str], session: Any = None) -> list[str]:
-        """JIDs from ``args`` that have devices to add; unknown ones are an error."""
+    async def _check_invitees(self, args: list[str], session: Any = None) -> list[Any]:
+        """KeyPackages of every device to add for the JIDs in ``args``.
+
+        Unknown accounts are an error (nothing is changed then); accounts
+        fetched a few at a time, with progress shown for many.
+        """
         jids: list[str] = []
         for arg in args:
             jid = self._jid(arg)
@@ -584,9 +612,19 @@ class Chat:
                 jids.append(jid)
         members = set() if session is None else {
             m.signature_key for m in session.group.members}
+        gate = asyncio.Semaphore(PARALLEL_FETCHES)
+        fetched: dict[str, list[Any]] = {}
+        self.progress("key packages", 0, len(jids))
+
+        async def one(jid: str) -> None:
+            async with gate:
+                fetched[jid] = await self._devices(jid)
+            self.progress("key packages", len(fetched), len(jids))
+
+        await asyncio.gather(*(one(jid) for jid in jids))
         wanted = []
         for jid in jids:
-            found = await self._devices(jid)
+            found = fetched[jid]
             new = [f for f in found if f.signature_key not in members]
             if not found and jid == self.me:
                 self.notice("you have no other device to add")
@@ -596,7 +634,7 @@ class Chat:
             elif not new:
                 self.notice(f"{jid} is already in the group (every device)")
             else:
-                wanted.append(jid)
+                wanted += [f.key_package for f in new]
         return wanted
 
     async def cmd_help(self, args: list[str]) -> None:
@@ -615,19 +653,19 @@ class Chat:
                      f"{'' if count == 1 else 's'}{mark}")
 
     async def cmd_create(self, args: list[str]) -> None:
-        members = await self._check_invitees(args)
-        if args and not members:
+        devices = await self._check_invitees(args)
+        if args and not devices:
             raise ChatError("nobody to add (nothing was created)")
         before = set(self.mls.sessions)
         try:
-            session = await self.mls.create_group(members=members or None)
+            session = await self.mls.create_group(key_packages=devices)
         except Exception as e:
             created = [room for room in self.mls.sessions if room not in before]
             if not created:
                 raise
             self.current = created[0]
             raise ChatError(f"group {created[0]} was created and selected, but adding "
-                            f"{', '.join(members)} failed: {_describe(e)}") from e
+                            f"{', '.join(args)} failed: {_describe(e)}") from e
         self.current = session.room
         self.notice(f"created group {session.room} (epoch {session.epoch}, {len(session.members)}"
                     f" member device(s)); selected")
@@ -671,9 +709,9 @@ class Chat:
         if not args:
             raise ChatError("usage: /invite JID [JID ...]")
         session = self.session(self.current)
-        jids = await self._check_invitees(args, session)
-        if jids:
-            await session.add(*jids)
+        devices = await self._check_invitees(args, session)
+        if devices:
+            await session.add_key_packages(devices)
 
     async def cmd_remove(self, args: list[str]) -> None:
         if not args:
@@ -690,6 +728,24 @@ class Chat:
             if jid not in jids:
                 jids.append(jid)
         await session.remove(*jids)
+
+    async def cmd_remove_device(self, args: list[str]) -> None:
+        wanted = "".join(args).replace(" ", "").lower()
+        if len(wanted) < 8 or not re.fullmatch(r"[0-9a-f]+", wanted):
+            raise ChatError("usage: /remove-device FINGERPRINT (at least its first 8 hex "
+                            "digits, as /members shows it)")
+        session = self.session(self.current)
+        found = [(jid, fp) for jid, fp, _ in session.members
+                 if fp.replace(" ", "").startswith(wanted)]
+        if not found:
+            raise ChatError("no device in this group has that fingerprint (/members lists them)")
+        if len(found) > 1:
+            raise ChatError(f"{len(found)} devices match; give more of the fingerprint")
+        jid, fp = found[0]
+        if fp == self.own_fingerprint():
+            raise ChatError("that is this device: /leave asks the others to remove it")
+        await session.remove_device(fp)
+        self.notice(f"removed the device {fp} of {_one_line(jid)}")
 
     async def cmd_members(self, args: list[str]) -> None:
         session = self.session(self.current)

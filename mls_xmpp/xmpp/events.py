@@ -49,3 +49,24 @@ class MLSErrorEvent:
     sender: str | None = None
     stanza_id: str | None = None
     error: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """``mls_progress``: how far a long operation (adding many members) has come.
+
+    ``operation`` is ``"add"`` (also for a group created with members);
+    ``stage`` one of :data:`STAGES`, in that order. Each stage reports
+    ``done == 0`` when it starts and ``done == total`` when it ends, with at
+    most about a hundred reports in between.
+    """
+
+    group: GroupSession | None
+    operation: str
+    stage: str
+    done: int
+    total: int
+
+
+#: The stages of adding members, in order.
+STAGES = ("key packages", "commit", "room", "affiliations", "welcomes")

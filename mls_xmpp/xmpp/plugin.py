@@ -13,7 +13,8 @@ Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``
 (:class:`MembershipEvent`), ``mls_joined`` (a :class:`GroupSession` this device
 was welcomed into), ``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
 input dropped, group state unchanged), ``mls_ready`` (KeyPackages published,
-groups resumed).
+groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
+many members).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from ..core.errors import MLSError
 from ..core.group.client import Client
 from ..core.group.config import GroupConfig
+from ..core.messages.key_package import KeyPackage
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from .delivery import Delivery, RoomRefused
 from .envelope import Envelope, Kind
@@ -47,7 +49,7 @@ from .recovery import (
     old_leaf,
     retract_stale_device_items,
 )
-from .session import GroupSession
+from .session import GroupSession, Progress, fetch_devices
 from .stanza import NS, register_stanzas
 
 log = logging.getLogger(__name__)
@@ -332,32 +334,42 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     # -- the API -------------------------------------------------------------------------
 
     async def create_group(self, *, members: list[str] | None = None,
-                           group_id: bytes | None = None) -> GroupSession:
+                           group_id: bytes | None = None,
+                           key_packages: list[KeyPackage] | None = None) -> GroupSession:
         """Create an MLS group and its room, then add ``members`` (every device of each).
 
         The account's other devices (those with KeyPackages on its node) are
-        added too: every device is its own leaf.
+        added too: every device is its own leaf. ``key_packages`` adds devices
+        whose KeyPackages the caller fetched already. Adding many members
+        reports its stages as ``mls_progress`` events.
+
+        :raises TransportError: a member has no usable KeyPackage (checked
+            before anything is created), or the server refused the room.
         """
         await self.wait_ready()
         assert self.client is not None and self.keystore is not None
-        members = list(members or [])
-        if self.bare_jid not in {_bare(m) for m in members}:
-            try:  # this account's other devices (exclude_own: not this one)
-                if await self.keystore.fetch(self.bare_jid):
-                    members.append(self.bare_jid)
-            except TransportError as e:
-                self.error(MLSErrorEvent(f"fetching this account's devices failed: {e}",
-                                         error=e))
+        members = [m for m in dict.fromkeys(members or []) if _bare(m) != self.bare_jid]
+        progress = Progress(self, None, "add")
+        wanted = list(key_packages or [])
+        if members:
+            devices = await fetch_devices(self, members, progress)
+            wanted += [kp for kps in devices.values() for kp in kps]
+        try:  # this account's other devices (exclude_own: not this one)
+            wanted += [f.key_package for f in await self.keystore.fetch(self.bare_jid)]
+        except TransportError as e:
+            self.error(MLSErrorEvent(f"fetching this account's devices failed: {e}", error=e))
         group = self.client.create_group(group_id or os.urandom(16))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
         await self.delivery.create_room(room, self._nick())
         session = GroupSession(self, group, room)
+        progress.group = session
         self.sessions[room] = session
         self.persist(session)
         session.start(catch_up=False)
         await self._record(session)
-        if members:
-            await session.add(*members)
+        unique = list({kp.leaf_node.signature_key: kp for kp in wanted}.values())
+        if unique:
+            await session.add_key_packages(unique, progress=progress)
         else:
             await session.publish_group_info()
         return session

@@ -25,7 +25,7 @@ from ..core.group.group import Group
 from ..core.messages.key_package import KeyPackage
 from .envelope import Envelope, Kind, decode_content, encode_content
 from .errors import TransportError
-from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent
+from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
 
 if TYPE_CHECKING:
     from .plugin import XEP_MLS
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SEEN = 4096
+#: Requests (KeyPackage fetches, affiliation changes) in flight at once.
+PARALLEL_REQUESTS = 8
 #: Trees up to this size travel inside Welcome/GroupInfo; larger ones by HTTP upload.
 TREE_INLINE_LIMIT = 96 * 1024
 
@@ -46,6 +48,62 @@ def fingerprint(signature_key: bytes) -> str:
     """A short, comparable fingerprint of a device's signature key."""
     digest = hashlib.sha256(signature_key).hexdigest()
     return " ".join(digest[i:i + 8] for i in range(0, 32, 8))
+
+
+class Progress:
+    """Reports the stages of a long operation as ``mls_progress`` events.
+
+    Within a stage, at most about a hundred reports go out, whatever the total.
+    """
+
+    def __init__(self, plugin: XEP_MLS, group: GroupSession | None, operation: str) -> None:
+        self.plugin = plugin
+        self.group = group
+        self.operation = operation
+        self._step = 1
+
+    def start(self, stage: str, total: int) -> None:
+        """A stage begins (``done == 0``)."""
+        self._step = max(1, total // 100)
+        self._emit(stage, 0, total)
+
+    def advance(self, stage: str, done: int, total: int) -> None:
+        """``done`` of ``total`` items of ``stage`` are finished."""
+        if done == total or done % self._step == 0:
+            self._emit(stage, done, total)
+
+    def _emit(self, stage: str, done: int, total: int) -> None:
+        self.plugin.xmpp.event("mls_progress", ProgressEvent(
+            self.group, self.operation, stage, done, total))
+
+
+async def fetch_devices(plugin: XEP_MLS, jids: list[str],
+                        progress: Progress | None = None) -> dict[str, list[KeyPackage]]:
+    """One KeyPackage per device of each JID, fetched a few accounts at a time.
+
+    :raises TransportError: a JID has no usable KeyPackage (nothing is added then).
+    """
+    keystore = plugin.keystore
+    if keystore is None:
+        raise TransportError("the plugin has not started")
+    jids = list(dict.fromkeys(jids))
+    found: dict[str, list[KeyPackage]] = {}
+    gate = asyncio.Semaphore(PARALLEL_REQUESTS)
+    if progress is not None:
+        progress.start("key packages", len(jids))
+
+    async def one(jid: str) -> None:
+        async with gate:
+            found[jid] = [f.key_package for f in await keystore.fetch(jid)]
+        if progress is not None:
+            progress.advance("key packages", len(found), len(jids))
+
+    await asyncio.gather(*(one(j) for j in jids))
+    missing = [j for j in jids if not found.get(j)]
+    if missing:
+        raise TransportError(f"{', '.join(missing)} "
+                             f"{'has' if len(missing) == 1 else 'have'} no usable KeyPackage")
+    return {j: found[j] for j in jids}
 
 
 class GroupSession:
@@ -320,17 +378,20 @@ class GroupSession:
             kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data))
 
     async def add(self, *jids: str) -> None:
-        """Add every device of each user (KeyPackages from their PEP nodes)."""
-        key_packages: list[KeyPackage] = []
-        keystore = self.plugin.keystore
-        if keystore is None:
-            raise TransportError("the plugin has not started")
-        for jid in jids:
-            found = await keystore.fetch(jid)
-            if not found:
-                raise TransportError(f"{jid} has no usable KeyPackage")
-            key_packages += [v.key_package for v in found]
-        await self._commit(add=key_packages)
+        """Add every device of each user (KeyPackages from their PEP nodes).
+
+        Reports its stages as ``mls_progress`` events (:class:`ProgressEvent`).
+        """
+        progress = Progress(self.plugin, self, "add")
+        devices = await fetch_devices(self.plugin, list(jids), progress)
+        await self.add_key_packages([kp for kps in devices.values() for kp in kps],
+                                    progress=progress)
+
+    async def add_key_packages(self, key_packages: list[KeyPackage], *,
+                               progress: Progress | None = None) -> None:
+        """Add devices whose KeyPackages the application already fetched."""
+        await self._commit(add=list(key_packages),
+                           progress=progress or Progress(self.plugin, self, "add"))
 
     async def remove(self, *jids: str) -> None:
         """Remove every device of each user."""
@@ -366,7 +427,7 @@ class GroupSession:
 
     async def _commit(self, *, add: list[KeyPackage] | None = None,
                       remove_keys: list[bytes] | None = None,
-                      attempts: int = 4) -> CommitApplied:
+                      attempts: int = 4, progress: Progress | None = None) -> CommitApplied:
         """Commit (with pending proposals), wait for the room, rebuild if another won.
 
         Removals are named by signature key, so a retry after another Commit
@@ -389,7 +450,12 @@ class GroupSession:
                 self._inline_tree = estimate <= TREE_INLINE_LIMIT
                 self.group.config = replace(self.group.config,
                                             ratchet_tree_in_welcome=self._inline_tree)
+                if progress is not None:
+                    progress.start("commit", len(add))
                 pending = self.group.commit(add=add, remove=remove)
+                if progress is not None:
+                    progress.advance("commit", len(add), len(add))
+                    progress.start("room", 1)
                 loop = asyncio.get_running_loop()
                 self._commit_waiter = loop.create_future()
                 self._inflight = pending
@@ -408,7 +474,9 @@ class GroupSession:
                     self._commit_waiter = None
                 if own:
                     self._inflight = None
-                    await self._after_own_commit(pending, stanza_id)
+                    if progress is not None:
+                        progress.advance("room", 1, 1)
+                    await self._after_own_commit(pending, stanza_id, progress)
                     return event
                 # our Commit lost the race: its echo, when it comes, is not news
                 self._remember_sent(pending.message)
@@ -422,32 +490,50 @@ class GroupSession:
             self.plugin.error(MLSErrorEvent(f"finishing a late Commit failed: {e}", self,
                                             error=e))
 
-    async def _after_own_commit(self, pending: PendingCommit, stanza_id: str | None) -> None:
+    async def _after_own_commit(self, pending: PendingCommit, stanza_id: str | None,
+                                progress: Progress | None = None) -> None:
         """Affiliations follow membership; Welcomes go out; the GroupInfo is published."""
         now_jids = self.jids()
         added = {kp.leaf_node.credential.identity.decode() for _, kp in pending.added}
         removed = {leaf.credential.identity.decode() for _, leaf in pending.removed}
         changes = [(jid, "owner") for jid in sorted(added)]
         changes += [(jid, "none") for jid in sorted(removed - now_jids)]
-        for jid, affiliation in changes:
-            try:
-                await self.plugin.delivery.set_affiliation(
-                    self.room, jid, "owner" if affiliation == "owner" else "none")
-            except TransportError as e:  # the MLS change stands; report and go on
-                self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
-                                                error=e))
+        gate = asyncio.Semaphore(PARALLEL_REQUESTS)
+        finished = 0
+        if progress is not None:
+            progress.start("affiliations", len(changes))
+
+        async def affiliate(jid: str, affiliation: str) -> None:
+            nonlocal finished
+            async with gate:
+                try:
+                    await self.plugin.delivery.set_affiliation(
+                        self.room, jid, "owner" if affiliation == "owner" else "none")
+                except TransportError as e:  # the MLS change stands; report and go on
+                    self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
+                                                    error=e))
+            finished += 1
+            if progress is not None:
+                progress.advance("affiliations", finished, len(changes))
+
+        await asyncio.gather(*(affiliate(j, a) for j, a in changes))
         tree_ref = None
         if pending.welcomes and not self._inline_tree:
             tree_ref = await self.plugin.delivery.upload(self.group.ratchet_tree(),
                                                          "ratchet-tree")
         suite = self.group.state.suite
         by_ref = {kp.ref(suite): kp for _, kp in pending.added}
-        for ref, welcome in pending.welcomes.items():
+        welcomes = list(pending.welcomes.items())
+        if progress is not None:
+            progress.start("welcomes", len(welcomes))
+        for i, (ref, welcome) in enumerate(welcomes, 1):
             jid = by_ref[ref].leaf_node.credential.identity.decode()
             await self.plugin.delivery.send_welcome(jid, Envelope(
                 kind=Kind.WELCOME, group_id=self.group_id, epoch=self.epoch,
                 mls_message=welcome, room=self.room, after_stanza_id=stanza_id or "",
                 ratchet_tree=tree_ref))
+            if progress is not None:
+                progress.advance("welcomes", i, len(welcomes))
         await self.publish_group_info()
 
     async def publish_group_info(self) -> None:

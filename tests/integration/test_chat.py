@@ -442,6 +442,58 @@ def test_chat_offline_member_catches_up(prosody: ProsodyServer, tmp_path: Path,
         TEST_TIMEOUT))
 
 
+# -- a group of many: progress ------------------------------------------------------------
+
+
+async def _many(server: ProsodyServer, alice_acc: Account, others: list[Account],
+                tmp: Path) -> None:
+    # the invitees' devices publish KeyPackages and go away (Welcomes wait offline)
+    clients = await asyncio.gather(*(mls_client(server, *acc) for acc in others))
+    await close(*(c for c, _ in clients))
+    a = None
+    try:
+        a = await ChatProcess.start(server, alice_acc, tmp / "alice.db")
+        await a.ready()
+        n = len(others)
+        since = await a.send("/create " + " ".join(acc.jid for acc in others))
+        await a.expect(r"^\* created group (\S+) \(epoch 1, " + str(n + 1) + " member", since)
+        lines = [x for x in a.lines[since:] if x.startswith("... ")]
+        # every stage of adding many, each from its start to its end, in order
+        for stage in ("key packages", "commit", "affiliations", "welcomes"):
+            assert f"... {stage} 0/{n}" in lines, a.report()
+            assert f"... {stage} {n}/{n} done" in lines, a.report()
+        ends = [lines.index(f"... {stage} {n}/{n} done")
+                for stage in ("key packages", "commit", "affiliations", "welcomes")]
+        assert ends == sorted(ends), a.report()
+        # small operations stay quiet
+        since = await a.send("/update")
+        await a.expect(r" \* you updated your keys \(epoch 2\)$", since)
+        assert not [x for x in a.lines[since:] if x.startswith("... ")], a.report()
+
+        # one device removed by its fingerprint (as /members shows it)
+        first = others[0].jid
+        m = await a.command("/members", rf"^  leaf \d+ +{re.escape(first)} +({FINGERPRINT})$")
+        fp = m.group(1)
+        await a.command("/remove-device 12", r"^error: usage: /remove-device")
+        await a.command("/remove-device 0000000000", r"^error: no device in this group")
+        own = await a.command("/members", rf"^  leaf 0 .* ({FINGERPRINT})  \(this device\)$")
+        await a.command(f"/remove-device {own.group(1)[:8]}", r"^error: that is this device")
+        since = await a.send(f"/remove-device {fp[:17]}")
+        await a.expect(rf"^\* removed the device {fp} of {re.escape(first)}$", since)
+        await a.expect(rf" \* you removed {re.escape(first)} \(epoch 3\)$", since)
+        await a.command("/members", rf"^\* group .*: epoch 3, .*, {n} member device\(s\):$")
+        await a.quit()
+    finally:
+        await _kill_all(a)
+
+
+def test_chat_shows_progress_for_many(prosody: ProsodyServer, tmp_path: Path,
+                                      new_account: Callable[[str], Account]) -> None:
+    others = [new_account(f"m{i}") for i in range(10)]
+    asyncio.run(asyncio.wait_for(_many(prosody, new_account("alice"), others, tmp_path),
+                                 TEST_TIMEOUT))
+
+
 # -- a lost connection ----------------------------------------------------------------------
 
 
