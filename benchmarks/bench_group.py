@@ -29,7 +29,8 @@ Steps and figures (see ``benchmarks/README.md`` for the full description):
    ``steady``: a steady-state update on a *full* tree, the state a long-lived
    group reaches once every member has committed (every parent node set,
    resolutions of size one). Replaying n commits to get there is infeasible,
-   so the tree is built directly (real Ed25519 leaves, valid parent hashes,
+   so the tree is built directly (``benchmarks/_fulltree.py``, shared with
+   ``bench_tree.py``: real Ed25519 leaves, valid parent hashes,
    real X25519 keys on the paths of three members; checked with
    ``validate_tree`` for n <= 1000) and three Group objects are made on it
    from an EpochState; then ``--reps`` updates in turn, medians.
@@ -62,24 +63,19 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mls_xmpp.core.codec import encode_opaque  # noqa: E402
-from mls_xmpp.core.crypto import CipherSuite, get_suite  # noqa: E402
+from benchmarks._fulltree import FullTree  # noqa: E402
+from mls_xmpp.core.crypto import get_suite  # noqa: E402
 from mls_xmpp.core.group.client import Client  # noqa: E402
 from mls_xmpp.core.group.config import GroupConfig  # noqa: E402
 from mls_xmpp.core.group.epoch import no_psks  # noqa: E402
 from mls_xmpp.core.group.events import ApplicationMessage  # noqa: E402
 from mls_xmpp.core.group.group import Group  # noqa: E402
 from mls_xmpp.core.group.state import EpochState  # noqa: E402
-from mls_xmpp.core.messages.common import LeafNodeSource  # noqa: E402
-from mls_xmpp.core.messages.credentials import Credential  # noqa: E402
 from mls_xmpp.core.messages.group_info import GroupContext  # noqa: E402
 from mls_xmpp.core.messages.key_package import KeyPackage  # noqa: E402
-from mls_xmpp.core.messages.leaf_node import Capabilities, LeafNode  # noqa: E402
-from mls_xmpp.core.messages.nodes import Node, ParentNode  # noqa: E402
+from mls_xmpp.core.messages.leaf_node import Capabilities  # noqa: E402
 from mls_xmpp.core.schedule.key_schedule import epoch_secrets_from_epoch_secret  # noqa: E402
 from mls_xmpp.core.schedule.transcript import interim_transcript_hash  # noqa: E402
-from mls_xmpp.core.tree import math as tm  # noqa: E402
-from mls_xmpp.core.tree.ratchet_tree import RatchetTree  # noqa: E402
 from mls_xmpp.core.tree.secret_tree import SecretTree  # noqa: E402
 from mls_xmpp.core.tree.treekem import TreePrivateKeys  # noqa: E402
 from mls_xmpp.core.tree.validation import validate_tree  # noqa: E402
@@ -87,6 +83,9 @@ from mls_xmpp.core.tree.validation import validate_tree  # noqa: E402
 SUITE_ID = 1
 CONFIG = GroupConfig(ratchet_tree_in_welcome=False)
 MESSAGE = b"x" * 1024
+#: Capabilities of the leaves of the synthetic full tree (those of a Client's leaf).
+FULL_TREE_CAPABILITIES = Capabilities(versions=(1,), cipher_suites=(SUITE_ID,),
+                                      extensions=(0x000A,), proposals=(), credentials=(1, 2))
 T = TypeVar("T")
 
 #: Targets of the issue, for this 2-core machine: (size, metric, limit in seconds).
@@ -200,91 +199,15 @@ def make_members(n: int, keep: set[int]) -> tuple[list[KeyPackage], dict[int, Cl
 # -- a full tree (steady state) ---------------------------------------------------------
 
 
-class FullTree:
-    """The node list of a full tree of ``n`` members with valid parent hashes.
-
-    The state a group reaches when every member has committed once, left to
-    right: leaves ``0 .. n-1`` are commit leaves, every parent whose right
-    subtree holds a member is set (with the key of the last committer below
-    it, and the parent-hash chain running down its right side), the others
-    are blank. The ``holders`` get real X25519 key pairs for their leaf and
-    every non-blank node of their direct path; all other encryption keys are
-    random 32-byte strings (valid X25519 public keys). Every leaf has a real
-    Ed25519 key and signature.
-    """
-
-    def __init__(self, suite: CipherSuite, n: int, group_id: bytes, holders: list[int]) -> None:
-        self.suite, self.n, self.group_id = suite, n, group_id
-        self.n_leaves = 1 << max(n - 1, 0).bit_length()
-        self.nodes: list[Node | None] = [None] * (2 * self.n_leaves - 1)
-        self.real: set[int] = set()
-        for h in holders:
-            self.real.add(2 * h)
-            if self.n_leaves > 1:
-                self.real.update(tm.direct_path(2 * h, self.n_leaves))
-        self.private: dict[int, bytes] = {}
-        self.sig_private: dict[int, bytes] = {}
-        self.holders = set(holders)
-        self.caps = Capabilities(versions=(1,), cipher_suites=(SUITE_ID,), extensions=(0x000A,),
-                                 proposals=(), credentials=(1, 2))
-        self.prog = Progress("full tree leaves", n)
-        self.done = 0
-
-    def build(self) -> bytes:
-        """Fill ``nodes``; return the root tree hash as computed here."""
-        return self._build(self.n_leaves - 1, b"")
-
-    def _enc_key(self, x: int) -> bytes:
-        if x in self.real:
-            priv, pub = self.suite.generate_kem_key_pair()
-            self.private[x] = priv
-            return pub
-        return os.urandom(32)
-
-    def _build(self, x: int, ph_in: bytes) -> bytes:
-        h = self.suite.hash
-        if x & 1 == 0:
-            i = x >> 1
-            if i >= self.n:
-                return h(b"\x01" + i.to_bytes(4, "big") + b"\x00")
-            sig_priv, sig_pub = self.suite.generate_signature_key_pair()
-            if i in self.holders:
-                self.sig_private[i] = sig_priv
-            leaf = LeafNode(self._enc_key(x), sig_pub,
-                            Credential.basic(b"member-%d@example.org" % i), self.caps,
-                            LeafNodeSource.COMMIT, parent_hash=ph_in)
-            leaf = leaf.signed(self.suite, sig_priv, self.group_id, i)
-            self.nodes[x] = leaf
-            self.done += 1
-            self.prog.tick(self.done)
-            return h(b"\x01" + i.to_bytes(4, "big") + b"\x01" + leaf.encode())
-        k = tm.level(x)
-        half = 1 << (k - 1)
-        left, right = x - half, x + half
-        node: ParentNode | None = None
-        if (right - ((1 << (k - 1)) - 1)) // 2 >= self.n:  # no member on the right
-            th_l = self._build(left, ph_in)
-            th_r = self._build(right, b"")
-        else:
-            key = self._enc_key(x)
-            node = ParentNode(key, ph_in, ())
-            self.nodes[x] = node
-            th_l = self._build(left, os.urandom(self.suite.hash_len))  # a stale link
-            ph_x = h(encode_opaque(key) + encode_opaque(ph_in) + encode_opaque(th_l))
-            th_r = self._build(right, ph_x)
-        body = b"\x02\x00" if node is None else b"\x02\x01" + node.encode()
-        return h(body + encode_opaque(th_l) + encode_opaque(th_r))
-
-
 def full_tree_groups(n: int, holders: list[int], check: bool) -> list[Group]:
     """Groups of the ``holders`` in one epoch of an ``n``-member group with a full tree."""
     suite = get_suite(SUITE_ID)
     group_id = os.urandom(16)
-    builder = FullTree(suite, n, group_id, holders)
+    builder = FullTree(suite, n, group_id, capabilities=FULL_TREE_CAPABILITIES,
+                       key_holders=holders, signers=holders,
+                       on_leaf=Progress("full tree leaves", n).tick)
     root_hash = builder.build()
-    nodes = builder.nodes
-    last = max(x for x, v in enumerate(nodes) if v is not None)
-    tree = RatchetTree.from_nodes(suite, nodes[:last + 1])
+    tree = builder.ratchet_tree()
     assert tree.tree_hash() == root_hash
     if check:
         validate_tree(tree, group_id, root_hash)
@@ -295,9 +218,7 @@ def full_tree_groups(n: int, holders: list[int], check: bool) -> list[Group]:
     for h in holders:
         secrets = epoch_secrets_from_epoch_secret(suite, epoch_secret)
         tag = suite.mac(secrets.confirmation_key, confirmed)
-        keys = TreePrivateKeys(h, {x: k for x, k in builder.private.items()
-                                   if x == 2 * h or (x & 1 and tm.level(x) > 0
-                                                     and _below(x, h))})
+        keys = TreePrivateKeys(h, builder.path_keys(h))
         keys.check(tree)
         state = EpochState(
             suite=suite, context=ctx, tree=tree.copy(), keys=keys, own_leaf=h,
@@ -309,11 +230,6 @@ def full_tree_groups(n: int, holders: list[int], check: bool) -> list[Group]:
             confirmation_tag=tag, resumption_psks={1: secrets.resumption_psk})
         groups.append(Group(state, CONFIG, no_psks))
     return groups
-
-
-def _below(x: int, leaf: int) -> bool:
-    k = tm.level(x)
-    return x - ((1 << k) - 1) <= 2 * leaf <= x + ((1 << k) - 1)
 
 
 # -- the benchmark ------------------------------------------------------------------------

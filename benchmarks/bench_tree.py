@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_tree.py [--sizes 1000,10000,50000]
+    python benchmarks/bench_tree.py [--sizes 1000,10000,50000] [--json PATH]
 
 For each size ``n`` it builds a realistic "full" tree of ``n`` members: leaves
 ``0 .. n-1`` occupied, every parent node whose two subtrees both hold a member
@@ -33,29 +33,33 @@ Reported figures (milliseconds unless stated):
   median of 5;
 * ``next hash``   -- root tree hash after a single leaf update (steady state);
 * ``peak MiB``    -- tracemalloc peak while decoding the tree and hashing it.
+
+The tree is built by :class:`benchmarks._fulltree.FullTree` (shared with
+``bench_group.py``). ``--json PATH`` also writes every figure per size, in
+seconds (MiB for the sizes), with the single timings behind the medians;
+``benchmarks/plot.py`` draws it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import sys
 import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mls_xmpp.core.codec import encode_opaque  # noqa: E402
-from mls_xmpp.core.crypto import CipherSuite, get_suite  # noqa: E402
-from mls_xmpp.core.messages.common import LeafNodeSource  # noqa: E402
-from mls_xmpp.core.messages.credentials import Credential  # noqa: E402
+from benchmarks._fulltree import FullTree  # noqa: E402
+from mls_xmpp.core.crypto import get_suite  # noqa: E402
 from mls_xmpp.core.messages.group_info import GroupContext  # noqa: E402
 from mls_xmpp.core.messages.leaf_node import Capabilities, LeafNode  # noqa: E402
-from mls_xmpp.core.messages.nodes import Node, ParentNode  # noqa: E402
-from mls_xmpp.core.tree import math as tm  # noqa: E402
 from mls_xmpp.core.tree.ratchet_tree import RatchetTree  # noqa: E402
 from mls_xmpp.core.tree.treekem import (  # noqa: E402
     TreePrivateKeys,
@@ -73,96 +77,32 @@ from mls_xmpp.core.tree.validation import (  # noqa: E402
 
 GROUP_ID = b"benchmark group"
 REPEAT = 5  # create/apply are repeated on fresh copies; the median is reported
-
-
-class FullTreeBuilder:
-    """Builds the node list of a full n-member tree with valid parent hashes."""
-
-    def __init__(self, suite: CipherSuite, n: int, receiver: int) -> None:
-        self.suite = suite
-        self.n = n
-        self.n_leaves = 1 << max(n - 1, 0).bit_length()
-        self.nodes: list[Node | None] = [None] * (2 * self.n_leaves - 1)
-        self.receiver = receiver
-        self.receiver_path = set(tm.direct_path(2 * receiver, self.n_leaves)) \
-            if self.n_leaves > 1 else set()
-        self.private: dict[int, bytes] = {}
-        self.sig_privs: list[bytes] = []
-        self.sig_pubs: list[bytes] = []
-        self.sign_time = 0.0
-
-    def make_signature_keys(self) -> None:
-        for _ in range(self.n):
-            priv, pub = self.suite.generate_signature_key_pair()
-            self.sig_privs.append(priv)
-            self.sig_pubs.append(pub)
-
-    def _enc_key(self, x: int) -> bytes:
-        if x == 2 * self.receiver or x in self.receiver_path:
-            priv, pub = self.suite.generate_kem_key_pair()
-            self.private[x] = priv
-            return pub
-        return os.urandom(32)  # every 32-byte string is an X25519 public key
-
-    def _occupied(self, x: int) -> bool:
-        k = tm.level(x)
-        return (x - ((1 << k) - 1)) // 2 < self.n  # leftmost leaf under x is a member
-
-    def build(self) -> bytes:
-        """Fill ``nodes``; return the root tree hash as computed here."""
-        return self._build(self.n_leaves - 1, b"")
-
-    def _build(self, x: int, ph_in: bytes) -> bytes:
-        h = self.suite.hash
-        if x & 1 == 0:
-            i = x >> 1
-            if i >= self.n:
-                return h(b"\x01" + i.to_bytes(4, "big") + b"\x00")
-            t0 = time.perf_counter()
-            leaf = LeafNode(self._enc_key(x), self.sig_pubs[i],
-                            Credential.basic(b"member-%d@example.org" % i),
-                            Capabilities(cipher_suites=(1,), credentials=(1,)),
-                            LeafNodeSource.COMMIT, parent_hash=ph_in)
-            leaf = leaf.signed(self.suite, self.sig_privs[i], GROUP_ID, i)
-            self.sign_time += time.perf_counter() - t0
-            self.nodes[x] = leaf
-            return h(b"\x01" + i.to_bytes(4, "big") + b"\x01" + leaf.encode())
-        half = 1 << (tm.level(x) - 1)
-        left, right = x - half, x + half
-        node: ParentNode | None = None
-        if not self._occupied(right):
-            # x is filtered out of its members' paths: blank, the chain passes through
-            th_l = self._build(left, ph_in)
-            th_r = self._build(right, b"")
-        else:
-            key = self._enc_key(x)
-            node = ParentNode(key, ph_in, ())
-            self.nodes[x] = node
-            th_l = self._build(left, os.urandom(self.suite.hash_len))  # a stale link
-            ph_x = h(encode_opaque(key) + encode_opaque(ph_in) + encode_opaque(th_l))
-            th_r = self._build(right, ph_x)
-        body = b"\x02\x00" if node is None else b"\x02\x01" + node.encode()
-        return h(body + encode_opaque(th_l) + encode_opaque(th_r))
+CAPABILITIES = Capabilities(cipher_suites=(1,), credentials=(1,))
 
 
 def context(tree_hash: bytes) -> bytes:
     return GroupContext(1, 1, GROUP_ID, 42, tree_hash, b"\x00" * 32, ()).encode()
 
 
-def bench(n: int) -> dict[str, float]:
+def bench(n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """All figures for one size (seconds, or MiB for keys ending in MiB).
+
+    Also returns the single timings behind the medians (``copy``,
+    ``create path``, ``apply path``).
+    """
     suite = get_suite(1)
     out: dict[str, float] = {}
     receiver = n - 1
-    builder = FullTreeBuilder(suite, n, receiver)
+    sender = 0
+    builder = FullTree(suite, n, GROUP_ID, capabilities=CAPABILITIES,
+                       key_holders=[receiver], signers=[sender])
 
     t0 = time.perf_counter()
-    builder.make_signature_keys()
     root_hash = builder.build()
     out["gen leaves"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    nodes = builder.nodes
-    tree = RatchetTree.from_nodes(suite, nodes[:max(x for x, v in enumerate(nodes) if v) + 1])
+    tree = builder.ratchet_tree()
     got = tree.tree_hash()
     out["build"] = time.perf_counter() - t0
     assert got == root_hash, "builder and RatchetTree disagree on the tree hash"
@@ -204,16 +144,15 @@ def bench(n: int) -> dict[str, float]:
         copy_times.append(time.perf_counter() - t0)
     out["copy"] = statistics.median(copy_times)
 
-    sender = 0
     old = tree.leaf(sender)
     assert old is not None
-    sig_priv = builder.sig_privs[sender]
+    sig_priv = builder.sig_private[sender]
 
     def sign(enc: bytes, ph: bytes) -> LeafNode:
         return replace(old, encryption_key=enc, parent_hash=ph).signed(
             suite, sig_priv, GROUP_ID, sender)
 
-    keys = TreePrivateKeys(receiver, builder.private)
+    keys = TreePrivateKeys(receiver, builder.path_keys(receiver))
     create_times, apply_times = [], []
     for _ in range(REPEAT):
         committer = tree.copy()
@@ -247,20 +186,13 @@ def bench(n: int) -> dict[str, float]:
     tracemalloc.stop()
     out["peak MiB"] = peak / 2**20
     del measured
-    return out
+    samples = {"copy": copy_times, "create path": create_times, "apply path": apply_times}
+    return out, samples
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1000,10000,50000",
-                   help="comma-separated member counts (default 1000,10000,50000)")
-    args = p.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    results: dict[int, dict[str, float]] = {}
-    for n in sizes:
-        print(f"n = {n} ...", file=sys.stderr, flush=True)
-        results[n] = bench(n)
+def print_table(results: dict[int, dict[str, float]]) -> None:
+    """The figures of every size, one column per size (times in ms)."""
+    sizes = list(results)
     rows = list(next(iter(results.values())))
     print(f"{'cipher suite 1':<20}" + "".join(f"{f'n={n}':>12}" for n in sizes))
     for row in rows:
@@ -270,6 +202,64 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cells = "".join(f"{results[n][row] * 1000:>12.3f}" for n in sizes)
             print(f"{row + ' ms':<20}" + cells)
+
+
+def json_document(results: dict[int, dict[str, float]],
+                  samples: dict[int, dict[str, list[float]]],
+                  walls: dict[int, float], load_before: tuple[float, float, float],
+                  total: float) -> dict[str, Any]:
+    """What ``--json`` writes: every figure per size, with the run's environment.
+
+    Keys are the table's row names without their indentation; values are
+    seconds, or MiB for keys ending in ``MiB``.
+    """
+    per_size: dict[str, dict[str, Any]] = {}
+    for n, figures in results.items():
+        entry: dict[str, Any] = {"n": n}
+        entry.update({key.strip(): value for key, value in figures.items()})
+        entry["samples"] = samples[n]
+        entry["wall"] = walls[n]
+        per_size[str(n)] = entry
+    return {
+        "benchmark": "bench_tree",
+        "cipher_suite": 1,
+        "units": "seconds; keys ending in MiB: mebibytes",
+        "repeat": REPEAT,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": load_before,
+        "loadavg_at_end": os.getloadavg(),
+        "total_seconds": total,
+        "results": per_size,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1000,10000,50000",
+                   help="comma-separated member counts (default 1000,10000,50000)")
+    p.add_argument("--json", type=Path,
+                   help="also write every figure per size (and the single timings behind "
+                        "the medians) as JSON to this file")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    results: dict[int, dict[str, float]] = {}
+    samples: dict[int, dict[str, list[float]]] = {}
+    walls: dict[int, float] = {}
+    load_before = os.getloadavg()
+    t_all = time.perf_counter()
+    for n in sizes:
+        print(f"n = {n} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        results[n], samples[n] = bench(n)
+        walls[n] = time.perf_counter() - t0
+    print_table(results)
+    if args.json:
+        doc = json_document(results, samples, walls, load_before, time.perf_counter() - t_all)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 

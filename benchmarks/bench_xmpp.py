@@ -41,6 +41,10 @@ Throughput steps also report CPU milliseconds per message of this process
 (every client together) and of Prosody, which other load on the machine
 disturbs much less than wall-clock rates.
 
+``--json PATH`` writes every figure, and every latency sample of steps 1
+and 2 (``latency_samples_ms``), with the run's options and environment;
+``benchmarks/plot.py`` draws it.
+
 Setup times: client start (connect, identity, KeyPackage pool on PEP),
 ``create_group`` with 1 and with 10 members (until every member has joined,
 caught up and is ready).
@@ -507,6 +511,9 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
             u()
     result["raw"]["latency"] = summary(raw_lat)
     result["mls"]["latency"] = summary(mls_lat)
+    # every sample, in measurement order (for distributions: benchmarks/plot.py)
+    result["raw"]["latency_samples_ms"] = [ms(v) for v in raw_lat]
+    result["mls"]["latency_samples_ms"] = [ms(v) for v in mls_lat]
     result["mls"]["latency_components_median_ms"] = {
         label: ms(statistics.median(v[warmup:])) for label, v in watch.samples.items()}
     result["mls"]["latency_timeline_median_ms"] = {

@@ -1,0 +1,223 @@
+"""Plot a benchmark's JSON results: ``python benchmarks/plot.py RESULTS.json OUT.png``.
+
+RESULTS.json is what ``bench_group.py --json``, ``bench_tree.py --json`` or
+``bench_xmpp.py --json`` writes; which one is recognised from its content
+(``detect``). The figures:
+
+* group: time of each group operation against the group size, log-log;
+* tree: time of validating a received tree, creating and applying an
+  UpdatePath and re-hashing, against the tree size, log-log; memory and
+  encoded size on a second panel;
+* xmpp: the distribution (CDF) of raw and MLS round trips, the throughputs,
+  and the CPU time per message they cost.
+
+Needs matplotlib (``pip install -e '.[bench]'``; it is not a dependency of
+the library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: Group benchmark: (key in bench_group's results, legend label).
+GROUP_STEPS = [
+    ("add", "add n members (one commit)"),
+    ("join", "join from Welcome (tree out of band)"),
+    ("upd1 create", "first update: create"),
+    ("upd1 process", "first update: process"),
+    ("steady create", "steady-state update: create"),
+    ("steady process", "steady-state update: process"),
+    ("msg enc+dec", "1 KiB message: encrypt + decrypt"),
+]
+
+#: Tree benchmark, time panel: (key in bench_tree's results, label, line style).
+TREE_STEPS = [
+    ("validate", "validate a received tree (decode + all checks)", "-"),
+    ("signatures", "  of which leaf signatures", "--"),
+    ("create path", "create an UpdatePath (committer)", "-"),
+    ("apply path", "apply an UpdatePath (receiver)", "-"),
+    ("next hash", "root tree hash after one leaf change", "-"),
+]
+
+#: Tree benchmark, memory panel: (key, label).
+TREE_MEMORY = [
+    ("peak MiB", "peak memory: decode + tree hash"),
+    ("size MiB", "encoded tree (ratchet_tree)"),
+]
+
+
+def detect(data: dict[str, Any]) -> str:
+    """``"group"``, ``"tree"`` or ``"xmpp"``: which benchmark wrote ``data``."""
+    kind = data.get("benchmark")
+    if kind in ("bench_group", "bench_tree", "bench_xmpp"):
+        return str(kind).removeprefix("bench_")
+    # bench_group.py writes no "benchmark" key; its per-size results have "add"
+    results = data.get("results", {})
+    if isinstance(results, dict) and results and all(
+            isinstance(r, dict) and "add" in r for r in results.values()):
+        return "group"
+    raise ValueError("not a JSON file written by bench_group.py, bench_tree.py or "
+                     "bench_xmpp.py with --json")
+
+
+def by_size(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-size results of a group or tree run, smallest first."""
+    return sorted(data["results"].values(), key=lambda r: r["n"])
+
+
+def log_log_axes(ax: Any, sizes: list[int], xlabel: str, ylabel: str) -> None:
+    """Log-scaled axes with one labelled tick per measured size."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_group(data: dict[str, Any], plt: Any) -> Any:
+    """Every group operation against n, milliseconds, log-log."""
+    results = by_size(data)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for key, label in GROUP_STEPS:
+        xs = [r["n"] for r in results if key in r]
+        ys = [r[key] * 1000 for r in results if key in r]
+        ax.plot(xs, ys, marker="o", label=label)
+    log_log_axes(ax, [r["n"] for r in results], "members added in the bulk add (n)",
+                 "milliseconds (log scale)")
+    ax.set_title(f"mls-xmpp group operations, cipher suite {data['cipher_suite']}, "
+                 f"{data['cpus']} cores")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_tree(data: dict[str, Any], plt: Any) -> Any:
+    """Left: the tree operations against n (ms); right: memory and size (MiB)."""
+    results = by_size(data)
+    sizes = [r["n"] for r in results]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5), dpi=110,
+                                     gridspec_kw={"width_ratios": [3, 2]})
+    for key, label, style in TREE_STEPS:
+        ax_t.plot(sizes, [r[key] * 1000 for r in results], marker="o", linestyle=style,
+                  label=label.strip())
+    log_log_axes(ax_t, sizes, "members in the full tree (n)", "milliseconds (log scale)")
+    ax_t.set_title("time")
+    ax_t.legend(fontsize=8)
+    for key, label in TREE_MEMORY:
+        ax_m.plot(sizes, [r[key] for r in results], marker="s", label=label)
+    log_log_axes(ax_m, sizes, "members in the full tree (n)", "MiB (log scale)")
+    ax_m.set_title("memory")
+    ax_m.legend(fontsize=8)
+    fig.suptitle(f"mls-xmpp ratchet tree, cipher suite {data['cipher_suite']}, "
+                 f"{data['cpus']} cores")
+    return fig
+
+
+def cdf(values: list[float]) -> tuple[list[float], list[float]]:
+    """Points of the empirical distribution function of ``values`` (percent)."""
+    xs = sorted(values)
+    return xs, [100.0 * (i + 1) / len(xs) for i in range(len(xs))]
+
+
+def bar_labels(ax: Any, bars: Any, fmt: str) -> None:
+    """Write each bar's height above it."""
+    for bar in bars:
+        ax.annotate(fmt.format(bar.get_height()),
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+
+
+def plot_xmpp(data: dict[str, Any], plt: Any) -> Any:
+    """Latency CDFs, throughputs and CPU per message of one bench_xmpp run."""
+    r = data["results"]
+    raw, mls, ten = r["raw"], r["mls"], r["mls_ten"]
+    if "latency_samples_ms" not in raw:
+        raise ValueError("this bench_xmpp JSON has no latency samples (written before "
+                         "'latency_samples_ms' was added); run bench_xmpp.py --json again")
+    fig, (ax_l, ax_t, ax_c) = plt.subplots(1, 3, figsize=(15, 5), dpi=110,
+                                           gridspec_kw={"width_ratios": [3, 2, 2]})
+    for name, part in (("raw groupchat round trip", raw), ("MLS send -> decrypted", mls)):
+        xs, ys = cdf(part["latency_samples_ms"])
+        lat = part["latency"]
+        ax_l.step(xs, ys, where="post",
+                  label=f"{name} (median {lat['median_ms']:.2f}, p95 {lat['p95_ms']:.2f} ms)")
+    ax_l.set_xlim(left=0)
+    ax_l.set_xlabel("milliseconds")
+    ax_l.set_ylabel("% of messages at most this long")
+    ax_l.set_title(f"latency, {raw['latency']['count']} sequential messages each")
+    ax_l.grid(True, alpha=0.3)
+    ax_l.legend(fontsize=8, loc="lower right")
+
+    steps = [
+        ("raw\n1 sender", raw["throughput_one_sender"]),
+        ("MLS\n1 sender", mls["throughput_one_sender"]),
+        ("MLS\n10 senders\nall decrypt", ten["throughput_ten_senders"]),
+        ("MLS\n10 senders\n1 decrypts", ten["throughput_ten_senders_receiver_only"]),
+    ]
+    names = [name for name, _ in steps]
+    colors = ["tab:gray", "tab:blue", "tab:orange", "tab:green"]
+    bars = ax_t.bar(names, [t["msgs_per_s"] for _, t in steps], color=colors)
+    bar_labels(ax_t, bars, "{:.0f}")
+    ax_t.margins(y=0.1)
+    ax_t.set_ylabel("messages per second")
+    ax_t.set_title("throughput")
+    ax_t.tick_params(axis="x", labelsize=8)
+
+    clients = [t["clients_cpu_ms_per_msg"] for _, t in steps]
+    prosody = [t["prosody_cpu_ms_per_msg"] for _, t in steps]
+    ax_c.bar(names, clients, label="clients (this process, every member)", color="tab:blue")
+    bars = ax_c.bar(names, prosody, bottom=clients, label="Prosody", color="tab:gray")
+    for bar, total in zip(bars, [c + p for c, p in zip(clients, prosody, strict=True)],
+                          strict=True):
+        ax_c.annotate(f"{total:.2f}", (bar.get_x() + bar.get_width() / 2, total),
+                      ha="center", va="bottom", fontsize=8)
+    ax_c.margins(y=0.25)  # room for the legend above the bars
+    ax_c.set_ylabel("CPU milliseconds per message")
+    ax_c.set_title("CPU per message (throughput steps)")
+    ax_c.tick_params(axis="x", labelsize=8)
+    ax_c.legend(fontsize=8, loc="upper left")
+
+    env = data["environment"]
+    fig.suptitle(f"mls-xmpp over XMPP (loopback Prosody, storage {data['args']['storage']}), "
+                 f"{env['cpus']} cores, slixmpp {env['slixmpp']}")
+    return fig
+
+
+PLOTTERS: dict[str, Callable[[dict[str, Any], Any], Any]] = {
+    "group": plot_group,
+    "tree": plot_tree,
+    "xmpp": plot_xmpp,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, help="JSON written by a benchmark's --json")
+    p.add_argument("out", type=Path, help="image to write (PNG, SVG, ...)")
+    args = p.parse_args(argv)
+    data = json.loads(args.results.read_text(encoding="utf-8"))
+    try:
+        kind = detect(data)
+    except ValueError as e:
+        p.error(f"{args.results}: {e}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = PLOTTERS[kind](data, plt)
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(f"wrote {args.out} ({kind} benchmark)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
