@@ -19,14 +19,19 @@ class GroupRecord:
     Attributes:
         group_id: the MLS group ID.
         room: the MUC room JID that carries the group.
-        state: the serialised :class:`~mls_xmpp.core.group.group.Group`.
+        state: the serialised :class:`~mls_xmpp.core.group.group.Group`:
+            the whole state (``encode_group``) when ``ratchets`` is ``None``,
+            else its base part (``encode_group_parts``).
         last_stanza_id: stanza-id of the last room message processed.
+        ratchets: the secret trees (``encode_ratchets``) that go with a base
+            ``state``, or ``None``.
     """
 
     group_id: bytes
     room: str
     state: bytes
     last_stanza_id: str | None = None
+    ratchets: bytes | None = None
 
 
 class StateStore(Protocol):
@@ -46,6 +51,13 @@ class StateStore(Protocol):
 
     def save_position(self, group_id: bytes, last_stanza_id: str | None) -> None:
         """Record only a group's archive position (its state did not change)."""
+
+    def save_ratchets(self, group_id: bytes, ratchets: bytes,
+                      last_stanza_id: str | None) -> None:
+        """Replace a stored group's ratchets and position together (the base is unchanged).
+
+        Only for a group saved with ``ratchets``; nothing happens for an unknown group.
+        """
 
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group (left, removed, or replaced by a rejoin)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import GroupRecord
+from .errors import StorageError
 
 
 class MemoryStore:
@@ -36,6 +37,18 @@ class MemoryStore:
         record = self._groups.get(group_id)
         if record is not None:
             self._groups[group_id] = replace(record, last_stanza_id=last_stanza_id)
+
+    def save_ratchets(self, group_id: bytes, ratchets: bytes,
+                      last_stanza_id: str | None) -> None:
+        """Replace a stored group's ratchets and position."""
+        from dataclasses import replace
+
+        record = self._groups.get(group_id)
+        if record is not None:
+            if record.ratchets is None:
+                raise StorageError("the group was stored whole, without ratchets")
+            self._groups[group_id] = replace(record, ratchets=ratchets,
+                                             last_stanza_id=last_stanza_id)
 
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group."""

@@ -7,14 +7,21 @@
         ...
         store.save_group(GroupRecord(group_id, room, encode_group(group), stanza_id))
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta     (name TEXT PRIMARY KEY, value BLOB)        encryption mode, key check,
                                                         inbox position (UTF-8)
     identity (id INTEGER PRIMARY KEY CHECK (id = 1),    one row at most
               data BLOB, updated_at INTEGER)
     groups   (group_id BLOB PRIMARY KEY, room TEXT, state BLOB,
-              last_stanza_id TEXT, updated_at INTEGER)
+              last_stanza_id TEXT, updated_at INTEGER,
+              ratchets BLOB)                             NULL: ``state`` is whole
+
+A group is stored either whole (``state`` from ``encode_group``, ``ratchets``
+NULL) or in two parts (``state`` the base from ``encode_group_parts``,
+``ratchets`` its secret trees); the plugin stores parts, so that an
+application message rewrites only the small ``ratchets`` column
+(:meth:`SQLiteStore.save_ratchets`) and not a tree of many megabytes.
 
 ``updated_at`` is in whole seconds since the Unix epoch. The schema version
 is ``PRAGMA user_version``; :data:`_MIGRATIONS` lists one function per
@@ -72,7 +79,9 @@ Encryption at rest
         0x01 || nonce (12 random bytes) || AES-256-GCM(key, nonce, plaintext, aad)
 
     where ``aad = b"mls-xmpp sqlite v1" 0x00 table 0x00 primary_key``: the
-    table name (``identity`` or ``groups``), then the row's primary key (the
+    table name (``identity`` or ``groups``; ``groups.ratchets`` for the
+    ratchets column, so it cannot be swapped with the state), then the row's
+    primary key (the
     raw group ID, or ``b"1"`` for the single identity row). A blob therefore
     only decrypts in the row it was written for; moving a state to another
     group's row, or into the identity row, fails to decrypt. Random 96-bit
@@ -133,6 +142,7 @@ _KEY_CHECK = b"mls-xmpp key check"
 _MODE_PLAIN = b"none"
 _MODE_AESGCM = b"aes-256-gcm"
 _IDENTITY_PK = b"1"
+_RATCHETS = "groups.ratchets"  #: the AAD "table" of the ratchets column
 
 
 # -- schema migrations ---------------------------------------------------------------------
@@ -155,10 +165,16 @@ def _migration_1_initial_schema(db: sqlite3.Connection) -> None:
                " updated_at INTEGER NOT NULL)")
 
 
+def _migration_2_ratchets(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: a group's secret trees may be stored apart from the rest."""
+    db.execute("ALTER TABLE groups ADD COLUMN ratchets BLOB")
+
+
 #: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
 #: Append new ones; never edit or reorder a released one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1_initial_schema,
+    _migration_2_ratchets,
 ]
 
 #: The schema version this code writes.
@@ -398,27 +414,50 @@ class SQLiteStore:
         """Every stored group, ordered by group ID."""
         db = self._conn()
         with _sql_errors("cannot read the groups"):
-            rows = db.execute("SELECT group_id, room, state, last_stanza_id FROM groups "
-                              "ORDER BY group_id").fetchall()
+            rows = db.execute("SELECT group_id, room, state, last_stanza_id, ratchets "
+                              "FROM groups ORDER BY group_id").fetchall()
         out = []
-        for gid, room, state, last in rows:
+        for gid, room, state, last, ratchets in rows:
             if not isinstance(gid, bytes) or not isinstance(room, str) or not (
                     last is None or isinstance(last, str)):
                 raise StorageError("a groups row has columns of the wrong type")
-            out.append(GroupRecord(gid, room, self._open(state, "groups", gid), last))
+            out.append(GroupRecord(
+                gid, room, self._open(state, "groups", gid), last,
+                None if ratchets is None else self._open(ratchets, _RATCHETS, gid)))
         return out
 
     def save_group(self, record: GroupRecord) -> None:
         """Insert or replace a group's record (state and position together), atomically."""
         gid = bytes(record.group_id)
         blob = self._seal(record.state, "groups", gid)
+        ratchets = (None if record.ratchets is None
+                    else self._seal(record.ratchets, _RATCHETS, gid))
         with self._transaction("cannot save the group") as db:
-            db.execute("INSERT INTO groups (group_id, room, state, last_stanza_id, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?) "
+            db.execute("INSERT INTO groups (group_id, room, state, last_stanza_id, updated_at, "
+                       "ratchets) VALUES (?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT (group_id) DO UPDATE SET room = excluded.room, "
                        "state = excluded.state, last_stanza_id = excluded.last_stanza_id, "
-                       "updated_at = excluded.updated_at",
-                       (gid, record.room, blob, record.last_stanza_id, int(time.time())))
+                       "updated_at = excluded.updated_at, ratchets = excluded.ratchets",
+                       (gid, record.room, blob, record.last_stanza_id, int(time.time()),
+                        ratchets))
+
+    def save_ratchets(self, group_id: bytes, ratchets: bytes,
+                      last_stanza_id: str | None) -> None:
+        """Replace a group's ratchets and archive position in one transaction.
+
+        Only for a group stored in two parts; nothing happens for an unknown group.
+        """
+        gid = bytes(group_id)
+        blob = self._seal(ratchets, _RATCHETS, gid)
+        with self._transaction("cannot save the ratchets") as db:
+            row = db.execute("SELECT ratchets IS NULL FROM groups WHERE group_id = ?",
+                             (gid,)).fetchone()
+            if row is None:
+                return
+            if row[0]:
+                raise StorageError("the group is stored whole: save it with its ratchets first")
+            db.execute("UPDATE groups SET ratchets = ?, last_stanza_id = ?, updated_at = ? "
+                       "WHERE group_id = ?", (blob, last_stanza_id, int(time.time()), gid))
 
     def save_position(self, group_id: bytes, last_stanza_id: str | None) -> None:
         """Move a stored group's archive position; nothing happens for an unknown group."""

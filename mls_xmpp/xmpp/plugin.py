@@ -153,11 +153,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if device:
             self.client.device_id = str(device).encode()
         self.keystore = KeyPackageStore(self.xmpp, self.client)
-        from ..core.group.serialize import decode_group
+        from ..core.group.serialize import decode_group, decode_group_parts
 
         for record in self.store.load_groups():
             try:
-                group = decode_group(record.state, self.client.config, self.client.psk_lookup)
+                if record.ratchets is None:  # stored whole (by an earlier version)
+                    group = decode_group(record.state, self.client.config,
+                                         self.client.psk_lookup)
+                else:
+                    group = decode_group_parts(record.state, record.ratchets,
+                                               self.client.config, self.client.psk_lookup)
             except MLSError as e:
                 self.error(MLSErrorEvent(f"stored group unreadable: {e}", error=e))
                 continue
@@ -167,6 +172,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.client.groups[group.group_id] = group
             session = GroupSession(self, group, record.room, record.last_stanza_id)
             self.sessions[str(JID(record.room).bare)] = session
+            if record.ratchets is None:
+                self.persist(session)  # in two parts from now on
             try:
                 await self.delivery.join_room(record.room, self._nick())
             except RoomRefused as e:
@@ -289,13 +296,27 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     # -- persistence and events -------------------------------------------------------
 
     def persist(self, session: GroupSession) -> None:
-        """Write a group's state and archive position (after every change)."""
-        from ..core.group.serialize import encode_group
+        """Write a group's whole state and archive position (after a handshake change)."""
+        from ..core.group.serialize import encode_group_parts
 
         if self.sessions.get(session.room) is not session:
             return  # left or removed: nothing of it is kept
-        self.store.save_group(GroupRecord(session.group_id, session.room,
-                                          encode_group(session.group), session.last_stanza_id))
+        base, ratchets = encode_group_parts(session.group)
+        self.store.save_group(GroupRecord(session.group_id, session.room, base,
+                                          session.last_stanza_id, ratchets))
+
+    def persist_ratchets(self, session: GroupSession) -> None:
+        """Write only the secret trees and the archive position.
+
+        After an application message (sent or read), which changes nothing
+        else: the write stays small however large the group's tree is.
+        """
+        from ..core.group.serialize import encode_ratchets
+
+        if self.sessions.get(session.room) is not session:
+            return
+        self.store.save_ratchets(session.group_id, encode_ratchets(session.group),
+                                 session.last_stanza_id)
 
     def persist_position(self, session: GroupSession) -> None:
         """Record only the archive position (an echo or a GroupInfo changed nothing else)."""

@@ -262,7 +262,10 @@ class GroupSession:
         # after the restart (same stanza-id, for the application to deduplicate)
         # instead of losing it
         self._dispatch(event, stanza_id)
-        self.plugin.persist(self)
+        if isinstance(event, ApplicationMessage):
+            self.plugin.persist_ratchets(self)  # only the secret trees changed
+        else:
+            self.plugin.persist(self)
 
     async def _resolve(self, env: Envelope) -> bytes:
         """The payload bytes; a blob download is retried before giving up on it."""
@@ -373,7 +376,7 @@ class GroupSession:
                                  reply_to=reply_to, pad_to=self.group.config.pad_to)
         data = self.group.encrypt(content)
         self._remember_sent(data)
-        self.plugin.persist(self)
+        self.plugin.persist_ratchets(self)
         await self.plugin.delivery.send_room(self.room, Envelope(
             kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data))
 

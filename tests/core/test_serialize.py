@@ -21,16 +21,21 @@ from mls_xmpp.core.group.config import GroupConfig
 from mls_xmpp.core.group.events import ApplicationMessage, CommitApplied
 from mls_xmpp.core.group.group import Group
 from mls_xmpp.core.group.serialize import (
+    BASE_MAGIC,
     FORMAT_VERSION,
     MAGIC,
+    RATCHETS_MAGIC,
     _GroupRecord,
     _LeafRatchets,
     _NodeSecret,
     _PastEpochRecord,
     _SkippedKey,
     decode_group,
+    decode_group_parts,
     decode_state,
     encode_group,
+    encode_group_parts,
+    encode_ratchets,
     encode_state,
 )
 from mls_xmpp.core.messages.proposals import ReInit
@@ -48,6 +53,13 @@ def restore(group: Group, client: Client) -> Group:
     assert blob[:4] == MAGIC and blob[4:6] == FORMAT_VERSION.to_bytes(2, "big")
     restored = decode_group(blob, client.config, client.psk_lookup)
     assert encode_group(restored) == blob
+    # the same state in two parts (base and ratchets) decodes to the same group
+    base, ratchets = encode_group_parts(group)
+    assert base[:4] == BASE_MAGIC and ratchets[:4] == RATCHETS_MAGIC
+    assert ratchets == encode_ratchets(group)
+    from_parts = decode_group_parts(base, ratchets, client.config, client.psk_lookup)
+    assert encode_group(from_parts) == blob
+    assert encode_group_parts(from_parts) == (base, ratchets)
     assert encode_state(decode_state(encode_state(group.state))) == encode_state(group.state)
     return restored
 
@@ -539,3 +551,69 @@ def test_old_epoch_secrets_gone_after_retention_window() -> None:
         for secret in old:
             assert secret not in blob
     same_epoch(a, restore(b, clients[1]), c)
+
+
+# -- the state in two parts ------------------------------------------------------------------
+
+
+def test_application_messages_change_only_the_ratchets() -> None:
+    clients, groups = make_group(3)
+    a, b, c = groups
+    late = b.encrypt(b"sent in epoch 1, read in epoch 2")
+    pending = a.commit()
+    a.merge_pending_commit()
+    deliver(pending.message, [b, c])
+    before = {id(g): encode_group_parts(g) for g in groups}
+    # sending, reading in the current epoch and reading late from a retained epoch
+    for g in (b, c):
+        ev = g.process(a.encrypt(b"now"))
+        assert isinstance(ev, ApplicationMessage)
+    ev = a.process(late)
+    assert isinstance(ev, ApplicationMessage) and ev.epoch == 1
+    for g in groups:
+        base, ratchets = encode_group_parts(g)
+        assert base == before[id(g)][0]  # what a store need not write again
+        assert ratchets != before[id(g)][1]
+        # the base holds no secret of any secret tree
+        for st in [g.state.secret_tree] + [g._past[e].secret_tree for e in g._past]:
+            for secret in tree_secrets(st):
+                assert secret not in base
+    # an old base with the new ratchets is the new state
+    for g, cl in zip(groups, clients, strict=True):
+        old_base = before[id(g)][0]
+        again = decode_group_parts(old_base, encode_ratchets(g), cl.config, cl.psk_lookup)
+        assert encode_group(again) == encode_group(g)
+
+
+def test_mismatched_parts_are_refused() -> None:
+    clients, groups = make_group(2)
+    a, b = groups
+    cl = clients[0]
+    base1, ratchets1 = encode_group_parts(a)
+    pending = a.commit()
+    a.merge_pending_commit()
+    b.process(pending.message)
+    base2, ratchets2 = encode_group_parts(a)
+    whole = encode_group(a)
+
+    def refused(base: bytes, ratchets: bytes, reason: str) -> None:
+        with pytest.raises(DecodeError, match=reason or None):
+            decode_group_parts(base, ratchets, cl.config, cl.psk_lookup)
+
+    refused(base2, ratchets1, "other epochs")        # epoch 2 state, epoch 1 ratchets
+    refused(base1, ratchets2, "other epochs")
+    refused(whole, ratchets2, "bad magic")           # a whole state is not a base
+    refused(base2, whole, "bad magic")
+    refused(base2, base2, "bad magic")
+    refused(base2, ratchets2 + b"\0", "trailing|remain")
+    refused(base2[:-1], ratchets2, "")  # truncated
+    # ratchets of a group of another size, same epochs
+    _, other = make_group(3)
+    other_a = other[0]
+    other_a.commit()
+    other_a.merge_pending_commit()
+    assert other_a.epoch == a.epoch
+    refused(base2, encode_ratchets(other_a), "another tree")
+    # a base that carries secrets: the whole blob's record under the base magic
+    sneaky = BASE_MAGIC + whole[4:]
+    refused(sneaky, ratchets2, "holds secret tree secrets")

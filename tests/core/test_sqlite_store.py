@@ -106,7 +106,7 @@ def test_is_a_state_store(store: SQLiteStore) -> None:
 
 
 def test_new_store_settings(db_path: Path, store: SQLiteStore) -> None:
-    assert store.schema_version == sqlite_mod.SCHEMA_VERSION == 1
+    assert store.schema_version == sqlite_mod.SCHEMA_VERSION == 2
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
     db = store._db
     assert db is not None
@@ -179,6 +179,59 @@ def test_inbox_position(db_path: Path, key: bytes | None) -> None:
     assert memory.load_inbox_position() is None
 
 
+def test_ratchets_apart_from_the_state(store: SQLiteStore) -> None:
+    store.save_group(rec(b"g", b"base-1", last="s1"))  # stored whole
+    with pytest.raises(StorageError, match="stored whole"):
+        store.save_ratchets(b"g", b"r", "s2")
+    two = GroupRecord(b"g", "room@muc.example.org", b"base-1", "s1", ratchets=b"ratchets-1")
+    store.save_group(two)
+    assert store.load_groups() == [two]
+    store.save_ratchets(b"g", b"ratchets-2", "s2")
+    assert store.load_groups() == [replace(two, ratchets=b"ratchets-2", last_stanza_id="s2")]
+    store.save_ratchets(b"unknown", b"r", "s3")  # nothing to update
+    store.save_group(rec(b"g", b"whole-again"))  # back to whole: the ratchets go
+    assert store.load_groups() == [rec(b"g", b"whole-again")]
+
+
+def test_version_1_store_is_upgraded(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:  # the version-1 schema, and a row as that code wrote it
+        m.setattr(sqlite_mod, "_MIGRATIONS", sqlite_mod._MIGRATIONS[:1])
+        with SQLiteStore(db_path) as s:
+            assert s.schema_version == 1
+    db = sqlite3.connect(db_path)
+    db.execute("INSERT INTO groups (group_id, room, state, last_stanza_id, updated_at) "
+               "VALUES (?, ?, ?, ?, 0)", (b"g", "room@muc.example.org", b"whole state", "s1"))
+    db.commit()
+    db.close()
+    with SQLiteStore(db_path) as s:
+        assert s.schema_version == 2
+        assert s.load_groups() == [rec(b"g", b"whole state", last="s1")]
+        s.save_group(replace(rec(b"g", b"base"), ratchets=b"ratchets"))
+        assert s.load_groups()[0].ratchets == b"ratchets"
+
+
+def test_ratchets_cannot_be_swapped_with_the_state(db_path: Path) -> None:
+    with SQLiteStore(db_path, key=KEY) as s:
+        s.save_group(replace(rec(b"g", b"base"), ratchets=b"ratchets"))
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE groups SET state = ratchets")
+    db.commit()
+    db.close()
+    with SQLiteStore(db_path, key=KEY) as s, pytest.raises(StorageError, match="decrypt"):
+        s.load_groups()
+
+
+def test_replaced_ratchets_leave_the_file(db_path: Path) -> None:
+    old_secret, new_secret = os.urandom(32), os.urandom(32)
+    with SQLiteStore(db_path) as s:
+        s.save_group(replace(rec(b"g", b"base" * 5000), ratchets=blob_with(old_secret, 3000)))
+        assert contains_any_piece(file_bytes(db_path), old_secret)  # control
+        s.save_ratchets(b"g", blob_with(new_secret, 3000), "s2")
+    data = file_bytes(db_path)
+    assert not contains_any_piece(data, old_secret)
+    assert contains_any_piece(data, new_secret)
+
+
 def test_delete_group(store: SQLiteStore) -> None:
     store.save_group(rec(b"g1", b"state-1"))
     store.save_group(rec(b"g2", b"state-2"))
@@ -202,7 +255,7 @@ def test_reopen_keeps_everything(db_path: Path, key: bytes | None) -> None:
         expected = sorted([replace(groups[0], last_stanza_id="moved"), *groups[1:]],
                           key=lambda r: r.group_id)
         assert s.load_groups() == expected
-        assert s.schema_version == 1
+        assert s.schema_version == 2
 
 
 def test_real_client_and_group_through_the_store(db_path: Path, key: bytes | None) -> None:
@@ -292,12 +345,12 @@ def test_migration_from_hand_made_version_0_database(db_path: Path) -> None:
     db.close()
 
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == 2
         s.save_group(rec(b"g", b"state"))
         s.check_integrity()
     db = sqlite3.connect(db_path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 1  # converted by VACUUM
         assert db.execute("SELECT value FROM app_settings").fetchall() == [("dark",)]
     finally:
@@ -312,20 +365,20 @@ def test_later_migration_runs_once_on_an_existing_store(db_path: Path,
         s.save_group(rec(b"g", b"state", last="s1"))
     runs: list[int] = []
 
-    def migration_2(db: sqlite3.Connection) -> None:
+    def migration_3(db: sqlite3.Connection) -> None:
         runs.append(1)
         db.execute("ALTER TABLE groups ADD COLUMN note TEXT")
         db.execute("UPDATE groups SET note = 'migrated'")
 
-    monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", [*sqlite_mod._MIGRATIONS, migration_2])
+    monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", [*sqlite_mod._MIGRATIONS, migration_3])
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
         assert s.load_groups() == [rec(b"g", b"state", last="s1")]
         db = s._db
         assert db is not None
         assert db.execute("SELECT note FROM groups").fetchall() == [("migrated",)]
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
     assert runs == [1]
 
 
@@ -343,7 +396,7 @@ def test_failing_migration_leaves_previous_version(db_path: Path,
         SQLiteStore(db_path)
     monkeypatch.undo()
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == 2
         assert s.load_groups() == [rec(b"g", b"state")]
         db = s._db
         assert db is not None

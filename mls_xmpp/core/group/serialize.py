@@ -89,6 +89,19 @@ variable-length size prefix, ``optional<T>`` a presence byte then ``T``)::
 
     MemberRecord: uint32 leaf_index; Credential credential; opaque signature_key<V>
 
+The same state in two parts (:func:`encode_group_parts`), so that a store
+need not rewrite a large group's tree for every application message::
+
+    base:     "MLSB" uint16 format_version GroupRecord
+              (every SecretTreeRecord of ``state`` and ``past`` with empty
+              ``nodes`` and ``leaves``: its parameters only)
+    ratchets: "MLSR" uint16 format_version
+              {uint64 epoch; SecretTreeRecord secret_tree} epochs<V>
+              (the retained epochs ascending, then the current epoch)
+
+:func:`decode_group_parts` requires the ratchets' epochs and tree
+parameters to be exactly those of the base.
+
 Only what the state holds is written: secret tree node secrets already
 consumed, message keys already used and epochs past the retention window are
 absent from the runtime objects, hence from the blob (forward secrecy, §9.2).
@@ -115,7 +128,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from ..codec import U16, U32, U64, Boolean, Opaque, Optional, Reader, Struct, Vec
@@ -143,13 +156,20 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "decode_group",
+    "decode_group_parts",
     "decode_state",
     "encode_group",
+    "encode_group_parts",
+    "encode_ratchets",
     "encode_state",
 ]
 
 #: First four bytes of every serialised group.
 MAGIC = b"MLSX"
+#: First four bytes of a group's base part (:func:`encode_group_parts`).
+BASE_MAGIC = b"MLSB"
+#: First four bytes of a group's ratchets part (:func:`encode_ratchets`).
+RATCHETS_MAGIC = b"MLSR"
 #: Version of the layout described in the module docstring.
 FORMAT_VERSION = 1
 
@@ -395,6 +415,21 @@ class _GroupRecord(Struct):
     pending: Annotated[_PendingCommitRecord | None, _OPT_PENDING]
     pending_updates: tuple[_PendingUpdateRecord, ...]
     last_own_commit: Annotated[_LastOwnCommitRecord | None, _OPT_LAST_OWN]
+
+
+@dataclass(frozen=True)
+class _EpochRatchetsRecord(Struct):
+    """The secret tree of one epoch (current or retained), for the ratchets blob."""
+
+    epoch: Annotated[int, U64]
+    secret_tree: _SecretTreeRecord
+
+
+@dataclass(frozen=True)
+class _RatchetsRecord(Struct):
+    """Every secret tree a Group holds: retained epochs ascending, the current one last."""
+
+    epochs: tuple[_EpochRatchetsRecord, ...]
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -703,12 +738,8 @@ def _last_own_from(rec: _LastOwnCommitRecord | None) -> tuple[bytes, CommitAppli
         self_removed=e.self_removed, lost=e.lost)
 
 
-def encode_group(group: Group) -> bytes:
-    """The whole state of ``group`` in the versioned format of the module docstring.
-
-    The result holds every secret the member still keeps; store it as such.
-    """
-    record = _GroupRecord(
+def _group_record(group: Group) -> _GroupRecord:
+    return _GroupRecord(
         state=_state_record(group._state),
         past=tuple(_past_record(group._past[e]) for e in sorted(group._past)),
         pending=None if group._pending is None else _pending_record(group._pending),
@@ -716,10 +747,29 @@ def encode_group(group: Group) -> bytes:
                               for k, (leaf, priv) in group._pending_updates.items()),
         last_own_commit=_last_own_record(group._last_own_commit),
     )
-    w = bytearray(MAGIC)
+
+
+def _with_header(magic: bytes, record: Struct) -> bytes:
+    w = bytearray(magic)
     U16.write(w, FORMAT_VERSION)
     record.write(w)
     return bytes(w)
+
+
+def _read_header(r: Reader, magic: bytes, what: str) -> None:
+    if r.remaining() < len(magic) or r.read(len(magic)) != magic:
+        raise DecodeError(f"not {what} (bad magic)")
+    version = r.uint(2)
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported {what} format version {version}")
+
+
+def encode_group(group: Group) -> bytes:
+    """The whole state of ``group`` in the versioned format of the module docstring.
+
+    The result holds every secret the member still keeps; store it as such.
+    """
+    return _with_header(MAGIC, _group_record(group))
 
 
 def decode_group(data: bytes, config: GroupConfig, psk_lookup: PskLookup) -> Group:
@@ -732,29 +782,104 @@ def decode_group(data: bytes, config: GroupConfig, psk_lookup: PskLookup) -> Gro
     """
     with _as_decode_error("group state"):
         r = Reader(bytes(data))
-        if r.remaining() < len(MAGIC) or r.read(len(MAGIC)) != MAGIC:
-            raise DecodeError("not a serialised MLS group (bad magic)")
-        version = r.uint(2)
-        if version != FORMAT_VERSION:
-            raise DecodeError(f"unsupported group state format version {version}")
+        _read_header(r, MAGIC, "a serialised MLS group")
         rec = _GroupRecord.read(r)
         r.finish()
+        return _group_from(rec, config, psk_lookup)
 
-        state = _state_from(rec.state)
-        suite = state.suite
-        _ascending([p.epoch for p in rec.past], "past epochs")
-        if rec.past and rec.past[-1].epoch >= state.epoch:
-            raise DecodeError("a retained past epoch is not older than the current one")
-        past = {p.epoch: _past_from(suite, p) for p in rec.past}
-        pending = None if rec.pending is None else _pending_from(rec.pending)
-        if pending is not None and pending.new_state.suite.id != suite.id:
-            raise DecodeError("the pending commit is for another cipher suite")
-        _unique([u.encryption_key for u in rec.pending_updates], "pending update keys")
 
-        group = Group(state, config, psk_lookup)
-        group._past = past
-        group._pending = pending
-        group._pending_updates = {u.encryption_key: (u.leaf_node, u.private_key)
-                                  for u in rec.pending_updates}
-        group._last_own_commit = _last_own_from(rec.last_own_commit)
-        return group
+# -- the state in two parts: what changes per epoch, and the secret trees ------------------
+
+
+def _blank(st: _SecretTreeRecord) -> _SecretTreeRecord:
+    """A secret tree record with its parameters and no secrets (a base blob's placeholder)."""
+    return replace(st, nodes=(), leaves=())
+
+
+def encode_group_parts(group: Group) -> tuple[bytes, bytes]:
+    """``(base, ratchets)``: the group's state split by how often it changes.
+
+    ``base`` (magic ``MLSB``) is the layout of :func:`encode_group` with every
+    secret tree of the current and retained epochs left empty; it changes
+    only with the epoch (a processed or created Commit or proposal).
+    ``ratchets`` (magic ``MLSR``, :func:`encode_ratchets`) holds those secret
+    trees, the only part that sending or reading an application message
+    changes. A store writes both after a handshake message and only
+    ``ratchets`` after an application message, which stays small however
+    large the group's tree is. The pending Commit's next-epoch secret tree
+    is untouched until the Commit is merged and stays in ``base``.
+    """
+    rec = _group_record(group)
+    base = replace(rec, state=replace(rec.state, secret_tree=_blank(rec.state.secret_tree)),
+                   past=tuple(replace(p, secret_tree=_blank(p.secret_tree)) for p in rec.past))
+    return _with_header(BASE_MAGIC, base), _ratchets_blob(rec)
+
+
+def encode_ratchets(group: Group) -> bytes:
+    """The ``ratchets`` part of :func:`encode_group_parts` alone (see there)."""
+    epochs = [_EpochRatchetsRecord(e, _secret_tree_record(group._past[e].secret_tree))
+              for e in sorted(group._past)]
+    epochs.append(_EpochRatchetsRecord(group._state.epoch,
+                                       _secret_tree_record(group._state.secret_tree)))
+    return _with_header(RATCHETS_MAGIC, _RatchetsRecord(tuple(epochs)))
+
+
+def _ratchets_blob(rec: _GroupRecord) -> bytes:
+    epochs = [_EpochRatchetsRecord(p.epoch, p.secret_tree) for p in rec.past]
+    epochs.append(_EpochRatchetsRecord(rec.state.context.epoch, rec.state.secret_tree))
+    return _with_header(RATCHETS_MAGIC, _RatchetsRecord(tuple(epochs)))
+
+
+def decode_group_parts(base: bytes, ratchets: bytes, config: GroupConfig,
+                       psk_lookup: PskLookup) -> Group:
+    """Rebuild a :class:`Group` from the two parts of :func:`encode_group_parts`.
+
+    The ratchets must be for exactly the epochs of the base (the retained
+    ones and the current one) and for secret trees of the same size and
+    limits. Raises :class:`DecodeError` otherwise and for malformed data.
+    """
+    with _as_decode_error("group state"):
+        r = Reader(bytes(base))
+        _read_header(r, BASE_MAGIC, "the base of a serialised MLS group")
+        rec = _GroupRecord.read(r)
+        r.finish()
+        r = Reader(bytes(ratchets))
+        _read_header(r, RATCHETS_MAGIC, "the ratchets of a serialised MLS group")
+        trees = _RatchetsRecord.read(r)
+        r.finish()
+
+        slots = [p.secret_tree for p in rec.past] + [rec.state.secret_tree]
+        epochs = [p.epoch for p in rec.past] + [rec.state.context.epoch]
+        if [e.epoch for e in trees.epochs] != epochs:
+            raise DecodeError("the ratchets are for other epochs than the group state")
+        for slot, tree in zip(slots, trees.epochs, strict=True):
+            if slot.nodes or slot.leaves:
+                raise DecodeError("the base of a group state holds secret tree secrets")
+            if _blank(tree.secret_tree) != slot:
+                raise DecodeError(f"the ratchets of epoch {tree.epoch} are for another tree")
+        filled = [t.secret_tree for t in trees.epochs]
+        rec = replace(rec, state=replace(rec.state, secret_tree=filled[-1]),
+                      past=tuple(replace(p, secret_tree=t)
+                                 for p, t in zip(rec.past, filled, strict=False)))
+        return _group_from(rec, config, psk_lookup)
+
+
+def _group_from(rec: _GroupRecord, config: GroupConfig, psk_lookup: PskLookup) -> Group:
+    state = _state_from(rec.state)
+    suite = state.suite
+    _ascending([p.epoch for p in rec.past], "past epochs")
+    if rec.past and rec.past[-1].epoch >= state.epoch:
+        raise DecodeError("a retained past epoch is not older than the current one")
+    past = {p.epoch: _past_from(suite, p) for p in rec.past}
+    pending = None if rec.pending is None else _pending_from(rec.pending)
+    if pending is not None and pending.new_state.suite.id != suite.id:
+        raise DecodeError("the pending commit is for another cipher suite")
+    _unique([u.encryption_key for u in rec.pending_updates], "pending update keys")
+
+    group = Group(state, config, psk_lookup)
+    group._past = past
+    group._pending = pending
+    group._pending_updates = {u.encryption_key: (u.leaf_node, u.private_key)
+                              for u in rec.pending_updates}
+    group._last_own_commit = _last_own_from(rec.last_own_commit)
+    return group
