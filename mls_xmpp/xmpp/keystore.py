@@ -98,6 +98,10 @@ NODE = "urn:mls-xmpp:0:key-packages"
 DEFAULT_MAX_ITEMS = 100
 #: KeyPackages :meth:`KeyPackageStore.publish_pool` makes besides the last-resort one.
 DEFAULT_POOL_SIZE = 10
+#: :meth:`KeyPackageStore.renew` withdraws a KeyPackage this long before it expires...
+RENEW_BEFORE = 7 * 24 * 3600
+#: ...and forgets its private keys this long after (a Welcome may still be on its way).
+KEEP_AFTER = 7 * 24 * 3600
 #: Upper bound for ``max_items``: Prosody's default ``pep_max_items``.
 PEP_MAX_ITEMS_LIMIT = 256
 
@@ -383,6 +387,51 @@ class KeyPackageStore:
         if ref in self.client.last_resort:
             return False
         return await self.retract(ref)
+
+    async def retire(self, ref: bytes) -> bool:
+        """Withdraw a used last-resort KeyPackage so a fresh one replaces it (RFC 9420 §16.8).
+
+        Its item is retracted and it stops being this device's last resort;
+        its private keys stay until a Welcome uses them or :meth:`renew`
+        forgets them after the KeyPackage expired. :meth:`top_up` then
+        publishes a new last-resort KeyPackage.
+
+        :returns: True if an item was removed.
+        :raises TransportError: the server refused or did not answer.
+        """
+        self.client.last_resort.discard(ref)
+        return await self.retract(ref)
+
+    async def renew(self, min_size: int = DEFAULT_POOL_SIZE) -> list[bytes]:
+        """Upkeep of this device's KeyPackages; run it at start and now and then.
+
+        * retracts this device's items that expire within :data:`RENEW_BEFORE`
+          (adders would soon refuse them) and those whose keys are gone;
+        * forgets the private keys of KeyPackages that are not on the node
+          and expired more than :data:`KEEP_AFTER` ago;
+        * refills the pool and the last resort (:meth:`top_up`).
+
+        :returns: the KeyPackageRefs published.
+        :raises TransportError: the server refused or did not answer.
+        """
+        now = self.client.config.clock()
+        items = await self.own_items()
+        gone: set[bytes] = set()
+        for item in items:
+            bundle = self.client.key_packages.get(item.ref)
+            lifetime = None if bundle is None else bundle.key_package.leaf_node.lifetime
+            if lifetime is not None and lifetime.not_after - now < RENEW_BEFORE:
+                log.info("retracting own KeyPackage %s: it expires soon", item.item_id)
+                self.client.last_resort.discard(item.ref)
+                await self.retract(item.ref)
+                gone.add(item.ref)
+        on_node = {i.ref for i in items} - gone
+        for ref, bundle in list(self.client.key_packages.items()):
+            lifetime = bundle.key_package.leaf_node.lifetime
+            if (ref not in on_node and lifetime is not None
+                    and lifetime.not_after + KEEP_AFTER < now):
+                self.client.forget_key_package(ref)
+        return await self.top_up(min_size)
 
     async def sync_used(self) -> int:
         """Retract this device's items whose private keys are gone.

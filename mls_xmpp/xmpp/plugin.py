@@ -74,6 +74,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "device": None,           # a stable device name (application_id in its leaves)
         "recover": True,          # a device without stored state rejoins its groups
         "publish_key_packages": True,
+        "upkeep_interval": 6 * 3600.0,  # seconds between KeyPackage renewals
     }
 
     # -- slixmpp lifecycle ------------------------------------------------------------
@@ -93,6 +94,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
         self._welcome_lock = asyncio.Lock()
+        self._upkeep: asyncio.Future[None] | None = None
         #: the read of missed Welcomes from the account's archive, started by :meth:`start`
         self.welcome_scan: asyncio.Future[None] | None = None
         self.xmpp.register_handler(CoroutineCallback(
@@ -131,6 +133,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     async def stop_sessions(self) -> None:
         """Stop every group worker (the stream is gone; state is already stored)."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            self._upkeep = None
         for session in list(self.sessions.values()):
             await session.stop()
         self.sessions.clear()
@@ -187,8 +192,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.error(MLSErrorEvent(f"resuming {record.room}: {e}", session, error=e))
             session.start()
         if self.config.get("publish_key_packages", True):
-            await self.keystore.top_up(int(self.config.get("pool_size", 5)))
+            await self.keystore.renew(int(self.config.get("pool_size", 5)))
             self.save_identity()
+            self._upkeep = asyncio.ensure_future(self._upkeep_loop())
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
@@ -466,6 +472,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             tree = None
             if env.ratchet_tree is not None:
                 tree = await self.delivery.download(env.ratchet_tree)
+            last_resort = self.client.last_resort & self._welcome_refs(env.mls_message)
             group = self.client.join(env.mls_message, ratchet_tree=tree)
             self.save_identity()  # the used KeyPackage's private keys are gone
         except MLSError as e:
@@ -486,7 +493,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         session.start(catch_up=True)
         await self._record(session)
         if self.keystore is not None:
-            asyncio.ensure_future(self._after_join())
+            asyncio.ensure_future(self._after_join(next(iter(last_resort), None)))
         self.xmpp.event("mls_joined", session)
 
     async def fetch_welcomes(self) -> list[GroupSession]:
@@ -529,21 +536,43 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         except MLSError as e:
             self.error(MLSErrorEvent(f"reading Welcomes from the archive failed: {e}", error=e))
 
-    def _welcome_is_mine(self, data: bytes) -> bool:
+    def _welcome_refs(self, data: bytes) -> set[bytes]:
+        """The KeyPackageRefs a Welcome is for."""
         from ..core.messages.framing import MLSMessage
         from ..core.messages.welcome import Welcome
 
-        assert self.client is not None
         msg = MLSMessage.decode(data)
         if not isinstance(msg.body, Welcome):
             raise TransportError("Welcome envelope without a Welcome")
-        refs = {e.new_member for e in msg.body.secrets}
-        return any(r in self.client.key_packages for r in refs)
+        return {e.new_member for e in msg.body.secrets}
 
-    async def _after_join(self) -> None:
+    def _welcome_is_mine(self, data: bytes) -> bool:
+        assert self.client is not None
+        return any(r in self.client.key_packages for r in self._welcome_refs(data))
+
+    async def _upkeep_loop(self) -> None:
+        """Renew KeyPackages now and then (expiring ones replaced, old keys forgotten)."""
+        interval = float(self.config.get("upkeep_interval", 6 * 3600.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.renew_key_packages()
+
+    async def renew_key_packages(self) -> None:
+        """One KeyPackage upkeep round (:meth:`KeyPackageStore.renew`); errors are reported."""
+        if self.keystore is None:
+            return
+        try:
+            await self.keystore.renew(int(self.config.get("pool_size", 5)))
+            self.save_identity()
+        except MLSError as e:
+            self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+    async def _after_join(self, last_resort_used: bytes | None = None) -> None:
         """Retract KeyPackages that were used and top the pool up."""
         assert self.keystore is not None
         try:
+            if last_resort_used is not None:
+                await self.keystore.retire(last_resort_used)
             await self.keystore.sync_used()
             await self.keystore.top_up(int(self.config.get("pool_size", 5)))
             self.save_identity()

@@ -310,6 +310,44 @@ def test_retract_sync_used_and_top_up(prosody: ProsodyServer,
     run(scenario())
 
 
+def test_renew_replaces_expiring_key_packages_and_retires_last_resort(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    alice_acct = new_account("alice")
+    clock = [int(time.time())]
+    alice_mls = mls_client(alice_acct, clock=lambda: clock[0])
+    day = 24 * 3600
+
+    async def scenario() -> None:
+        async with devices(prosody, (alice_acct, alice_mls)) as (alice,):
+            first = await alice.publish_pool(size=2)
+            assert await alice.renew(2) == []  # fresh: nothing to do
+            assert set(await item_ids(alice, alice.own_jid)) == {r.hex() for r in first}
+
+            # 84 days on: everything expires within a week; all replaced, keys kept
+            clock[0] += 84 * day
+            second = await alice.renew(2)
+            assert len(second) == 3 and not set(second) & set(first)
+            assert set(await item_ids(alice, alice.own_jid)) == {r.hex() for r in second}
+            assert all(r in alice_mls.key_packages for r in first)  # Welcomes in flight
+            assert alice_mls.last_resort == {second[-1]}
+
+            # past expiry + a week: the old keys are forgotten, the new pool stays
+            clock[0] += 14 * day
+            assert await alice.renew(2) == []
+            assert not any(r in alice_mls.key_packages for r in first)
+            assert all(r in alice_mls.key_packages for r in second)
+
+            # a used last-resort KeyPackage is retired: withdrawn, and replaced
+            assert await alice.retire(second[-1]) is True
+            assert second[-1] in alice_mls.key_packages and not alice_mls.last_resort
+            third = await alice.top_up(2)
+            assert len(third) == 1 and alice_mls.last_resort == {third[0]}
+            ids = await item_ids(alice, alice.own_jid)
+            assert second[-1].hex() not in ids and third[0].hex() in ids
+
+    run(scenario())
+
+
 # -- node configuration fallback --------------------------------------------------------
 
 
