@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SEEN = 4096
+#: A leave proposal is sent in at most this many epochs before the device gives up.
+LEAVE_ATTEMPTS = 5
 #: Requests (KeyPackage fetches, affiliation changes) in flight at once.
 PARALLEL_REQUESTS = 8
 #: Trees up to this size travel inside Welcome/GroupInfo; larger ones by HTTP upload.
@@ -131,6 +133,8 @@ class GroupSession:
         #: a rejoin's external Commit, until the room reflects it
         self.expect_echo: bytes | None = None
         self.echo_result: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
+        #: leave proposals sent so far (None: this device is not leaving)
+        self._leave_attempts: int | None = None
 
     # -- what the group is ----------------------------------------------------
 
@@ -332,6 +336,9 @@ class GroupSession:
                 tuple(sorted({member_jid(m) for m in event.added})),
                 tuple(sorted({member_jid(m) for m in event.removed})),
                 tuple(sorted({member_jid(m) for m in event.updated})), event.own))
+            if self._leave_attempts is not None and not event.self_removed:
+                # the epoch ended without our removal: the proposal died with it
+                asyncio.ensure_future(self._retry_leave())
             if event.self_removed:
                 # the tree is still the one before the Commit: is another device of
                 # this account staying in the group?
@@ -353,6 +360,13 @@ class GroupSession:
             if m.leaf_index not in removing:
                 return m.leaf_index == self.group.own_leaf_index
         return False
+
+    async def _retry_leave(self) -> None:
+        try:
+            await self._propose_leave()
+        except MLSError as e:
+            self.plugin.error(MLSErrorEvent(f"proposing to leave again failed: {e}", self,
+                                            error=e))
 
     async def _commit_pending_proposals(self) -> None:
         try:
@@ -421,10 +435,24 @@ class GroupSession:
         await self._commit()
 
     async def leave(self) -> None:
-        """Propose this device's removal; another member commits it."""
+        """Propose this device's removal; another member commits it.
+
+        A proposal lives for one epoch: if a Commit ends the epoch without
+        removing this device, the proposal is sent again in the new epoch
+        (up to :data:`LEAVE_ATTEMPTS` times in all).
+        """
         await self.ready.wait()
+        self._leave_attempts = 0
+        await self._propose_leave()
+
+    async def _propose_leave(self) -> None:
+        attempts = self._leave_attempts or 0
+        if not self.group.active or attempts >= LEAVE_ATTEMPTS:
+            return
+        self._leave_attempts = attempts + 1
         data = self.group.propose_leave()
         self._remember_sent(data)
+        self.plugin.persist(self)
         await self.plugin.delivery.send_room(self.room, Envelope(
             kind=Kind.PROPOSAL, group_id=self.group_id, epoch=self.epoch, mls_message=data))
 
