@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" plugin
@@ -69,3 +70,18 @@ async def close(*clients: Any) -> None:
         await disconnect_client(c)
 
 
+
+
+async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll until ``predicate()`` holds; ``TimeoutError`` after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def synced(*sessions: Any) -> None:
+    """Wait until every GroupSession is ready, at one epoch with one epoch authenticator."""
+    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in sessions)), TIMEOUT)
+    await until(lambda: len({(s.epoch, s.group.epoch_authenticator) for s in sessions}) == 1)

@@ -11,21 +11,8 @@ import asyncio
 from collections.abc import Callable
 
 from mls_xmpp.testing import Account, ProsodyServer
-from mls_xmpp.xmpp.session import GroupSession
 
-from .mls_clients import TIMEOUT, close, mls_client
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
-
-
-async def _synced(*sessions: GroupSession) -> None:
-    await _until(lambda: len({(s.epoch, s.group.epoch_authenticator) for s in sessions}) == 1)
+from .mls_clients import close, mls_client, synced, until
 
 
 async def _lost_leave(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
@@ -37,20 +24,20 @@ async def _lost_leave(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid, carol_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         gc = (await rc.wait("mls_joined"))[0]
-        await _synced(group, gb, gc)
+        await synced(group, gb, gc)
         # alice, the designated committer (lowest leaf), is away: nobody commits at once
         await close(alice)
 
         await gb.leave()
-        await _until(lambda: len(gc.group.state.proposals) == 1)
+        await until(lambda: len(gc.group.state.proposals) == 1)
         # carol commits without having the proposal (as if it reached her too late)
         gc.group.state.proposals.clear()
         epoch = gc.epoch
         await gc.update()
-        await _until(lambda: gb.epoch == epoch + 1)
+        await until(lambda: gb.epoch == epoch + 1)
         assert bob_acc.jid in gc.jids() and rb.events["mls_removed"] == []
         # bob's proposal died with epoch N; he sends it again in epoch N + 1
-        await _until(lambda: len(gc.group.state.proposals) == 1)
+        await until(lambda: len(gc.group.state.proposals) == 1)
         await gc.update()  # every Commit includes the cached proposals
         await rb.wait("mls_removed")
         assert gc.jids() == {alice_acc.jid, carol_acc.jid}

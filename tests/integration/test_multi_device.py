@@ -18,7 +18,7 @@ from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.errors import TransportError
 from mls_xmpp.xmpp.session import GroupSession, fingerprint
 
-from .mls_clients import TIMEOUT, Recorder, close, mls_client
+from .mls_clients import TIMEOUT, Recorder, close, mls_client, synced, until
 
 
 def _device(name: str) -> dict[str, Any]:
@@ -26,24 +26,9 @@ def _device(name: str) -> dict[str, Any]:
     return {"device": name, "store": MemoryStore()}
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll until ``predicate()`` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
-
-
-async def _synced(*sessions: GroupSession) -> None:
-    """Wait until every session is at one epoch with one epoch authenticator."""
-    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in sessions)), TIMEOUT)
-    await _until(lambda: len({(s.epoch, s.group.epoch_authenticator) for s in sessions}) == 1)
-
-
 async def _message(recorder: Recorder, body: str) -> Any:
     """Wait for the message with ``body``; return its event."""
-    await _until(lambda: body in recorder.bodies())
+    await until(lambda: body in recorder.bodies())
     return next(e for e in recorder.events["mls_message"] if e.body == body)
 
 
@@ -53,7 +38,7 @@ def _joined(recorder: Recorder, room: str) -> GroupSession | None:
 
 async def _join(recorder: Recorder, room: str) -> GroupSession:
     """Wait until this device joined ``room``'s group."""
-    await _until(lambda: _joined(recorder, room) is not None)
+    await until(lambda: _joined(recorder, room) is not None)
     session = _joined(recorder, room)
     assert session is not None
     return session
@@ -82,7 +67,7 @@ async def _bob_adds_alice(server: ProsodyServer, alice_acc: Account, bob_acc: Ac
         # Welcomes went to alice's bare JID: each device saw both, took its own
         gl = await _join(rl, group.room)
         gp = await _join(rp, group.room)
-        await _synced(group, gl, gp)
+        await synced(group, gl, gp)
         assert len(rl.events["mls_joined"]) == len(rp.events["mls_joined"]) == 1
         assert len(group.members) == 3
         assert len(_devices(group, alice_acc.jid)) == 2
@@ -126,7 +111,7 @@ async def _creator_brings_devices(server: ProsodyServer, alice_acc: Account,
         group = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
         gp = await _join(rp, group.room)
         gb = await _join(rb, group.room)
-        await _synced(group, gp, gb)
+        await synced(group, gp, gb)
         assert len(_devices(gb, alice_acc.jid)) == 2
         assert group.jids() == {alice_acc.jid, bob_acc.jid}
 
@@ -143,7 +128,7 @@ async def _creator_brings_devices(server: ProsodyServer, alice_acc: Account,
         # a group of one's own devices only
         solo = await laptop.plugin["mls"].create_group()
         gp_solo = await _join(rp, solo.room)
-        await _synced(solo, gp_solo)
+        await synced(solo, gp_solo)
         assert len(solo.members) == 2 and solo.jids() == {alice_acc.jid}
         await gp_solo.send("note to self")
         await _message(rl, "note to self")
@@ -173,7 +158,7 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
             sessions[room] = (await _join(rl, room) if room != alices.room else alices,
                               await _join(rp, room),
                               await _join(rb, room) if room != bobs.room else bobs)
-            await _synced(*sessions[room])
+            await synced(*sessions[room])
         before = {room: {m[1] for m in s[0].members} for room, s in sessions.items()}
         memberships = {r: len(r.events["mls_membership"]) for r in (rl, rp, rb)}
 
@@ -182,7 +167,7 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         try:
             for room, (gl, gp, gb) in sessions.items():
                 gt = await _join(rt, room)
-                await _synced(gl, gp, gb, gt)
+                await synced(gl, gp, gb, gt)
                 assert gt.group.own_leaf_index not in {gl.group.own_leaf_index,
                                                        gp.group.own_leaf_index}
                 # nobody was replaced: the old leaves are all there, plus the tablet's
@@ -241,7 +226,7 @@ async def _away_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accou
     try:
         group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
         gl = await _join(rl, group.room)
-        await _synced(group, gl)
+        await synced(group, gl)
         assert len(_devices(group, alice_acc.jid)) == 2  # the away phone is a member
         await group.send("while the phone was away")
         await _message(rl, "while the phone was away")
@@ -251,7 +236,7 @@ async def _away_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accou
         phone, rp = await mls_client(server, *alice_acc, config=phone_config)
         try:
             gp = await _join(rp, group.room)
-            await _synced(group, gl, gp)
+            await synced(group, gl, gp)
             await _message(rp, "while the phone was away")
             await gp.send("the phone is back")
             for r in (rb, rl):
@@ -301,25 +286,25 @@ async def _one_device_removed(server: ProsodyServer, alice_acc: Account,
     try:
         group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
         gl, gp, gt = [await _join(r, group.room) for r in (rl, rp, rt)]
-        await _synced(group, gl, gp, gt)
+        await synced(group, gl, gp, gt)
         assert len(_devices(group, alice_acc.jid)) == 3
         phone_nick = phone.plugin["mls"]._nick()
         tablet_nick = tablet.plugin["mls"]._nick()
-        await _until(lambda: {phone_nick, tablet_nick} <= _occupant_nicks(bob, group.room))
+        await until(lambda: {phone_nick, tablet_nick} <= _occupant_nicks(bob, group.room))
 
         # the phone leaves on its own (a proposal that another member commits)
         await gp.leave()
         await rp.wait("mls_removed")
-        await _synced(group, gl, gt)
+        await synced(group, gl, gt)
         # bob lost a tablet: he removes just that device, by its fingerprint
         tablet_fp = fingerprint(tablet.plugin["mls"].client.signature_public_key)
         await group.remove_device(tablet_fp)
         await rt.wait("mls_removed")
-        await _synced(group, gl)
+        await synced(group, gl)
         assert _devices(group, alice_acc.jid) == _devices(gl, alice_acc.jid)
         assert len(_devices(group, alice_acc.jid)) == 1 and alice_acc.jid in group.jids()
         # both are out of the room although alice's account is still affiliated
-        await _until(lambda: not {phone_nick, tablet_nick} & _occupant_nicks(bob, group.room))
+        await until(lambda: not {phone_nick, tablet_nick} & _occupant_nicks(bob, group.room))
         assert phone.plugin["mls"].groups == [] and tablet.plugin["mls"].groups == []
 
         await group.send("only the laptop now")
