@@ -16,6 +16,7 @@ Output is line-oriented, for people and for programs driving the client:
 * ``[HH:MM:SS] ROOM8 SENDER: BODY`` -- a message (``ROOM8``: the first eight
   characters of the room's local part; continuation lines of a multi-line body
   are indented by four spaces). Your own messages are shown the same way once sent.
+  A shared file adds an indented line ``[file N] NAME, SIZE, TYPE (/save N)``.
 * ``[HH:MM:SS] ROOM8 * TEXT`` -- a group event: membership change, join, removal.
 * ``[HH:MM:SS] ROOM8 ! TEXT`` / ``[HH:MM:SS] ! TEXT`` -- input the plugin dropped,
   or a connection problem.
@@ -50,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
-__all__ = ["ChatError", "ChatOptions", "default_store", "main", "parse_server", "run"]
+__all__ = ["ChatError", "ChatOptions", "default_store", "main", "parse_server", "run",
+           "safe_file_name"]
 
 #: Environment variable read for the password when ``--password`` is not given.
 PASSWORD_ENV = "MLS_XMPP_PASSWORD"
@@ -225,6 +227,22 @@ def _stamp() -> str:
     return time.strftime("%H:%M:%S")
 
 
+def safe_file_name(name: str) -> str:
+    """A sender-chosen file name made safe to save: a plain name, never a path."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^\w.\- ]", "_", name).strip(" .")
+    return name or "file"
+
+
+def _size(n: int) -> str:
+    """A human-readable file size."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
 def _jids(items: Sequence[str]) -> str:
     return ", ".join(_one_line(j) for j in items)
 
@@ -242,6 +260,8 @@ HELP = """commands:
   /update               fresh keys for this device (post-compromise security)
   /leave                ask the other members to remove this device from the current group
   /history [N]          the last N messages of the current group (default 20)
+  /send-file PATH [TEXT] share a file with the current group (encrypted, uploaded)
+  /save N [DIR]         download, check and decrypt file N into DIR (default: .)
   /help                 this list
   /quit                 log out and exit
 any other line is sent to the current group ('//text' sends '/text'); a JID
@@ -277,6 +297,7 @@ class Chat:
         self._command: asyncio.Task[None] | None = None
         self._problems: deque[str] = deque(maxlen=10)
         self._progress_shown: dict[str, int] = {}  #: stage -> last tenth shown
+        self.files: list[Any] = []  #: Attachments received, numbered from 1 for /save
         self._auth_failed = False
         self._commands: dict[str, _Command] = {
             "help": _Command(self.cmd_help, needs_online=False),
@@ -290,6 +311,8 @@ class Chat:
             "update": _Command(self.cmd_update, needs_group=True),
             "leave": _Command(self.cmd_leave, needs_group=True),
             "history": _Command(self.cmd_history, needs_online=False),
+            "send-file": _Command(self.cmd_send_file, needs_group=True),
+            "save": _Command(self.cmd_save),
             "quit": _Command(self.cmd_quit, needs_online=False),
         }
         self._aliases = {"exit": "quit", "join": "open", "add": "invite", "h": "help",
@@ -325,8 +348,10 @@ class Chat:
         first = f"[{_stamp()}] {room_short(room)} {_one_line(sender)}: {lines[0]}"
         return "\n".join([first, *(f"    {line}" for line in lines[1:])])
 
-    def _show_message(self, room: str, sender: str, body: str) -> None:
+    def _show_message(self, room: str, sender: str, body: str,
+                      extra: Sequence[str] = ()) -> None:
         line = self._message_line(room, sender, body)
+        line = "\n".join([line, *(f"    {x}" for x in extra)])
         self.history.setdefault(room, deque(maxlen=HISTORY_SIZE)).append(line)
         self.say(line)
 
@@ -461,7 +486,19 @@ class Chat:
     # -- group events -----------------------------------------------------------------
 
     def on_message(self, event: Any) -> None:  # MLSMessageEvent
-        self._show_message(event.group.room, str(event.sender), str(event.body))
+        attachments = getattr(event.content, "attachments", ())
+        self._show_message(event.group.room, str(event.sender), str(event.body),
+                           self._file_lines(attachments))
+
+    def _file_lines(self, attachments: Sequence[Any]) -> list[str]:
+        """Number received attachments for /save; one line to show for each."""
+        lines = []
+        for att in attachments:
+            self.files.append(att)
+            name = _one_line(att.name or "unnamed")
+            lines.append(f"[file {len(self.files)}] {name}, {_size(att.size)}, "
+                         f"{_one_line(att.media_type)} (/save {len(self.files)})")
+        return lines
 
     def on_membership(self, event: Any) -> None:  # MembershipEvent
         if event.own:
@@ -781,6 +818,41 @@ class Chat:
         self.notice(f"last {len(lines)} message(s) of {room_short(room)}:")
         for line in lines:
             self.say(line)
+
+    async def cmd_send_file(self, args: list[str]) -> None:
+        if not args:
+            raise ChatError("usage: /send-file PATH [TEXT]")
+        path = Path(args[0]).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ChatError(f"cannot read {args[0]}: {e.strerror or e}") from None
+        text = " ".join(args[1:])
+        session = self.session(self.current)
+        await session.send_file(data, name=path.name, body=text)
+        self._show_message(session.room, self.me, text,
+                           [f"[sent file] {_one_line(path.name)}, {_size(len(data))}"])
+
+    async def cmd_save(self, args: list[str]) -> None:
+        if not args or len(args) > 2 or not args[0].isdigit():
+            raise ChatError("usage: /save N [DIR] (N as shown by [file N])")
+        index = int(args[0])
+        if not 1 <= index <= len(self.files):
+            raise ChatError(f"no file {index}" + (f": 1..{len(self.files)} were received"
+                                                  if self.files else ": none received yet"))
+        att = self.files[index - 1]
+        folder = Path(args[1] if len(args) > 1 else ".").expanduser()
+        if not folder.is_dir():
+            raise ChatError(f"{folder} is not a directory")
+        data = await self.mls.download(att)
+        name = safe_file_name(att.name)
+        target = folder / name
+        n = 1
+        while target.exists():
+            target = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
+            n += 1
+        target.write_bytes(data)
+        self.notice(f"saved file {index} ({_size(len(data))}) as {target}")
 
     async def cmd_quit(self, args: list[str]) -> None:
         self.quitting = True

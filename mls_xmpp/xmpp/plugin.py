@@ -37,8 +37,9 @@ from ..core.group.client import Client
 from ..core.group.config import GroupConfig
 from ..core.messages.key_package import KeyPackage
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
+from .attachments import download_attachment
 from .delivery import Delivery, RoomRefused
-from .envelope import Envelope, Kind
+from .envelope import Attachment, Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent
 from .keystore import KeyPackageStore
@@ -400,6 +401,14 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         else:
             await session.publish_group_info()
         return session
+
+    async def download(self, attachment: Attachment) -> bytes:
+        """Fetch, check and decrypt a file a member shared (an ``Attachment`` of a message).
+
+        :raises TransportError: the download failed.
+        :raises EnvelopeError: the file is not the one the sender described.
+        """
+        return await download_attachment(self.delivery, attachment)
 
     def group(self, room_or_id: str | bytes) -> GroupSession:
         """A group by room JID or group ID."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,7 +25,8 @@ from ..core.group.commit import PendingCommit
 from ..core.group.events import ApplicationMessage, CommitApplied, Member, ProposalReceived
 from ..core.group.group import Group
 from ..core.messages.key_package import KeyPackage
-from .envelope import Envelope, Kind, decode_content, encode_content
+from .attachments import upload_attachment
+from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
 from .errors import TransportError
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
 
@@ -383,16 +386,39 @@ class GroupSession:
             del self._sent[next(iter(self._sent))]
 
     async def send(self, body: str, *, thread_id: str = "", reply_to: str = "",
-                   attachments: tuple[Any, ...] = ()) -> None:
-        """Encrypt ``body`` for the group and send it through the room."""
+                   attachments: tuple[Attachment, ...] = ()) -> str:
+        """Encrypt ``body`` for the group and send it through the room.
+
+        :returns: the message's id (``Content.message_id``, random), which
+            others may name in ``reply_to``.
+        """
         await self.ready.wait()
+        message_id = secrets.token_hex(12)
         content = encode_content(body, attachments=attachments, thread_id=thread_id,
-                                 reply_to=reply_to, pad_to=self.group.config.pad_to)
+                                 reply_to=reply_to, message_id=message_id,
+                                 timestamp_ms=int(time.time() * 1000),
+                                 pad_to=self.group.config.pad_to)
         data = self.group.encrypt(content)
         self._remember_sent(data)
         self.plugin.persist_ratchets(self)
         await self.plugin.delivery.send_room(self.room, Envelope(
             kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data))
+        return message_id
+
+    async def send_file(self, data: bytes, *, name: str = "", media_type: str = "",
+                        body: str = "", thread_id: str = "", reply_to: str = "") -> str:
+        """Share a file: encrypted and uploaded (HTTP File Upload), sent by reference.
+
+        Members receive it as an attachment of an ``mls_message`` event's
+        content and fetch it with ``xmpp["mls"].download(attachment)``.
+
+        :returns: the message's id.
+        :raises TransportError: the upload failed (e.g. over the server's size limit).
+        """
+        attachment = await upload_attachment(self.plugin.delivery, data, name=name,
+                                             media_type=media_type)
+        return await self.send(body, thread_id=thread_id, reply_to=reply_to,
+                               attachments=(attachment,))
 
     async def add(self, *jids: str) -> None:
         """Add every device of each user (KeyPackages from their PEP nodes).

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from mls_xmpp.chat import ChatError, clean, default_store, parse_server, room_short
+from mls_xmpp.chat import (
+    ChatError,
+    clean,
+    default_store,
+    parse_server,
+    room_short,
+    safe_file_name,
+)
 from mls_xmpp.testing import Account, ProsodyServer
 
 from .mls_clients import close, mls_client
@@ -442,6 +449,46 @@ def test_chat_offline_member_catches_up(prosody: ProsodyServer, tmp_path: Path,
         TEST_TIMEOUT))
 
 
+# -- files ------------------------------------------------------------------------------------
+
+
+async def _files(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                 tmp: Path) -> None:
+    a = b = None
+    try:
+        b = await ChatProcess.start(server, bob_acc, tmp / "bob.db")
+        await b.ready()
+        a = await ChatProcess.start(server, alice_acc, tmp / "alice.db")
+        await a.ready()
+        m = await a.command(f"/create {bob_acc.jid}", r"^\* created group (\S+) ")
+        tag = room_short(m.group(1))
+        await b.expect(rf"^{TIME} {tag} \* you joined group ")
+        data = os.urandom(5000)
+        (tmp / "notes.txt").write_bytes(data)
+        await a.command("/send-file", r"^error: usage: /send-file PATH")
+        await a.command(f"/send-file {tmp / 'missing.txt'}", r"^error: cannot read ")
+        await a.command(f"/send-file {tmp / 'notes.txt'} my notes",
+                        r"^    \[sent file\] notes.txt, 4.9 KiB$")
+        await b.expect(rf"^{TIME} {tag} {alice_acc.jid}: my notes$")
+        await b.expect(r"^    \[file 1\] notes.txt, 4.9 KiB, text/plain \(/save 1\)$")
+        await b.command("/save 2", r"^error: no file 2: 1..1 were received")
+        out = tmp / "downloads"
+        out.mkdir()
+        await b.command(f"/save 1 {out}", r"^\* saved file 1 \(4.9 KiB\) as .*notes.txt$")
+        await b.command(f"/save 1 {out}", r"^\* saved file 1 \(4.9 KiB\) as .*notes-1.txt$")
+        assert (out / "notes.txt").read_bytes() == data == (out / "notes-1.txt").read_bytes()
+        await a.quit()
+        await b.quit()
+    finally:
+        await _kill_all(a, b)
+
+
+def test_chat_shares_files(prosody: ProsodyServer, tmp_path: Path,
+                           new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(
+        _files(prosody, new_account("alice"), new_account("bob"), tmp_path), TEST_TIMEOUT))
+
+
 # -- a group of many: progress ------------------------------------------------------------
 
 
@@ -655,6 +702,15 @@ def test_chat_help_and_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert default_store("a@b.org") == tmp_path / ".local/share/mls-xmpp/a@b.org.db"
     assert clean("a\x1b[31mb\u202ec\x07\td\ne") == "a\\x1b[31mb\\u202ec\\x07    d\ne"
     assert room_short("0123456789abcdef@conference.example.org") == "01234567"
+
+
+@pytest.mark.parametrize(("name", "safe"), [
+    ("notes.txt", "notes.txt"), ("../../etc/passwd", "passwd"), ("..", "file"),
+    ("a\\b\\c.exe", "c.exe"), ("", "file"), (".bashrc", "bashrc"),
+    ("x\x1b[31m.txt", "x__31m.txt"), ("/abs/path/ok.pdf", "ok.pdf"),
+])
+def test_safe_file_name(name: str, safe: str) -> None:
+    assert safe_file_name(name) == safe
 
 
 def test_open_by_index_or_room_prefix() -> None:
