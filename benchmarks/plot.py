@@ -1,15 +1,18 @@
 """Plot a benchmark's JSON results: ``python benchmarks/plot.py RESULTS.json OUT.png``.
 
-RESULTS.json is what ``bench_group.py --json``, ``bench_tree.py --json`` or
-``bench_xmpp.py --json`` writes; which one is recognised from its content
-(``detect``). The figures:
+RESULTS.json is what ``bench_group.py --json``, ``bench_tree.py --json``,
+``bench_xmpp.py --json`` or ``bench_store.py --json`` writes; which one is
+recognised from its content (``detect``). The figures:
 
 * group: time of each group operation against the group size, log-log;
 * tree: time of validating a received tree, creating and applying an
   UpdatePath and re-hashing, against the tree size, log-log; memory and
   encoded size on a second panel;
 * xmpp: the distribution (CDF) of raw and MLS round trips, the throughputs,
-  and the CPU time per message they cost.
+  and the CPU time per message they cost;
+* store: the time to persist a group's state per application message (old:
+  the whole state, new: the ratchets only) against the group size, log-log;
+  per Commit and at start-up on a second panel.
 
 Needs matplotlib (``pip install -e '.[bench]'``; it is not a dependency of
 the library).
@@ -50,18 +53,40 @@ TREE_MEMORY = [
 ]
 
 
+#: Store benchmark, message panel: (step in bench_store's results, label, colour).
+STORE_MESSAGE_STEPS = [
+    ("later msg old", "old: encode_group + save_group (whole state)", "tab:red"),
+    ("first msg new", "new: encode_ratchets + save_ratchets, sender's 1st in the epoch",
+     "tab:orange"),
+    ("later msg new", "new: encode_ratchets + save_ratchets, later message", "tab:blue"),
+    ("position", "save_position only (echo of an own message)", "tab:gray"),
+]
+
+#: Store benchmark, second panel: (getter of a mode's min/median, label, colour, style).
+STORE_OTHER: list[tuple[Callable[[dict[str, Any], str], dict[str, float]], str, str, str]] = [
+    (lambda r, m: r["steps"]["commit old"]["total"][m], "Commit, old: whole state",
+     "tab:red", "-"),
+    (lambda r, m: r["steps"]["commit new"]["total"][m], "Commit, new: base + ratchets",
+     "tab:blue", "-"),
+    (lambda r, m: r["load"]["whole"]["total"][m], "start-up, old: load + decode_group",
+     "tab:red", ":"),
+    (lambda r, m: r["load"]["parts"]["total"][m], "start-up, new: load + decode_group_parts",
+     "tab:blue", ":"),
+]
+
+
 def detect(data: dict[str, Any]) -> str:
-    """``"group"``, ``"tree"`` or ``"xmpp"``: which benchmark wrote ``data``."""
+    """``"group"``, ``"tree"``, ``"xmpp"`` or ``"store"``: which benchmark wrote ``data``."""
     kind = data.get("benchmark")
-    if kind in ("bench_group", "bench_tree", "bench_xmpp"):
+    if kind in ("bench_group", "bench_tree", "bench_xmpp", "bench_store"):
         return str(kind).removeprefix("bench_")
     # bench_group.py writes no "benchmark" key; its per-size results have "add"
     results = data.get("results", {})
     if isinstance(results, dict) and results and all(
             isinstance(r, dict) and "add" in r for r in results.values()):
         return "group"
-    raise ValueError("not a JSON file written by bench_group.py, bench_tree.py or "
-                     "bench_xmpp.py with --json")
+    raise ValueError("not a JSON file written by bench_group.py, bench_tree.py, "
+                     "bench_xmpp.py or bench_store.py with --json")
 
 
 def by_size(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -188,10 +213,44 @@ def plot_xmpp(data: dict[str, Any], plt: Any) -> Any:
     return fig
 
 
+def plot_store(data: dict[str, Any], plt: Any) -> Any:
+    """Left: persisting per application message against n; right: per Commit, start-up.
+
+    Minimum over the repeats, milliseconds, log-log; plain databases solid
+    (left) and encrypted ones (AES-256-GCM at rest) dashed, when measured.
+    """
+    results = by_size(data)
+    sizes = [r["n"] for r in results]
+    modes = data["modes"]
+    fig, (ax_m, ax_o) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110)
+    for step, label, colour in STORE_MESSAGE_STEPS:
+        for mode, style in zip(modes, ("-", "--"), strict=False):
+            ax_m.plot(sizes, [r["steps"][step]["total"][mode]["min"] * 1000 for r in results],
+                      marker="o", color=colour, linestyle=style,
+                      label=label if mode == "plain" else None)
+    if len(modes) > 1:
+        ax_m.plot([], [], color="black", linestyle="--",
+                  label="dashed: the same, database encrypted at rest (AES-256-GCM)")
+    log_log_axes(ax_m, sizes, "members (n)", "milliseconds (log scale)")
+    ax_m.set_title("per application message")
+    ax_m.legend(fontsize=7)
+    for get, label, colour, style in STORE_OTHER:
+        ax_o.plot(sizes, [get(r, "plain")["min"] * 1000 for r in results], marker="s",
+                  color=colour, linestyle=style, label=label)
+    log_log_axes(ax_o, sizes, "members (n)", "milliseconds (log scale)")
+    ax_o.set_title("per Commit, and loading at start-up (plain)")
+    ax_o.legend(fontsize=7)
+    env = data["environment"]
+    fig.suptitle(f"mls-xmpp state persistence (SQLiteStore), cipher suite "
+                 f"{data['cipher_suite']}, {env['cpus']} cores, minimum of the repeats")
+    return fig
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Any], Any]] = {
     "group": plot_group,
     "tree": plot_tree,
     "xmpp": plot_xmpp,
+    "store": plot_store,
 }
 
 
