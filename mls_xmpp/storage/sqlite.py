@@ -14,14 +14,20 @@ Schema (version 2)::
     identity (id INTEGER PRIMARY KEY CHECK (id = 1),    one row at most
               data BLOB, updated_at INTEGER)
     groups   (group_id BLOB PRIMARY KEY, room TEXT, state BLOB,
-              last_stanza_id TEXT, updated_at INTEGER,
-              ratchets BLOB)                             NULL: ``state`` is whole
+              last_stanza_id TEXT,                       unused since version 2
+              updated_at INTEGER)
+    progress (group_id BLOB PRIMARY KEY,                 one row per groups row
+              ratchets BLOB,                             NULL: ``state`` is whole
+              last_stanza_id TEXT, updated_at INTEGER)
 
 A group is stored either whole (``state`` from ``encode_group``, ``ratchets``
 NULL) or in two parts (``state`` the base from ``encode_group_parts``,
-``ratchets`` its secret trees); the plugin stores parts, so that an
-application message rewrites only the small ``ratchets`` column
-(:meth:`SQLiteStore.save_ratchets`) and not a tree of many megabytes.
+``ratchets`` its secret trees); the plugin stores parts. What changes with
+every message (the ratchets and the archive position) lives in its own small
+row: SQLite rewrites a whole row when one of its columns changes, and a
+large group's state is tens of megabytes, so an application message
+(:meth:`SQLiteStore.save_ratchets`) or an echo (:meth:`SQLiteStore.save_position`)
+writes a few kilobytes whatever the size of the group.
 
 ``updated_at`` is in whole seconds since the Unix epoch. The schema version
 is ``PRAGMA user_version``; :data:`_MIGRATIONS` lists one function per
@@ -79,8 +85,8 @@ Encryption at rest
         0x01 || nonce (12 random bytes) || AES-256-GCM(key, nonce, plaintext, aad)
 
     where ``aad = b"mls-xmpp sqlite v1" 0x00 table 0x00 primary_key``: the
-    table name (``identity`` or ``groups``; ``groups.ratchets`` for the
-    ratchets column, so it cannot be swapped with the state), then the row's
+    table name (``identity``, ``groups``, or ``progress`` for the ratchets,
+    so they cannot be swapped with a state), then the row's
     primary key (the
     raw group ID, or ``b"1"`` for the single identity row). A blob therefore
     only decrypts in the row it was written for; moving a state to another
@@ -142,7 +148,7 @@ _KEY_CHECK = b"mls-xmpp key check"
 _MODE_PLAIN = b"none"
 _MODE_AESGCM = b"aes-256-gcm"
 _IDENTITY_PK = b"1"
-_RATCHETS = "groups.ratchets"  #: the AAD "table" of the ratchets column
+_RATCHETS = "progress"  #: the AAD "table" of the ratchets
 
 
 # -- schema migrations ---------------------------------------------------------------------
@@ -165,16 +171,23 @@ def _migration_1_initial_schema(db: sqlite3.Connection) -> None:
                " updated_at INTEGER NOT NULL)")
 
 
-def _migration_2_ratchets(db: sqlite3.Connection) -> None:
-    """Version 1 -> 2: a group's secret trees may be stored apart from the rest."""
-    db.execute("ALTER TABLE groups ADD COLUMN ratchets BLOB")
+def _migration_2_progress(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: the ratchets and the archive position in a table of their own."""
+    db.execute("CREATE TABLE progress ("
+               " group_id BLOB PRIMARY KEY NOT NULL,"
+               " ratchets BLOB,"
+               " last_stanza_id TEXT,"
+               " updated_at INTEGER NOT NULL)")
+    db.execute("INSERT INTO progress (group_id, ratchets, last_stanza_id, updated_at) "
+               "SELECT group_id, NULL, last_stanza_id, updated_at FROM groups")
+    db.execute("UPDATE groups SET last_stanza_id = NULL")
 
 
 #: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
 #: Append new ones; never edit or reorder a released one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1_initial_schema,
-    _migration_2_ratchets,
+    _migration_2_progress,
 ]
 
 #: The schema version this code writes.
@@ -414,8 +427,9 @@ class SQLiteStore:
         """Every stored group, ordered by group ID."""
         db = self._conn()
         with _sql_errors("cannot read the groups"):
-            rows = db.execute("SELECT group_id, room, state, last_stanza_id, ratchets "
-                              "FROM groups ORDER BY group_id").fetchall()
+            rows = db.execute("SELECT g.group_id, g.room, g.state, p.last_stanza_id, "
+                              "p.ratchets FROM groups g LEFT JOIN progress p "
+                              "ON p.group_id = g.group_id ORDER BY g.group_id").fetchall()
         out = []
         for gid, room, state, last, ratchets in rows:
             if not isinstance(gid, bytes) or not isinstance(room, str) or not (
@@ -427,48 +441,57 @@ class SQLiteStore:
         return out
 
     def save_group(self, record: GroupRecord) -> None:
-        """Insert or replace a group's record (state and position together), atomically."""
+        """Insert or replace a group's record (state, ratchets, position), atomically."""
         gid = bytes(record.group_id)
         blob = self._seal(record.state, "groups", gid)
         ratchets = (None if record.ratchets is None
                     else self._seal(record.ratchets, _RATCHETS, gid))
+        now = int(time.time())
         with self._transaction("cannot save the group") as db:
-            db.execute("INSERT INTO groups (group_id, room, state, last_stanza_id, updated_at, "
-                       "ratchets) VALUES (?, ?, ?, ?, ?, ?) "
+            db.execute("INSERT INTO groups (group_id, room, state, updated_at) "
+                       "VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (group_id) DO UPDATE SET room = excluded.room, "
-                       "state = excluded.state, last_stanza_id = excluded.last_stanza_id, "
-                       "updated_at = excluded.updated_at, ratchets = excluded.ratchets",
-                       (gid, record.room, blob, record.last_stanza_id, int(time.time()),
-                        ratchets))
+                       "state = excluded.state, updated_at = excluded.updated_at",
+                       (gid, record.room, blob, now))
+            self._set_progress(db, gid, ratchets, record.last_stanza_id, now)
+
+    @staticmethod
+    def _set_progress(db: sqlite3.Connection, gid: bytes, ratchets: bytes | None,
+                      last_stanza_id: str | None, now: int) -> None:
+        db.execute("INSERT INTO progress (group_id, ratchets, last_stanza_id, updated_at) "
+                   "VALUES (?, ?, ?, ?) ON CONFLICT (group_id) DO UPDATE SET "
+                   "ratchets = excluded.ratchets, last_stanza_id = excluded.last_stanza_id, "
+                   "updated_at = excluded.updated_at", (gid, ratchets, last_stanza_id, now))
 
     def save_ratchets(self, group_id: bytes, ratchets: bytes,
                       last_stanza_id: str | None) -> None:
-        """Replace a group's ratchets and archive position in one transaction.
+        """Replace a group's ratchets and archive position in one small transaction.
 
         Only for a group stored in two parts; nothing happens for an unknown group.
         """
         gid = bytes(group_id)
         blob = self._seal(ratchets, _RATCHETS, gid)
         with self._transaction("cannot save the ratchets") as db:
-            row = db.execute("SELECT ratchets IS NULL FROM groups WHERE group_id = ?",
+            row = db.execute("SELECT ratchets IS NULL FROM progress WHERE group_id = ?",
                              (gid,)).fetchone()
             if row is None:
                 return
             if row[0]:
                 raise StorageError("the group is stored whole: save it with its ratchets first")
-            db.execute("UPDATE groups SET ratchets = ?, last_stanza_id = ?, updated_at = ? "
+            db.execute("UPDATE progress SET ratchets = ?, last_stanza_id = ?, updated_at = ? "
                        "WHERE group_id = ?", (blob, last_stanza_id, int(time.time()), gid))
 
     def save_position(self, group_id: bytes, last_stanza_id: str | None) -> None:
         """Move a stored group's archive position; nothing happens for an unknown group."""
         with self._transaction("cannot save the archive position") as db:
-            db.execute("UPDATE groups SET last_stanza_id = ?, updated_at = ? "
+            db.execute("UPDATE progress SET last_stanza_id = ?, updated_at = ? "
                        "WHERE group_id = ?", (last_stanza_id, int(time.time()), bytes(group_id)))
 
     def delete_group(self, group_id: bytes) -> None:
         """Forget a group; its state is overwritten with zeros in the file."""
         with self._transaction("cannot delete the group") as db:
             db.execute("DELETE FROM groups WHERE group_id = ?", (bytes(group_id),))
+            db.execute("DELETE FROM progress WHERE group_id = ?", (bytes(group_id),))
 
     def load_inbox_position(self) -> str | None:
         """How far the account's own archive was read for Welcomes, or ``None``."""

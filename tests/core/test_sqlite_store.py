@@ -214,7 +214,8 @@ def test_ratchets_cannot_be_swapped_with_the_state(db_path: Path) -> None:
     with SQLiteStore(db_path, key=KEY) as s:
         s.save_group(replace(rec(b"g", b"base"), ratchets=b"ratchets"))
     db = sqlite3.connect(db_path)
-    db.execute("UPDATE groups SET state = ratchets")
+    db.execute("UPDATE groups SET state = (SELECT ratchets FROM progress p "
+               "WHERE p.group_id = groups.group_id)")
     db.commit()
     db.close()
     with SQLiteStore(db_path, key=KEY) as s, pytest.raises(StorageError, match="decrypt"):
@@ -240,6 +241,10 @@ def test_delete_group(store: SQLiteStore) -> None:
     store.delete_group(b"g1")  # already gone
     store.delete_group(b"g2")
     assert store.load_groups() == []
+    db = store._db
+    assert db is not None
+    for table in ("groups", "progress"):  # nothing of them is left behind
+        assert db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
 
 
 def test_reopen_keeps_everything(db_path: Path, key: bytes | None) -> None:
