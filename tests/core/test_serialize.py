@@ -26,6 +26,7 @@ from mls_xmpp.core.group.serialize import (
     MAGIC,
     RATCHETS_MAGIC,
     _GroupRecord,
+    _LeafChange,
     _LeafRatchets,
     _NodeSecret,
     _PastEpochRecord,
@@ -467,9 +468,22 @@ def test_inconsistent_records_raise_decode_error() -> None:
         (lambda r: _bad_skipped_key(r, too_new=True), "not older than the ratchet"),
         (lambda r: _bad_skipped_key(r, too_new=False), "message key must be 16 bytes"),
         (lambda r: replace(r, past=(_PastEpochRecord(st.context.epoch, st.secret_tree,
-                                                     st.secrets.sender_data_secret, st.tree,
+                                                     st.secrets.sender_data_secret,
+                                                     st.tree.n_leaves, (),
                                                      st.context.encode()),)),
          "past epoch is not older"),
+        (lambda r: replace(r, past=(_PastEpochRecord(st.context.epoch - 1, st.secret_tree,
+                                                     st.secrets.sender_data_secret,
+                                                     st.tree.n_leaves,
+                                                     (_LeafChange(1, None),) * 2,
+                                                     st.context.encode()),)),
+         "changed leaves of a retained tree must be strictly ascending"),
+        (lambda r: replace(r, past=(_PastEpochRecord(st.context.epoch - 1, st.secret_tree,
+                                                     st.secrets.sender_data_secret,
+                                                     st.tree.n_leaves,
+                                                     (_LeafChange(st.tree.n_leaves, None),),
+                                                     st.context.encode()),)),
+         "outside a tree"),
         (lambda r: replace(r, pending_updates=r.pending_updates * 2), "pending update keys"),
         (_pending_of_unknown_suite, "cipher suite 0 is not supported"),
     ]
@@ -617,3 +631,59 @@ def test_mismatched_parts_are_refused() -> None:
     # a base that carries secrets: the whole blob's record under the base magic
     sneaky = BASE_MAGIC + whole[4:]
     refused(sneaky, ratchets2, "holds secret tree secrets")
+
+
+# -- retained epochs: leaves only, as changes; format version 1 still read -----------------
+
+
+def test_retained_trees_are_stored_as_leaf_changes() -> None:
+    clients, groups = make_group(20)
+    for i in range(3):  # three updates: each changes the committer's leaf only
+        committer = groups[i]
+        pending = committer.commit()
+        committer.merge_pending_commit()
+        deliver(pending.message, [g for g in groups if g is not committer])
+    g = groups[5]
+    assert g.retained_epochs == [1, 2, 3]
+    from mls_xmpp.core.codec import Reader
+
+    blob = encode_group(g)
+    r = Reader(blob[6:])
+    rec = _GroupRecord.read(r)
+    assert [len(p.changed) for p in rec.past] == [1, 1, 1]
+    assert [c.leaf for p in rec.past for c in p.changed] == [0, 1, 2]
+    # decoded retained trees share the current tree's leaves; parents are blank
+    restored = restore(g, clients[5])
+    newest = restored._past[3].tree
+    current = restored.state.tree
+    assert newest.leaf(7) is current.leaf(7) and newest.leaf(2) is not current.leaf(2)
+    assert newest.leaf(2) == g._past[3].tree.leaf(2)
+    assert all(newest.node(x) is None for x in range(1, 2 * newest.n_leaves - 1, 2))
+
+
+def test_format_version_1_is_still_read() -> None:
+    import json
+    from pathlib import Path
+
+    fixture = json.loads((Path(__file__).parent / "data" / "group-state-v1.json").read_text())
+    blob = bytes.fromhex(fixture["state_v1"])
+    assert blob[4:6] == (1).to_bytes(2, "big")  # written by the version-1 code
+    config = GroupConfig()
+    group = decode_group(blob, config, lambda _: None)
+    assert group.epoch == fixture["epoch"]
+    assert group.retained_epochs == fixture["retained"]
+    assert group.epoch_authenticator.hex() == fixture["epoch_authenticator"]
+    # late messages of the retained epochs are still read after the upgrade
+    read = 0
+    for late in fixture["late"]:
+        if late["epoch"] not in group.retained_epochs:
+            continue
+        event = group.process(bytes.fromhex(late["message"]))
+        assert isinstance(event, ApplicationMessage)
+        assert event.data == late["plaintext"].encode()
+        read += 1
+    assert read == 3
+    # written again, it is version 2, and decodes to the same state
+    again = encode_group(group)
+    assert again[4:6] == FORMAT_VERSION.to_bytes(2, "big") == (2).to_bytes(2, "big")
+    assert encode_group(decode_group(again, config, lambda _: None)) == again

@@ -55,12 +55,21 @@ variable-length size prefix, ``optional<T>`` a presence byte then ``T``)::
     CachedProposalRecord: opaque ref<V>; Proposal proposal; Sender sender
     ResumptionPskRecord:  uint64 epoch; opaque resumption_psk<V>
 
-    PastEpochRecord:
+    PastEpochRecord:                      (retained epochs ascending in GroupRecord)
         uint64 epoch
         SecretTreeRecord secret_tree
         opaque sender_data_secret<V>
-        TreeRecord tree
+        uint32 n_leaves                   of that epoch's tree
+        {uint32 leaf; optional<LeafNode> leaf_node} changed<V>   ascending leaf
         opaque context<V>                 the encoded GroupContext of that epoch
+
+    A retained epoch keeps only its tree's leaves (all that reading a late
+    message needs: the sender's signature key), written as the leaves that
+    differ from the next newer epoch's tree (the current tree for the newest
+    retained epoch): a Commit changes few leaves, so a large group's state
+    does not hold its tree four times. Decoded retained trees have those
+    leaves and blank parent nodes. (Version 1 wrote each retained tree whole,
+    as a TreeRecord in place of ``n_leaves`` and ``changed``; it is still read.)
 
     PendingCommitRecord:
         opaque message<V>
@@ -171,7 +180,9 @@ BASE_MAGIC = b"MLSB"
 #: First four bytes of a group's ratchets part (:func:`encode_ratchets`).
 RATCHETS_MAGIC = b"MLSR"
 #: Version of the layout described in the module docstring.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Older versions :func:`decode_group` still reads.
+READABLE_VERSIONS = (1, 2)
 
 _OPT_OPAQUE: Optional[bytes] = Optional(Opaque)
 
@@ -309,9 +320,32 @@ class _StateRecord(Struct):
     active: Annotated[bool, Boolean]
 
 
+_OPT_LEAF: Optional[LeafNode] = Optional(LeafNode.codec())
+
+
+@dataclass(frozen=True)
+class _LeafChange(Struct):
+    """A leaf of a retained epoch's tree that differs from the next newer tree."""
+
+    leaf: Annotated[int, U32]
+    leaf_node: Annotated[LeafNode | None, _OPT_LEAF]
+
+
 @dataclass(frozen=True)
 class _PastEpochRecord(Struct):
-    """A PastEpoch."""
+    """A PastEpoch, its tree as leaf changes against the next newer epoch's tree."""
+
+    epoch: Annotated[int, U64]
+    secret_tree: _SecretTreeRecord
+    sender_data_secret: Annotated[bytes, Opaque]
+    n_leaves: Annotated[int, U32]
+    changed: tuple[_LeafChange, ...]
+    context: Annotated[bytes, Opaque]
+
+
+@dataclass(frozen=True)
+class _PastEpochRecordV1(Struct):
+    """A PastEpoch in format version 1: its whole tree."""
 
     epoch: Annotated[int, U64]
     secret_tree: _SecretTreeRecord
@@ -412,6 +446,17 @@ class _GroupRecord(Struct):
 
     state: _StateRecord
     past: tuple[_PastEpochRecord, ...]
+    pending: Annotated[_PendingCommitRecord | None, _OPT_PENDING]
+    pending_updates: tuple[_PendingUpdateRecord, ...]
+    last_own_commit: Annotated[_LastOwnCommitRecord | None, _OPT_LAST_OWN]
+
+
+@dataclass(frozen=True)
+class _GroupRecordV1(Struct):
+    """Everything a Group holds, in format version 1."""
+
+    state: _StateRecord
+    past: tuple[_PastEpochRecordV1, ...]
     pending: Annotated[_PendingCommitRecord | None, _OPT_PENDING]
     pending_updates: tuple[_PendingUpdateRecord, ...]
     last_own_commit: Annotated[_LastOwnCommitRecord | None, _OPT_LAST_OWN]
@@ -671,14 +716,52 @@ def decode_state(data: bytes) -> EpochState:
 # -- group -----------------------------------------------------------------------------
 
 
-def _past_record(p: PastEpoch) -> _PastEpochRecord:
-    return _PastEpochRecord(p.epoch, _secret_tree_record(p.secret_tree), p.sender_data_secret,
-                            _tree_record(p.tree), p.context)
+def _leaf_changes(tree: RatchetTree, newer: RatchetTree) -> tuple[_LeafChange, ...]:
+    """The leaves of ``tree`` that differ from ``newer``'s at the same index."""
+    out = []
+    n_newer = newer.n_leaves
+    for i in range(tree.n_leaves):
+        leaf = tree.leaf(i)
+        other = newer.leaf(i) if i < n_newer else None
+        if leaf is not other and leaf != other:
+            out.append(_LeafChange(i, leaf))
+    return tuple(out)
 
 
-def _past_from(suite: CipherSuite, rec: _PastEpochRecord) -> PastEpoch:
+def _past_records(group: Group) -> tuple[_PastEpochRecord, ...]:
+    """The retained epochs, ascending, each tree against the next newer one."""
+    records = []
+    newer = group._state.tree
+    for e in sorted(group._past, reverse=True):
+        p = group._past[e]
+        records.append(_PastEpochRecord(p.epoch, _secret_tree_record(p.secret_tree),
+                                        p.sender_data_secret, p.tree.n_leaves,
+                                        _leaf_changes(p.tree, newer), p.context))
+        newer = p.tree
+    return tuple(reversed(records))
+
+
+def _leaves_tree(suite: CipherSuite, n_leaves: int, changed: tuple[_LeafChange, ...],
+                 newer: RatchetTree) -> RatchetTree:
+    """A retained epoch's tree: ``newer``'s leaves with ``changed`` applied, blank parents."""
+    _ascending([c.leaf for c in changed], "changed leaves of a retained tree")
+    if changed and changed[-1].leaf >= n_leaves:
+        raise DecodeError(f"changed leaf {changed[-1].leaf} is outside a tree of {n_leaves}")
+    nodes: list[Node | None] = [None] * (2 * n_leaves - 1)
+    for i in range(min(n_leaves, newer.n_leaves)):
+        nodes[2 * i] = newer.leaf(i)
+    for c in changed:
+        nodes[2 * c.leaf] = c.leaf_node
+    return RatchetTree(suite, nodes)
+
+
+def _past_from(suite: CipherSuite, rec: _PastEpochRecord | _PastEpochRecordV1,
+               newer: RatchetTree) -> PastEpoch:
     _check_len(rec.sender_data_secret, suite.hash_len, "sender_data_secret")
-    tree = _tree_from(suite, rec.tree)
+    if isinstance(rec, _PastEpochRecordV1):
+        tree = _tree_from(suite, rec.tree)
+    else:
+        tree = _leaves_tree(suite, rec.n_leaves, rec.changed, newer)
     st = _secret_tree_from(suite, rec.secret_tree)
     if st.n_leaves != tree.n_leaves:
         raise DecodeError(f"past epoch {rec.epoch}: secret tree and ratchet tree differ")
@@ -741,7 +824,7 @@ def _last_own_from(rec: _LastOwnCommitRecord | None) -> tuple[bytes, CommitAppli
 def _group_record(group: Group) -> _GroupRecord:
     return _GroupRecord(
         state=_state_record(group._state),
-        past=tuple(_past_record(group._past[e]) for e in sorted(group._past)),
+        past=_past_records(group),
         pending=None if group._pending is None else _pending_record(group._pending),
         pending_updates=tuple(_PendingUpdateRecord(k, leaf, priv)
                               for k, (leaf, priv) in group._pending_updates.items()),
@@ -756,12 +839,14 @@ def _with_header(magic: bytes, record: Struct) -> bytes:
     return bytes(w)
 
 
-def _read_header(r: Reader, magic: bytes, what: str) -> None:
+def _read_header(r: Reader, magic: bytes, what: str,
+                 readable: tuple[int, ...] = (FORMAT_VERSION,)) -> int:
     if r.remaining() < len(magic) or r.read(len(magic)) != magic:
         raise DecodeError(f"not {what} (bad magic)")
     version = r.uint(2)
-    if version != FORMAT_VERSION:
+    if version not in readable:
         raise DecodeError(f"unsupported {what} format version {version}")
+    return version
 
 
 def encode_group(group: Group) -> bytes:
@@ -782,8 +867,9 @@ def decode_group(data: bytes, config: GroupConfig, psk_lookup: PskLookup) -> Gro
     """
     with _as_decode_error("group state"):
         r = Reader(bytes(data))
-        _read_header(r, MAGIC, "a serialised MLS group")
-        rec = _GroupRecord.read(r)
+        version = _read_header(r, MAGIC, "a serialised MLS group", READABLE_VERSIONS)
+        rec: _GroupRecord | _GroupRecordV1 = (
+            _GroupRecordV1.read(r) if version == 1 else _GroupRecord.read(r))
         r.finish()
         return _group_from(rec, config, psk_lookup)
 
@@ -864,13 +950,20 @@ def decode_group_parts(base: bytes, ratchets: bytes, config: GroupConfig,
         return _group_from(rec, config, psk_lookup)
 
 
-def _group_from(rec: _GroupRecord, config: GroupConfig, psk_lookup: PskLookup) -> Group:
+def _group_from(rec: _GroupRecord | _GroupRecordV1, config: GroupConfig,
+                psk_lookup: PskLookup) -> Group:
     state = _state_from(rec.state)
     suite = state.suite
     _ascending([p.epoch for p in rec.past], "past epochs")
     if rec.past and rec.past[-1].epoch >= state.epoch:
         raise DecodeError("a retained past epoch is not older than the current one")
-    past = {p.epoch: _past_from(suite, p) for p in rec.past}
+    past: dict[int, PastEpoch] = {}
+    newer = state.tree
+    records: tuple[_PastEpochRecord | _PastEpochRecordV1, ...] = rec.past
+    for p in reversed(records):  # newest first: each tree is built on the next newer one
+        past[p.epoch] = _past_from(suite, p, newer)
+        newer = past[p.epoch].tree
+    past = dict(sorted(past.items()))
     pending = None if rec.pending is None else _pending_from(rec.pending)
     if pending is not None and pending.new_state.suite.id != suite.id:
         raise DecodeError("the pending commit is for another cipher suite")
