@@ -517,6 +517,14 @@ class Chat:
         if not parts:
             parts.append("updated " + ("your" if event.own else "their") + " keys")
         self.group_line(event.group.room, "*", f"{who} {'; '.join(parts)} (epoch {event.epoch})")
+        # a member's new device: compare its fingerprint with the one they tell you
+        added = {fp for _, fp in getattr(event, "added_devices", ())}
+        for jid, fp in getattr(event, "added_devices", ()):
+            known = [f for j, f, _ in event.group.members if j == jid and f not in added]
+            if known and fp != self.own_fingerprint():
+                self.group_line(event.group.room, "!",
+                                f"{_one_line(jid)} has a new device {fp} (their other "
+                                f"device{'s' if len(known) > 1 else ''}: {', '.join(known)})")
 
     def on_joined(self, session: Any) -> None:  # GroupSession
         room = session.room

@@ -29,7 +29,12 @@ class MLSMessageEvent:
 
 @dataclass(frozen=True)
 class MembershipEvent:
-    """``mls_membership``: a Commit changed the roster (or just the keys)."""
+    """``mls_membership``: a Commit changed the roster (or just the keys).
+
+    ``added``, ``removed`` and ``updated`` are bare JIDs; ``added_devices``
+    and ``removed_devices`` the ``(jid, fingerprint)`` of each device (leaf),
+    so an application can tell a user's *new device* from a new user.
+    """
 
     group: GroupSession
     epoch: int
@@ -38,6 +43,8 @@ class MembershipEvent:
     removed: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()
     own: bool = False
+    added_devices: tuple[tuple[str, str], ...] = ()
+    removed_devices: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -338,7 +338,9 @@ class GroupSession:
                 self, event.epoch, committer,
                 tuple(sorted({member_jid(m) for m in event.added})),
                 tuple(sorted({member_jid(m) for m in event.removed})),
-                tuple(sorted({member_jid(m) for m in event.updated})), event.own))
+                tuple(sorted({member_jid(m) for m in event.updated})), event.own,
+                tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.added),
+                tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.removed)))
             if self._leave_attempts is not None and not event.self_removed:
                 # the epoch ended without our removal: the proposal died with it
                 asyncio.ensure_future(self._retry_leave())

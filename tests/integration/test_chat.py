@@ -27,6 +27,7 @@ from mls_xmpp.chat import (
     safe_file_name,
 )
 from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.session import fingerprint
 
 from .mls_clients import close, mls_client
 
@@ -487,6 +488,39 @@ def test_chat_shares_files(prosody: ProsodyServer, tmp_path: Path,
                            new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(
         _files(prosody, new_account("alice"), new_account("bob"), tmp_path), TEST_TIMEOUT))
+
+
+# -- a member's new device ---------------------------------------------------------------------
+
+
+async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                      tmp: Path) -> None:
+    b = None
+    laptop = tablet = None
+    try:
+        b = await ChatProcess.start(server, bob_acc, tmp / "bob.db")
+        await b.ready()
+        laptop, _ = await mls_client(server, *alice_acc, config={"device": "laptop"})
+        group = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
+        tag = room_short(group.room)
+        await b.expect(rf"^{TIME} {tag} \* you joined group ")
+        laptop_fp = fingerprint(laptop.plugin["mls"].client.signature_public_key)
+        # alice's tablet (no state yet) joins her groups by external Commit
+        tablet, _ = await mls_client(server, *alice_acc, config={"device": "tablet"})
+        tablet_fp = fingerprint(tablet.plugin["mls"].client.signature_public_key)
+        await b.expect(rf"^{TIME} {tag} ! {re.escape(alice_acc.jid)} has a new device "
+                       rf"{tablet_fp} \(their other device: {laptop_fp}\)$")
+        await b.quit()
+    finally:
+        await _kill_all(b)
+        await close(*(c for c in (laptop, tablet) if c is not None))
+
+
+def test_chat_warns_of_a_new_device(prosody: ProsodyServer, tmp_path: Path,
+                                    new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(
+        _new_device(prosody, new_account("alice"), new_account("bob"), tmp_path),
+        TEST_TIMEOUT))
 
 
 # -- a group of many: progress ------------------------------------------------------------

@@ -181,12 +181,14 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
                 await r.wait("mls_membership", memberships[r] + 2)
                 news = r.events["mls_membership"][memberships[r]:]
                 assert sorted(e.group.room for e in news) == sorted(sessions)
+                tablet_device = fingerprint(tablet.plugin["mls"].client.signature_public_key)
                 for e in news:
                     assert e.added == (alice_acc.jid,) and e.removed == ()
+                    # which device: alice's new one (an application can warn about it)
+                    assert e.added_devices == ((alice_acc.jid, tablet_device),)
                     # an external Commit has no member sender: no committer JID
                     assert e.committer in (None, alice_acc.jid) and not e.own
 
-            tablet_device = fingerprint(tablet.plugin["mls"].client.signature_public_key)
             for room, (gl, _gp, gb) in sessions.items():
                 joined = _joined(rt, room)
                 assert joined is not None
