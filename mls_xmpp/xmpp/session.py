@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 MAX_SEEN = 4096
 #: A leave proposal is sent in at most this many epochs before the device gives up.
 LEAVE_ATTEMPTS = 5
+#: From this many leaves (or added members), Commits are built and processed in a
+#: thread, so the event loop stays responsive (keepalives, other groups, the UI).
+HEAVY_TREE = 256
 #: Requests (KeyPackage fetches, affiliation changes) in flight at once.
 PARALLEL_REQUESTS = 8
 #: Trees up to this size travel inside Welcome/GroupInfo; larger ones by HTTP upload.
@@ -125,6 +128,9 @@ class GroupSession:
         self._seen_set: set[str] = set()
         self._sent: dict[bytes, None] = {}
         self._op_lock = asyncio.Lock()
+        #: held while the group's state changes and is written (the change may run
+        #: in a thread: nothing else reads or writes the state meanwhile)
+        self._group_lock = asyncio.Lock()
         self._commit_waiter: asyncio.Future[tuple[bool, CommitApplied, str | None]] | None = None
         self._inflight: PendingCommit | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -256,23 +262,39 @@ class GroupSession:
                 self._mark(stanza_id)
                 self.plugin.persist_position(self)
                 return
-            event = self.group.process(data)
         except MLSError as e:
-            log.info("dropped room message %s from %s: %s", stanza_id, sender, e)
-            self._mark(stanza_id)
-            self.plugin.persist(self)
-            self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
-                                            stanza_id, e))
+            self._dropped(e, sender, stanza_id)
             return
+        async with self._group_lock:
+            try:
+                if env.kind == Kind.COMMIT and self._heavy():
+                    event = await asyncio.to_thread(self.group.process, data)
+                else:
+                    event = self.group.process(data)
+            except MLSError as e:
+                self._dropped(e, sender, stanza_id)
+                return
+            self._mark(stanza_id)
+            # events first, then the state: a crash in between replays this message
+            # after the restart (same stanza-id, for the application to deduplicate)
+            # instead of losing it
+            self._dispatch(event, stanza_id)
+            if isinstance(event, ApplicationMessage):
+                self.plugin.persist_ratchets(self)  # only the secret trees changed
+            else:
+                self.plugin.persist(self)
+
+    def _heavy(self, added: int = 0) -> bool:
+        """Whether a Commit in this group is worth a thread (see :data:`HEAVY_TREE`)."""
+        return self.group.state.tree.n_leaves >= HEAVY_TREE or added >= HEAVY_TREE // 4
+
+    def _dropped(self, e: MLSError, sender: str, stanza_id: str | None) -> None:
+        """Report a room message that changed nothing, and move past it."""
+        log.info("dropped room message %s from %s: %s", stanza_id, sender, e)
         self._mark(stanza_id)
-        # events first, then the state: a crash in between replays this message
-        # after the restart (same stanza-id, for the application to deduplicate)
-        # instead of losing it
-        self._dispatch(event, stanza_id)
-        if isinstance(event, ApplicationMessage):
-            self.plugin.persist_ratchets(self)  # only the secret trees changed
-        else:
-            self.plugin.persist(self)
+        self.plugin.persist_position(self)
+        self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
+                                        stanza_id, e))
 
     async def _resolve(self, env: Envelope) -> bytes:
         """The payload bytes; a blob download is retried before giving up on it."""
@@ -400,9 +422,10 @@ class GroupSession:
                                  reply_to=reply_to, message_id=message_id,
                                  timestamp_ms=int(time.time() * 1000),
                                  pad_to=self.group.config.pad_to)
-        data = self.group.encrypt(content)
-        self._remember_sent(data)
-        self.plugin.persist_ratchets(self)
+        async with self._group_lock:
+            data = self.group.encrypt(content)
+            self._remember_sent(data)
+            self.plugin.persist_ratchets(self)
         await self.plugin.delivery.send_room(self.room, Envelope(
             kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data))
         return message_id
@@ -478,9 +501,10 @@ class GroupSession:
         if not self.group.active or attempts >= LEAVE_ATTEMPTS:
             return
         self._leave_attempts = attempts + 1
-        data = self.group.propose_leave()
-        self._remember_sent(data)
-        self.plugin.persist(self)
+        async with self._group_lock:
+            data = self.group.propose_leave()
+            self._remember_sent(data)
+            self.plugin.persist(self)
         await self.plugin.delivery.send_room(self.room, Envelope(
             kind=Kind.PROPOSAL, group_id=self.group_id, epoch=self.epoch, mls_message=data))
 
@@ -498,27 +522,32 @@ class GroupSession:
             gone = set(remove_keys or [])
             last: Exception | None = None
             for _ in range(attempts):
-                if self.group.pending_commit is not None:
-                    raise TransportError("an earlier Commit is still waiting for the room")
-                current = {m.signature_key for m in self.group.members}
-                add = [kp for kp in add if kp.leaf_node.signature_key not in current]
-                remove = [m.leaf_index for m in self.group.members if m.signature_key in gone]
-                # the tree after this Commit: today's plus the new leaves
-                estimate = len(self.group.ratchet_tree()) + sum(
-                    len(kp.leaf_node.encode()) + 16 for kp in add)
-                self._inline_tree = estimate <= TREE_INLINE_LIMIT
-                self.group.config = replace(self.group.config,
-                                            ratchet_tree_in_welcome=self._inline_tree)
-                if progress is not None:
-                    progress.start("commit", len(add))
-                pending = self.group.commit(add=add, remove=remove)
-                if progress is not None:
-                    progress.advance("commit", len(add), len(add))
-                    progress.start("room", 1)
-                loop = asyncio.get_running_loop()
-                self._commit_waiter = loop.create_future()
-                self._inflight = pending
-                self.plugin.persist(self)
+                async with self._group_lock:
+                    if self.group.pending_commit is not None:
+                        raise TransportError("an earlier Commit is still waiting for the room")
+                    current = {m.signature_key for m in self.group.members}
+                    add = [kp for kp in add if kp.leaf_node.signature_key not in current]
+                    remove = [m.leaf_index for m in self.group.members if m.signature_key in gone]
+                    # the tree after this Commit: today's plus the new leaves
+                    estimate = len(self.group.ratchet_tree()) + sum(
+                        len(kp.leaf_node.encode()) + 16 for kp in add)
+                    self._inline_tree = estimate <= TREE_INLINE_LIMIT
+                    self.group.config = replace(self.group.config,
+                                                ratchet_tree_in_welcome=self._inline_tree)
+                    if progress is not None:
+                        progress.start("commit", len(add))
+                    if self._heavy(len(add)):
+                        pending = await asyncio.to_thread(self.group.commit, add=add,
+                                                          remove=remove)
+                    else:
+                        pending = self.group.commit(add=add, remove=remove)
+                    if progress is not None:
+                        progress.advance("commit", len(add), len(add))
+                        progress.start("room", 1)
+                    loop = asyncio.get_running_loop()
+                    self._commit_waiter = loop.create_future()
+                    self._inflight = pending
+                    self.plugin.persist(self)
                 await self.plugin.delivery.send_room(self.room, Envelope(
                     kind=Kind.COMMIT, group_id=self.group_id, epoch=self.epoch,
                     mls_message=pending.message))
@@ -578,8 +607,9 @@ class GroupSession:
         await asyncio.gather(*(affiliate(j, a) for j, a in changes))
         tree_ref = None
         if pending.welcomes and not self._inline_tree:
-            tree_ref = await self.plugin.delivery.upload(self.group.ratchet_tree(),
-                                                         "ratchet-tree")
+            # the tree of the epoch the Welcomes open (the group may be further on by now)
+            tree = pending.new_state.tree.encode()
+            tree_ref = await self.plugin.delivery.upload(tree, "ratchet-tree")
         suite = self.group.state.suite
         by_ref = {kp.ref(suite): kp for _, kp in pending.added}
         welcomes = list(pending.welcomes.items())
@@ -597,10 +627,11 @@ class GroupSession:
 
     async def publish_group_info(self) -> None:
         """Send the current GroupInfo (with external_pub) to the room for external joins."""
-        tree = self.group.ratchet_tree()
-        inline = len(tree) <= TREE_INLINE_LIMIT
-        env = Envelope(kind=Kind.GROUP_INFO, group_id=self.group_id, epoch=self.epoch,
-                       mls_message=self.group.group_info(with_tree=inline))
+        async with self._group_lock:  # one epoch's tree and GroupInfo
+            tree = self.group.ratchet_tree()
+            inline = len(tree) <= TREE_INLINE_LIMIT
+            env = Envelope(kind=Kind.GROUP_INFO, group_id=self.group_id, epoch=self.epoch,
+                           mls_message=self.group.group_info(with_tree=inline))
         self.latest_group_info = env
         await self.plugin.delivery.send_room(self.room, env,
                                              ratchet_tree=None if inline else tree)
