@@ -561,9 +561,11 @@ class Chat:
                             f"{_one_line(str(e))}")
 
     def on_progress(self, event: Any) -> None:  # ProgressEvent
-        self.progress(str(event.stage), int(event.done), int(event.total))
+        batches = int(getattr(event, "batches", 1))
+        suffix = f" (Commit {event.batch} of {batches})" if batches > 1 else ""
+        self.progress(str(event.stage), int(event.done), int(event.total), suffix)
 
-    def progress(self, stage: str, done: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int, suffix: str = "") -> None:
         """A progress line for operations on many accounts or devices."""
         if total < PROGRESS_MIN:
             return
@@ -571,7 +573,7 @@ class Chat:
         if done not in (0, total) and self._progress_shown.get(stage) == tenth:
             return
         self._progress_shown[stage] = tenth
-        self.say(f"... {stage} {done}/{total}" + (" done" if done == total else ""))
+        self.say(f"... {stage} {done}/{total}" + (" done" if done == total else "") + suffix)
 
     def on_mls_error(self, event: Any) -> None:  # MLSErrorEvent
         reason = _one_line(str(event.reason))

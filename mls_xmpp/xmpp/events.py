@@ -65,7 +65,9 @@ class ProgressEvent:
     ``operation`` is ``"add"`` (also for a group created with members);
     ``stage`` one of :data:`STAGES`, in that order. Each stage reports
     ``done == 0`` when it starts and ``done == total`` when it ends, with at
-    most about a hundred reports in between.
+    most about a hundred reports in between. Many additions are made in
+    several Commits (``batches``); the stages after "key packages" then run
+    once per Commit, ``batch`` counting from 1.
     """
 
     group: GroupSession | None
@@ -73,6 +75,8 @@ class ProgressEvent:
     stage: str
     done: int
     total: int
+    batch: int = 1
+    batches: int = 1
 
 
 #: The stages of adding members, in order.

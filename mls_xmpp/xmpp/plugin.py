@@ -76,6 +76,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "recover": True,          # a device without stored state rejoins its groups
         "publish_key_packages": True,
         "upkeep_interval": 6 * 3600.0,  # seconds between KeyPackage renewals
+        "max_adds_per_commit": 2000,    # more additions are split over several Commits
     }
 
     # -- slixmpp lifecycle ------------------------------------------------------------

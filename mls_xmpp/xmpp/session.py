@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 MAX_SEEN = 4096
 #: A leave proposal is sent in at most this many epochs before the device gives up.
 LEAVE_ATTEMPTS = 5
+#: Additions per Commit; more are made in several Commits (plugin option
+#: ``max_adds_per_commit``). 2,000 KeyPackages make a Commit of about 0.6 MB.
+MAX_ADDS_PER_COMMIT = 2000
 #: From this many leaves (or added members), Commits are built and processed in a
 #: thread, so the event loop stays responsive (keepalives, other groups, the UI).
 HEAVY_TREE = 256
@@ -68,6 +71,8 @@ class Progress:
         self.plugin = plugin
         self.group = group
         self.operation = operation
+        self.batch = 1
+        self.batches = 1
         self._step = 1
 
     def start(self, stage: str, total: int) -> None:
@@ -82,7 +87,7 @@ class Progress:
 
     def _emit(self, stage: str, done: int, total: int) -> None:
         self.plugin.xmpp.event("mls_progress", ProgressEvent(
-            self.group, self.operation, stage, done, total))
+            self.group, self.operation, stage, done, total, self.batch, self.batches))
 
 
 async def fetch_devices(plugin: XEP_MLS, jids: list[str],
@@ -457,9 +462,19 @@ class GroupSession:
 
     async def add_key_packages(self, key_packages: list[KeyPackage], *,
                                progress: Progress | None = None) -> None:
-        """Add devices whose KeyPackages the application already fetched."""
-        await self._commit(add=list(key_packages),
-                           progress=progress or Progress(self.plugin, self, "add"))
+        """Add devices whose KeyPackages the application already fetched.
+
+        More than ``max_adds_per_commit`` (plugin option, 2,000 by default)
+        are added in several Commits, so that no Commit outgrows what a room
+        carries (64 fragments) and each one's work stays bounded.
+        """
+        progress = progress or Progress(self.plugin, self, "add")
+        size = max(1, int(self.plugin.config.get("max_adds_per_commit", MAX_ADDS_PER_COMMIT)))
+        batches = [list(key_packages[i:i + size]) for i in range(0, len(key_packages), size)]
+        progress.batches = max(1, len(batches))
+        for number, batch in enumerate(batches or [[]], 1):
+            progress.batch = number
+            await self._commit(add=batch, progress=progress)
 
     async def remove(self, *jids: str) -> None:
         """Remove every device of each user."""
