@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 from slixmpp import JID
@@ -42,6 +41,7 @@ from .delivery import Delivery, RoomRefused
 from .envelope import Attachment, Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent
+from .inbox import Inbox
 from .keystore import KeyPackageStore
 from .recovery import (
     GroupRegistry,
@@ -95,7 +95,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.registry = GroupRegistry(self)
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
-        self._welcome_lock = asyncio.Lock()
+        self.inbox = Inbox(self)
         self._upkeep: asyncio.Future[None] | None = None
         #: the read of missed Welcomes from the account's archive, started by :meth:`start`
         self.welcome_scan: asyncio.Future[None] | None = None
@@ -182,7 +182,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             if record.ratchets is None:
                 self.persist(session)  # in two parts from now on
             try:
-                await self.delivery.join_room(record.room, self._nick())
+                await self.delivery.join_room(record.room, self.nick())
             except RoomRefused as e:
                 if e.condition in ("registration-required", "forbidden"):
                     # affiliations follow membership: the room no longer has this
@@ -236,7 +236,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         assert self.client is not None
         from ..core.messages.framing import MLSMessage
 
-        await self.delivery.join_room(room, self._nick())
+        await self.delivery.join_room(room, self.nick())
         last: Exception | None = None
         for _ in range(attempts):
             info, tree, stanza_id = await latest_group_info(self, room)
@@ -297,7 +297,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """Wait until :meth:`start` finished (KeyPackages published, groups resumed)."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    def _nick(self) -> str:
+    def nick(self) -> str:
         assert self.client is not None
         return f"{self.xmpp.boundjid.user}-{self.client.signature_public_key[:4].hex()}"
 
@@ -350,11 +350,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         asyncio.ensure_future(session.stop())
         # out of the room too: an account that stays affiliated through another
         # device would otherwise keep this one an occupant, fed traffic it cannot read
-        self.delivery.leave_room(session.room, self._nick())
+        self.delivery.leave_room(session.room, self.nick())
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
 
-    async def _record(self, session: GroupSession) -> None:
+    async def record(self, session: GroupSession) -> None:
         try:
             await self.registry.add(session.room, session.group_id)
         except TransportError as e:
@@ -389,13 +389,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.error(MLSErrorEvent(f"fetching this account's devices failed: {e}", error=e))
         group = self.client.create_group(group_id or os.urandom(16))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
-        await self.delivery.create_room(room, self._nick())
+        await self.delivery.create_room(room, self.nick())
         session = GroupSession(self, group, room)
         progress.group = session
         self.sessions[room] = session
         self.persist(session)
         session.start(catch_up=False)
-        await self._record(session)
+        await self.record(session)
         unique = list({kp.leaf_node.signature_key: kp for kp in wanted}.values())
         if unique:
             await session.add_key_packages(unique, progress=progress)
@@ -439,126 +439,21 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 return
             if msg["type"] == "error":
                 return
-            await self._on_direct(msg)
+            await self.inbox.on_direct(msg)
         except Exception as e:  # noqa: BLE001 - hostile input must not kill the loop
             log.exception("payload handling failed")
             self.error(MLSErrorEvent(f"{type(e).__name__}: {e}", sender=str(msg["from"]),
                                      error=e))
 
-    async def _on_direct(self, msg: Any, archive_id: str | None = None) -> None:
-        """A Welcome (or anything else) sent to this account directly.
-
-        ``archive_id`` is the message's id in the account's own archive when
-        it was read from there (:meth:`fetch_welcomes`); a live message
-        carries it as a stanza-id by the account's bare JID.
-        """
-        sender = str(msg["from"])
-        try:
-            env = self.delivery.envelope_of(msg, sender)
-            if env is None:
-                return
-            if env.kind != Kind.WELCOME:
-                raise TransportError(f"unexpected {env.kind.name} sent directly")
-            await self.wait_ready()
-            async with self._welcome_lock:  # the live copy and the archive's, one at a time
-                await self._accept_welcome(env, sender)
-        except MLSError as e:
-            self.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
-        finally:
-            position = archive_id or self.delivery.own_stanza_id(msg, self.bare_jid)
-            if position is not None:
-                self.store.save_inbox_position(position)
-
-    async def _accept_welcome(self, env: Envelope, sender: str) -> None:
-        """Join the group of a Welcome meant for this device; anything else is dropped."""
-        assert self.client is not None
-        if any(s.group_id == env.group_id for s in self.sessions.values()):
-            return  # already in it (a Welcome read twice: live and from the archive)
-        try:
-            if not self._welcome_is_mine(env.mls_message):
-                return  # for another device of this account, or already used
-            if not env.room or not JID(env.room).user or not JID(env.room).domain:
-                raise TransportError("Welcome without a room")
-            tree = None
-            if env.ratchet_tree is not None:
-                tree = await self.delivery.download(env.ratchet_tree)
-            last_resort = self.client.last_resort & self._welcome_refs(env.mls_message)
-            group = self.client.join(env.mls_message, ratchet_tree=tree)
-            self.save_identity()  # the used KeyPackage's private keys are gone
-        except MLSError as e:
-            self.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
-            return
-        if env.group_id != group.group_id:
-            del self.client.groups[group.group_id]
-            self.error(MLSErrorEvent("Welcome envelope names another group", sender=sender))
-            return
-        session = GroupSession(self, group, str(JID(env.room).bare), env.after_stanza_id or None,
-                               first_epoch=group.epoch)
-        self.sessions[session.room] = session
-        self.persist(session)
-        try:
-            await self.delivery.join_room(session.room, self._nick())
-        except TransportError as e:
-            self.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
-        session.start(catch_up=True)
-        await self._record(session)
-        if self.keystore is not None:
-            asyncio.ensure_future(self._after_join(next(iter(last_resort), None)))
-        self.xmpp.event("mls_joined", session)
-
     async def fetch_welcomes(self) -> list[GroupSession]:
-        """Join the groups whose Welcome this device missed, from the account's archive.
-
-        A server delivers a chat message to a bare JID only to the account's
-        online resources (offline storage is used only when none is online),
-        so a device that was offline while another device of its account was
-        online finds its Welcome only in the account's own archive (MAM).
-        It is read from where the last read stopped (the stored inbox
-        position), and no earlier than a day before this device's oldest
-        KeyPackage was made: no Welcome can be for this device before that.
-        Runs at start for a device with stored state.
-        """
-        assert self.client is not None
-        bundles = list(self.client.key_packages.values())
-        if not bundles:
-            return []  # nothing to be welcomed with
-        oldest = min((lt.not_before for b in bundles
-                      if (lt := b.key_package.leaf_node.lifetime) is not None), default=0)
-        since = datetime.fromtimestamp(max(0, oldest - 86400), tz=UTC)
-        after = self.store.load_inbox_position()
-        try:
-            found = await self.delivery.fetch_archive(None, after=after, start=since)
-        except TransportError:
-            if after is None:
-                raise
-            # the position is gone from the archive (expired): read by time alone
-            found = await self.delivery.fetch_archive(None, start=since)
-        before = set(self.sessions)
-        for msg, archive_id in found:
-            if msg["type"] in ("groupchat", "error"):
-                continue
-            await self._on_direct(msg, archive_id)
-        return [s for room, s in self.sessions.items() if room not in before]
+        """Join the groups whose Welcome this device missed (see :meth:`.Inbox.fetch`)."""
+        return await self.inbox.fetch()
 
     async def _fetch_welcomes_reporting(self) -> None:
         try:
             await self.fetch_welcomes()
         except MLSError as e:
             self.error(MLSErrorEvent(f"reading Welcomes from the archive failed: {e}", error=e))
-
-    def _welcome_refs(self, data: bytes) -> set[bytes]:
-        """The KeyPackageRefs a Welcome is for."""
-        from ..core.messages.framing import MLSMessage
-        from ..core.messages.welcome import Welcome
-
-        msg = MLSMessage.decode(data)
-        if not isinstance(msg.body, Welcome):
-            raise TransportError("Welcome envelope without a Welcome")
-        return {e.new_member for e in msg.body.secrets}
-
-    def _welcome_is_mine(self, data: bytes) -> bool:
-        assert self.client is not None
-        return any(r in self.client.key_packages for r in self._welcome_refs(data))
 
     async def _upkeep_loop(self) -> None:
         """Renew KeyPackages now and then (expiring ones replaced, old keys forgotten)."""
@@ -573,18 +468,6 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             return
         try:
             await self.keystore.renew(int(self.config.get("pool_size", 5)))
-            self.save_identity()
-        except MLSError as e:
-            self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
-
-    async def _after_join(self, last_resort_used: bytes | None = None) -> None:
-        """Retract KeyPackages that were used and top the pool up."""
-        assert self.keystore is not None
-        try:
-            if last_resort_used is not None:
-                await self.keystore.retire(last_resort_used)
-            await self.keystore.sync_used()
-            await self.keystore.top_up(int(self.config.get("pool_size", 5)))
             self.save_identity()
         except MLSError as e:
             self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))

@@ -1,0 +1,168 @@
+"""Welcomes: messages sent to this account directly, live or from its own archive.
+
+A Welcome goes to the bare JID of each new member (one message per device,
+all of the account's devices see it; each keeps only those for its own
+KeyPackages). A server delivers such a message only to the account's online
+resources, and keeps it in offline storage only when none is online: a
+device that was away while another device of its account was online finds
+its Welcome only in the account's own archive (MAM). :class:`Inbox` handles
+both paths, one Welcome at a time, and records how far the archive was read
+(the *inbox position*) so a restart reads on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from slixmpp import JID
+
+from ..core.errors import MLSError
+from .envelope import Envelope, Kind
+from .errors import TransportError
+from .events import MLSErrorEvent
+from .session import GroupSession
+
+if TYPE_CHECKING:
+    from .plugin import XEP_MLS
+
+#: The archive is read from this long before this device's oldest KeyPackage.
+ARCHIVE_SLACK = 24 * 3600
+
+
+class Inbox:
+    """Joins groups from Welcomes addressed to this account."""
+
+    def __init__(self, plugin: XEP_MLS) -> None:
+        self.plugin = plugin
+        self._lock = asyncio.Lock()  # the live copy and the archive's, one at a time
+
+    async def on_direct(self, msg: Any, archive_id: str | None = None) -> None:
+        """A Welcome (or anything else) sent to this account directly; never raises MLSError.
+
+        ``archive_id`` is the message's id in the account's own archive when
+        it was read from there (:meth:`fetch`); a live message carries it as
+        a stanza-id by the account's bare JID. Either way the inbox position
+        moves past the message.
+        """
+        plugin = self.plugin
+        sender = str(msg["from"])
+        try:
+            env = plugin.delivery.envelope_of(msg, sender)
+            if env is None:
+                return
+            if env.kind != Kind.WELCOME:
+                raise TransportError(f"unexpected {env.kind.name} sent directly")
+            await plugin.wait_ready()
+            async with self._lock:
+                await self._accept(env, sender)
+        except MLSError as e:
+            plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+        finally:
+            position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
+            if position is not None:
+                plugin.store.save_inbox_position(position)
+
+    async def _accept(self, env: Envelope, sender: str) -> None:
+        """Join the group of a Welcome meant for this device; anything else is dropped."""
+        plugin = self.plugin
+        client = plugin.client
+        assert client is not None
+        if any(s.group_id == env.group_id for s in plugin.sessions.values()):
+            return  # already in it (a Welcome read twice: live and from the archive)
+        try:
+            refs = welcome_refs(env.mls_message)
+            if not any(r in client.key_packages for r in refs):
+                return  # for another device of this account, or already used
+            if not env.room or not JID(env.room).user or not JID(env.room).domain:
+                raise TransportError("Welcome without a room")
+            tree = None
+            if env.ratchet_tree is not None:
+                tree = await plugin.delivery.download(env.ratchet_tree)
+            last_resort = client.last_resort & refs
+            group = client.join(env.mls_message, ratchet_tree=tree)
+            plugin.save_identity()  # the used KeyPackage's private keys are gone
+        except MLSError as e:
+            plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+            return
+        if env.group_id != group.group_id:
+            del client.groups[group.group_id]
+            plugin.error(MLSErrorEvent("Welcome envelope names another group", sender=sender))
+            return
+        session = GroupSession(plugin, group, str(JID(env.room).bare),
+                               env.after_stanza_id or None, first_epoch=group.epoch)
+        plugin.sessions[session.room] = session
+        plugin.persist(session)
+        try:
+            await plugin.delivery.join_room(session.room, plugin.nick())
+        except TransportError as e:
+            plugin.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
+        session.start(catch_up=True)
+        await plugin.record(session)
+        if plugin.keystore is not None:
+            asyncio.ensure_future(self._after_join(next(iter(last_resort), None)))
+        plugin.xmpp.event("mls_joined", session)
+
+    async def fetch(self) -> list[GroupSession]:
+        """Join the groups whose Welcome this device missed, from the account's archive.
+
+        Read from the stored inbox position, and no earlier than
+        :data:`ARCHIVE_SLACK` before this device's oldest KeyPackage was made:
+        no Welcome can be for this device before that. The plugin runs it at
+        start for a device with stored state.
+
+        :returns: the groups joined.
+        :raises TransportError: the archive could not be read.
+        """
+        plugin = self.plugin
+        assert plugin.client is not None
+        bundles = list(plugin.client.key_packages.values())
+        if not bundles:
+            return []  # nothing to be welcomed with
+        oldest = min((lt.not_before for b in bundles
+                      if (lt := b.key_package.leaf_node.lifetime) is not None), default=0)
+        since = datetime.fromtimestamp(max(0, oldest - ARCHIVE_SLACK), tz=UTC)
+        after = plugin.store.load_inbox_position()
+        try:
+            found = await plugin.delivery.fetch_archive(None, after=after, start=since)
+        except TransportError:
+            if after is None:
+                raise
+            # the position is gone from the archive (expired): read by time alone
+            found = await plugin.delivery.fetch_archive(None, start=since)
+        before = set(plugin.sessions)
+        for msg, archive_id in found:
+            if msg["type"] in ("groupchat", "error"):
+                continue
+            await self.on_direct(msg, archive_id)
+        return [s for room, s in plugin.sessions.items() if room not in before]
+
+    async def _after_join(self, last_resort_used: bytes | None = None) -> None:
+        """Retract KeyPackages that were used (retire a used last resort) and top up."""
+        plugin = self.plugin
+        keystore = plugin.keystore
+        assert keystore is not None
+        try:
+            if last_resort_used is not None:
+                await keystore.retire(last_resort_used)
+            await keystore.sync_used()
+            await keystore.top_up(int(plugin.config.get("pool_size", 5)))
+            plugin.save_identity()
+        except MLSError as e:
+            plugin.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+
+def welcome_refs(data: bytes) -> set[bytes]:
+    """The KeyPackageRefs a Welcome (an MLSMessage) is for.
+
+    :raises DecodeError: not an MLSMessage.
+    :raises TransportError: an MLSMessage, but not a Welcome.
+    """
+    from ..core.messages.framing import MLSMessage
+    from ..core.messages.welcome import Welcome
+
+    msg = MLSMessage.decode(data)
+    if not isinstance(msg.body, Welcome):
+        raise TransportError("Welcome envelope without a Welcome")
+    return {e.new_member for e in msg.body.secrets}
