@@ -18,11 +18,17 @@ Decoding is strict: vector lengths use the variable-length prefix of
 RFC 9420 §2.1.2 with minimal encoding required, the 11 prefix is refused,
 lengths past the end of the data are refused, and :meth:`Struct.decode`
 refuses trailing bytes. Every failure raises :class:`DecodeError`.
+
+Structures that are encoded many times over (a LeafNode is part of a
+KeyPackage, of a Commit, of a tree hash input and of its own signature input)
+derive from :class:`EncodeOnce` instead: they keep their encoding once it has
+been computed, or the bytes they were decoded from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import struct
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
@@ -31,6 +37,7 @@ from .errors import DecodeError, LocalUsageError
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Struct")
+E = TypeVar("E", bound="EncodeOnce")
 
 MAX_VARINT = (1 << 30) - 1
 
@@ -125,6 +132,11 @@ def write_varint(w: bytearray, n: int) -> None:
         raise LocalUsageError(f"length {n} exceeds the 30-bit limit of RFC 9420 §2.1.2")
 
 
+def varint_size(n: int) -> int:
+    """Length of the minimal variable-length encoding of ``n`` (RFC 9420 §2.1.2)."""
+    return 1 if n < 64 else 2 if n < 16384 else 4
+
+
 def encode_varint(n: int) -> bytes:
     """The minimal variable-length encoding of ``n`` as bytes."""
     w = bytearray()
@@ -174,6 +186,7 @@ class UInt(Codec[int]):
     def __init__(self, size: int) -> None:
         self.size = size
         self.limit = 1 << (8 * size)
+        self.fmt = {1: "B", 2: "H", 4: "I", 8: "Q"}[size]  # big-endian with ">"
 
     def write(self, w: bytearray, value: int) -> None:
         if not 0 <= value < self.limit:
@@ -237,8 +250,19 @@ class Vec(Codec[tuple[T, ...]]):
         w += body
 
     def read(self, r: Reader) -> tuple[T, ...]:
-        s = r.sub()
         item = self.item
+        if isinstance(item, UInt):  # fixed-size integers: unpack them in one go
+            n = r.varint()
+            p = r.pos
+            if p + n > r.end:
+                raise DecodeError(f"vector of {n} bytes at offset {p} runs past the end")
+            if n % item.size:
+                raise DecodeError(f"vector of uint{8 * item.size} has a length of {n} bytes, "
+                                  f"not a multiple of {item.size}")
+            r.pos = p + n
+            values = struct.unpack_from(f">{n // item.size}{item.fmt}", r.data, p)
+            return values  # T is int here
+        s = r.sub()
         out = []
         while s.pos < s.end:
             out.append(item.read(s))
@@ -345,6 +369,56 @@ class Struct:
         r = Reader(bytes(data))
         v = cls.read(r)
         return v, r.pos
+
+
+#: Instance attribute (not a dataclass field) holding an :class:`EncodeOnce`'s encoding.
+_ENCODING = "_encoding_"
+
+
+class EncodeOnce(Struct):
+    """A :class:`Struct` that keeps its encoding (computed once, or as decoded).
+
+    Only for frozen dataclasses whose fields hold immutable values (bytes,
+    ints, tuples, other frozen structures): such an instance cannot change, so
+    its encoding cannot either. ``dataclasses.replace`` builds a new instance,
+    which starts without one. The bytes are kept in the instance's
+    ``__dict__``, outside the dataclass fields, so equality, hashing and
+    ``repr`` ignore them. Decoding is strict (one encoding per value), so the
+    bytes a structure was decoded from are its encoding.
+
+    Subclasses with their own wire format override :meth:`write_fields` and
+    :meth:`read_fields` instead of ``write`` and ``read``.
+    """
+
+    def write_fields(self, w: bytearray) -> None:
+        """Append the encoding, computed field by field (what ``Struct.write`` does)."""
+        Struct.write(self, w)
+
+    @classmethod
+    def read_fields(cls: type[E], r: Reader) -> E:
+        """Read the fields (what ``Struct.read`` does); the caller keeps the bytes."""
+        values = [c.read(r) for _, c in cls._wire_fields()]
+        return cls(*values)
+
+    def encode(self) -> bytes:
+        """The wire encoding, computed on first use only."""
+        data: bytes | None = self.__dict__.get(_ENCODING)
+        if data is None:
+            w = bytearray()
+            self.write_fields(w)
+            data = bytes(w)
+            object.__setattr__(self, _ENCODING, data)
+        return data
+
+    def write(self, w: bytearray) -> None:
+        w += self.encode()
+
+    @classmethod
+    def read(cls: type[E], r: Reader) -> E:
+        start = r.pos
+        value = cls.read_fields(r)
+        object.__setattr__(value, _ENCODING, bytes(r.data[start:r.pos]))
+        return value
 
 
 def _codec_for(hint: Any, owner: type) -> Codec[Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -36,8 +36,21 @@ Rng = Callable[[int], bytes]
 LABEL_PREFIX = b"MLS 1.0 "
 
 
+#: Labels whose encodings a suite keeps (more would only come from an
+#: application calling the exporter with ever new labels).
+_LABEL_CACHE_SIZE = 256
+#: Label types that may key those caches (a bytearray could change afterwards).
+_HASHABLE = (str, bytes)
+
+
 def _label(label: str | bytes) -> bytes:
     return label.encode() if isinstance(label, str) else label
+
+
+def _opaque(data: bytes) -> bytes:
+    """``opaque<V>``, with the one-byte length fast path."""
+    n = len(data)
+    return bytes((n,)) + data if n < 64 else encode_opaque(data)
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,10 @@ class CipherSuite:
         self._aead_cls = ChaCha20Poly1305 if params.aead == "CHACHA20POLY1305" else AESGCM
         self.hpke = Hpke(params)
         self.signature = SignatureScheme(params.signature)
+        # encodings of labels, computed once: (label, length) -> the KDFLabel
+        # head of ExpandWithLabel; label -> opaque("MLS 1.0 " + label)
+        self._kdf_heads: dict[tuple[str | bytes, int], bytes] = {}
+        self._labels: dict[str | bytes, bytes] = {}
 
     def __repr__(self) -> str:
         return f"CipherSuite({self.id}, {self.name})"
@@ -117,6 +134,8 @@ class CipherSuite:
 
     def expand(self, prk: bytes, info: bytes, length: int) -> bytes:
         """``KDF.Expand(prk, info, length)``: HKDF-Expand (RFC 5869)."""
+        if 0 < length <= self.hash_len:  # one block: T(1) = HMAC(prk, info || 0x01)
+            return hmac.digest(prk, info + b"\x01", self._hash_name)[:length]
         if length > 255 * self.hash_len:
             raise LocalUsageError(f"HKDF-Expand length {length} too large")
         out = bytearray()
@@ -132,9 +151,22 @@ class CipherSuite:
     def expand_with_label(self, secret: bytes, label: str | bytes, context: bytes,
                           length: int) -> bytes:
         """``ExpandWithLabel`` (RFC 9420 §8): KDFLabel = length, "MLS 1.0 "+label, context."""
-        info = (length.to_bytes(2, "big") + encode_opaque(LABEL_PREFIX + _label(label))
-                + encode_opaque(context))
-        return self.expand(secret, info, length)
+        key = (label, length)
+        head = self._kdf_heads.get(key) if isinstance(label, _HASHABLE) else None
+        if head is None:
+            head = length.to_bytes(2, "big") + encode_opaque(LABEL_PREFIX + _label(label))
+            if isinstance(label, _HASHABLE) and len(self._kdf_heads) < _LABEL_CACHE_SIZE:
+                self._kdf_heads[key] = head
+        return self.expand(secret, head + _opaque(context), length)
+
+    def labelled(self, label: str | bytes) -> bytes:
+        """``opaque("MLS 1.0 " + label)``: the head of SignContent and EncryptContext (§5.1)."""
+        encoded = self._labels.get(label) if isinstance(label, _HASHABLE) else None
+        if encoded is None:
+            encoded = encode_opaque(LABEL_PREFIX + _label(label))
+            if isinstance(label, _HASHABLE) and len(self._labels) < _LABEL_CACHE_SIZE:
+                self._labels[label] = encoded
+        return encoded
 
     def derive_secret(self, secret: bytes, label: str | bytes) -> bytes:
         """``DeriveSecret(secret, label)`` (RFC 9420 §8)."""
@@ -176,14 +208,26 @@ class CipherSuite:
 
     def sign_with_label(self, private_key: bytes, label: str | bytes, content: bytes) -> bytes:
         """``SignWithLabel``: sign SignContent{"MLS 1.0 "+label, content}."""
-        sign_content = encode_opaque(LABEL_PREFIX + _label(label)) + encode_opaque(content)
-        return self.signature.sign(private_key, sign_content)
+        return self.signature.sign(private_key, self.labelled(label) + _opaque(content))
 
     def verify_with_label(self, public_key: bytes, label: str | bytes, content: bytes,
                           signature: bytes) -> None:
         """``VerifyWithLabel``; raises :class:`InvalidSignatureError` on failure."""
-        sign_content = encode_opaque(LABEL_PREFIX + _label(label)) + encode_opaque(content)
-        self.signature.verify(public_key, sign_content, signature)
+        self.signature.verify(public_key, self.labelled(label) + _opaque(content), signature)
+
+    def verify_with_label_many(self, items: Sequence[tuple[bytes, str | bytes, bytes, bytes]]
+                               ) -> list[bool]:
+        """Whether each ``(public_key, label, content, signature)`` passes ``VerifyWithLabel``.
+
+        Large batches are spread over worker processes (:mod:`.parallel`).
+        Never raises for a bad signature: a caller that needs the error
+        redoes the failed item with :meth:`verify_with_label`.
+        """
+        from .parallel import verify_many
+
+        return verify_many(self.signature.name, [
+            (pk, self.labelled(label) + _opaque(content), sig)
+            for pk, label, content, sig in items])
 
     # -- HPKE (RFC 9420 §5.1.3, RFC 9180) -------------------------------------
 
@@ -198,13 +242,33 @@ class CipherSuite:
     def encrypt_with_label(self, public_key: bytes, label: str | bytes, context: bytes,
                            plaintext: bytes) -> tuple[bytes, bytes]:
         """``EncryptWithLabel``; returns ``(kem_output, ciphertext)``."""
-        info = encode_opaque(LABEL_PREFIX + _label(label)) + encode_opaque(context)
+        info = self.labelled(label) + _opaque(context)
         return self.hpke.seal_base(public_key, info, b"", plaintext)
+
+    def encrypt_with_label_many(self, label: str | bytes, context: bytes,
+                                items: Sequence[tuple[bytes, bytes]], *, parallel: bool = True
+                                ) -> list[tuple[bytes, bytes]]:
+        """:meth:`encrypt_with_label` of each ``(public_key, plaintext)``, in order.
+
+        With ``parallel``, large batches are spread over worker processes
+        (:mod:`.parallel`). Raises the error :meth:`encrypt_with_label` raises
+        for the first item it fails on.
+        """
+        from .parallel import seal_many
+
+        sealed = seal_many(self.id, self.labelled(label) + _opaque(context), items,
+                           parallel=parallel)
+        out = []
+        for (pk, plaintext), result in zip(items, sealed, strict=True):
+            if result is None:  # raises the serial error (or, if it now works, carry on)
+                result = self.encrypt_with_label(pk, label, context, plaintext)
+            out.append(result)
+        return out
 
     def decrypt_with_label(self, private_key: bytes, label: str | bytes, context: bytes,
                            kem_output: bytes, ciphertext: bytes) -> bytes:
         """``DecryptWithLabel``; raises :class:`DecryptionError` on failure."""
-        info = encode_opaque(LABEL_PREFIX + _label(label)) + encode_opaque(context)
+        info = self.labelled(label) + _opaque(context)
         return self.hpke.open_base(kem_output, private_key, info, b"", ciphertext)
 
 

@@ -7,6 +7,7 @@ knows the Delivery Service accepted the Commit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -33,7 +34,7 @@ from ..messages.welcome import (
     PathSecret,
     Welcome,
     encrypt_group_info,
-    encrypt_group_secrets,
+    encrypt_group_secrets_many,
 )
 from ..schedule.key_schedule import EpochSecrets, external_key_pair
 from ..schedule.psk import PreSharedKeyID
@@ -185,7 +186,7 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
     if outcome.added:
         info = make_group_info(new_state, with_tree=config.ratchet_tree_in_welcome)
         welcome = _welcome(new_state, nxt.secrets, info, outcome.added, outcome.psks,
-                           path_secrets)
+                           path_secrets, parallel=config.rng is os.urandom)
     public_info = make_group_info(new_state, with_tree=False)
     return PendingCommit(message, welcome, MLSMessage(public_info).encode(), new_state,
                          proposals, values, outcome.added, outcome.removed)
@@ -193,19 +194,19 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
 
 def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
               added: list[tuple[int, KeyPackage]], psks: list[PreSharedKeyID],
-              path: CreatedUpdatePath | None
-              ) -> bytes:
+              path: CreatedUpdatePath | None, *, parallel: bool) -> bytes:
+    """One Welcome for every new member (§12.4.3.1); ``parallel``: see :mod:`.parallel`."""
     suite = state.suite
     assert secrets.joiner_secret is not None and secrets.welcome_secret is not None
     encrypted_info = encrypt_group_info(suite, secrets.welcome_secret, info)
-    entries = []
+    items = []
     for leaf, kp in added:
         path_secret = None
         if path is not None:
             path_secret = PathSecret(path.path_secret_for(leaf))
-        gs = GroupSecrets(secrets.joiner_secret, path_secret, tuple(psks))
-        ref = kp.ref(suite)
-        entries.append(EncryptedGroupSecrets(
-            ref, encrypt_group_secrets(suite, kp.init_key, encrypted_info, gs)))
-    return MLSMessage(Welcome(suite.id, tuple(entries), encrypted_info)).encode()
+        items.append((kp.init_key, GroupSecrets(secrets.joiner_secret, path_secret, tuple(psks))))
+    sealed = encrypt_group_secrets_many(suite, encrypted_info, items, parallel=parallel)
+    entries = tuple(EncryptedGroupSecrets(kp.ref(suite), ct)
+                    for (_, kp), ct in zip(added, sealed, strict=True))
+    return MLSMessage(Welcome(suite.id, entries, encrypted_info)).encode()
 

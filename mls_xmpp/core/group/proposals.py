@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import PolicyError, ValidationError
+from ..errors import InvalidSignatureError, PolicyError, ValidationError
 from ..messages.common import LeafNodeSource, ProtocolVersion, SenderType
 from ..messages.extensions import (
     EXTERNAL_SENDERS,
@@ -33,7 +33,12 @@ from ..messages.proposals import (
     Remove,
     Update,
 )
-from ..messages.validation import LeafContext, validate_key_package, validate_leaf_node
+from ..messages.validation import (
+    LeafContext,
+    validate_key_package,
+    validate_leaf_node,
+    verify_key_package_signatures,
+)
 from ..schedule.psk import PreSharedKeyID, PSKType, ResumptionPSKUsage
 from ..tree.ratchet_tree import RatchetTree
 from .config import GroupConfig
@@ -218,12 +223,20 @@ def apply_proposals(state: EpochState, config: GroupConfig,
         tree.remove_leaf(index)
 
     seen_keys: set[bytes] = set()
+    verified: list[bool] = []
     if adds:
         ctx = leaf_context(state, tree, extensions)
-    for add, _sender in adds:
+        # the signatures of a large batch are checked ahead, in parallel
+        verified = verify_key_package_signatures(suite, [a.key_package for a, _ in adds])
+    for k, (add, _sender) in enumerate(adds):
         kp = add.key_package
-        validate_key_package(suite, kp, now=now, ctx=ctx,
-                             credential_validator=config.credential_validator)
+        try:
+            validate_key_package(suite, kp, now=now, ctx=ctx,
+                                 credential_validator=config.credential_validator,
+                                 signatures_verified=verified[k])
+        except InvalidSignatureError as err:
+            raise InvalidSignatureError(f"§10.1: a signature of the KeyPackage of Add {k} "
+                                        f"does not verify ({err})") from err
         if kp.leaf_node.signature_key in seen_keys:
             raise ValidationError("two Adds for the same client (§12.2)")
         seen_keys.add(kp.leaf_node.signature_key)

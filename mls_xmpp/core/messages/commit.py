@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from ..codec import Opaque, Optional, Struct, Vec
+from ..codec import EncodeOnce, Opaque, Optional, Reader, Struct, Vec, write_opaque
 from .leaf_node import LeafNode
 from .proposals import PROPOSAL_OR_REF, ProposalOrRef
 
@@ -16,6 +16,15 @@ class HPKECiphertext(Struct):
 
     kem_output: Annotated[bytes, Opaque]
     ciphertext: Annotated[bytes, Opaque]
+
+    # spelled out: an UpdatePath after a bulk add carries one per member
+    def write(self, w: bytearray) -> None:
+        write_opaque(w, self.kem_output)
+        write_opaque(w, self.ciphertext)
+
+    @classmethod
+    def read(cls, r: Reader) -> HPKECiphertext:
+        return cls(r.opaque(), r.opaque())
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,12 @@ class UpdatePath(Struct):
 
 
 @dataclass(frozen=True)
-class Commit(Struct):
-    """A Commit: the proposals it covers and optionally an UpdatePath (§12.4)."""
+class Commit(EncodeOnce):
+    """A Commit: the proposals it covers and optionally an UpdatePath (§12.4).
+
+    The encoding is kept (see :class:`EncodeOnce`): a Commit is encoded for its
+    signature, for the confirmed transcript hash and for the message itself.
+    """
 
     proposals: Annotated[tuple[ProposalOrRef, ...], Vec(PROPOSAL_OR_REF)] = ()
     path: Annotated[UpdatePath | None, Optional(UpdatePath.codec())] = None

@@ -206,6 +206,16 @@ class PublicMessage(Struct):
         return AuthenticatedContent(WireFormat.PUBLIC_MESSAGE, self.content, self.auth)
 
 
+_REUSE_GUARD = Fixed(4)
+
+
+def _write_aad_head(w: bytearray, group_id: bytes, epoch: int, content_type: int) -> None:
+    """group_id, epoch and content_type: how PrivateMessage and both AADs start (§6.3)."""
+    write_opaque(w, group_id)
+    U64.write(w, epoch)
+    U8.write(w, content_type)
+
+
 @dataclass(frozen=True)
 class PrivateMessage(Struct):
     """An encrypted message (§6.3)."""
@@ -217,6 +227,17 @@ class PrivateMessage(Struct):
     encrypted_sender_data: Annotated[bytes, Opaque] = b""
     ciphertext: Annotated[bytes, Opaque] = b""
 
+    # write/read spelled out: this is on the path of every application message
+    def write(self, w: bytearray) -> None:
+        _write_aad_head(w, self.group_id, self.epoch, self.content_type)
+        write_opaque(w, self.authenticated_data)
+        write_opaque(w, self.encrypted_sender_data)
+        write_opaque(w, self.ciphertext)
+
+    @classmethod
+    def read(cls, r: Reader) -> PrivateMessage:
+        return cls(r.opaque(), r.uint(8), r.uint(1), r.opaque(), r.opaque(), r.opaque())
+
 
 @dataclass(frozen=True)
 class SenderData(Struct):
@@ -225,6 +246,15 @@ class SenderData(Struct):
     leaf_index: Annotated[int, U32]
     generation: Annotated[int, U32]
     reuse_guard: Annotated[bytes, Fixed(4)]
+
+    def write(self, w: bytearray) -> None:
+        U32.write(w, self.leaf_index)
+        U32.write(w, self.generation)
+        _REUSE_GUARD.write(w, self.reuse_guard)
+
+    @classmethod
+    def read(cls, r: Reader) -> SenderData:
+        return cls(r.uint(4), r.uint(4), r.read(4))
 
 
 @dataclass(frozen=True)
@@ -235,6 +265,9 @@ class SenderDataAAD(Struct):
     epoch: Annotated[int, U64]
     content_type: Annotated[int, U8]
 
+    def write(self, w: bytearray) -> None:
+        _write_aad_head(w, self.group_id, self.epoch, self.content_type)
+
 
 @dataclass(frozen=True)
 class PrivateContentAAD(Struct):
@@ -244,6 +277,10 @@ class PrivateContentAAD(Struct):
     epoch: Annotated[int, U64]
     content_type: Annotated[int, U8]
     authenticated_data: Annotated[bytes, Opaque]
+
+    def write(self, w: bytearray) -> None:
+        _write_aad_head(w, self.group_id, self.epoch, self.content_type)
+        write_opaque(w, self.authenticated_data)
 
 
 def encode_private_message_content(content_type: int, content: Content,

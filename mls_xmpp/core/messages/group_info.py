@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated
 
-from ..codec import U16, U32, U64, Opaque, Struct, Vec, write_opaque
+from ..codec import U16, U32, U64, EncodeOnce, Opaque, Struct, Vec, write_opaque
 from .extensions import Extension, Extensions
 
 if TYPE_CHECKING:
@@ -15,8 +15,12 @@ _EXTS = Vec(Extension.codec())
 
 
 @dataclass(frozen=True)
-class GroupContext(Struct):
-    """The state every member agrees on in an epoch (§8.1)."""
+class GroupContext(EncodeOnce):
+    """The state every member agrees on in an epoch (§8.1).
+
+    The encoding is kept (see :class:`EncodeOnce`): it is the signing context
+    of every message of the epoch.
+    """
 
     version: Annotated[int, U16]
     cipher_suite: Annotated[int, U16]

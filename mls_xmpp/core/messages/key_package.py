@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated
 
-from ..codec import U16, Opaque, Reader, Struct, Vec, write_opaque
+from ..codec import U16, EncodeOnce, Opaque, Reader, Vec, varint_size
 from .common import LeafNodeSource
 from .credentials import Credential
 from .extensions import Extension, Extensions
@@ -16,11 +16,17 @@ if TYPE_CHECKING:
     from ..crypto import CipherSuite, Rng
 
 _EXTS = Vec(Extension.codec())
+#: Instance attribute (not a field) caching ``(suite id, KeyPackageRef)``.
+_REF = "_ref_"
 
 
 @dataclass(frozen=True)
-class KeyPackage(Struct):
-    """A KeyPackage: a client's offer to be added to groups (§10)."""
+class KeyPackage(EncodeOnce):
+    """A KeyPackage: a client's offer to be added to groups (§10).
+
+    The encoding is kept once computed (or as decoded, see :class:`EncodeOnce`),
+    and so is the KeyPackageRef: both are needed several times per Add.
+    """
 
     version: Annotated[int, U16]
     cipher_suite: Annotated[int, U16]
@@ -31,30 +37,34 @@ class KeyPackage(Struct):
 
     def tbs(self) -> bytes:
         """KeyPackageTBS: every field but the signature."""
-        w = bytearray()
-        U16.write(w, self.version)
-        U16.write(w, self.cipher_suite)
-        write_opaque(w, self.init_key)
-        self.leaf_node.write(w)
-        _EXTS.write(w, self.extensions)
-        return bytes(w)
+        encoded = self.encode()
+        n = len(self.signature)
+        return encoded[:len(encoded) - n - varint_size(n)]
 
     def signed(self, suite: CipherSuite, signature_private_key: bytes) -> KeyPackage:
         """A copy signed with SignWithLabel(., "KeyPackageTBS", KeyPackageTBS)."""
         sig = suite.sign_with_label(signature_private_key, "KeyPackageTBS", self.tbs())
         return replace(self, signature=sig)
 
+    def signature_item(self) -> tuple[bytes, str, bytes, bytes]:
+        """``(public key, label, content, signature)`` of VerifyWithLabel for this KeyPackage."""
+        return self.leaf_node.signature_key, "KeyPackageTBS", self.tbs(), self.signature
+
     def verify_signature(self, suite: CipherSuite) -> None:
         """Check the signature with the leaf's signature_key (§10.1)."""
-        suite.verify_with_label(self.leaf_node.signature_key, "KeyPackageTBS", self.tbs(),
-                                self.signature)
+        suite.verify_with_label(*self.signature_item())
 
     def ref(self, suite: CipherSuite) -> bytes:
         """KeyPackageRef = RefHash("MLS 1.0 KeyPackage Reference", KeyPackage) (§5.2)."""
-        return suite.ref_hash("MLS 1.0 KeyPackage Reference", self.encode())
+        cached: tuple[int, bytes] | None = self.__dict__.get(_REF)
+        if cached is not None and cached[0] == suite.id:
+            return cached[1]
+        ref = suite.ref_hash("MLS 1.0 KeyPackage Reference", self.encode())
+        object.__setattr__(self, _REF, (suite.id, ref))
+        return ref
 
     @classmethod
-    def read(cls, r: Reader) -> KeyPackage:
+    def read_fields(cls, r: Reader) -> KeyPackage:
         return cls(r.uint(2), r.uint(2), r.opaque(), LeafNode.read(r), _EXTS.read(r),
                    r.opaque())
 

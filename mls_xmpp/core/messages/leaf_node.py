@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated
 
-from ..codec import U16, U32, U64, Reader, Struct, Vec, write_opaque
+from ..codec import U16, U32, U64, EncodeOnce, Reader, Struct, Vec, varint_size, write_opaque
 from ..errors import DecodeError, ValidationError
 from .common import LeafNodeSource
 from .credentials import Credential
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..crypto import CipherSuite
 
 _EXTS = Vec(Extension.codec())
+_U16S = Vec(U16)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class Capabilities(Struct):
     proposals: Annotated[tuple[int, ...], Vec(U16)] = ()
     credentials: Annotated[tuple[int, ...], Vec(U16)] = ()
 
+    @classmethod
+    def read(cls, r: Reader) -> Capabilities:  # one per leaf of a tree: spelled out
+        v = _U16S.read
+        return cls(v(r), v(r), v(r), v(r), v(r))
+
 
 @dataclass(frozen=True)
 class Lifetime(Struct):
@@ -35,14 +41,22 @@ class Lifetime(Struct):
     not_before: Annotated[int, U64]
     not_after: Annotated[int, U64]
 
+    @classmethod
+    def read(cls, r: Reader) -> Lifetime:
+        return cls(r.uint(8), r.uint(8))
+
     def contains(self, now: int) -> bool:
         """True when ``now`` lies inside the interval."""
         return self.not_before <= now <= self.not_after
 
 
 @dataclass(frozen=True)
-class LeafNode(Struct):
-    """A LeafNode; ``lifetime`` is set for source key_package, ``parent_hash`` for commit."""
+class LeafNode(EncodeOnce):
+    """A LeafNode; ``lifetime`` is set for source key_package, ``parent_hash`` for commit.
+
+    The encoding is kept once computed (or as decoded, see :class:`EncodeOnce`):
+    a leaf is encoded for its signature, in KeyPackages, Commits and tree hashes.
+    """
 
     encryption_key: bytes
     signature_key: bytes
@@ -71,12 +85,12 @@ class LeafNode(Struct):
             raise ValidationError(f"unknown leaf_node_source {src}")
         _EXTS.write(w, self.extensions)
 
-    def write(self, w: bytearray) -> None:
+    def write_fields(self, w: bytearray) -> None:
         self._write_content(w)
         write_opaque(w, self.signature)
 
     @classmethod
-    def read(cls, r: Reader) -> LeafNode:
+    def read_fields(cls, r: Reader) -> LeafNode:
         encryption_key = r.opaque()
         signature_key = r.opaque()
         credential = Credential.read(r)
@@ -96,8 +110,10 @@ class LeafNode(Struct):
 
     def tbs(self, group_id: bytes | None = None, leaf_index: int | None = None) -> bytes:
         """LeafNodeTBS (§7.2): group_id and leaf_index only for update/commit leaves."""
-        w = bytearray()
-        self._write_content(w)
+        # LeafNodeTBS starts with the encoding minus its trailing signature
+        encoded = self.encode()
+        n = len(self.signature)
+        w = bytearray(encoded[:len(encoded) - n - varint_size(n)])
         if self.leaf_node_source in (LeafNodeSource.UPDATE, LeafNodeSource.COMMIT):
             if group_id is None or leaf_index is None:
                 raise ValidationError("an update/commit leaf node is signed in a group context")
@@ -113,11 +129,15 @@ class LeafNode(Struct):
                                     unsigned.tbs(group_id, leaf_index))
         return replace(unsigned, signature=sig)
 
+    def signature_item(self, group_id: bytes | None = None, leaf_index: int | None = None
+                       ) -> tuple[bytes, str, bytes, bytes]:
+        """``(public key, label, content, signature)`` of VerifyWithLabel for this leaf."""
+        return self.signature_key, "LeafNodeTBS", self.tbs(group_id, leaf_index), self.signature
+
     def verify_signature(self, suite: CipherSuite, group_id: bytes | None = None,
                          leaf_index: int | None = None) -> None:
         """Check the leaf's signature with its own signature_key (§7.3)."""
-        suite.verify_with_label(self.signature_key, "LeafNodeTBS",
-                                self.tbs(group_id, leaf_index), self.signature)
+        suite.verify_with_label(*self.signature_item(group_id, leaf_index))
 
     def find_extension(self, extension_type: int) -> bytes | None:
         """Data of the leaf extension of ``extension_type``, or ``None``."""

@@ -112,8 +112,10 @@ def unprotect_public(suite: CipherSuite, msg: PublicMessage, membership_key: byt
 
 def _content_key(suite: CipherSuite, key: bytes, nonce: bytes, reuse_guard: bytes
                  ) -> tuple[bytes, bytes]:
-    guarded = bytes(a ^ b for a, b in zip(reuse_guard, nonce[:4], strict=True)) + nonce[4:]
-    return key, guarded
+    if len(reuse_guard) != 4:
+        raise LocalUsageError("reuse_guard must be 4 bytes")
+    head = int.from_bytes(reuse_guard, "big") ^ int.from_bytes(nonce[:4], "big")
+    return key, head.to_bytes(4, "big") + nonce[4:]
 
 
 def protect_private(suite: CipherSuite, ac: AuthenticatedContent, secret_tree: SecretTree,

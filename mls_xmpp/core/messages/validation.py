@@ -8,11 +8,12 @@ Authentication Service is a callback (:data:`CredentialValidator`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import ValidationError
+from ..crypto.parallel import use_pool
+from ..errors import MLSError, ValidationError
 from .common import LeafNodeSource, ProtocolVersion
 from .credentials import Credential
 from .extensions import RequiredCapabilities, check_unique
@@ -59,17 +60,20 @@ def validate_leaf_node(suite: CipherSuite, leaf: LeafNode, *, source: int, ctx: 
                        now: int | None, group_id: bytes | None = None,
                        leaf_index: int | None = None,
                        credential_validator: CredentialValidator = accept_any_credential,
-                       replaced: LeafNode | None = None) -> None:
+                       replaced: LeafNode | None = None,
+                       signature_verified: bool = False) -> None:
     """Apply every LeafNode check of RFC 9420 §7.3; raise on the first failure.
 
     ``source`` is the LeafNodeSource the context demands; ``now`` enables the
     lifetime check (pass ``None`` only where §7.3 makes it optional);
-    ``replaced`` is the leaf an Update replaces.
+    ``replaced`` is the leaf an Update replaces. ``signature_verified`` skips
+    the signature check, for a caller that has verified it already.
     """
     # §7.3: the credential is valid (Authentication Service, §5.3.1)
     credential_validator(leaf.credential, leaf.signature_key)
     # §7.3: the signature is valid
-    leaf.verify_signature(suite, group_id, leaf_index)
+    if not signature_verified:
+        leaf.verify_signature(suite, group_id, leaf_index)
     caps = leaf.capabilities
     # §7.2: the leaf supports the group's version and cipher suite
     if ProtocolVersion.MLS10 not in caps.versions:
@@ -136,9 +140,14 @@ class ValidatedKeyPackage:
 
 def validate_key_package(suite: CipherSuite, kp: KeyPackage, *, now: int,
                          ctx: LeafContext | None = None,
-                         credential_validator: CredentialValidator = accept_any_credential
-                         ) -> ValidatedKeyPackage:
-    """Apply the KeyPackage checks of RFC 9420 §10.1 (and §7.3 on its leaf)."""
+                         credential_validator: CredentialValidator = accept_any_credential,
+                         signatures_verified: bool = False) -> ValidatedKeyPackage:
+    """Apply the KeyPackage checks of RFC 9420 §10.1 (and §7.3 on its leaf).
+
+    ``signatures_verified`` skips both signature checks (leaf and KeyPackage),
+    for a caller that has verified them already
+    (:func:`verify_key_package_signatures`).
+    """
     ctx = ctx or LeafContext(suite.id)
     # §10.1: cipher suite and version match the group
     if kp.cipher_suite != ctx.cipher_suite or kp.cipher_suite != suite.id:
@@ -148,11 +157,41 @@ def validate_key_package(suite: CipherSuite, kp: KeyPackage, *, now: int,
         raise ValidationError(f"KeyPackage protocol version {kp.version} (§10.1)")
     # §10.1: the leaf node is valid for a KeyPackage (§7.3)
     validate_leaf_node(suite, kp.leaf_node, source=LeafNodeSource.KEY_PACKAGE, ctx=ctx, now=now,
-                       credential_validator=credential_validator)
+                       credential_validator=credential_validator,
+                       signature_verified=signatures_verified)
     # §10.1: the KeyPackage signature is valid
-    kp.verify_signature(suite)
+    if not signatures_verified:
+        kp.verify_signature(suite)
     # §10.1: init_key differs from the leaf's encryption_key
     if kp.init_key == kp.leaf_node.encryption_key:
         raise ValidationError("KeyPackage init_key equals its leaf encryption_key (§10.1)")
     check_unique(kp.extensions, "KeyPackage")
     return ValidatedKeyPackage(kp, kp.ref(suite))
+
+
+def verify_key_package_signatures(suite: CipherSuite, kps: Sequence[KeyPackage]) -> list[bool]:
+    """Both signatures of each KeyPackage (leaf, §7.3; KeyPackage, §10.1) as one batch.
+
+    ``True`` where both verify, to pass as ``signatures_verified`` to
+    :func:`validate_key_package`. Only batches large enough for worker
+    processes (:mod:`~mls_xmpp.core.crypto.parallel`) are checked here; for
+    smaller ones, and for KeyPackages whose signed content cannot even be
+    built, the result is ``False`` and :func:`validate_key_package` checks
+    serially, raising its usual errors in its usual order.
+    """
+    out = [False] * len(kps)
+    if not use_pool(2 * len(kps)):
+        return out
+    index: list[int] = []
+    items: list[tuple[bytes, str | bytes, bytes, bytes]] = []
+    for k, kp in enumerate(kps):
+        try:
+            pair = (kp.leaf_node.signature_item(), kp.signature_item())
+        except MLSError:
+            continue
+        index.append(k)
+        items += pair
+    ok = suite.verify_with_label_many(items)
+    for j, k in enumerate(index):
+        out[k] = ok[2 * j] and ok[2 * j + 1]
+    return out

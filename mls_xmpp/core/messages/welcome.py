@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -55,6 +56,20 @@ def encrypt_group_secrets(suite: CipherSuite, init_key: bytes, encrypted_group_i
     kem_output, ct = suite.encrypt_with_label(init_key, "Welcome", encrypted_group_info,
                                               group_secrets.encode())
     return HPKECiphertext(kem_output, ct)
+
+
+def encrypt_group_secrets_many(suite: CipherSuite, encrypted_group_info: bytes,
+                               items: Sequence[tuple[bytes, GroupSecrets]], *,
+                               parallel: bool = True) -> list[HPKECiphertext]:
+    """:func:`encrypt_group_secrets` for each ``(init_key, group_secrets)``, in order.
+
+    With ``parallel``, large batches are spread over worker processes
+    (:mod:`~mls_xmpp.core.crypto.parallel`).
+    """
+    sealed = suite.encrypt_with_label_many(
+        "Welcome", encrypted_group_info, [(key, gs.encode()) for key, gs in items],
+        parallel=parallel)
+    return [HPKECiphertext(kem_output, ct) for kem_output, ct in sealed]
 
 
 def decrypt_group_secrets(suite: CipherSuite, welcome: Welcome, key_package_ref: bytes,

@@ -143,7 +143,9 @@ class SecretTree:
         generation = ratchet.generation
         if generation > MAX_GENERATION:
             raise LocalUsageError(f"the {ratchet_type.value} ratchet of leaf {leaf} is exhausted")
-        key, nonce = self._advance(ratchet, generation)
+        key_nonce = self._advance(ratchet, generation, want_key=True)
+        assert key_nonce is not None
+        key, nonce = key_nonce
         return generation, key, nonce
 
     # -- receiving -----------------------------------------------------------
@@ -178,11 +180,18 @@ class SecretTree:
         Its key is deleted; keys of generations it skips are kept within the
         out-of-order window. Raises :class:`SecretTreeError` like :meth:`peek`.
         """
-        self.key_for(leaf, ratchet_type, generation)
+        self._take(leaf, ratchet_type, generation, want_key=False)
 
     def key_for(self, leaf: int, ratchet_type: RatchetType, generation: int
                 ) -> tuple[bytes, bytes]:
         """:meth:`peek` and :meth:`consume` in one step: the key is used up at once."""
+        found = self._take(leaf, ratchet_type, generation, want_key=True)
+        assert found is not None
+        return found
+
+    def _take(self, leaf: int, ratchet_type: RatchetType, generation: int, *,
+              want_key: bool) -> tuple[bytes, bytes] | None:
+        """Use up ``generation``; its ``(key, nonce)`` when ``want_key`` (and when held)."""
         self._check_leaf(leaf)
         _check_generation(generation)
         ratchet = self._ratchet(leaf, ratchet_type)
@@ -192,7 +201,7 @@ class SecretTree:
                 raise self._gone(leaf, ratchet_type, generation)
             return found
         self._check_gap(ratchet, generation)
-        return self._advance(ratchet, generation)
+        return self._advance(ratchet, generation, want_key=want_key)
 
     # -- introspection ---------------------------------------------------------
 
@@ -279,11 +288,13 @@ class SecretTree:
         """ratchet_secret_[N]_[j+1] from ratchet_secret_[N]_[j] (RFC 9420 §9.1)."""
         return self.suite.derive_tree_secret(secret, "secret", generation, self.suite.hash_len)
 
-    def _advance(self, ratchet: _Ratchet, generation: int) -> tuple[bytes, bytes]:
+    def _advance(self, ratchet: _Ratchet, generation: int, *, want_key: bool = True
+                 ) -> tuple[bytes, bytes] | None:
         """Move ``ratchet`` past ``generation`` (>= its next one) and return that key.
 
         Keys of skipped generations inside the window are kept; the used key
-        and every older ratchet secret are dropped.
+        and every older ratchet secret are dropped. Without ``want_key`` the
+        used key is not even derived (the receiver got it from :meth:`peek`).
         """
         keep_from = generation + 1 - self.out_of_order_window
         secret = ratchet.secret
@@ -291,7 +302,7 @@ class SecretTree:
             if j >= keep_from:
                 ratchet.keys[j] = self._key_nonce(secret, j)
             secret = self._next_secret(secret, j)
-        key_nonce = self._key_nonce(secret, generation)
+        key_nonce = self._key_nonce(secret, generation) if want_key else None
         ratchet.secret = self._next_secret(secret, generation)
         ratchet.generation = generation + 1
         keys = ratchet.keys

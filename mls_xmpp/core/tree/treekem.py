@@ -270,7 +270,9 @@ def create_update_path(tree: RatchetTree, leaf_index: int, sign_leaf: SignLeaf,
     new keys and parent hashes and the leaf with ``sign_leaf``'s result.
     ``exclude`` lists the leaves added by the same Commit, left out of every
     resolution (§7.6, §12.4.2). ``leaf_secret`` fixes the fresh secret (for
-    tests); by default it is ``rng(Nh)``.
+    tests); by default it is ``rng(Nh)``. With the default ``rng`` the HPKE
+    encryptions of a large path are spread over worker processes
+    (:mod:`~mls_xmpp.core.crypto.parallel`).
     """
     suite = tree.suite
     fdp = tree.filtered_direct_path(leaf_index)
@@ -297,15 +299,21 @@ def create_update_path(tree: RatchetTree, leaf_index: int, sign_leaf: SignLeaf,
     tree.set_leaf_node(leaf_index, leaf)
 
     context = group_context(tree.tree_hash())
-    nodes: list[UpdatePathNode] = []
-    for (_, s), ps, pub in zip(fdp, secrets, pubs, strict=True):
-        cts = []
-        for r in tree.resolution(s, exclude):
+    # one EncryptWithLabel per resolution member of each copath node, as one
+    # batch (spread over worker processes when large, unless rng is injected)
+    sizes: list[int] = []
+    items: list[tuple[bytes, bytes]] = []
+    for (_, s), ps in zip(fdp, secrets, strict=True):
+        resolution = tree.resolution(s, exclude)
+        sizes.append(len(resolution))
+        for r in resolution:
             target = tree.node(r)
             assert target is not None
-            kem_output, ct = suite.encrypt_with_label(target.encryption_key, _LABEL, context, ps)
-            cts.append(HPKECiphertext(kem_output, ct))
-        nodes.append(UpdatePathNode(pub, tuple(cts)))
+            items.append((target.encryption_key, ps))
+    sealed = iter(suite.encrypt_with_label_many(_LABEL, context, items,
+                                                parallel=rng is os.urandom))
+    nodes = [UpdatePathNode(pub, tuple(HPKECiphertext(*next(sealed)) for _ in range(size)))
+             for pub, size in zip(pubs, sizes, strict=True)]
     return CreatedUpdatePath(UpdatePath(leaf, tuple(nodes)), commit_secret, path_secrets, keys,
                              leaf_index)
 

@@ -23,7 +23,8 @@ signatures dominate.
 
 from __future__ import annotations
 
-from ..errors import ValidationError
+from ..crypto.parallel import use_pool
+from ..errors import InvalidSignatureError, MLSError, ValidationError
 from ..messages.common import LeafNodeSource
 from ..messages.extensions import RequiredCapabilities
 from ..messages.leaf_node import LeafNode
@@ -187,14 +188,34 @@ def verify_leaf_signatures(tree: RatchetTree, group_id: bytes) -> None:
     """Verify the signature of every non-blank leaf (§7.3).
 
     Leaves from an update or a commit are verified with ``group_id`` and their
-    leaf index as context (§7.2). Raises :class:`InvalidSignatureError`.
+    leaf index as context (§7.2). Raises :class:`InvalidSignatureError` naming
+    the leftmost leaf whose signature does not verify. Large trees are
+    verified in parallel (:mod:`~mls_xmpp.core.crypto.parallel`); a leaf that
+    fails there is verified again serially, so errors are the serial ones.
     """
     suite = tree.suite
-    for i, leaf in tree.leaves():
-        if leaf.leaf_node_source == LeafNodeSource.KEY_PACKAGE:
-            leaf.verify_signature(suite)
-        else:
-            leaf.verify_signature(suite, group_id, i)
+    leaves = [(i, leaf, None if leaf.leaf_node_source == LeafNodeSource.KEY_PACKAGE
+               else group_id) for i, leaf in tree.leaves()]
+    verified = [False] * len(leaves)
+    if use_pool(len(leaves)):
+        index: list[int] = []
+        items: list[tuple[bytes, str | bytes, bytes, bytes]] = []
+        for k, (i, leaf, gid) in enumerate(leaves):
+            try:
+                items.append(leaf.signature_item(gid, None if gid is None else i))
+            except MLSError:
+                continue  # left to the serial check below
+            index.append(k)
+        for k, ok in zip(index, suite.verify_with_label_many(items), strict=True):
+            verified[k] = ok
+    for k, (i, leaf, gid) in enumerate(leaves):
+        if verified[k]:
+            continue
+        try:
+            leaf.verify_signature(suite, gid, None if gid is None else i)
+        except InvalidSignatureError as e:
+            raise InvalidSignatureError(f"§7.3: the signature of leaf {i} does not verify "
+                                        f"({e})") from e
 
 
 def check_leaf_node_capabilities(tree: RatchetTree,
