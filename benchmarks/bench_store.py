@@ -8,11 +8,16 @@ Usage::
 
 The XMPP plugin writes a member's group state to its
 :class:`~mls_xmpp.storage.sqlite.SQLiteStore` after every change. It used to
-write the whole state every time (``encode_group`` + ``save_group``); it now
-writes it in two parts, the base and the secret trees ("ratchets"), after a
-Commit (``encode_group_parts`` + ``save_group``) and only the ratchets after an
-application message (``encode_ratchets`` + ``save_ratchets``). This benchmark
-times both ways for groups of ``n`` members.
+write the whole state every time (``encode_group`` + ``save_group``: "old"
+below); it now writes it in two parts, the base and the secret trees
+("ratchets"), after a Commit (``encode_group_parts`` + ``save_group``) and only
+the ratchets after an application message (``encode_ratchets`` +
+``save_ratchets``): "new". Since schema version 2 the ratchets and the archive
+position are a small row of their own (table ``progress``), so
+``save_ratchets`` and ``save_position`` do not touch the row of the base. This
+benchmark times both ways for groups of ``n`` members, with the current code
+for both (state format 2, schema 2): "old" is the whole state written per
+message, as the plugin once did, not the code of that time.
 
 The groups are the steady-state groups of ``bench_group.py``
 (``full_tree_groups``: a full tree of ``n`` members built by
@@ -20,8 +25,10 @@ The groups are the steady-state groups of ``bench_group.py``
 leaf n-1, ``GroupConfig(ratchet_tree_in_welcome=False)``). Before measuring,
 application messages flow both ways and ``A`` commits ``past_epochs`` (3)
 times, so ``B`` holds, like a long-lived member, the current epoch and three
-retained past epochs (each with its ratchet tree and secret tree), and its
-secret trees hold sender ratchets. ``B`` is the member whose state is saved.
+retained past epochs (each with its secret tree; its tree's leaves are
+stored as the few that differ from the next newer epoch's, state format 2),
+and its secret trees hold sender ratchets. ``B`` is the member whose state is
+saved.
 
 Each measurement cycle (``--repeats`` cycles; ``--repeats-large`` for
 n > 10,000) is, on the same groups:

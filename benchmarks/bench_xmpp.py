@@ -13,18 +13,29 @@ loopback, plaintext, ``storage`` as chosen: ``internal`` = files, as deployed),
 creates fresh accounts, and measures on that one server:
 
 1. ``raw``: two plain slixmpp clients in a MUC room (``mls_xmpp.testing``
-   helpers). Median and p95 of send -> receive of a body-less payload
+   helpers) configured like the plugin's rooms (members-only, persistent,
+   archived, non-anonymous, not public; the receiver is made a member before
+   it joins). Median and p95 of send -> receive of a body-less payload
    (``<mls xmlns='urn:mls-xmpp:0'/>`` with ``--payload-bytes`` random bytes
-   base64, plus the ``<store/>`` hint), N sequential messages. Also the raw
-   one-sender throughput (N sent back to back), an upper bound for step 3.
+   base64, plus the ``<store/>`` hint), N sequential messages; the arrival is
+   timed in the receiver's stanza handler, as the MLS one is in its event
+   handler. Also the raw one-sender throughput (N sent back to back), an
+   upper bound for step 3.
 2. ``mls``: alice and bob in an MLS group through the ``mls`` plugin. Median
    and p95 of ``await group.send(text)`` -> bob's ``mls_message`` event (send
-   to decrypted), N sequential messages, taken in turn with the raw ones so
-   that both see the same machine load (the ratio is the robust figure).
+   to decrypted), N sequential messages, taken in pairs with the raw ones so
+   that both see the same machine load (the ratio is the robust figure). The
+   order within a pair alternates (raw first, then MLS first): with the raw
+   room in Prosody's default configuration, the first message of a pair took
+   1-2.6 ms longer than the second, whichever kind it was, so the former fixed
+   order (raw first) made raw look slower than MLS (docs/PERFORMANCE.md,
+   "Raw against MLS"). The medians per position are printed and in the JSON
+   (``latency_by_position_median_ms``).
    The same pass gives a timeline (send() returned, stanza written to the
    socket, stanza parsed by bob's stream, event) and the CPU components
-   (sender ``Group.encrypt`` and ``persist``, receiver ``Group.process`` and
-   ``persist``) by hooks set on instances (no library code changes).
+   (sender ``Group.encrypt`` and ``persist_ratchets`` + ``persist_position``,
+   receiver ``Group.process`` and ``persist_ratchets``) by hooks set on
+   instances (no library code changes).
 3. ``tp1``: alice sends N messages as fast as she can (awaiting each
    ``send`` but not its delivery); messages/s until bob has all N. Raw
    throughput is measured the same way.
@@ -89,7 +100,6 @@ from mls_xmpp.testing import (  # noqa: E402
     PayloadInbox,
     ProsodyServer,
     connect_client,
-    create_room,
     disconnect_client,
     join_room,
     send_payload,
@@ -355,8 +365,19 @@ class CpuMeter:
 # -- steps ------------------------------------------------------------------------------
 
 
+#: The configuration the plugin gives a group's room (``Delivery.create_room`` in
+#: ``mls_xmpp/xmpp/delivery.py``); the raw room gets the same.
+ROOM_CONFIG = {
+    "muc#roomconfig_membersonly": True,
+    "muc#roomconfig_persistentroom": True,
+    "muc#roomconfig_enablearchiving": True,
+    "muc#roomconfig_whois": "anyone",
+    "muc#roomconfig_publicroom": False,
+}
+
+
 class RawPair:
-    """Two plain slixmpp clients in one MUC room (mls_xmpp.testing helpers)."""
+    """Two plain slixmpp clients in one MUC room configured like an MLS group's room."""
 
     async def setup(self, server: ProsodyServer, accounts: list[Account], clients: Clients,
                     payload_bytes: int) -> float:
@@ -366,10 +387,27 @@ class RawPair:
         self.b = await connect_client(server, *accounts[1], timeout=CONNECT_TIMEOUT)
         clients.all.append(self.b)
         self.room = server.room_jid(f"raw-bench-{secrets.token_hex(4)}")
-        await create_room(self.a, self.room, "a", timeout=MESSAGE_TIMEOUT)
+        await join_room(self.a, self.room, "a", timeout=MESSAGE_TIMEOUT)
+        muc = self.a.plugin["xep_0045"]
+        form: Any = await muc.get_room_config(self.room, timeout=MESSAGE_TIMEOUT)
+        fields = form.get_fields()
+        missing = [var for var in ROOM_CONFIG if var not in fields]
+        if missing:
+            raise RuntimeError(f"{self.room}: the room offers no {', '.join(missing)}")
+        for var, value in ROOM_CONFIG.items():
+            fields[var]["value"] = value
+        await muc.set_room_config(self.room, form, timeout=MESSAGE_TIMEOUT)
+        await muc.set_affiliation(self.room, "member", jid=self.b.boundjid.bare,
+                                  timeout=MESSAGE_TIMEOUT)
         await join_room(self.b, self.room, "b", timeout=MESSAGE_TIMEOUT)
         self.data = secrets.token_bytes(payload_bytes)
         self.inbox = PayloadInbox(self.b)
+        # the arrival is timed in a stanza handler, like the MLS message's in its event
+        # handler (not when the waiting task resumes)
+        self.arrived: dict[str, float] = {}
+        self.b.register_handler(Callback(
+            "bench raw arrival", MatchXPath(f"{{{self.b.default_ns}}}message/{{{NS}}}mls"),
+            lambda msg: self.arrived.__setitem__(msg["id"], time.perf_counter())))
         return time.perf_counter() - t0
 
     async def round_trip(self) -> float:
@@ -379,7 +417,7 @@ class RawPair:
         while True:
             msg = await self.inbox.get(timeout=MESSAGE_TIMEOUT)
             if msg["id"] == mid:
-                return time.perf_counter() - start
+                return self.arrived.pop(mid, time.perf_counter()) - start
 
     async def throughput(self, n: int, cpu: CpuMeter) -> dict[str, Any]:
         """n payloads back to back (yielding after each send); until b has them all."""
@@ -399,6 +437,8 @@ class RawPair:
 
     def close(self) -> None:
         self.inbox.close()
+        self.b.remove_handler("bench raw arrival")
+        self.arrived.clear()
 
 
 class Marks:
@@ -475,31 +515,46 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
     result["mls"]["group_setup_1_member"] = setup
     await quiesce(args.settle)
 
-    # 1 + 2: latencies, one raw and one MLS message in turn, so that both see
-    # the same conditions (other load on the machine varies)
+    # 1 + 2: latencies, a raw and an MLS message in each pair, so that both see
+    # the same conditions (other load on the machine varies); which goes first
+    # alternates, as the first of a pair was measured slower whichever it was
     watch = Stopwatch()
+    sender_persist = "sender persist_ratchets, _position"
     undo = [
         watch.wrap(group.group, "encrypt", "sender Group.encrypt"),
-        watch.wrap(alice.plugin["mls"], "persist", "sender persist (own msg + reflection)"),
+        watch.wrap(alice.plugin["mls"], "persist_ratchets", sender_persist),
+        watch.wrap(alice.plugin["mls"], "persist_position", sender_persist),
         watch.wrap(gb.group, "process", "receiver Group.process"),
-        watch.wrap(bob.plugin["mls"], "persist", "receiver persist"),
+        watch.wrap(bob.plugin["mls"], "persist_ratchets", "receiver persist_ratchets"),
     ]
     marks = Marks(alice, bob)
     raw_lat: list[float] = []
     mls_lat: list[float] = []
+    raw_first: list[bool] = []
     split: dict[str, list[float]] = {"send() returned": [], "on the wire (send_raw)": [],
                                      "parsed by receiver": []}
-    try:
-        for i in range(warmup + n):
-            r = await raw.round_trip()
-            watch.enabled = True
-            watch.start_message()
-            marks.arm()
-            total, returned = await mls_round_trip(group, sb, f"lat-{i:05d}")
+
+    async def mls_timed(i: int) -> tuple[float, float]:
+        watch.enabled = True
+        watch.start_message()
+        marks.arm()
+        try:
+            return await mls_round_trip(group, sb, f"lat-{i:05d}")
+        finally:
             watch.end_message()
             watch.enabled = False
+
+    try:
+        for i in range(warmup + n):
+            if i % 2 == 0:
+                r = await raw.round_trip()
+                total, returned = await mls_timed(i)
+            else:
+                total, returned = await mls_timed(i)
+                r = await raw.round_trip()
             if i < warmup:
                 continue
+            raw_first.append(i % 2 == 0)
             raw_lat.append(r)
             mls_lat.append(total)
             split["send() returned"].append(returned)
@@ -514,6 +569,13 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
     # every sample, in measurement order (for distributions: benchmarks/plot.py)
     result["raw"]["latency_samples_ms"] = [ms(v) for v in raw_lat]
     result["mls"]["latency_samples_ms"] = [ms(v) for v in mls_lat]
+    result["raw_first_in_pair"] = raw_first
+    for kind, values in (("raw", raw_lat), ("mls", mls_lat)):
+        first = [v for v, rf in zip(values, raw_first, strict=True) if rf == (kind == "raw")]
+        second = [v for v, rf in zip(values, raw_first, strict=True) if rf != (kind == "raw")]
+        result[kind]["latency_by_position_median_ms"] = {
+            "first in pair": ms(statistics.median(first)),
+            "second in pair": ms(statistics.median(second))}
     result["mls"]["latency_components_median_ms"] = {
         label: ms(statistics.median(v[warmup:])) for label, v in watch.samples.items()}
     result["mls"]["latency_timeline_median_ms"] = {
@@ -677,6 +739,11 @@ def table(r: dict[str, Any]) -> str:
          f"{ml['median_ms']:.2f} / {ml['p95_ms']:.2f} ms"),
         ("overhead ratio MLS / raw, median / p95",
          f"{ml['median_ms'] / rl['median_ms']:.2f}x / {ml['p95_ms'] / rl['p95_ms']:.2f}x"),
+        ("medians when first / second in the pair",
+         "raw {} / {} ms, MLS {} / {} ms".format(
+             *(f"{x[k]:.2f}" for x in (raw["latency_by_position_median_ms"],
+                                       mls["latency_by_position_median_ms"])
+               for k in ("first in pair", "second in pair")))),
         ("raw throughput, one sender", f"{t1r['msgs_per_s']:.0f} msg/s" + cpu(t1r)),
         ("MLS throughput, one sender", f"{t1m['msgs_per_s']:.0f} msg/s" + cpu(t1m)),
         ("MLS throughput, ten senders", f"{t10['msgs_per_s']:.0f} msg/s" + cpu(t10)),
