@@ -303,13 +303,17 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     # -- persistence and events -------------------------------------------------------
 
-    def persist(self, session: GroupSession) -> None:
-        """Write a group's whole state and archive position (after a handshake change)."""
+    def persist(self, session: GroupSession, parts: tuple[bytes, bytes] | None = None) -> None:
+        """Write a group's whole state and archive position (after a handshake change).
+
+        ``parts`` is ``encode_group_parts`` of the group as it is now, when the
+        caller already has it (encoded in a worker thread for a large group).
+        """
         from ..core.group.serialize import encode_group_parts
 
         if self.sessions.get(session.room) is not session:
             return  # left or removed: nothing of it is kept
-        base, ratchets = encode_group_parts(session.group)
+        base, ratchets = parts if parts is not None else encode_group_parts(session.group)
         self.store.save_group(GroupRecord(session.group_id, session.room, base,
                                           session.last_stanza_id, ratchets))
 

@@ -271,9 +271,11 @@ class GroupSession:
             self._dropped(e, sender, stanza_id)
             return
         async with self._group_lock:
+            parts: tuple[bytes, bytes] | None = None
             try:
                 if env.kind == Kind.COMMIT and self._heavy():
-                    event = await asyncio.to_thread(self.group.process, data)
+                    # off the event loop: the Commit and the encoding of the new state
+                    event, parts = await asyncio.to_thread(self._process_and_encode, data)
                 else:
                     event = self.group.process(data)
             except MLSError as e:
@@ -284,10 +286,25 @@ class GroupSession:
             # after the restart (same stanza-id, for the application to deduplicate)
             # instead of losing it
             self._dispatch(event, stanza_id)
-            if isinstance(event, ApplicationMessage):
+            if isinstance(event, ApplicationMessage) and parts is None:
                 self.plugin.persist_ratchets(self)  # only the secret trees changed
             else:
-                self.plugin.persist(self)
+                self.plugin.persist(self, parts)
+
+    def _process_and_encode(self, data: bytes) -> tuple[object, tuple[bytes, bytes]]:
+        """``group.process`` and the new state's encoding (run in a worker thread)."""
+        from ..core.group.serialize import encode_group_parts
+
+        event = self.group.process(data)
+        return event, encode_group_parts(self.group)
+
+    def _commit_and_encode(self, add: list[KeyPackage], remove: list[int]
+                           ) -> tuple[PendingCommit, tuple[bytes, bytes]]:
+        """``group.commit`` and the state's encoding (run in a worker thread)."""
+        from ..core.group.serialize import encode_group_parts
+
+        pending = self.group.commit(add=add, remove=remove)
+        return pending, encode_group_parts(self.group)
 
     def _heavy(self, added: int = 0) -> bool:
         """Whether a Commit in this group is worth a thread (see :data:`HEAVY_TREE`)."""
@@ -551,9 +568,10 @@ class GroupSession:
                                                 ratchet_tree_in_welcome=self._inline_tree)
                     if progress is not None:
                         progress.start("commit", len(add))
+                    parts: tuple[bytes, bytes] | None = None
                     if self._heavy(len(add)):
-                        pending = await asyncio.to_thread(self.group.commit, add=add,
-                                                          remove=remove)
+                        pending, parts = await asyncio.to_thread(self._commit_and_encode,
+                                                                 add, remove)
                     else:
                         pending = self.group.commit(add=add, remove=remove)
                     if progress is not None:
@@ -562,7 +580,7 @@ class GroupSession:
                     loop = asyncio.get_running_loop()
                     self._commit_waiter = loop.create_future()
                     self._inflight = pending
-                    self.plugin.persist(self)
+                    self.plugin.persist(self, parts)
                 await self.plugin.delivery.send_room(self.room, Envelope(
                     kind=Kind.COMMIT, group_id=self.group_id, epoch=self.epoch,
                     mls_message=pending.message))
