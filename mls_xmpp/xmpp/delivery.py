@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -203,18 +204,22 @@ class Delivery:
         except (IqError, IqTimeout) as e:
             raise TransportError(f"setting {jid} to {affiliation} in {room} failed: {e}") from e
 
-    async def fetch_archive(self, room: str | None, *, after: str | None = None,
-                            start: datetime | None = None,
-                            page: int = 100) -> list[tuple[Any, str | None]]:
-        """Messages with an ``<mls/>`` payload from an archive (MAM), oldest first.
+    async def archive_pages(self, room: str | None, *, after: str | None = None,
+                            start: datetime | None = None, page: int = 100
+                            ) -> AsyncIterator[list[tuple[Any, str | None]]]:
+        """Messages with an ``<mls/>`` payload from an archive (MAM), a page at a time.
 
         ``room`` is a room JID, or ``None`` for the account's own archive;
         only messages after the archive id ``after`` and, if given, stamped
-        no earlier than ``start``.
+        no earlier than ``start``; oldest first. Pages are yielded as they
+        arrive, so a long archive is processed in bounded memory; a server
+        that pages without moving forward is an error.
+
+        :raises TransportError: the server refused or did not answer.
         """
         mam = self.xmpp.plugin["xep_0313"]
-        out: list[tuple[Any, str | None]] = []
         cursor = after
+        seen: set[str] = set()
         where = room or "the account's archive"
         while True:
             rsm: dict[str, Any] = {"max": page}
@@ -226,15 +231,54 @@ class Delivery:
             except (IqError, IqTimeout) as e:
                 raise TransportError(f"archive query on {where} failed: {e}") from e
             results = iq["mam"]["results"]
+            out = []
             for result in results:
                 fwd = result["mam_result"]["forwarded"]["stanza"]
                 if fwd.xml.find(f"{{{NS}}}mls") is not None:
                     out.append((fwd, result["mam_result"]["id"]))
+            if out:
+                yield out
             fin = iq["mam_fin"]
             last = fin["rsm"]["last"]
             if not results or fin["complete"] in (True, "true") or not last:
-                return out
+                return
+            if last in seen:
+                raise TransportError(f"the archive of {where} pages in a circle")
+            seen.add(last)
             cursor = last
+
+    async def fetch_archive(self, room: str | None, *, after: str | None = None,
+                            start: datetime | None = None,
+                            page: int = 100) -> list[tuple[Any, str | None]]:
+        """All of :meth:`archive_pages` as one list (for short archives)."""
+        out: list[tuple[Any, str | None]] = []
+        async for batch in self.archive_pages(room, after=after, start=start, page=page):
+            out += batch
+        return out
+
+    async def archive_pages_backward(self, room: str, *, page: int = 50
+                                     ) -> AsyncIterator[list[tuple[Any, str | None]]]:
+        """A room archive's ``<mls/>`` messages from the newest page back (each page oldest
+        first), for finding the latest of something without reading the whole archive.
+
+        :raises TransportError: the server refused or did not answer.
+        """
+        mam = self.xmpp.plugin["xep_0313"]
+        pages: Any = mam.retrieve(jid=JID(room), iterator=True, reverse=True,
+                                  rsm={"max": page})
+        while True:
+            try:
+                iq = await pages.__anext__()
+            except StopAsyncIteration:
+                return
+            except (IqError, IqTimeout) as e:
+                raise TransportError(f"archive query on {room} failed: {e}") from e
+            out = []
+            for result in iq["mam"]["results"]:
+                fwd = result["mam_result"]["forwarded"]["stanza"]
+                if fwd.xml.find(f"{{{NS}}}mls") is not None:
+                    out.append((fwd, result["mam_result"]["id"]))
+            yield out
 
 
 class RoomRefused(TransportError):

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 ARCHIVE_SLACK = 24 * 3600
 
 
+class _PositionUnknown(TransportError):
+    """The archive refused the stored position (e.g. that message expired)."""
+
+
 class Inbox:
     """Joins groups from Welcomes addressed to this account."""
 
@@ -124,19 +128,28 @@ class Inbox:
                       if (lt := b.key_package.leaf_node.lifetime) is not None), default=0)
         since = datetime.fromtimestamp(max(0, oldest - ARCHIVE_SLACK), tz=UTC)
         after = plugin.store.load_inbox_position()
-        try:
-            found = await plugin.delivery.fetch_archive(None, after=after, start=since)
-        except TransportError:
-            if after is None:
-                raise
-            # the position is gone from the archive (expired): read by time alone
-            found = await plugin.delivery.fetch_archive(None, start=since)
         before = set(plugin.sessions)
-        for msg, archive_id in found:
-            if msg["type"] in ("groupchat", "error"):
-                continue
-            await self.on_direct(msg, archive_id)
+        try:
+            await self._read(after, since)
+        except _PositionUnknown:
+            # the position is gone from the archive (expired): read by time alone
+            await self._read(None, since)
         return [s for room, s in plugin.sessions.items() if room not in before]
+
+    async def _read(self, after: str | None, since: datetime) -> None:
+        """Handle the archive's direct messages after ``after``, a page at a time."""
+        first = True
+        pages = self.plugin.delivery.archive_pages(None, after=after, start=since)
+        try:
+            async for batch in pages:
+                first = False
+                for msg, archive_id in batch:
+                    if msg["type"] not in ("groupchat", "error"):
+                        await self.on_direct(msg, archive_id)
+        except TransportError as e:
+            if first and after is not None:
+                raise _PositionUnknown(str(e)) from e
+            raise
 
     async def _after_join(self, last_resort_used: bytes | None = None) -> None:
         """Retract KeyPackages that were used (retire a used last resort) and top up."""

@@ -200,9 +200,10 @@ class GroupSession:
         try:
             if catch_up:
                 try:
-                    for msg, sid in await self.plugin.delivery.fetch_archive(
+                    async for batch in self.plugin.delivery.archive_pages(
                             self.room, after=self.last_stanza_id):
-                        await self._handle(msg, sid)
+                        for msg, sid in batch:
+                            await self._handle(msg, sid)
                 except TransportError as e:
                     self.plugin.error(MLSErrorEvent(f"archive catch-up failed: {e}", self,
                                                     error=e))

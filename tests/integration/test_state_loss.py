@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.recovery import latest_group_info
 
-from .mls_clients import TIMEOUT, close, mls_client
+from .mls_clients import TIMEOUT, close, mls_client, synced
 
 
 async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
@@ -65,3 +66,29 @@ def test_member_rejoins_after_losing_its_store(prosody: ProsodyServer, tmp_path:
                                                new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob", "carol")]
     asyncio.run(asyncio.wait_for(_state_loss(prosody, accounts, tmp_path), 120))
+
+
+async def _newest_group_info(server: ProsodyServer, alice_acc: Account,
+                             bob_acc: Account) -> None:
+    alice, _ = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        gb = (await rb.wait("mls_joined"))[0]
+        for _ in range(3):  # each Commit publishes a GroupInfo
+            await group.update()
+        await synced(group, gb)
+        for i in range(120):  # several archive pages after the newest GroupInfo
+            await group.send(f"filler {i}")
+        await rb.wait("mls_message", 120)
+        info, _, stanza_id = await latest_group_info(bob.plugin["mls"], group.room)
+        assert info.group_context.epoch == group.epoch == 4
+        assert stanza_id is not None
+    finally:
+        await close(alice, bob)
+
+
+def test_latest_group_info_is_the_newest_and_found_from_the_end(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_newest_group_info(prosody, new_account("alice"),
+                                                    new_account("bob")), 120))
