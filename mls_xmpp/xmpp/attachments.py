@@ -76,7 +76,7 @@ async def upload_attachment(delivery: Delivery, data: bytes, *, name: str = "",
     :raises TransportError: the upload failed (or the server's size limit).
     """
     ciphertext, sealed = seal_file(data, name=name, media_type=media_type)
-    ref = await delivery.upload(ciphertext, "attachment")
+    ref = await delivery.upload(ciphertext, "attachment", split=False)  # one URL per file
     return Attachment(url=ref.url, sha256=sealed.sha256, key=sealed.key, iv=sealed.iv,
                       size=sealed.size, media_type=sealed.media_type, name=sealed.name)
 

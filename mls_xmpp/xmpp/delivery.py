@@ -36,17 +36,20 @@ FALLBACK_BODY = "[This message is encrypted with MLS (urn:mls-xmpp:0).]"
 DEFAULT_STANZA_BUDGET = 200 * 1024
 #: Largest blob we download (a 50,000-member tree is about 13 MiB).
 MAX_BLOB = 64 * 1024 * 1024
+#: Blobs above this are uploaded in parts (Prosody's default upload limit is 10 MiB).
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
 
 
 class Delivery:
     """Sends and receives envelopes for one slixmpp client."""
 
     def __init__(self, plugin: XEP_MLS, *, stanza_budget: int = DEFAULT_STANZA_BUDGET,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, part_size: int = DEFAULT_PART_SIZE) -> None:
         self.plugin = plugin
         self.xmpp = plugin.xmpp
         self.stanza_budget = stanza_budget
         self.timeout = timeout
+        self.part_size = part_size
         self.reassembler = Reassembler()
 
     # -- building stanzas ----------------------------------------------------------
@@ -120,43 +123,62 @@ class Delivery:
 
     # -- HTTP File Upload (XEP-0363) ------------------------------------------------
 
-    async def upload(self, data: bytes, name: str) -> BlobRef:
-        """Upload a blob; the reference carries its SHA-256 and size."""
+    async def upload(self, data: bytes, name: str, *, split: bool = True) -> BlobRef:
+        """Upload a blob; the reference carries its SHA-256 and size.
+
+        A blob larger than :attr:`part_size` (below the server's upload limit:
+        Prosody's default is 10 MiB) is uploaded in parts unless ``split`` is
+        false; the reference lists them in order.
+        """
         import io
 
-        try:
-            url = await self.xmpp.plugin["xep_0363"].upload_file(
-                f"{name}.bin", size=len(data), content_type="application/octet-stream",
-                input_file=io.BytesIO(data), timeout=self.timeout)
-        except Exception as e:  # noqa: BLE001 - slixmpp raises many kinds here
-            raise TransportError(f"upload failed: {e}") from e
-        return BlobRef(url=str(url), sha256=hashlib.sha256(data).digest(), size=len(data))
+        size = self.part_size if split and len(data) > self.part_size else len(data)
+        urls = []
+        for offset in range(0, len(data), size):
+            piece = data[offset:offset + size]
+            try:
+                url = await self.xmpp.plugin["xep_0363"].upload_file(
+                    f"{name}.bin", size=len(piece), content_type="application/octet-stream",
+                    input_file=io.BytesIO(piece), timeout=self.timeout)
+            except Exception as e:  # noqa: BLE001 - slixmpp raises many kinds here
+                raise TransportError(f"upload failed: {e}") from e
+            urls.append(str(url))
+        return BlobRef(url=urls[0], sha256=hashlib.sha256(data).digest(), size=len(data),
+                       more_urls=tuple(urls[1:]), part_size=size if len(urls) > 1 else 0)
 
     async def download(self, ref: BlobRef) -> bytes:
-        """Fetch a blob and check its size and SHA-256; refuse anything else."""
-        import aiohttp
-
+        """Fetch a blob (every part) and check its size and SHA-256; refuse anything else."""
         if ref.size > MAX_BLOB:
             raise EnvelopeError(f"blob of {ref.size} bytes is over the limit")
-        if not ref.url.startswith(("http://", "https://")):
-            raise EnvelopeError("blob URL must be http(s)")
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(ref.url) as r:
-                if r.status != 200:
-                    raise TransportError(f"blob download failed with HTTP {r.status}")
-                buf = bytearray()
-                while len(buf) <= ref.size:  # never more than one byte past the size
-                    chunk = await r.content.read(ref.size + 1 - len(buf))
-                    if not chunk:
-                        break
-                    buf += chunk
-                data = bytes(buf)
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise TransportError(f"blob download failed: {e}") from e
+        parts = ref.parts
+        for url, _ in parts:
+            if not url.startswith(("http://", "https://")):
+                raise EnvelopeError("blob URL must be http(s)")
+        data = b"".join([await self._fetch(url, size) for url, size in parts])
         if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
             raise EnvelopeError("blob does not match its size and hash")
         return data
+
+    async def _fetch(self, url: str, size: int) -> bytes:
+        """One part: at most ``size`` + 1 bytes are read (a longer answer is refused)."""
+        import aiohttp
+
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as r:
+                if r.status != 200:
+                    raise TransportError(f"blob download failed with HTTP {r.status}")
+                buf = bytearray()
+                while len(buf) <= size:  # never more than one byte past the size
+                    chunk = await r.content.read(size + 1 - len(buf))
+                    if not chunk:
+                        break
+                    buf += chunk
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise TransportError(f"blob download failed: {e}") from e
+        if len(buf) != size:
+            raise EnvelopeError("blob part does not have its size")
+        return bytes(buf)
 
     # -- rooms and archive -----------------------------------------------------------
 

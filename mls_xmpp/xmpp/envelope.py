@@ -97,6 +97,8 @@ MAX_ID_SIZE: Final = 1024
 MAX_MEDIA_TYPE_SIZE: Final = 255
 #: Most attachments in one :class:`Content`.
 MAX_ATTACHMENTS: Final = 64
+#: Most parts one :class:`BlobRef` may have.
+MAX_BLOB_PARTS: Final = 64
 #: Largest KeyPackage in a :class:`KeyPackageItem` (bytes).
 MAX_KEY_PACKAGE_SIZE: Final = 128 * 1024
 
@@ -213,23 +215,56 @@ _KIND_VALUES: Final = frozenset(int(k) for k in Kind)
 
 @dataclass(frozen=True)
 class BlobRef:
-    """Bytes stored out of band (XEP-0363 HTTP File Upload), checked by hash and size."""
+    """Bytes stored out of band (XEP-0363 HTTP File Upload), checked by hash and size.
+
+    A blob over the server's upload limit is stored in parts: ``url`` holds
+    the first ``part_size`` bytes, each of ``more_urls`` the next ones (the
+    last part may be shorter); ``sha256`` and ``size`` are the whole blob's.
+    """
 
     url: str
     sha256: bytes  #: SHA-256 of the blob; receivers refuse a mismatch
     size: int  #: exact size in bytes, at least 1
+    more_urls: tuple[str, ...] = ()  #: the parts after the first, in order
+    part_size: int = 0  #: bytes per part but the last; 0 for a blob in one part
 
     def __post_init__(self) -> None:
         _check_str("BlobRef.url", self.url, max_size=MAX_URL_SIZE, required=True)
         _check_exact("BlobRef.sha256", self.sha256, _SHA256_SIZE)
         _check_int("BlobRef.size", self.size, 1, _UINT64_MAX)
+        object.__setattr__(self, "more_urls", tuple(self.more_urls))
+        if len(self.more_urls) + 1 > MAX_BLOB_PARTS:
+            raise LocalUsageError(f"BlobRef has more than {MAX_BLOB_PARTS} parts")
+        for url in self.more_urls:
+            _check_str("BlobRef.more_urls", url, max_size=MAX_URL_SIZE, required=True)
+        _check_int("BlobRef.part_size", self.part_size, 0, _UINT64_MAX)
+        parts = len(self.more_urls) + 1
+        if parts == 1:
+            if self.part_size not in (0, self.size) and self.part_size < self.size:
+                raise LocalUsageError("BlobRef.part_size is smaller than its one part")
+        elif not (self.part_size >= 1
+                  and (parts - 1) * self.part_size < self.size <= parts * self.part_size):
+            raise LocalUsageError(f"BlobRef of {self.size} bytes cannot be {parts} parts "
+                                  f"of {self.part_size}")
+
+    @property
+    def parts(self) -> list[tuple[str, int]]:
+        """``(url, exact size)`` of each part, in order."""
+        if not self.more_urls:
+            return [(self.url, self.size)]
+        urls = [self.url, *self.more_urls]
+        last = self.size - (len(urls) - 1) * self.part_size
+        return [(u, self.part_size) for u in urls[:-1]] + [(urls[-1], last)]
 
     def _to_proto(self) -> envelope_pb2.BlobRef:
-        return envelope_pb2.BlobRef(url=self.url, sha256=self.sha256, size=self.size)
+        return envelope_pb2.BlobRef(url=self.url, sha256=self.sha256, size=self.size,
+                                    more_urls=list(self.more_urls),
+                                    part_size=self.part_size)
 
     @classmethod
     def _from_proto(cls, msg: envelope_pb2.BlobRef) -> BlobRef:
-        return cls(url=msg.url, sha256=msg.sha256, size=msg.size)
+        return cls(url=msg.url, sha256=msg.sha256, size=msg.size,
+                   more_urls=tuple(msg.more_urls), part_size=msg.part_size)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ..core.group.config import GroupConfig
 from ..core.messages.key_package import KeyPackage
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from .attachments import download_attachment
-from .delivery import Delivery, RoomRefused
+from .delivery import DEFAULT_PART_SIZE, Delivery, RoomRefused
 from .envelope import Attachment, Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent
@@ -77,6 +77,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "publish_key_packages": True,
         "upkeep_interval": 6 * 3600.0,  # seconds between KeyPackage renewals
         "max_adds_per_commit": 2000,    # more additions are split over several Commits
+        "upload_part_size": None,       # blobs (trees) above it are uploaded in parts
     }
 
     # -- slixmpp lifecycle ------------------------------------------------------------
@@ -91,7 +92,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.commit_timeout: float = float(cfg.get("commit_timeout", 30.0))
         self.sessions: dict[str, GroupSession] = {}
         self.client: Client | None = cfg.get("client")
-        self.delivery = Delivery(self)
+        self.delivery = Delivery(self, part_size=int(cfg.get("upload_part_size")
+                                                       or DEFAULT_PART_SIZE))
         self.registry = GroupRegistry(self)
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()

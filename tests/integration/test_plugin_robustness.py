@@ -87,10 +87,20 @@ def test_concurrent_commits_converge(prosody: ProsodyServer,
 
 
 async def _large_tree(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
-    alice, _ = await mls_client(server, *alice_acc)
+    # uploads of at most 64 KiB: the tree (about 280 KB) goes up in five parts, as a
+    # 50,000-member tree (13 MiB) does under Prosody's default limit of 10 MiB
+    alice, _ = await mls_client(server, *alice_acc, config={"upload_part_size": 64 * 1024})
     bob, rb = await mls_client(server, *bob_acc)
     try:
         group = await alice.plugin["mls"].create_group()
+        delivery = alice.plugin["mls"].delivery
+        upload, uploads = delivery.upload, []
+
+        async def recorded(*args: Any, **kwargs: Any) -> Any:
+            uploads.append(await upload(*args, **kwargs))
+            return uploads[-1]
+
+        delivery.upload = recorded
         # 1,500 devices that are not online: KeyPackages made locally
         fakes = [Client.generate(f"member{i}@{server.domain}".encode()) for i in range(1500)]
         kps = [c.make_key_package() for c in fakes]
@@ -98,6 +108,8 @@ async def _large_tree(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         await group._commit(add=kps + [bob_kps[0].key_package])
         tree = group.group.ratchet_tree()
         assert len(tree) > STANZA_LIMIT, len(tree)
+        assert uploads and all(len(r.more_urls) == 4 and r.part_size == 64 * 1024
+                               for r in uploads), uploads
         (gb,) = await rb.wait("mls_joined", timeout=120)
         await asyncio.wait_for(gb.ready.wait(), 120)
         assert gb.group.epoch_authenticator == group.group.epoch_authenticator

@@ -210,6 +210,26 @@ def test_protobuf_garbage_is_rejected(data: bytes) -> None:
             "size",
         ),
         (_valid_pb(ratchet_tree=envelope_pb2.BlobRef(sha256=b"\0" * 32, size=1)), "url"),
+        (  # parts that cannot add up to the size
+            _valid_pb(ratchet_tree=envelope_pb2.BlobRef(
+                url="u", sha256=b"\0" * 32, size=100, more_urls=["v"], part_size=10)),
+            "parts",
+        ),
+        (
+            _valid_pb(ratchet_tree=envelope_pb2.BlobRef(
+                url="u", sha256=b"\0" * 32, size=100, more_urls=["v"], part_size=0)),
+            "parts",
+        ),
+        (
+            _valid_pb(ratchet_tree=envelope_pb2.BlobRef(
+                url="u", sha256=b"\0" * 32, size=10**6, more_urls=["v"] * 64, part_size=10**4)),
+            "parts",
+        ),
+        (
+            _valid_pb(ratchet_tree=envelope_pb2.BlobRef(
+                url="u", sha256=b"\0" * 32, size=20, more_urls=[""], part_size=10)),
+            "more_urls",
+        ),
         (_valid_pb(room="r" * 3072), "room"),
     ],
 )
@@ -647,3 +667,16 @@ def test_stanza_round_trips_in_a_message() -> None:
 def test_stanza_plugin_attributes() -> None:
     assert (MLS.name, MLS.namespace, MLS.plugin_attrib) == ("mls", "urn:mls-xmpp:0", "mls")
     assert MLS.interfaces == {"payload"}
+
+
+def test_blob_in_parts_round_trips_and_names_each_part() -> None:
+    ref = BlobRef(url="https://h/a", sha256=b"\1" * 32, size=25, more_urls=("https://h/b",
+                                                                          "https://h/c"),
+                  part_size=10)
+    assert ref.parts == [("https://h/a", 10), ("https://h/b", 10), ("https://h/c", 5)]
+    env = _env(kind=Kind.WELCOME, mls_message=b"w", ratchet_tree=ref)
+    assert Envelope.from_base64(env.to_base64()).ratchet_tree == ref
+    assert REF.parts == [(REF.url, REF.size)] and REF.part_size == 0
+    for size in (20, 31):  # two parts of 10 cannot hold 31 bytes, nor need three for 20
+        with pytest.raises(LocalUsageError, match="parts"):
+            BlobRef(url="u", sha256=b"\1" * 32, size=size, more_urls=("v", "w"), part_size=10)

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amls_xmpp/v1/envelope.proto\x12\x0bmls_xmpp.v1\"4\n\x07\x42lobRef\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\"<\n\x08\x46ragment\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x9d\x02\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.mls_xmpp.v1.Kind\x12\x10\n\x08group_id\x18\x03 \x01(\x0c\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x13\n\x0bmls_message\x18\x05 \x01(\x0c\x12\'\n\x08\x66ragment\x18\x06 \x01(\x0b\x32\x15.mls_xmpp.v1.Fragment\x12-\n\x0fmls_message_ref\x18\x07 \x01(\x0b\x32\x14.mls_xmpp.v1.BlobRef\x12*\n\x0cratchet_tree\x18\x08 \x01(\x0b\x32\x14.mls_xmpp.v1.BlobRef\x12\x0c\n\x04room\x18\t \x01(\t\x12\x17\n\x0f\x61\x66ter_stanza_id\x18\n \x01(\t*\x93\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10KIND_APPLICATION\x10\x01\x12\x11\n\rKIND_PROPOSAL\x10\x02\x12\x0f\n\x0bKIND_COMMIT\x10\x03\x12\x10\n\x0cKIND_WELCOME\x10\x04\x12\x13\n\x0fKIND_GROUP_INFO\x10\x05\x12\x14\n\x10KIND_KEY_PACKAGE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amls_xmpp/v1/envelope.proto\x12\x0bmls_xmpp.v1\"Z\n\x07\x42lobRef\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x11\n\tmore_urls\x18\x04 \x03(\t\x12\x11\n\tpart_size\x18\x05 \x01(\x04\"<\n\x08\x46ragment\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x9d\x02\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.mls_xmpp.v1.Kind\x12\x10\n\x08group_id\x18\x03 \x01(\x0c\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x13\n\x0bmls_message\x18\x05 \x01(\x0c\x12\'\n\x08\x66ragment\x18\x06 \x01(\x0b\x32\x15.mls_xmpp.v1.Fragment\x12-\n\x0fmls_message_ref\x18\x07 \x01(\x0b\x32\x14.mls_xmpp.v1.BlobRef\x12*\n\x0cratchet_tree\x18\x08 \x01(\x0b\x32\x14.mls_xmpp.v1.BlobRef\x12\x0c\n\x04room\x18\t \x01(\t\x12\x17\n\x0f\x61\x66ter_stanza_id\x18\n \x01(\t*\x93\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10KIND_APPLICATION\x10\x01\x12\x11\n\rKIND_PROPOSAL\x10\x02\x12\x0f\n\x0bKIND_COMMIT\x10\x03\x12\x10\n\x0cKIND_WELCOME\x10\x04\x12\x13\n\x0fKIND_GROUP_INFO\x10\x05\x12\x14\n\x10KIND_KEY_PACKAGE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mls_xmpp.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=448
-  _globals['_KIND']._serialized_end=595
+  _globals['_KIND']._serialized_start=486
+  _globals['_KIND']._serialized_end=633
   _globals['_BLOBREF']._serialized_start=43
-  _globals['_BLOBREF']._serialized_end=95
-  _globals['_FRAGMENT']._serialized_start=97
-  _globals['_FRAGMENT']._serialized_end=157
-  _globals['_ENVELOPE']._serialized_start=160
-  _globals['_ENVELOPE']._serialized_end=445
+  _globals['_BLOBREF']._serialized_end=133
+  _globals['_FRAGMENT']._serialized_start=135
+  _globals['_FRAGMENT']._serialized_end=195
+  _globals['_ENVELOPE']._serialized_start=198
+  _globals['_ENVELOPE']._serialized_end=483
 # @@protoc_insertion_point(module_scope)

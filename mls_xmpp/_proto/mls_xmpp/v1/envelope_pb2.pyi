@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -24,14 +25,18 @@ KIND_GROUP_INFO: Kind
 KIND_KEY_PACKAGE: Kind
 
 class BlobRef(_message.Message):
-    __slots__ = ("url", "sha256", "size")
+    __slots__ = ("url", "sha256", "size", "more_urls", "part_size")
     URL_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    MORE_URLS_FIELD_NUMBER: _ClassVar[int]
+    PART_SIZE_FIELD_NUMBER: _ClassVar[int]
     url: str
     sha256: bytes
     size: int
-    def __init__(self, url: _Optional[str] = ..., sha256: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+    more_urls: _containers.RepeatedScalarFieldContainer[str]
+    part_size: int
+    def __init__(self, url: _Optional[str] = ..., sha256: _Optional[bytes] = ..., size: _Optional[int] = ..., more_urls: _Optional[_Iterable[str]] = ..., part_size: _Optional[int] = ...) -> None: ...
 
 class Fragment(_message.Message):
     __slots__ = ("message_id", "index", "count")
