@@ -619,12 +619,19 @@ class Chat:
             raise ChatError(f"{folder} is not a directory")
         data = await self.mls.download(att)
         name = safe_file_name(att.name)
-        target = folder / name
-        n = 1
-        while target.exists():
-            target = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
-            n += 1
-        target.write_bytes(data)
+        stem, suffix = Path(name).stem[:100], Path(name).suffix[:20]  # within NAME_MAX
+        target = folder / f"{stem}{suffix}"
+        for n in range(1, 10_000):
+            try:  # never over an existing file or through a symlink: create it new
+                with open(target, "xb") as f:
+                    f.write(data)
+                break
+            except FileExistsError:
+                target = folder / f"{stem}-{n}{suffix}"
+            except OSError as e:
+                raise ChatError(f"cannot save to {target}: {e.strerror or e}") from None
+        else:
+            raise ChatError(f"too many files named like {name} in {folder}")
         self.notice(f"saved file {index} ({_size(len(data))}) as {target}")
 
     async def cmd_quit(self, args: list[str]) -> None:

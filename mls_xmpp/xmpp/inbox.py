@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from slixmpp import JID
+from slixmpp.jid import InvalidJID
 
 from ..core.errors import MLSError
 from .envelope import Envelope, Kind
@@ -58,15 +59,21 @@ class Inbox:
                 return
             if env.kind != Kind.WELCOME:
                 raise TransportError(f"unexpected {env.kind.name} sent directly")
-            await plugin.wait_ready()
+            try:
+                await plugin.wait_ready()
+            except TimeoutError:
+                # not handled: the position stays, and the archive read at the next
+                # start finds the message again
+                plugin.error(MLSErrorEvent("Welcome left for later: the device is not ready",
+                                           sender=sender))
+                return
             async with self._lock:
                 await self._accept(env, sender)
-        except MLSError as e:
+        except MLSError as e:  # refused for good
             plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
-        finally:
-            position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
-            if position is not None:
-                plugin.store.save_inbox_position(position)
+        position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
+        if position is not None:
+            plugin.store.save_inbox_position(position)
 
     async def _accept(self, env: Envelope, sender: str) -> None:
         """Join the group of a Welcome meant for this device; anything else is dropped."""
@@ -79,8 +86,15 @@ class Inbox:
             refs = welcome_refs(env.mls_message)
             if not any(r in client.key_packages for r in refs):
                 return  # for another device of this account, or already used
-            if not env.room or not JID(env.room).user or not JID(env.room).domain:
+            try:
+                room = JID(env.room)
+            except InvalidJID:
+                raise TransportError("Welcome names an invalid room") from None
+            if not room.user or not room.domain:
                 raise TransportError("Welcome without a room")
+            if str(room.bare) in plugin.sessions:
+                # that room carries another group of ours: a Welcome must not take it over
+                raise TransportError("Welcome names the room of another group")
             tree = None
             if env.ratchet_tree is not None:
                 tree = await plugin.delivery.download(env.ratchet_tree)

@@ -196,8 +196,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.error(MLSErrorEvent(f"resuming {record.room}: {e}", session, error=e))
             session.start()
         if self.config.get("publish_key_packages", True):
-            await self.keystore.renew(int(self.config.get("pool_size", 5)))
-            self.save_identity()
+            # a failure is reported, not fatal: the groups work, and upkeep retries
+            await self.renew_key_packages()
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
         self._ready.set()
         if not fresh:
@@ -260,7 +260,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 last = TransportError(f"the room did not reflect the rejoin: {e}")
                 ok = False
             if ok:
-                self.persist(session)
+                await session.save()
                 self.xmpp.event("mls_joined", session)
                 await session.publish_group_info()
                 return session

@@ -108,18 +108,27 @@ class GroupRegistry:
 async def latest_group_info(plugin: XEP_MLS, room: str
                             ) -> tuple[GroupInfo, bytes | None, str | None]:
     """The newest GroupInfo in the room's archive, its tree and its stanza-id."""
-    found: tuple[Envelope, str | None] | None = None
-    # newest page first: a long-lived room's archive is not read in full
-    async for batch in plugin.delivery.archive_pages_backward(room):
-        for msg, stanza_id in batch:
+    def newest(batch: list[tuple[Any, str | None]]) -> tuple[Envelope, str | None] | None:
+        found = None
+        for msg, stanza_id in batch:  # oldest first: keep the last
             try:
                 env = plugin.delivery.envelope_of(msg, str(msg["from"]))
             except MLSError:
                 continue
             if env is not None and env.kind == Kind.GROUP_INFO:
-                found = (env, stanza_id)  # the page is oldest first: keep the last
+                found = (env, stanza_id)
+        return found
+
+    found: tuple[Envelope, str | None] | None = None
+    # newest page first: a long-lived room's archive is not read in full
+    async for batch in plugin.delivery.archive_pages_backward(room):
+        found = newest(batch)
         if found is not None:
             break
+    if found is None:
+        # slixmpp's backward pager ends quietly on an error: read forward, where a
+        # failure raises TransportError instead of looking like an empty archive
+        found = newest(await plugin.delivery.fetch_archive(room))
     if found is None:
         raise NoGroupInfo(f"{room} holds no GroupInfo to rejoin from")
     env, stanza_id = found

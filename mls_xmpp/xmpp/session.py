@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core.errors import MLSError
 from ..core.group.commit import PendingCommit
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .plugin import XEP_MLS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_SEEN = 4096
 #: A leave proposal is sent in at most this many epochs before the device gives up.
@@ -52,7 +53,33 @@ TREE_INLINE_LIMIT = 96 * 1024
 
 def member_jid(member: Member) -> str:
     """The bare JID a member's basic credential names."""
-    return member.credential.identity.decode("utf-8", "replace")
+    return _jid_of(member.credential)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; a cancelled caller still waits for it to end.
+
+    The caller holds the group's lock, and the thread changes the group: the
+    lock must not be released (by the cancellation unwinding) before it is done.
+    """
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(job)
+            break
+        except asyncio.CancelledError:
+            if job.done():
+                raise
+            cancelled = True  # wait on; cancel once the thread has finished
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def _jid_of(credential: Any) -> str:
+    """A credential's identity as text (a peer's bytes need not be UTF-8)."""
+    return bytes(credential.identity).decode("utf-8", "replace")
 
 
 def fingerprint(signature_key: bytes) -> str:
@@ -192,6 +219,11 @@ class GroupSession:
                 pass
             self._worker = None
 
+    async def save(self) -> None:
+        """Write the whole state now, under the group's lock (no change runs meanwhile)."""
+        async with self._group_lock:
+            self.plugin.persist(self)
+
     def feed(self, msg: Any, stanza_id: str | None) -> None:
         """Queue a live room message (and its room stanza-id) for the worker."""
         self._queue.put_nowait((msg, stanza_id))
@@ -215,7 +247,14 @@ class GroupSession:
             self.ready.set()
             while True:
                 msg, sid = await self._queue.get()
-                await self._handle(msg, sid)
+                try:
+                    await self._handle(msg, sid)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one message must not stop the group
+                    log.exception("handling room message %s of %s failed", sid, self.room)
+                    self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self,
+                                                    stanza_id=sid, error=e))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the worker must never die silently
@@ -276,7 +315,7 @@ class GroupSession:
             try:
                 if env.kind == Kind.COMMIT and self._heavy():
                     # off the event loop: the Commit and the encoding of the new state
-                    event, parts = await asyncio.to_thread(self._process_and_encode, data)
+                    event, parts = await _in_thread(self._process_and_encode, data)
                 else:
                     event = self.group.process(data)
             except MLSError as e:
@@ -286,7 +325,12 @@ class GroupSession:
             # events first, then the state: a crash in between replays this message
             # after the restart (same stanza-id, for the application to deduplicate)
             # instead of losing it
-            self._dispatch(event, stanza_id)
+            try:
+                self._dispatch(event, stanza_id)
+            except Exception as e:  # noqa: BLE001 - the state moved on: save it anyway
+                log.exception("dispatching an event of %s failed", self.room)
+                self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
+                                                stanza_id, e))
             if isinstance(event, ApplicationMessage) and parts is None:
                 self.plugin.persist_ratchets(self)  # only the secret trees changed
             else:
@@ -376,7 +420,7 @@ class GroupSession:
             committer = None
             if event.committer.sender_type == 1:
                 leaf = self.group.state.tree.leaf(event.committer.index)
-                committer = None if leaf is None else leaf.credential.identity.decode()
+                committer = None if leaf is None else _jid_of(leaf.credential)
             elif event.committer.sender_type == 4 and event.added:  # an external joiner
                 committer = member_jid(event.added[-1])
             self.plugin.xmpp.event("mls_membership", MembershipEvent(
@@ -571,8 +615,7 @@ class GroupSession:
                         progress.start("commit", len(add))
                     parts: tuple[bytes, bytes] | None = None
                     if self._heavy(len(add)):
-                        pending, parts = await asyncio.to_thread(self._commit_and_encode,
-                                                                 add, remove)
+                        pending, parts = await _in_thread(self._commit_and_encode, add, remove)
                     else:
                         pending = self.group.commit(add=add, remove=remove)
                     if progress is not None:
@@ -616,8 +659,8 @@ class GroupSession:
                                 progress: Progress | None = None) -> None:
         """Affiliations follow membership; Welcomes go out; the GroupInfo is published."""
         now_jids = self.jids()
-        added = {kp.leaf_node.credential.identity.decode() for _, kp in pending.added}
-        removed = {leaf.credential.identity.decode() for _, leaf in pending.removed}
+        added = {_jid_of(kp.leaf_node.credential) for _, kp in pending.added}
+        removed = {_jid_of(leaf.credential) for _, leaf in pending.removed}
         changes = [(jid, "owner") for jid in sorted(added)]
         changes += [(jid, "none") for jid in sorted(removed - now_jids)]
         gate = asyncio.Semaphore(PARALLEL_REQUESTS)
@@ -631,7 +674,7 @@ class GroupSession:
                 try:
                     await self.plugin.delivery.set_affiliation(
                         self.room, jid, "owner" if affiliation == "owner" else "none")
-                except TransportError as e:  # the MLS change stands; report and go on
+                except (TransportError, ValueError) as e:  # the MLS change stands: go on
                     self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
                                                     error=e))
             finished += 1
@@ -650,11 +693,14 @@ class GroupSession:
         if progress is not None:
             progress.start("welcomes", len(welcomes))
         for i, (ref, welcome) in enumerate(welcomes, 1):
-            jid = by_ref[ref].leaf_node.credential.identity.decode()
-            await self.plugin.delivery.send_welcome(jid, Envelope(
-                kind=Kind.WELCOME, group_id=self.group_id, epoch=self.epoch,
-                mls_message=welcome, room=self.room, after_stanza_id=stanza_id or "",
-                ratchet_tree=tree_ref))
+            jid = _jid_of(by_ref[ref].leaf_node.credential)
+            try:
+                await self.plugin.delivery.send_welcome(jid, Envelope(
+                    kind=Kind.WELCOME, group_id=self.group_id, epoch=self.epoch,
+                    mls_message=welcome, room=self.room, after_stanza_id=stanza_id or "",
+                    ratchet_tree=tree_ref))
+            except (TransportError, ValueError) as e:  # e.g. not a JID: the others still go
+                self.plugin.error(MLSErrorEvent(f"Welcome to {jid}: {e}", self, error=e))
             if progress is not None:
                 progress.advance("welcomes", i, len(welcomes))
         await self.publish_group_info()

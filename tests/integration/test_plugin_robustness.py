@@ -204,3 +204,68 @@ def test_outsider_payloads_change_nothing(prosody: ProsodyServer,
                                          new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob", "mallory")]
     asyncio.run(asyncio.wait_for(_hostile(prosody, accounts), 120))
+
+
+# -- hostile members and Welcomes (found in review) -----------------------------------------
+
+
+async def _room_takeover(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                         mallory_acc: Account) -> None:
+    alice, _ = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc)
+    mallory, _ = await mls_client(server, *mallory_acc)
+    try:
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        gb = (await rb.wait("mls_joined"))[0]
+        # mallory welcomes bob (his KeyPackages are public) into her own group, naming
+        # the room of alice's group
+        evil = mallory.plugin["mls"]
+        kp = (await evil.keystore.fetch(bob_acc.jid))[0].key_package
+        g = evil.client.create_group(os.urandom(16))
+        pending = g.commit(add=[kp])
+        g.merge_pending_commit()
+        (welcome,) = pending.welcomes.values()
+        await evil.delivery.send_welcome(bob_acc.jid, Envelope(
+            kind=Kind.WELCOME, group_id=g.group_id, epoch=g.epoch, mls_message=welcome,
+            room=group.room))
+        await rb.wait("mls_error")
+        assert "room of another group" in rb.events["mls_error"][0].reason
+        assert bob.plugin["mls"].sessions[group.room] is gb
+        await group.send("still ours")
+        await rb.wait("mls_message")
+        assert rb.bodies() == ["still ours"] and len(rb.events["mls_joined"]) == 1
+    finally:
+        await close(alice, bob, mallory)
+
+
+def test_a_welcome_cannot_take_over_a_room(prosody: ProsodyServer,
+                                           new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_room_takeover(prosody, new_account("alice"),
+                                                new_account("bob"), new_account("mallory")),
+                                 120))
+
+
+async def _not_utf8(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    alice, ra = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        gb = (await rb.wait("mls_joined"))[0]
+        # a member whose identity is not UTF-8 (not a JID either): nobody's worker dies
+        odd = Client.generate(b"\xff\xfe not a jid")
+        await group.add_key_packages([odd.make_key_package()])
+        await group.send("after the odd member")
+        await rb.wait("mls_message")
+        assert rb.bodies() == ["after the odd member"]
+        assert gb.epoch == group.epoch and len(gb.members) == 3
+        # alice's Welcome to it could not be addressed: reported, not fatal
+        assert any("\ufffd" in e.reason for e in ra.events["mls_error"]), \
+            [e.reason for e in ra.events["mls_error"]]
+    finally:
+        await close(alice, bob)
+
+
+def test_a_member_that_is_not_utf8_breaks_nothing(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_not_utf8(prosody, new_account("alice"),
+                                           new_account("bob")), 120))
