@@ -687,3 +687,24 @@ def test_format_version_1_is_still_read() -> None:
     again = encode_group(group)
     assert again[4:6] == FORMAT_VERSION.to_bytes(2, "big") == (2).to_bytes(2, "big")
     assert encode_group(decode_group(again, config, lambda _: None)) == again
+
+
+def test_huge_stored_trees_are_refused_before_allocating() -> None:
+    from mls_xmpp.core.codec import Reader
+    from mls_xmpp.core.group.serialize import MAX_STORED_LEAVES
+
+    clients, groups = make_group(3)
+    a = groups[0]
+    pending = a.commit()
+    a.merge_pending_commit()
+    blob = encode_group(a)
+    rec = _GroupRecord.read(Reader(blob[6:]))
+    for n in (MAX_STORED_LEAVES * 2, 3, 0):
+        bad = replace(rec, past=(replace(rec.past[0], n_leaves=n),))
+        with pytest.raises(DecodeError, match="retained tree cannot have"):
+            decode_group(blob[:6] + bad.encode(), clients[0].config, clients[0].psk_lookup)
+    bad_tree = replace(rec, state=replace(rec.state, tree=replace(
+        rec.state.tree, n_leaves=MAX_STORED_LEAVES * 2)))
+    with pytest.raises(DecodeError, match="cannot have"):
+        decode_group(blob[:6] + bad_tree.encode(), clients[0].config, clients[0].psk_lookup)
+    del pending

@@ -181,6 +181,8 @@ BASE_MAGIC = b"MLSB"
 RATCHETS_MAGIC = b"MLSR"
 #: Version of the layout described in the module docstring.
 FORMAT_VERSION = 2
+#: Largest tree a stored state may describe (checked before allocating anything).
+MAX_STORED_LEAVES = 1 << 20
 #: Older versions :func:`decode_group` still reads.
 READABLE_VERSIONS = (1, 2)
 
@@ -525,7 +527,7 @@ def _tree_from(suite: CipherSuite, rec: _TreeRecord) -> RatchetTree:
     n = rec.n_leaves
     if n != tree.n_leaves:
         # A tree whose right part is blank but was not truncated: pad it back.
-        if n < tree.n_leaves or n & (n - 1):
+        if n < tree.n_leaves or n & (n - 1) or n > MAX_STORED_LEAVES:
             raise DecodeError(f"ratchet tree of {len(rec.nodes)} nodes cannot have "
                               f"{n} leaves")
         nodes: list[Node | None] = list(tree.nodes())
@@ -744,6 +746,9 @@ def _past_records(group: Group) -> tuple[_PastEpochRecord, ...]:
 def _leaves_tree(suite: CipherSuite, n_leaves: int, changed: tuple[_LeafChange, ...],
                  newer: RatchetTree) -> RatchetTree:
     """A retained epoch's tree: ``newer``'s leaves with ``changed`` applied, blank parents."""
+    if n_leaves < 1 or n_leaves & (n_leaves - 1) or n_leaves > MAX_STORED_LEAVES:
+        # checked before anything is allocated
+        raise DecodeError(f"a retained tree cannot have {n_leaves} leaves")
     _ascending([c.leaf for c in changed], "changed leaves of a retained tree")
     if changed and changed[-1].leaf >= n_leaves:
         raise DecodeError(f"changed leaf {changed[-1].leaf} is outside a tree of {n_leaves}")
