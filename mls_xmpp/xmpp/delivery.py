@@ -154,7 +154,13 @@ class Delivery:
         for url, _ in parts:
             if not url.startswith(("http://", "https://")):
                 raise EnvelopeError("blob URL must be http(s)")
-        data = b"".join([await self._fetch(url, size) for url, size in parts])
+        async def fetch_all() -> bytes:
+            return b"".join([await self._fetch(url, size) for url, size in parts])
+
+        try:  # one deadline for the whole blob, however many parts it has
+            data = await asyncio.wait_for(fetch_all(), self.timeout * 2)
+        except TimeoutError as e:
+            raise TransportError("blob download took too long") from e
         if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
             raise EnvelopeError("blob does not match its size and hash")
         return data
@@ -165,7 +171,8 @@ class Delivery:
 
         try:
             timeout = aiohttp.ClientTimeout(total=self.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as r:
+            async with aiohttp.ClientSession(timeout=timeout) as http, \
+                    http.get(url, allow_redirects=False) as r:
                 if r.status != 200:
                     raise TransportError(f"blob download failed with HTTP {r.status}")
                 buf = bytearray()

@@ -230,16 +230,9 @@ class GroupSession:
 
     async def _run(self, catch_up: bool) -> None:
         try:
-            if catch_up:
-                try:
-                    async for batch in self.plugin.delivery.archive_pages(
-                            self.room, after=self.last_stanza_id):
-                        for msg, sid in batch:
-                            await self._handle(msg, sid)
-                except TransportError as e:
-                    self.plugin.error(MLSErrorEvent(f"archive catch-up failed: {e}", self,
-                                                    error=e))
-            if self.group.pending_commit is not None and self._commit_waiter is None:
+            caught_up = not catch_up or await self._catch_up()
+            if (caught_up and self.group.pending_commit is not None
+                    and self._commit_waiter is None):
                 # restored with a Commit that the archive does not hold: it never
                 # reached the room, so it will never be merged
                 self.group.discard_pending_commit()
@@ -247,19 +240,42 @@ class GroupSession:
             self.ready.set()
             while True:
                 msg, sid = await self._queue.get()
-                try:
-                    await self._handle(msg, sid)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - one message must not stop the group
-                    log.exception("handling room message %s of %s failed", sid, self.room)
-                    self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self,
-                                                    stanza_id=sid, error=e))
+                await self._handle_safely(msg, sid)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the worker must never die silently
             log.exception("group worker for %s crashed", self.room)
             self.plugin.error(MLSErrorEvent(f"worker crashed: {e!r}", self, error=e))
+
+    async def _handle_safely(self, msg: Any, stanza_id: str | None) -> None:
+        """:meth:`_handle`, with any unexpected failure reported: one message must not
+        stop the group's worker."""
+        try:
+            await self._handle(msg, stanza_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            log.exception("handling room message %s of %s failed", stanza_id, self.room)
+            self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self,
+                                            stanza_id=stanza_id, error=e))
+
+    async def _catch_up(self, attempts: int = 3) -> bool:
+        """Read the room archive after ``last_stanza_id``; retried, since live messages
+        processed after a gap would move the position past it for good."""
+        for attempt in range(attempts):
+            try:
+                async for batch in self.plugin.delivery.archive_pages(
+                        self.room, after=self.last_stanza_id):
+                    for msg, sid in batch:
+                        await self._handle_safely(msg, sid)
+                return True
+            except TransportError as e:
+                if attempt == attempts - 1:
+                    self.plugin.error(MLSErrorEvent(f"archive catch-up failed: {e}", self,
+                                                    error=e))
+                    return False
+                await asyncio.sleep(1.0 * (attempt + 1))
+        return False
 
     # -- processing in room order -------------------------------------------------
 
