@@ -13,6 +13,7 @@ both paths, one Welcome at a time, and records how far the archive was read
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 #: The archive is read from this long before this device's oldest KeyPackage.
 ARCHIVE_SLACK = 24 * 3600
+#: Seconds a used KeyPackage's private keys stay in memory (never on disk), for a second
+#: Welcome from an adder that fetched the same KeyPackage before it was retracted.
+REUSE_GRACE = 600.0
 
 
 class _PositionUnknown(TransportError):
@@ -42,6 +46,8 @@ class Inbox:
     def __init__(self, plugin: XEP_MLS) -> None:
         self.plugin = plugin
         self._lock = asyncio.Lock()  # the live copy and the archive's, one at a time
+        #: KeyPackages a Welcome used: ref -> (bundle, when); memory only, for a while
+        self._recent: dict[bytes, tuple[Any, float]] = {}
 
     async def on_direct(self, msg: Any, archive_id: str | None = None) -> None:
         """A Welcome (or anything else) sent to this account directly; never raises MLSError.
@@ -84,8 +90,12 @@ class Inbox:
             return  # already in it (a Welcome read twice: live and from the archive)
         try:
             refs = welcome_refs(env.mls_message)
-            if not any(r in client.key_packages for r in refs):
-                return  # for another device of this account, or already used
+            now = time.monotonic()
+            self._recent = {r: (b, t) for r, (b, t) in self._recent.items()
+                            if now - t < REUSE_GRACE}
+            reused = [r for r in refs if r in self._recent and r not in client.key_packages]
+            if not reused and not any(r in client.key_packages for r in refs):
+                return  # for another device of this account, or used long ago
             try:
                 room = JID(env.room)
             except InvalidJID:
@@ -99,7 +109,25 @@ class Inbox:
             if env.ratchet_tree is not None:
                 tree = await plugin.delivery.download(env.ratchet_tree)
             last_resort = client.last_resort & refs
-            group = client.join(env.mls_message, ratchet_tree=tree)
+            held = {r: client.key_packages[r] for r in refs if r in client.key_packages}
+            restored = not held
+            if restored:
+                # another adder picked the same KeyPackage at the same time (it was on
+                # the node until the first Welcome was processed): its keys, kept a
+                # little while in memory only, open this Welcome too
+                held = {reused[0]: self._recent[reused[0]][0]}
+                client.key_packages.update(held)
+            try:
+                group = client.join(env.mls_message, ratchet_tree=tree)
+            except BaseException:
+                if restored:  # a refused Welcome leaves the KeyPackages as they were
+                    for r in held:
+                        client.key_packages.pop(r, None)
+                raise
+            for r, bundle in held.items():
+                if r not in client.last_resort:
+                    client.key_packages.pop(r, None)
+                    self._recent.setdefault(r, (bundle, now))
             plugin.save_identity()  # the used KeyPackage's private keys are gone
         except MLSError as e:
             plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
