@@ -330,3 +330,34 @@ def test_removed_device_leaves_the_room(prosody: ProsodyServer,
                                         new_account: Callable[[str], Account]) -> None:
     alice, bob = new_account("alice"), new_account("bob")
     asyncio.run(asyncio.wait_for(_one_device_removed(prosody, alice, bob), 120))
+
+
+# -- 6: two adders picked the same KeyPackage ------------------------------------------
+
+
+async def _same_key_package(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                            carol_acc: Account) -> None:
+    phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
+    bob, _ = await mls_client(server, *bob_acc)
+    carol, _ = await mls_client(server, *carol_acc)
+    try:
+        # both fetch before the phone has used (and retracted) any: the same one each
+        (fetched,) = await bob.plugin["mls"].keystore.fetch(alice_acc.jid)
+        kp = fetched.key_package
+        first = await bob.plugin["mls"].create_group(key_packages=[kp])
+        await _join(rp, first.room)
+        second = await carol.plugin["mls"].create_group(key_packages=[kp])
+        gp = await _join(rp, second.room)  # opened with the keys kept in memory
+        await synced(second, gp)
+        # the keys are not kept on disk, nor for reuse beyond the grace period
+        assert fetched.ref not in phone.plugin["mls"].client.key_packages
+        _no_errors(rp)
+    finally:
+        await close(phone, bob, carol)
+
+
+def test_two_adders_with_the_same_key_package(prosody: ProsodyServer,
+                                              new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_same_key_package(prosody, new_account("alice"),
+                                                   new_account("bob"), new_account("carol")),
+                                 120))
