@@ -86,14 +86,18 @@ class Worker:
             del self.buf[:HEADER + n]
         return frames
 
-    def close(self) -> None:
-        """End the process: close its input, then wait (kill it if it does not go)."""
+    def close_pipes(self) -> None:
+        """Close this side of the pipes (the worker then sees the end of its input)."""
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 if stream is not None:
                     stream.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        """End the process: close its input, then wait (kill it if it does not go)."""
+        self.close_pipes()
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:

@@ -297,12 +297,7 @@ def _after_fork_in_child() -> None:
     pool, _pool = _pool, None
     _lock = threading.Lock()
     for w in pool.workers if pool is not None else ():
-        for stream in (w.proc.stdin, w.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        w.close_pipes()
 
 
 def _at_exit() -> None:
