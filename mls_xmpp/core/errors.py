@@ -71,6 +71,15 @@ class PolicyError(ValidationError):
     """The application's policy refused a proposal or commit (RFC 9420 §12.2)."""
 
 
+class IdentityError(ValidationError):
+    """A leaf that replaces another names a different client (RFC 9420 §5.3.1).
+
+    Raised when the credential of an Update proposal, of a Commit's UpdatePath
+    leaf or of an external resync is not a valid successor of the credential
+    it replaces, so one member cannot take another member's name.
+    """
+
+
 class MissingProposalError(ValidationError):
     """A Commit refers to a proposal this member has not received (RFC 9420 §12.4)."""
 

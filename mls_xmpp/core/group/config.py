@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..messages.validation import CredentialValidator, accept_any_credential
+from .identity import SuccessorValidator, same_identity
 
 if TYPE_CHECKING:
     from ..messages.framing import Sender
@@ -52,6 +53,9 @@ class GroupConfig:
             inside Welcome messages (turn off to supply the tree out of band).
         policy: the application's rules for proposals and commits.
         credential_validator: the Authentication Service (RFC 9420 §5.3.1).
+        successor_validator: the Authentication Service's check that a leaf
+            replacing another (Update, UpdatePath, external resync) names
+            the same client (§5.3.1); it must be the same on every member.
         clock: seconds since the Unix epoch (lifetime checks).
         rng: random bytes.
     """
@@ -65,5 +69,6 @@ class GroupConfig:
     ratchet_tree_in_welcome: bool = True
     policy: Policy = field(default_factory=Policy)
     credential_validator: CredentialValidator = accept_any_credential
+    successor_validator: SuccessorValidator = same_identity
     clock: Callable[[], int] = _now
     rng: Callable[[int], bytes] = os.urandom

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import (
     DecodeError,
+    IdentityError,
     MissingProposalError,
     ValidationError,
     WrongEpochError,
@@ -158,6 +159,8 @@ def check_single_proposal(state: EpochState, config: GroupConfig, proposal: Prop
                                             frozenset({sender.index})),
                            now=None, group_id=state.group_id, leaf_index=sender.index,
                            credential_validator=config.credential_validator, replaced=old)
+        if old is not None:
+            config.successor_validator(old, proposal.leaf_node)  # §5.3.1
     elif isinstance(proposal, Add):
         validate_key_package(state.suite, proposal.key_package, now=config.clock(),
                              ctx=leaf_context(state, state.tree, state.context.extensions),
@@ -246,8 +249,9 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
     if external and outcome.removed and commit.path is not None:
         # §12.2: a resync's new leaf must stand for the same participant
         if outcome.removed[0][1].credential != commit.path.leaf_node.credential:
-            raise ValidationError("an external resync must keep the removed member's "
-                                  "credential (§12.2)")
+            raise IdentityError("an external resync must keep the removed member's "
+                                "credential (§12.2)")
+        config.successor_validator(outcome.removed[0][1], commit.path.leaf_node)  # §5.3.1
 
     tree = outcome.tree
     added_leaves = frozenset(i for i, _ in outcome.added)
@@ -267,6 +271,10 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
                            ctx=replace(ctx_ln, encryption_keys=frozenset()), now=None,
                            group_id=state.group_id, leaf_index=committer,
                            credential_validator=config.credential_validator)
+        if not external:  # the committer's new leaf replaces its old one (§5.3.1)
+            old_leaf = state.tree.leaf(sender.index)
+            if old_leaf is not None:
+                config.successor_validator(old_leaf, commit.path.leaf_node)
         merge_update_path(tree, committer, commit.path, group_id=None, exclude=added_leaves)
         if not self_removed:
             provisional = replace(state.context, epoch=state.epoch + 1,

@@ -204,6 +204,7 @@ def apply_proposals(state: EpochState, config: GroupConfig,
                                             frozenset({sender.index})),
                            now=None, group_id=state.group_id, leaf_index=sender.index,
                            credential_validator=config.credential_validator, replaced=old)
+        config.successor_validator(old, upd.leaf_node)  # §5.3.1
         tree.update_leaf(sender.index, upd.leaf_node)
         out.updated.append(sender.index)
 
