@@ -61,6 +61,9 @@ class Client:
     #: a stable name of this device, carried in every leaf as application_id
     #: (RFC 9420 §5.3.3), so a device that lost its state can find its old leaf
     device_id: bytes | None = None
+    #: non-default extension types this device's application supports (listed
+    #: in its leaves' capabilities, RFC 9420 §7.2, e.g. GroupContext extensions)
+    supported_extensions: tuple[int, ...] = ()
 
     @classmethod
     def generate(cls, identity: bytes, suite_id: int = 1, *,
@@ -89,7 +92,8 @@ class Client:
     def capabilities(self) -> Capabilities:
         """What this implementation supports, advertised in every leaf."""
         return Capabilities(versions=(1,), cipher_suites=(self.suite_id,),
-                            extensions=(LAST_RESORT,), proposals=(),
+                            extensions=(LAST_RESORT, *self.supported_extensions),
+                            proposals=(),
                             credentials=(CredentialType.BASIC, CredentialType.X509))
 
     # -- KeyPackages (§10) ---------------------------------------------------------
