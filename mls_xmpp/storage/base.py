@@ -34,6 +34,27 @@ class GroupRecord:
     ratchets: bytes | None = None
 
 
+@dataclass(frozen=True)
+class TrustRecord:
+    """One signature key of one device, as the account's trust store keeps it.
+
+    Attributes:
+        jid: the device's bare JID.
+        fingerprint: the key's fingerprint (:func:`mls_xmpp.xmpp.trust.fingerprint`).
+        device: the device name (its leaves' application_id), ``""`` when none.
+        state: ``new``, ``trusted``, ``verified`` or ``distrusted``.
+        first_seen: when the key was first seen (seconds since the Unix epoch).
+        current: ``False`` once the device showed another key.
+    """
+
+    jid: str
+    fingerprint: str
+    device: str
+    state: str
+    first_seen: int
+    current: bool = True
+
+
 class StateStore(Protocol):
     """A device's persistent state: its identity and its groups."""
 
@@ -67,6 +88,12 @@ class StateStore(Protocol):
 
     def save_inbox_position(self, archive_id: str | None) -> None:
         """Record how far the account's own archive was read for Welcomes."""
+
+    def load_trust(self) -> list[TrustRecord]:
+        """Every record of the account's device trust store."""
+
+    def save_trust(self, record: TrustRecord) -> None:
+        """Insert or replace the record of ``(record.jid, record.fingerprint)``."""
 
     def close(self) -> None:
         """Release the store."""

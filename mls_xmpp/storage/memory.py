@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import GroupRecord
+from .base import GroupRecord, TrustRecord
 from .errors import StorageError
 
 
@@ -13,6 +13,7 @@ class MemoryStore:
         self._identity: bytes | None = None
         self._groups: dict[bytes, GroupRecord] = {}
         self._inbox: str | None = None
+        self._trust: dict[tuple[str, str], TrustRecord] = {}
 
     def load_identity(self) -> bytes | None:
         """The stored identity, if any."""
@@ -61,6 +62,14 @@ class MemoryStore:
     def save_inbox_position(self, archive_id: str | None) -> None:
         """Record how far the account's archive was read for Welcomes."""
         self._inbox = archive_id
+
+    def load_trust(self) -> list[TrustRecord]:
+        """Every trust record."""
+        return list(self._trust.values())
+
+    def save_trust(self, record: TrustRecord) -> None:
+        """Insert or replace a trust record."""
+        self._trust[(record.jid, record.fingerprint)] = record
 
     def close(self) -> None:
         """Nothing to release."""

@@ -134,7 +134,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..core.errors import LocalUsageError
-from .base import GroupRecord
+from .base import GroupRecord, TrustRecord
 from .errors import StorageError
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -183,11 +183,24 @@ def _migration_2_progress(db: sqlite3.Connection) -> None:
     db.execute("UPDATE groups SET last_stanza_id = NULL")
 
 
+def _migration_3_trust(db: sqlite3.Connection) -> None:
+    """Version 2 -> 3: the account's device trust store (fingerprints are not secret)."""
+    db.execute("CREATE TABLE trust ("
+               " jid TEXT NOT NULL,"
+               " fingerprint TEXT NOT NULL,"
+               " device TEXT NOT NULL,"
+               " state TEXT NOT NULL,"
+               " first_seen INTEGER NOT NULL,"
+               " current INTEGER NOT NULL,"
+               " PRIMARY KEY (jid, fingerprint))")
+
+
 #: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
 #: Append new ones; never edit or reorder a released one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1_initial_schema,
     _migration_2_progress,
+    _migration_3_trust,
 ]
 
 #: The schema version this code writes.
@@ -516,6 +529,30 @@ class SQLiteStore:
                 db.execute("INSERT INTO meta (name, value) VALUES ('inbox_position', ?) "
                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                            (archive_id.encode("utf-8"),))
+
+    def load_trust(self) -> list[TrustRecord]:
+        """Every record of the device trust store."""
+        db = self._conn()
+        with _sql_errors("cannot read the trust store"):
+            rows = db.execute("SELECT jid, fingerprint, device, state, first_seen, current "
+                              "FROM trust").fetchall()
+        out = []
+        for jid, fp, device, state, first_seen, current in rows:
+            if not (isinstance(jid, str) and isinstance(fp, str) and isinstance(device, str)
+                    and isinstance(state, str) and isinstance(first_seen, int)):
+                raise StorageError("a trust record has columns of the wrong type")
+            out.append(TrustRecord(jid, fp, device, state, first_seen, bool(current)))
+        return out
+
+    def save_trust(self, record: TrustRecord) -> None:
+        """Insert or replace one trust record."""
+        with self._transaction("cannot save a trust record") as db:
+            db.execute("INSERT INTO trust (jid, fingerprint, device, state, first_seen, current)"
+                       " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (jid, fingerprint) DO UPDATE SET"
+                       " device = excluded.device, state = excluded.state,"
+                       " current = excluded.current",
+                       (record.jid, record.fingerprint, record.device, record.state,
+                        int(record.first_seen), int(record.current)))
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`StorageError`. Idempotent."""

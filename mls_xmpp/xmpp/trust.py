@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
+from ..storage.base import TrustRecord
+
 __all__ = ["DeviceRecord", "TrustBackend", "TrustChange", "TrustState", "TrustStore",
            "fingerprint", "safety_number"]
 
@@ -98,12 +100,12 @@ class TrustChange:
 
 
 class TrustBackend(Protocol):
-    """Where the trust store persists (the plugin's state store implements it)."""
+    """Where the trust store persists (every :class:`~mls_xmpp.storage.StateStore`)."""
 
-    def load_trust(self) -> list[DeviceRecord]:
+    def load_trust(self) -> list[TrustRecord]:
         """Every stored record."""
 
-    def save_trust(self, record: DeviceRecord) -> None:
+    def save_trust(self, record: TrustRecord) -> None:
         """Insert or replace the record of (jid, fingerprint)."""
 
 
@@ -121,13 +123,20 @@ class TrustStore:
         self._clock = clock
         self._records: dict[tuple[str, str], DeviceRecord] = {}
         if backend is not None:
-            for r in backend.load_trust():
-                self._records[(r.jid, r.fingerprint)] = r
+            for t in backend.load_trust():
+                try:
+                    state = TrustState(t.state)
+                except ValueError:
+                    state = TrustState.NEW  # an unknown state is treated as unverified
+                self._records[(t.jid, t.fingerprint)] = DeviceRecord(
+                    t.jid, t.device, t.fingerprint, state, t.first_seen, t.current)
 
     def _save(self, record: DeviceRecord) -> None:
         self._records[(record.jid, record.fingerprint)] = record
         if self._backend is not None:
-            self._backend.save_trust(record)
+            self._backend.save_trust(TrustRecord(record.jid, record.fingerprint, record.device,
+                                                 record.state.value, record.first_seen,
+                                                 record.current))
 
     def record(self, jid: str, fp: str) -> DeviceRecord | None:
         """The record of this key, or ``None`` when never seen."""

@@ -106,7 +106,7 @@ def test_is_a_state_store(store: SQLiteStore) -> None:
 
 
 def test_new_store_settings(db_path: Path, store: SQLiteStore) -> None:
-    assert store.schema_version == sqlite_mod.SCHEMA_VERSION == 2
+    assert store.schema_version == sqlite_mod.SCHEMA_VERSION == 3
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
     db = store._db
     assert db is not None
@@ -204,7 +204,7 @@ def test_version_1_store_is_upgraded(db_path: Path, monkeypatch: pytest.MonkeyPa
     db.commit()
     db.close()
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION
         assert s.load_groups() == [rec(b"g", b"whole state", last="s1")]
         s.save_group(replace(rec(b"g", b"base"), ratchets=b"ratchets"))
         assert s.load_groups()[0].ratchets == b"ratchets"
@@ -260,7 +260,7 @@ def test_reopen_keeps_everything(db_path: Path, key: bytes | None) -> None:
         expected = sorted([replace(groups[0], last_stanza_id="moved"), *groups[1:]],
                           key=lambda r: r.group_id)
         assert s.load_groups() == expected
-        assert s.schema_version == 2
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION
 
 
 def test_real_client_and_group_through_the_store(db_path: Path, key: bytes | None) -> None:
@@ -350,12 +350,12 @@ def test_migration_from_hand_made_version_0_database(db_path: Path) -> None:
     db.close()
 
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION
         s.save_group(rec(b"g", b"state"))
         s.check_integrity()
     db = sqlite3.connect(db_path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_mod.SCHEMA_VERSION
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 1  # converted by VACUUM
         assert db.execute("SELECT value FROM app_settings").fetchall() == [("dark",)]
     finally:
@@ -377,13 +377,13 @@ def test_later_migration_runs_once_on_an_existing_store(db_path: Path,
 
     monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", [*sqlite_mod._MIGRATIONS, migration_3])
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 3
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION + 1
         assert s.load_groups() == [rec(b"g", b"state", last="s1")]
         db = s._db
         assert db is not None
         assert db.execute("SELECT note FROM groups").fetchall() == [("migrated",)]
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 3
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION + 1
     assert runs == [1]
 
 
@@ -401,7 +401,7 @@ def test_failing_migration_leaves_previous_version(db_path: Path,
         SQLiteStore(db_path)
     monkeypatch.undo()
     with SQLiteStore(db_path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION
         assert s.load_groups() == [rec(b"g", b"state")]
         db = s._db
         assert db is not None
@@ -730,3 +730,19 @@ def test_crash_safety_under_sigkill(db_path: Path) -> None:
             assert group.group_id == b"real"
     assert last_n > 0
     print(f"final counter {last_n}, hot journals seen after kill: {hot_journals}/20")
+
+
+
+def test_trust_records_persist(db_path: Path) -> None:
+    from mls_xmpp.storage import TrustRecord
+
+    one = TrustRecord("bob@example.org", "aa bb", "phone", "trusted", 100)
+    with SQLiteStore(db_path) as s:
+        assert s.load_trust() == []
+        s.save_trust(one)
+        s.save_trust(replace(one, state="verified"))
+        s.save_trust(TrustRecord("bob@example.org", "cc dd", "phone", "new", 200))
+    with SQLiteStore(db_path) as s:
+        got = sorted(s.load_trust(), key=lambda r: r.fingerprint)
+    assert got == [replace(one, state="verified"),
+                   TrustRecord("bob@example.org", "cc dd", "phone", "new", 200)]

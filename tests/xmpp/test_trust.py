@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mls_xmpp.storage import MemoryStore, TrustRecord
 from mls_xmpp.xmpp.trust import (
-    DeviceRecord,
     TrustState,
     TrustStore,
     fingerprint,
@@ -17,12 +17,12 @@ A1, A2, A3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 
 class ListBackend:
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], DeviceRecord] = {}
+        self.rows: dict[tuple[str, str], TrustRecord] = {}
 
-    def load_trust(self) -> list[DeviceRecord]:
+    def load_trust(self) -> list[TrustRecord]:
         return list(self.rows.values())
 
-    def save_trust(self, record: DeviceRecord) -> None:
+    def save_trust(self, record: TrustRecord) -> None:
         self.rows[(record.jid, record.fingerprint)] = record
 
 
@@ -84,3 +84,9 @@ def test_safety_number_is_symmetric_and_key_bound() -> None:
     assert len(n.replace(" ", "")) == 60 and n.replace(" ", "").isdigit()
     assert n != safety_number("alice@x", A1, "bob@x", A3)
     assert n != safety_number("alice@x", A1, "mallory@x", A2)
+
+
+def test_memory_store_is_a_backend() -> None:
+    store = MemoryStore()
+    TrustStore(store).observe("bob@x", "phone", A1)
+    assert TrustStore(store).state("bob@x", fingerprint(A1)) == TrustState.TRUSTED
