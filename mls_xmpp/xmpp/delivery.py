@@ -73,8 +73,11 @@ class Delivery:
     def _pieces(self, env: Envelope) -> list[Envelope]:
         try:
             return fragment(env, self._budget)
-        except LocalUsageError as e:  # more than 64 fragments
-            raise TooLargeError(f"too large for the room: {e}") from e
+        except LocalUsageError as e:  # more than 64 fragments (only handshake messages)
+            raise TooLargeError(
+                f"a {env.kind.name} message of {env.encoded_size()} bytes does not fit the "
+                "room even in fragments: add fewer members per Commit (plugin option "
+                "max_adds_per_commit)") from e
 
     def fits_one_stanza(self, env: Envelope) -> bool:
         """Whether ``env`` travels in one stanza, unfragmented."""
