@@ -113,7 +113,7 @@ class OptionsTable(Directive):
         from mls_xmpp.xmpp.plugin import XEP_MLS
 
         defaults: dict[str, Any] = dict(XEP_MLS.default_config)
-        where = self.state.document.current_source, self.lineno
+        where = self.state.document.settings.env.docname, self.lineno
         for name in defaults.keys() - OPTION_DOCS.keys():
             log.warning("plugin option %r has no description in docs/conf.py OPTION_DOCS",
                         name, location=where)
@@ -187,7 +187,7 @@ class EventsTable(Directive):
 
     def run(self) -> list[nodes.Node]:
         raised = raised_events()
-        where = self.state.document.current_source, self.lineno
+        where = self.state.document.settings.env.docname, self.lineno
         for name in sorted(raised - EVENT_DOCS.keys()):
             log.warning("event %r is raised by mls_xmpp but not in docs/conf.py EVENT_DOCS",
                         name, location=where)
