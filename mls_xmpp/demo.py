@@ -782,7 +782,7 @@ class Demo:
         (gb,) = await bob.events.wait("mls_joined", 1, "bob rejoining", self.timeout)
         await asyncio.wait_for(gb.ready.wait(), self.timeout)
         self.group["bob"] = gb
-        bob.core = bob.mls.client
+        bob.core = bob.mls.identity
         await self._wait_epoch(("alice", "dave"), gb.epoch, "seeing bob's rejoin")
         out.detail(f"bob, with a new identity ({bob.fingerprint}), found the group in his "
                    f"account's private PEP node and the latest GroupInfo in the room archive, "

@@ -134,7 +134,7 @@ class Chat:
         """This device's fingerprint, as /members shows it."""
         from mls_xmpp.xmpp.session import fingerprint
 
-        client = self.mls.client
+        client = self.mls.identity
         return "?" if client is None else fingerprint(client.signature_public_key)
 
     def active_groups(self) -> list[Any]:
@@ -318,7 +318,7 @@ class Chat:
             del self.mls.sessions[session.room]
         asyncio.ensure_future(session.stop())
         try:
-            self.mls.store.delete_group(session.group_id)
+            self.mls.state_store.delete_group(session.group_id)
         except Exception as e:  # noqa: BLE001 - a storage failure is reported, not fatal
             self.group_line(session.room, "!", f"could not delete the group from the store: "
                             f"{_one_line(str(e))}")

@@ -2,10 +2,11 @@
 
 Stanzas built here carry exactly one ``<mls xmlns='urn:mls-xmpp:0'/>``
 element (base64 protobuf Envelope), a fallback ``<body/>``, the store hint
-(``urn:xmpp:hints``, so body-less payloads are archived too) and an EME
-marker (XEP-0380). Nothing sent exceeds the server's stanza limit: large
-MLSMessages are fragmented, and ratchet trees above a threshold go out of
-band through HTTP File Upload (XEP-0363) with a SHA-256 that receivers check.
+(``urn:xmpp:hints``, XEP-0334, so body-less payloads are archived too) and an
+EME marker (XEP-0380), both through slixmpp's stanza plugins. Nothing sent
+exceeds the server's stanza limit: large handshake messages are fragmented; a
+large application message, and ratchet trees above a threshold, go out of band
+through HTTP File Upload (XEP-0363) with a SHA-256 that receivers check.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.xmlstream import ET
+from slixmpp.plugins.xep_0359 import StanzaID
 
+from ..core.errors import LocalUsageError
 from .envelope import BlobRef, Envelope, Reassembler, fragment
-from .errors import EnvelopeError, TransportError
+from .errors import EnvelopeError, TooLargeError, TransportError
 from .stanza import NS
 
 if TYPE_CHECKING:
@@ -57,27 +59,63 @@ class Delivery:
     def _message(self, to: str, mtype: Literal["chat", "groupchat"], env: Envelope) -> Any:
         msg = self.xmpp.make_message(mto=to, mtype=mtype, mbody=FALLBACK_BODY)
         msg["mls"]["payload"] = env.to_base64()
-        msg.append(ET.Element("{urn:xmpp:hints}store"))
-        eme = ET.Element("{urn:xmpp:eme:0}encryption")
-        eme.set("namespace", NS)
-        eme.set("name", "MLS")
-        msg.append(eme)
+        msg.enable("store")  # XEP-0334 (plugin xep_0334)
+        # XEP-0380 (plugin xep_0380; its add_eme() knows only the XSF's mechanisms)
+        msg["eme"]["namespace"] = NS
+        msg["eme"]["name"] = "MLS"
         return msg
 
-    def _pieces(self, env: Envelope) -> list[Envelope]:
+    @property
+    def _budget(self) -> int:
         # base64 grows by 4/3; leave room for the rest of the stanza
-        budget = self.stanza_budget - 2048  # base64 characters of the <mls/> text
-        return fragment(env, budget)
+        return self.stanza_budget - 2048  # base64 characters of the <mls/> text
+
+    def _pieces(self, env: Envelope) -> list[Envelope]:
+        try:
+            return fragment(env, self._budget)
+        except LocalUsageError as e:  # more than 64 fragments
+            raise TooLargeError(f"too large for the room: {e}") from e
+
+    def fits_one_stanza(self, env: Envelope) -> bool:
+        """Whether ``env`` travels in one stanza, unfragmented."""
+        return len(env.to_base64()) <= self._budget
+
+    async def _by_reference(self, env: Envelope) -> Envelope:
+        """``env`` with its MLSMessage uploaded (``mls_message_ref``) if it needs
+        more than one stanza.
+
+        If the upload fails (e.g. the server has no upload service), a message
+        the receivers' reassembly takes is sent in fragments instead.
+        """
+        if self.fits_one_stanza(env):
+            return env
+        try:
+            ref = await self.upload(env.mls_message, "mls-message")
+        except TransportError as e:
+            if len(env.mls_message) <= self.reassembler.max_bytes:
+                log.info("sending a message in fragments: upload failed (%s)", e)
+                return env
+            raise
+        return replace(env, mls_message=b"", mls_message_ref=ref)
 
     async def _with_blobs(self, env: Envelope, ratchet_tree: bytes | None) -> Envelope:
         if ratchet_tree is not None:
             env = replace(env, ratchet_tree=await self.upload(ratchet_tree, "ratchet-tree"))
         return env
 
-    async def send_room(self, room: str, env: Envelope, *,
-                        ratchet_tree: bytes | None = None) -> None:
-        """Send an envelope to the group's room (fragmented if needed)."""
+    async def send_room(self, room: str, env: Envelope, *, ratchet_tree: bytes | None = None,
+                        by_reference: bool = False) -> None:
+        """Send an envelope to the group's room (fragmented if needed).
+
+        With ``by_reference``, an MLSMessage larger than one stanza is uploaded
+        and sent as ``mls_message_ref`` instead of in fragments.
+
+        :raises TooLargeError: even 64 fragments would not hold it.
+        :raises TransportError: an upload failed.
+        """
         env = await self._with_blobs(env, ratchet_tree)
+        if by_reference:
+            env = await self._by_reference(env)
         for piece in self._pieces(env):
             self._message(room, "groupchat", piece).send()
         await asyncio.sleep(0)  # let the stream write (and read) between sends
@@ -93,11 +131,16 @@ class Delivery:
 
     @staticmethod
     def room_stanza_id(msg: Any, room: str) -> str | None:
-        """The stanza-id the room assigned (XEP-0359), or ``None``."""
-        for el in msg.xml.findall("{urn:xmpp:sid:0}stanza-id"):
-            if JID(el.get("by", "")).bare == JID(room).bare:
-                value = el.get("id")
-                return None if value is None else str(value)
+        """The stanza-id the room assigned (XEP-0359), or ``None``.
+
+        Every ``<stanza-id/>`` is looked at, each through slixmpp's XEP-0359
+        stanza class: ``msg["stanza_id"]`` would show only the first, and a
+        message may carry several (one by the room, one by an account's archive).
+        """
+        for el in msg.xml.findall(f"{{{StanzaID.namespace}}}{StanzaID.name}"):
+            sid = StanzaID(xml=el)
+            if JID(sid["by"] or "").bare == JID(room).bare:
+                return str(sid["id"]) if el.get("id") is not None else None
         return None
 
     @staticmethod
@@ -246,6 +289,12 @@ class Delivery:
 
         :raises TransportError: the server refused or did not answer.
         """
+        # Paged by hand, not with slixmpp's xep_0313 iterate()/retrieve(iterator=True):
+        # its RSM iterator (xep_0059) ends quietly on an error reply or timeout (a
+        # failed read would look like the end of the archive, and the position would
+        # move past a gap), ignores <fin complete='true'/>, and follows a server that
+        # pages in a circle for ever. Here each page is bounded (``page``), an error
+        # raises, and a repeated page cursor is an error.
         mam = self.xmpp.plugin["xep_0313"]
         cursor = after
         seen: set[str] = set()

@@ -22,7 +22,7 @@ from slixmpp.jid import InvalidJID
 
 from ..core.errors import MLSError
 from .envelope import Envelope, Kind
-from .errors import TransportError
+from .errors import EnvelopeError, TransportError
 from .events import MLSErrorEvent
 from .session import GroupSession
 
@@ -64,7 +64,7 @@ class Inbox:
             if env is None:
                 return
             if env.kind != Kind.WELCOME:
-                raise TransportError(f"unexpected {env.kind.name} sent directly")
+                raise EnvelopeError(f"unexpected {env.kind.name} sent directly")
             try:
                 await plugin.wait_ready()
             except TimeoutError:
@@ -79,12 +79,12 @@ class Inbox:
             plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
         position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
         if position is not None:
-            plugin.store.save_inbox_position(position)
+            plugin.state_store.save_inbox_position(position)
 
     async def _accept(self, env: Envelope, sender: str) -> None:
         """Join the group of a Welcome meant for this device; anything else is dropped."""
         plugin = self.plugin
-        client = plugin.client
+        client = plugin.identity
         assert client is not None
         if any(s.group_id == env.group_id for s in plugin.sessions.values()):
             return  # already in it (a Welcome read twice: live and from the archive)
@@ -99,12 +99,12 @@ class Inbox:
             try:
                 room = JID(env.room)
             except InvalidJID:
-                raise TransportError("Welcome names an invalid room") from None
+                raise EnvelopeError("Welcome names an invalid room") from None
             if not room.user or not room.domain:
-                raise TransportError("Welcome without a room")
+                raise EnvelopeError("Welcome without a room")
             if str(room.bare) in plugin.sessions:
                 # that room carries another group of ours: a Welcome must not take it over
-                raise TransportError("Welcome names the room of another group")
+                raise EnvelopeError("Welcome names the room of another group")
             tree = None
             if env.ratchet_tree is not None:
                 tree = await plugin.delivery.download(env.ratchet_tree)
@@ -162,14 +162,14 @@ class Inbox:
         :raises TransportError: the archive could not be read.
         """
         plugin = self.plugin
-        assert plugin.client is not None
-        bundles = list(plugin.client.key_packages.values())
+        assert plugin.identity is not None
+        bundles = list(plugin.identity.key_packages.values())
         if not bundles:
             return []  # nothing to be welcomed with
         oldest = min((lt.not_before for b in bundles
                       if (lt := b.key_package.leaf_node.lifetime) is not None), default=0)
         since = datetime.fromtimestamp(max(0, oldest - ARCHIVE_SLACK), tz=UTC)
-        after = plugin.store.load_inbox_position()
+        after = plugin.state_store.load_inbox_position()
         before = set(plugin.sessions)
         try:
             await self._read(after, since)
@@ -202,7 +202,7 @@ class Inbox:
             if last_resort_used is not None:
                 await keystore.retire(last_resort_used)
             await keystore.sync_used()
-            await keystore.top_up(int(plugin.config.get("pool_size", 5)))
+            await keystore.top_up(int(plugin.config["pool_size"]))
             plugin.save_identity()
         except MLSError as e:
             plugin.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
@@ -212,12 +212,12 @@ def welcome_refs(data: bytes) -> set[bytes]:
     """The KeyPackageRefs a Welcome (an MLSMessage) is for.
 
     :raises DecodeError: not an MLSMessage.
-    :raises TransportError: an MLSMessage, but not a Welcome.
+    :raises EnvelopeError: an MLSMessage, but not a Welcome.
     """
     from ..core.messages.framing import MLSMessage
     from ..core.messages.welcome import Welcome
 
     msg = MLSMessage.decode(data)
     if not isinstance(msg.body, Welcome):
-        raise TransportError("Welcome envelope without a Welcome")
+        raise EnvelopeError("Welcome envelope without a Welcome")
     return {e.new_member for e in msg.body.secrets}

@@ -25,7 +25,7 @@ from ..core.group.join import tree_from_group_info
 from ..core.messages.framing import MLSMessage
 from ..core.messages.group_info import GroupInfo
 from .envelope import Envelope, Kind
-from .errors import TransportError
+from .errors import EnvelopeError, TransportError
 from .stanza import NS
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ async def latest_group_info(plugin: XEP_MLS, room: str
     env, stanza_id = found
     body = MLSMessage.decode(env.mls_message).body
     if not isinstance(body, GroupInfo):
-        raise TransportError("GROUP_INFO envelope without a GroupInfo")
+        raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
     tree = None
     if env.ratchet_tree is not None:
         tree = await plugin.delivery.download(env.ratchet_tree)
@@ -166,7 +166,7 @@ async def retract_stale_device_items(plugin: XEP_MLS, device_id: bytes) -> int:
     from .keystore import decode_item
 
     keystore = plugin.keystore
-    client = plugin.client
+    client = plugin.identity
     if keystore is None or client is None:
         return 0
     retracted = 0

@@ -20,14 +20,26 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..core.errors import MLSError
+from slixmpp import JID
+from slixmpp.jid import InvalidJID
+
+from ..core.errors import GroupStateError, MLSError, ValidationError
 from ..core.group.commit import PendingCommit
 from ..core.group.events import ApplicationMessage, CommitApplied, Member, ProposalReceived
 from ..core.group.group import Group
 from ..core.messages.key_package import KeyPackage
 from .attachments import upload_attachment
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
-from .errors import TransportError
+from .errors import (
+    EnvelopeError,
+    NoKeyPackageError,
+    NotConnectedError,
+    NotInGroupError,
+    TooLargeError,
+    TransportError,
+    UnknownDeviceError,
+    UnknownMemberError,
+)
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
 
 if TYPE_CHECKING:
@@ -49,6 +61,14 @@ HEAVY_TREE = 256
 PARALLEL_REQUESTS = 8
 #: Trees up to this size travel inside Welcome/GroupInfo; larger ones by HTTP upload.
 TREE_INLINE_LIMIT = 96 * 1024
+#: The largest application message :meth:`GroupSession.send` sends (its encoded,
+#: padded ``Content``: the body in UTF-8, attachment descriptions and a little
+#: more). A message that does not fit one stanza goes by reference (uploaded,
+#: ``mls_message_ref``); above this limit ``send`` raises :class:`TooLargeError`
+#: and :meth:`GroupSession.send_file` is the way (receivers download up to 64 MiB).
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Seconds between looks at the connection while an API call waits for a group.
+_POLL = 0.2
 
 
 def member_jid(member: Member) -> str:
@@ -80,6 +100,14 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 def _jid_of(credential: Any) -> str:
     """A credential's identity as text (a peer's bytes need not be UTF-8)."""
     return bytes(credential.identity).decode("utf-8", "replace")
+
+
+def _bare(jid: str) -> str:
+    """The bare form of ``jid`` (normalised); an invalid one as given."""
+    try:
+        return str(JID(jid).bare)
+    except InvalidJID:
+        return jid
 
 
 def fingerprint(signature_key: bytes) -> str:
@@ -121,11 +149,12 @@ async def fetch_devices(plugin: XEP_MLS, jids: list[str],
                         progress: Progress | None = None) -> dict[str, list[KeyPackage]]:
     """One KeyPackage per device of each JID, fetched a few accounts at a time.
 
-    :raises TransportError: a JID has no usable KeyPackage (nothing is added then).
+    :raises NoKeyPackageError: a JID has no usable KeyPackage (nothing is added then).
+    :raises TransportError: a fetch failed.
     """
     keystore = plugin.keystore
     if keystore is None:
-        raise TransportError("the plugin has not started")
+        raise NotConnectedError("the plugin has not started: no XMPP session yet")
     jids = list(dict.fromkeys(jids))
     found: dict[str, list[KeyPackage]] = {}
     gate = asyncio.Semaphore(PARALLEL_REQUESTS)
@@ -141,8 +170,9 @@ async def fetch_devices(plugin: XEP_MLS, jids: list[str],
     await asyncio.gather(*(one(j) for j in jids))
     missing = [j for j in jids if not found.get(j)]
     if missing:
-        raise TransportError(f"{', '.join(missing)} "
-                             f"{'has' if len(missing) == 1 else 'have'} no usable KeyPackage")
+        raise NoKeyPackageError(
+            f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no usable "
+            "KeyPackage (no MLS client, or all its KeyPackages expired)", tuple(missing))
     return {j: found[j] for j in jids}
 
 
@@ -176,6 +206,8 @@ class GroupSession:
         self.echo_result: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
         #: leave proposals sent so far (None: this device is not leaving)
         self._leave_attempts: int | None = None
+        #: set when this device was removed from the group (or its leave was committed)
+        self.removed = False
 
     # -- what the group is ----------------------------------------------------
 
@@ -201,6 +233,29 @@ class GroupSession:
 
     def __repr__(self) -> str:
         return f"GroupSession({self.room}, epoch={self.epoch})"
+
+    # -- what the API checks first ---------------------------------------------
+
+    def _require_usable(self) -> None:
+        """Raise at once when this handle cannot act (see :meth:`_usable`)."""
+        if self.removed or not self.group.active:
+            raise NotInGroupError(f"this device is no longer in the group of {self.room}")
+        self.plugin.require_connected()
+        if self.plugin.sessions.get(self.room) is not self:
+            raise GroupStateError(
+                f"this handle of {self.room} is from before a reconnection: get the group "
+                "again with xmpp['mls'].group(room)")
+
+    async def _usable(self) -> None:
+        """Wait until the group has read its archive; raise at once instead when this
+        device is no longer in the group (:class:`NotInGroupError`), there is no XMPP
+        session (:class:`NotConnectedError`), or the handle is stale."""
+        self._require_usable()
+        while not self.ready.is_set():
+            try:  # look again now and then: a lost stream sets no event this waits on
+                await asyncio.wait_for(self.ready.wait(), _POLL)
+            except TimeoutError:
+                self._require_usable()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -298,9 +353,17 @@ class GroupSession:
             if env is None:
                 return  # a fragment; the rest has not arrived yet
             if env.group_id != self.group_id:
-                raise TransportError("envelope names another group")
+                raise EnvelopeError("envelope names another group")
             if env.kind == Kind.GROUP_INFO:
                 self._accept_group_info(env)
+                self._mark(stanza_id)
+                self.plugin.persist_position(self)
+                return
+            ref = env.mls_message_ref
+            if ref is not None and ref.sha256 in self._sent:
+                # our own message by reference, reflected: its hash (that of the
+                # MLSMessage) is known, so it need not be downloaded
+                del self._sent[ref.sha256]
                 self._mark(stanza_id)
                 self.plugin.persist_position(self)
                 return
@@ -397,16 +460,16 @@ class GroupSession:
 
         body = MLSMessage.decode(env.mls_message).body
         if not isinstance(body, GroupInfo):
-            raise TransportError("GROUP_INFO envelope without a GroupInfo")
+            raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
         ctx = body.group_context
         state = self.group.state
         if ctx.group_id != self.group_id or ctx.epoch != state.epoch:
             return  # stale or foreign: not an error, just not useful
         if ctx.tree_hash != state.context.tree_hash or body.signer >= state.tree.n_leaves:
-            raise TransportError("GroupInfo does not describe this epoch's tree")
+            raise ValidationError("GroupInfo does not describe this epoch's tree")
         signer = state.tree.leaf(body.signer)
         if signer is None:
-            raise TransportError("GroupInfo signed by a blank leaf")
+            raise ValidationError("GroupInfo signed by a blank leaf")
         body.verify_signature(state.suite, signer.signature_key)
         self.latest_group_info = env
 
@@ -496,21 +559,37 @@ class GroupSession:
                    attachments: tuple[Attachment, ...] = ()) -> str:
         """Encrypt ``body`` for the group and send it through the room.
 
+        A message too large for one stanza is uploaded (HTTP File Upload,
+        XEP-0363) and sent by reference; members download and check it. The
+        limit is :data:`MAX_MESSAGE_SIZE` (16 MiB of encoded content).
+
         :returns: the message's id (``Content.message_id``, random), which
             others may name in ``reply_to``.
+        :raises TooLargeError: over :data:`MAX_MESSAGE_SIZE`; nothing was sent
+            (share the text with :meth:`send_file` instead).
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        :raises TransportError: the upload of a large message failed.
         """
-        await self.ready.wait()
+        await self._usable()
         message_id = secrets.token_hex(12)
         content = encode_content(body, attachments=attachments, thread_id=thread_id,
                                  reply_to=reply_to, message_id=message_id,
                                  timestamp_ms=int(time.time() * 1000),
                                  pad_to=self.group.config.pad_to)
+        if len(content) > MAX_MESSAGE_SIZE:
+            raise TooLargeError(
+                f"the message is {len(content)} bytes encoded, over the limit of "
+                f"{MAX_MESSAGE_SIZE}: send it as a file instead, e.g. group.send_file("
+                "text.encode(), name='message.txt', media_type='text/plain')")
         async with self._group_lock:
+            self._require_usable()  # the stream may have gone while the lock was taken
             data = self.group.encrypt(content)
             self._remember_sent(data)
             self.plugin.persist_ratchets(self)
         await self.plugin.delivery.send_room(self.room, Envelope(
-            kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data))
+            kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data),
+            by_reference=True)
         return message_id
 
     async def send_file(self, data: bytes, *, name: str = "", media_type: str = "",
@@ -521,8 +600,11 @@ class GroupSession:
         content and fetch it with ``xmpp["mls"].download(attachment)``.
 
         :returns: the message's id.
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
         :raises TransportError: the upload failed (e.g. over the server's size limit).
         """
+        await self._usable()
         attachment = await upload_attachment(self.plugin.delivery, data, name=name,
                                              media_type=media_type)
         return await self.send(body, thread_id=thread_id, reply_to=reply_to,
@@ -532,7 +614,13 @@ class GroupSession:
         """Add every device of each user (KeyPackages from their PEP nodes).
 
         Reports its stages as ``mls_progress`` events (:class:`ProgressEvent`).
+
+        :raises NoKeyPackageError: a user has no usable KeyPackage (nobody is added).
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        :raises TransportError: a fetch failed, or the room did not take the Commit.
         """
+        await self._usable()
         progress = Progress(self.plugin, self, "add")
         devices = await fetch_devices(self.plugin, list(jids), progress)
         await self.add_key_packages([kp for kps in devices.values() for kp in kps],
@@ -546,8 +634,9 @@ class GroupSession:
         are added in several Commits, so that no Commit outgrows what a room
         carries (64 fragments) and each one's work stays bounded.
         """
+        await self._usable()
         progress = progress or Progress(self.plugin, self, "add")
-        size = max(1, int(self.plugin.config.get("max_adds_per_commit", MAX_ADDS_PER_COMMIT)))
+        size = max(1, int(self.plugin.config["max_adds_per_commit"]))
         batches = [list(key_packages[i:i + size]) for i in range(0, len(key_packages), size)]
         progress.batches = max(1, len(batches))
         for number, batch in enumerate(batches or [[]], 1):
@@ -555,27 +644,46 @@ class GroupSession:
             await self._commit(add=batch, progress=progress)
 
     async def remove(self, *jids: str) -> None:
-        """Remove every device of each user."""
-        wanted = set(jids)
+        """Remove every device of each user (bare JIDs).
+
+        :raises UnknownMemberError: a JID is not a member (nobody is removed).
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        """
+        await self._usable()
+        wanted = {_bare(j) for j in jids}
+        present = self.jids()
+        unknown = sorted(wanted - present)
+        if unknown or not wanted:
+            raise UnknownMemberError(f"not a member of the group: {', '.join(unknown) or '-'}")
         keys = [m.signature_key for m in self.group.members if member_jid(m) in wanted]
-        if not keys:
-            raise TransportError("none of these JIDs is in the group")
         await self._commit(remove_keys=keys)
 
     async def remove_device(self, *fingerprints: str) -> None:
         """Remove single devices (e.g. a lost phone), named by their fingerprint.
 
         The account stays in the group through its other devices.
+
+        :raises UnknownDeviceError: a fingerprint is not in the group (nothing is removed).
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
         """
+        await self._usable()
         wanted = set(fingerprints)
-        keys = [m.signature_key for m in self.group.members
-                if fingerprint(m.signature_key) in wanted]
-        if len(keys) != len(wanted):
-            raise TransportError("no device in the group has one of these fingerprints")
-        await self._commit(remove_keys=keys)
+        present = {fingerprint(m.signature_key): m.signature_key for m in self.group.members}
+        unknown = sorted(wanted - set(present))
+        if unknown or not wanted:
+            raise UnknownDeviceError(
+                f"no device in the group has the fingerprint {', '.join(unknown) or '-'}")
+        await self._commit(remove_keys=[present[f] for f in wanted])
 
     async def update(self) -> None:
-        """Fresh keys for this device: an empty Commit with a path (PCS)."""
+        """Fresh keys for this device: an empty Commit with a path (PCS).
+
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        """
+        await self._usable()
         await self._commit()
 
     async def leave(self) -> None:
@@ -584,8 +692,11 @@ class GroupSession:
         A proposal lives for one epoch: if a Commit ends the epoch without
         removing this device, the proposal is sent again in the new epoch
         (up to :data:`LEAVE_ATTEMPTS` times in all).
+
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
         """
-        await self.ready.wait()
+        await self._usable()
         self._leave_attempts = 0
         await self._propose_leave()
 
@@ -609,15 +720,16 @@ class GroupSession:
         Removals are named by signature key, so a retry after another Commit
         never removes whoever took over a freed leaf.
         """
-        await self.ready.wait()
+        await self._usable()
         async with self._op_lock:
             add = list(add or [])
             gone = set(remove_keys or [])
             last: Exception | None = None
             for _ in range(attempts):
                 async with self._group_lock:
+                    self._require_usable()
                     if self.group.pending_commit is not None:
-                        raise TransportError("an earlier Commit is still waiting for the room")
+                        raise GroupStateError("an earlier Commit is still waiting for the room")
                     current = {m.signature_key for m in self.group.members}
                     add = [kp for kp in add if kp.leaf_node.signature_key not in current]
                     remove = [m.leaf_index for m in self.group.members if m.signature_key in gone]
@@ -646,7 +758,8 @@ class GroupSession:
                     mls_message=pending.message))
                 try:
                     own, event, stanza_id = await asyncio.wait_for(
-                        asyncio.shield(self._commit_waiter), self.plugin.commit_timeout)
+                        asyncio.shield(self._commit_waiter),
+                        float(self.plugin.config["commit_timeout"]))
                 except TimeoutError as e:
                     # keep it pending: if the room reflects it later, the worker merges
                     # it and finishes the Welcomes and affiliations then

@@ -504,10 +504,10 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         group = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
         tag = room_short(group.room)
         await b.expect(rf"^{TIME} {tag} \* you joined group ")
-        laptop_fp = fingerprint(laptop.plugin["mls"].client.signature_public_key)
+        laptop_fp = fingerprint(laptop.plugin["mls"].identity.signature_public_key)
         # alice's tablet (no state yet) joins her groups by external Commit
         tablet, _ = await mls_client(server, *alice_acc, config={"device": "tablet"})
-        tablet_fp = fingerprint(tablet.plugin["mls"].client.signature_public_key)
+        tablet_fp = fingerprint(tablet.plugin["mls"].identity.signature_public_key)
         await b.expect(rf"^{TIME} {tag} ! {re.escape(alice_acc.jid)} has a new device "
                        rf"{tablet_fp} \(their other device: {laptop_fp}\)$")
         await b.quit()

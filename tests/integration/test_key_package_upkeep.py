@@ -39,7 +39,7 @@ async def _last_resort_rotated(server: ProsodyServer, alice_acc: Account,
                 await asyncio.sleep(0.1)
 
         fresh = await rotated(used)
-        client = bob.plugin["mls"].client
+        client = bob.plugin["mls"].identity
         assert used not in client.last_resort  # withdrawn (its keys age out later)
         assert client.last_resort == {fresh}
 

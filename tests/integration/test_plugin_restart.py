@@ -21,7 +21,7 @@ async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
         await asyncio.wait_for(gb.ready.wait(), TIMEOUT)
         await group.send("one")
         await rb.wait("mls_message", 1)
-        bob_key = bob.plugin["mls"].client.signature_public_key
+        bob_key = bob.plugin["mls"].identity.signature_public_key
         await close(bob)  # bob goes away; his state is on disk
 
         await group.send("two")
@@ -30,7 +30,7 @@ async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
 
         bob2, rb2 = await mls_client(server, *bob_acc, config={"store": str(db)})
         try:
-            assert bob2.plugin["mls"].client.signature_public_key == bob_key
+            assert bob2.plugin["mls"].identity.signature_public_key == bob_key
             await rb2.wait("mls_message", 2)
             assert rb2.bodies() == ["two", "three"]  # nothing twice, nothing skipped
             (gb2,) = bob2.plugin["mls"].groups

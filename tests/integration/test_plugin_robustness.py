@@ -221,7 +221,7 @@ async def _room_takeover(server: ProsodyServer, alice_acc: Account, bob_acc: Acc
         # the room of alice's group
         evil = mallory.plugin["mls"]
         kp = (await evil.keystore.fetch(bob_acc.jid))[0].key_package
-        g = evil.client.create_group(os.urandom(16))
+        g = evil.identity.create_group(os.urandom(16))
         pending = g.commit(add=[kp])
         g.merge_pending_commit()
         (welcome,) = pending.welcomes.values()

@@ -27,7 +27,7 @@ async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path)
         await asyncio.wait_for(asyncio.gather(gb.ready.wait(), gc.ready.wait()), TIMEOUT)
         await gb.send("bob before the loss")
         await ra.wait("mls_message", 1)
-        old_key = bob.plugin["mls"].client.signature_public_key
+        old_key = bob.plugin["mls"].identity.signature_public_key
         await close(bob)
 
         db.unlink()  # the phone is wiped
@@ -37,7 +37,7 @@ async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path)
         try:
             (gb2,) = await rb2.wait("mls_joined", timeout=60)
             await asyncio.wait_for(gb2.ready.wait(), TIMEOUT)
-            assert bob2.plugin["mls"].client.signature_public_key != old_key
+            assert bob2.plugin["mls"].identity.signature_public_key != old_key
             # the others took the rejoin: same epoch, same secrets, bob's old leaf gone
             for _ in range(100):
                 if group.epoch == gb2.epoch == gc.epoch:

@@ -1,0 +1,108 @@
+"""Every error mls-xmpp raises on purpose, in one tree.
+
+Catch :class:`MLSError` for all of them, or one branch for a kind of failure.
+The three branches under the root say whose fault a failure is::
+
+    MLSError
+    ├── RemoteProtocolError     a peer or the server sent something invalid
+    │   ├── DecodeError, CryptoError (InvalidSignatureError, DecryptionError),
+    │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
+    │   │   MissingProposalError), SecretTreeError
+    │   └── EnvelopeError       malformed payload of the XMPP mapping
+    ├── LocalUsageError         the caller misused the API
+    │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
+    │   │   └── NotInGroupError this device was removed from the group, or left it
+    │   ├── UnknownGroupError   ``xmpp["mls"].group(x)``: no such group (a LookupError)
+    │   ├── UnknownMemberError  a JID that is not a member (a LookupError)
+    │   │   └── UnknownDeviceError   a device fingerprint not in the group
+    │   ├── RulesError          refused by the group's rules
+    │   ├── TooLargeError       too large even by reference; the message says what to do
+    │   └── UnsupportedCipherSuiteError
+    └── TransportError          the XMPP side failed (timeout, error from the server)
+        ├── NotConnectedError   no XMPP session: connect first (raised at once)
+        └── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+
+What each branch means for the caller:
+
+* :class:`RemoteProtocolError` comes from input (it is mostly reported as an
+  ``mls_error`` event rather than raised): the input was dropped and the
+  group's state is exactly as before.
+* :class:`LocalUsageError`: fix the call. Nothing was sent and the group's
+  state is unchanged.
+* :class:`TransportError`: the call may be retried later. A Commit that timed
+  out waiting for the room stays pending and is merged if the room reflects it.
+
+Example::
+
+    from mls_xmpp.errors import NoKeyPackageError, NotConnectedError, TooLargeError
+
+    try:
+        await group.add("carol@example.org")
+    except NoKeyPackageError as e:
+        print("no MLS client yet:", ", ".join(e.jids))
+
+    try:
+        await group.send(text)
+    except TooLargeError:
+        await group.send_file(text.encode(), name="message.txt", media_type="text/plain")
+"""
+
+from __future__ import annotations
+
+from .core.errors import (
+    CryptoError,
+    DecodeError,
+    DecryptionError,
+    GroupStateError,
+    InvalidSignatureError,
+    LocalUsageError,
+    MissingProposalError,
+    MLSError,
+    PolicyError,
+    RemoteProtocolError,
+    SecretTreeError,
+    UnsupportedCipherSuiteError,
+    ValidationError,
+    WrongEpochError,
+    WrongGroupError,
+)
+from .xmpp.errors import (
+    EnvelopeError,
+    NoKeyPackageError,
+    NotConnectedError,
+    NotInGroupError,
+    RulesError,
+    TooLargeError,
+    TransportError,
+    UnknownDeviceError,
+    UnknownGroupError,
+    UnknownMemberError,
+)
+
+__all__ = [
+    "CryptoError",
+    "DecodeError",
+    "DecryptionError",
+    "EnvelopeError",
+    "GroupStateError",
+    "InvalidSignatureError",
+    "LocalUsageError",
+    "MLSError",
+    "MissingProposalError",
+    "NoKeyPackageError",
+    "NotConnectedError",
+    "NotInGroupError",
+    "PolicyError",
+    "RemoteProtocolError",
+    "RulesError",
+    "SecretTreeError",
+    "TooLargeError",
+    "TransportError",
+    "UnknownDeviceError",
+    "UnknownGroupError",
+    "UnknownMemberError",
+    "UnsupportedCipherSuiteError",
+    "ValidationError",
+    "WrongEpochError",
+    "WrongGroupError",
+]
