@@ -13,6 +13,8 @@ Two tables are generated here from the code, so that they cannot drift from it:
 * ``.. mls-events::`` -- the ``mls_*`` events: every name the package raises
   (found in its source as ``event("mls_...")``) must have a row in
   :data:`EVENT_DOCS`, and every row must name an event that is raised.
+* ``.. mls-errors::`` -- every public error (``mls_xmpp.errors.__all__``),
+  in the order of the class tree.
 """
 
 from __future__ import annotations
@@ -199,6 +201,47 @@ class EventsTable(Directive):
         return _table(self, ("Event", "Handler receives", "When"), rows, (2, 4, 7))
 
 
+# -- the errors ----------------------------------------------------------------------
+
+
+class ErrorsTree(Directive):
+    """``.. mls-errors::`` -- every name of ``mls_xmpp.errors.__all__``, root first.
+
+    Depth first through the class tree, so that each error follows its parent;
+    a public name outside the tree of ``MLSError`` is a build warning.
+    """
+
+    def run(self) -> list[nodes.Node]:
+        import mls_xmpp.errors as module
+
+        public = {name: getattr(module, name) for name in module.__all__}
+        order: list[str] = []
+
+        def visit(cls: type) -> None:
+            if cls.__name__ in public and cls.__name__ not in order:
+                order.append(cls.__name__)
+            for sub in sorted(cls.__subclasses__(), key=_tree_position):
+                visit(sub)
+
+        visit(module.MLSError)
+        where = self.state.document.settings.env.docname, self.lineno
+        for name in sorted(public.keys() - set(order)):
+            log.warning("mls_xmpp.errors.%s is not an MLSError", name, location=where)
+        lines: list[str] = []
+        for name in order:
+            lines += [f".. autoexception:: mls_xmpp.errors.{name}", ""]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, source="docs/conf.py"),
+                                self.content_offset, container)
+        return list(container.children)
+
+
+def _tree_position(cls: type) -> tuple[int, str]:
+    """Branches in the order the hierarchy is explained: remote, local, transport."""
+    rank = {"RemoteProtocolError": 0, "LocalUsageError": 1, "TransportError": 2}
+    return rank.get(cls.__name__, 3), cls.__name__
+
+
 def _table(directive: Directive, header: tuple[str, ...], rows: list[tuple[str, ...]],
            widths: tuple[int, ...]) -> list[nodes.Node]:
     """A reST list-table, parsed so that roles in the cells work."""
@@ -216,4 +259,5 @@ def _table(directive: Directive, header: tuple[str, ...], rows: list[tuple[str, 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("mls-options", OptionsTable)
     app.add_directive("mls-events", EventsTable)
+    app.add_directive("mls-errors", ErrorsTree)
     return {"parallel_read_safe": True}
