@@ -135,7 +135,7 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.plugin.XEP_MLS` (the plugin)",
         "The device is set up after ``session_start``: identity loaded or created, stored "
         "groups resumed, KeyPackages published. Wait for it (or "
-        ":meth:`~mls_xmpp.xmpp.plugin.XEP_MLS.wait_ready`) before creating groups.",
+        "await :meth:`~mls_xmpp.xmpp.plugin.XEP_MLS.ensure_ready`) before creating groups.",
     ),
     "mls_message": (
         ":class:`~mls_xmpp.xmpp.events.MLSMessageEvent`",
