@@ -15,13 +15,16 @@ from typing import Any
 
 import pytest
 
+import mls_xmpp
+
 from .mls_clients import close, mls_client
 
-ROOT = Path(__file__).parents[2]
+#: where the package under test was imported from (a checkout, or an installed wheel)
+PACKAGE_HOME = Path(mls_xmpp.__file__).parents[1]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_HOME)}
     return subprocess.Popen([sys.executable, "-m", "mls_xmpp.cli", "server", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)

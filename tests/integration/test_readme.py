@@ -30,9 +30,12 @@ from pathlib import Path
 
 import pytest
 
+import mls_xmpp
 from mls_xmpp.testing import Account, ProsodyServer
 
 ROOT = Path(__file__).parents[2]
+#: where the package under test was imported from (a checkout, or an installed wheel)
+PACKAGE_HOME = Path(mls_xmpp.__file__).parents[1]
 README = ROOT / "README.md"
 ECHO_BOT = ROOT / "examples" / "echo_bot.py"
 DEADLINE = 180.0
@@ -97,7 +100,7 @@ def test_readme_blocks_run(prosody: ProsodyServer, tmp_path: Path,
                 for name in ("ALICE", "BOB", "BOT", "USER")}
     script = tmp_path / "readme_program.py"
     script.write_text(build_script(blocks, accounts, prosody), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_HOME)}
     try:
         proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=DEADLINE)
