@@ -94,7 +94,7 @@ import slixmpp  # noqa: E402
 from slixmpp.xmlstream.handler import Callback  # noqa: E402
 from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
 
-import mls_xmpp.xmpp.plugin  # noqa: E402,F401 - registers the "mls" plugin
+import mls_xmpp  # noqa: E402,F401 - registers the "mls" slixmpp plugin
 from mls_xmpp.testing import (  # noqa: E402
     Account,
     PayloadInbox,

@@ -13,7 +13,7 @@ import asyncio
 
 import slixmpp
 
-import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" slixmpp plugin
+import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 
 
 class EchoBot(slixmpp.ClientXMPP):

@@ -12,13 +12,21 @@ Subcommands:
   (same as ``python -m mls_xmpp.vectors``).
 * ``chat JID [options]`` -- a terminal chat client for MLS groups on any XMPP
   server (:mod:`mls_xmpp.chat`; ``mls-xmpp chat --help``).
+* ``server [--accounts alice,bob]`` -- a throw-away Prosody on loopback to try
+  the plugin on: creates the accounts, prints their JIDs and passwords (as the
+  settings of the README's examples) and serves until Ctrl-C, then deletes
+  its data.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from types import FrameType
 
 __all__ = ["main"]
 
@@ -88,6 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--keep", action="store_true",
                       help="keep the embedded Prosody's directory and log")
     demo.add_argument("--fail-at", type=int, metavar="STEP", help=argparse.SUPPRESS)
+    server = sub.add_parser(
+        "server",
+        help="a throw-away Prosody on loopback with accounts, to try the plugin on",
+        description="Start Prosody (Debian package 'prosody') on a free loopback port with "
+        "its state in a temporary directory, create the accounts, print their JIDs and "
+        "passwords, and serve until Ctrl-C (or SIGTERM); then stop it and delete its data. "
+        "Plaintext on loopback only: clients must allow SCRAM without TLS.",
+    )
+    server.add_argument("--accounts", default="alice,bob", metavar="NAME,NAME...",
+                        help="local parts of the accounts to create (default: alice,bob)")
     sub.add_parser(
         "vectors",
         help="run mlswg test-vector files: vectors [--type T] [-q] [-v] PATH...",
@@ -100,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_help=False,
     )
     ns = parser.parse_args(args)
+    if ns.command == "server":
+        names = [n.strip() for n in ns.accounts.split(",") if n.strip()]
+        if not names or len(set(names)) != len(names):
+            server.error("--accounts: give distinct names, e.g. alice,bob")
+        return serve(names)
     if ns.command == "demo":
         # imported here so that `mls-xmpp vectors` does not load slixmpp
         from mls_xmpp import demo as demo_module
@@ -114,6 +137,66 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo.error(str(e))
         return demo_module.run(options)
     parser.error(f"unknown command {ns.command!r}")  # pragma: no cover - argparse exits
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(names: Sequence[str]) -> int:
+    """``mls-xmpp server``: run a throw-away Prosody with accounts ``names`` until Ctrl-C.
+
+    Prints the accounts as Python assignments (``ALICE, ALICE_PASSWORD = ...``,
+    ``HOST, PORT = ...``), the settings the README's examples start with.
+    Returns 0 after Ctrl-C or SIGTERM, 1 when Prosody failed, 2 for an unusable name.
+    """
+    from mls_xmpp.testing import ProsodyError, ProsodyServer
+
+    prosody = ProsodyServer()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        try:
+            prosody.start()
+        except ProsodyError as e:
+            print(f"mls-xmpp server: {e}", file=sys.stderr)
+            return 1
+        accounts = []
+        for name in names:
+            try:
+                accounts.append(prosody.create_user(name, secrets.token_hex(8)))
+            except ValueError as e:
+                print(f"mls-xmpp server: {e}", file=sys.stderr)
+                return 2
+        lines = [
+            f"Prosody serves {prosody.domain} on {prosody.host}:{prosody.c2s_port} "
+            "(plaintext, loopback only);",
+            f"group rooms on {prosody.muc_domain}. Its data is deleted when it stops.",
+            "",
+            "# Settings for the README's examples:",
+        ]
+        for account in accounts:
+            var = account.jid.split("@")[0].upper().replace("-", "_").replace(".", "_")
+            lines.append(f'{var}, {var}_PASSWORD = "{account.jid}", "{account.password}"')
+        lines += [
+            f'HOST, PORT = "{prosody.host}", {prosody.c2s_port}',
+            "LOCAL_TEST_SERVER = True",
+            "",
+            "# The terminal chat client:",
+        ]
+        lines += [f"#   mls-xmpp chat {a.jid} --password {a.password} "
+                  f"--server {prosody.host}:{prosody.c2s_port} --plaintext" for a in accounts]
+        lines += ["", "Ctrl-C stops the server."]
+        print("\n".join(lines), flush=True)
+        while prosody.running:
+            time.sleep(0.2)
+        print("mls-xmpp server: Prosody exited; its log:\n" + prosody.log_text(),
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        prosody.stop()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from typing import Any, TextIO
 
 import slixmpp
 
-import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" slixmpp plugin
+import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 from mls_xmpp.core.errors import MLSError
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.storage import MemoryStore

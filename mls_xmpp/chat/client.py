@@ -152,7 +152,7 @@ class Chat:
         """The slixmpp client with the plugin and this chat's event handlers."""
         import slixmpp
 
-        import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" slixmpp plugin
+        import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
         from mls_xmpp.storage import SQLiteStore
 
         opts = self.options

@@ -2,11 +2,13 @@
 
 ::
 
+    import mls_xmpp                                    # registers the "mls" plugin
+
     xmpp = slixmpp.ClientXMPP("alice@example.org", password)
-    xmpp.register_plugin("mls", module=mls_xmpp.xmpp.plugin)   # or mls_xmpp.xmpp.register(xmpp)
-    xmpp.add_event_handler("mls_message", on_message)          # MLSMessageEvent
+    xmpp.register_plugin("mls")
+    xmpp.add_event_handler("mls_message", on_message)  # MLSMessageEvent
     ...
-    group = await xmpp["mls"].create_group(members=["bob@example.org"])
+    group = await xmpp.plugin["mls"].create_group(members=["bob@example.org"])
     await group.send("hello")
 
 Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``

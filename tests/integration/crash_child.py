@@ -16,7 +16,7 @@ from typing import Any
 
 import slixmpp
 
-import mls_xmpp.xmpp.plugin  # noqa: F401 - registers "mls"
+import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 
 
 def main() -> None:

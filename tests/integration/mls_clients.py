@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import mls_xmpp.xmpp.plugin  # noqa: F401 - registers the "mls" plugin
+import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 from mls_xmpp.testing import ProsodyServer, disconnect_client
 
 TIMEOUT = 30

@@ -1,0 +1,263 @@
+"""Sphinx configuration: the API reference of mls-xmpp.
+
+Build it warning-free (CI and ``tox -e docs`` do)::
+
+    sphinx-build -W -b html docs docs/_build/html
+
+Two tables are generated here from the code, so that they cannot drift from it:
+
+* ``.. mls-options::`` -- the plugin's options: names and defaults from
+  ``XEP_MLS.default_config`` (the one source of defaults), meanings from
+  :data:`OPTION_DOCS` below. An option without a meaning, or a meaning for an
+  option that does not exist, is a build warning (an error under ``-W``).
+* ``.. mls-events::`` -- the ``mls_*`` events: every name the package raises
+  (found in its source as ``event("mls_...")``) must have a row in
+  :data:`EVENT_DOCS`, and every row must name an event that is raised.
+* ``.. mls-errors::`` -- every public error (``mls_xmpp.errors.__all__``),
+  in the order of the class tree.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # autodoc imports this checkout even when not installed
+
+project = "mls-xmpp"
+author = "the mls-xmpp authors"
+copyright = "the mls-xmpp authors"  # noqa: A001 - Sphinx's name
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",  # the "Attributes:" sections of the dataclasses
+    "sphinx.ext.viewcode",
+]
+napoleon_use_ivar = True  # fields as :ivar: (autodoc documents the attributes themselves)
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build"]
+root_doc = "index"
+
+# Markdown: GitHub-style heading anchors, so that links like PROTOCOL.md#12-error-handling
+# and the README's links resolve the same way here as on a forge.
+myst_heading_anchors = 4
+myst_enable_extensions = ["colon_fence"]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_default_options = {"show-inheritance": True}
+autoclass_content = "class"
+
+html_theme = "alabaster"
+html_title = "mls-xmpp"
+html_static_path: list[str] = []
+
+log = logging.getLogger(__name__)
+
+# -- the plugin's options ------------------------------------------------------------
+
+#: What each option of ``register_plugin("mls", {...})`` means. Defaults are not
+#: written here: the table takes them from ``XEP_MLS.default_config``.
+OPTION_DOCS: dict[str, str] = {
+    "store": "Where the device's identity, KeyPackage keys and groups are kept: a path "
+             "(an SQLite file, created if missing) or any "
+             ":class:`~mls_xmpp.storage.StateStore`. ``None`` keeps everything in memory "
+             "(lost when the process ends).",
+    "store_key": "32 bytes: encrypt every row of the SQLite store at rest. A store "
+                 "written with a key opens only with that key.",
+    "client": "A ready :class:`~mls_xmpp.core.group.client.Client` (identity). ``None``: "
+              "loaded from the store, or generated from the bound JID and saved.",
+    "suite": "The MLS cipher suite (1-7, RFC 9420 §17.1) of a newly generated identity "
+             "and of the groups it creates.",
+    "muc_domain": "The MUC service where group rooms are created. ``None``: "
+                  "``conference.<domain of the JID>``.",
+    "pool_size": "How many KeyPackages the device keeps published on its PEP node "
+                 "(plus one last-resort KeyPackage).",
+    "group_config": "A :class:`~mls_xmpp.core.group.config.GroupConfig` for the core "
+                    "(padding, retained epochs, ...). ``None``: its defaults.",
+    "commit_timeout": "Seconds to wait for the room to reflect this device's Commit before "
+                      "the operation raises (the Commit stays pending and is finished if "
+                      "it comes back later).",
+    "device": "A stable name of this device (its leaves' application_id). With it, a "
+              "device whose stored state is gone finds and removes its old leaf when it "
+              "rejoins.",
+    "recover": "A device that starts without stored state rejoins, by external Commit, "
+               "the groups its account's group registry lists.",
+    "publish_key_packages": "Publish (and keep topped up) KeyPackages on start. Off: the "
+                            "device cannot be added by others.",
+    "upkeep_interval": "Seconds between KeyPackage renewals (expiring ones replaced, used "
+                       "ones retracted).",
+    "max_adds_per_commit": "Larger additions are split over several Commits of at most "
+                           "this many KeyPackages each.",
+    "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
+                        "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+}
+
+
+def _default(value: Any) -> str:
+    return f"``{value!r}``"
+
+
+class OptionsTable(Directive):
+    """``.. mls-options::`` -- the plugin's options, defaults from ``default_config``."""
+
+    def run(self) -> list[nodes.Node]:
+        from mls_xmpp.xmpp.plugin import XEP_MLS
+
+        defaults: dict[str, Any] = dict(XEP_MLS.default_config)
+        where = self.state.document.settings.env.docname, self.lineno
+        for name in defaults.keys() - OPTION_DOCS.keys():
+            log.warning("plugin option %r has no description in docs/conf.py OPTION_DOCS",
+                        name, location=where)
+        for name in OPTION_DOCS.keys() - defaults.keys():
+            log.warning("docs/conf.py OPTION_DOCS describes %r, which is not in "
+                        "XEP_MLS.default_config", name, location=where)
+        rows = [(f"``{name}``", _default(value), OPTION_DOCS.get(name, ""))
+                for name, value in defaults.items()]
+        return _table(self, ("Option", "Default", "Meaning"), rows, (2, 2, 8))
+
+
+# -- the events ----------------------------------------------------------------------
+
+#: event name -> (payload, meaning); reST.
+EVENT_DOCS: dict[str, tuple[str, str]] = {
+    "mls_ready": (
+        ":class:`~mls_xmpp.xmpp.plugin.XEP_MLS` (the plugin)",
+        "The device is set up after ``session_start``: identity loaded or created, stored "
+        "groups resumed, KeyPackages published. Wait for it (or "
+        "await :meth:`~mls_xmpp.xmpp.plugin.XEP_MLS.ensure_ready`) before creating groups.",
+    ),
+    "mls_message": (
+        ":class:`~mls_xmpp.xmpp.events.MLSMessageEvent`",
+        "Decrypted application content from a group member.",
+    ),
+    "mls_membership": (
+        ":class:`~mls_xmpp.xmpp.events.MembershipEvent`",
+        "A Commit was merged: members added, removed or keys updated (also for this "
+        "device's own Commits, ``own=True``).",
+    ),
+    "mls_joined": (
+        ":class:`~mls_xmpp.xmpp.session.GroupSession`",
+        "This device is now in a group: welcomed by a member, or rejoined by external "
+        "Commit after its state was lost.",
+    ),
+    "mls_removed": (
+        ":class:`~mls_xmpp.xmpp.session.GroupSession`",
+        "This device was removed from the group (or its leave was committed); the "
+        "group's state is deleted. The handle cannot be used any more.",
+    ),
+    "mls_error": (
+        ":class:`~mls_xmpp.xmpp.events.MLSErrorEvent`",
+        "Input that was dropped (a forged or malformed payload, a message for a lost "
+        "epoch) or a background task that failed; group state is unchanged.",
+    ),
+    "mls_progress": (
+        ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",
+        "How far adding members has come (KeyPackages fetched, Commit built, accepted "
+        "by the room, affiliations, Welcomes sent).",
+    ),
+    "mls_proposal": (
+        ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",
+        "A member's proposal arrived (for example another device's leave); the "
+        "designated committer commits it.",
+    ),
+}
+
+_RAISED = re.compile(r"""\bevent\(\s*["'](mls_[a-z_]+)["']""")
+
+
+def raised_events() -> set[str]:
+    """Every ``mls_*`` event name the package raises, read from its source."""
+    names: set[str] = set()
+    for path in (ROOT / "mls_xmpp").rglob("*.py"):
+        names.update(_RAISED.findall(path.read_text(encoding="utf-8")))
+    return names
+
+
+class EventsTable(Directive):
+    """``.. mls-events::`` -- every ``mls_*`` event and what its handler receives."""
+
+    def run(self) -> list[nodes.Node]:
+        raised = raised_events()
+        where = self.state.document.settings.env.docname, self.lineno
+        for name in sorted(raised - EVENT_DOCS.keys()):
+            log.warning("event %r is raised by mls_xmpp but not in docs/conf.py EVENT_DOCS",
+                        name, location=where)
+        for name in sorted(EVENT_DOCS.keys() - raised):
+            log.warning("docs/conf.py EVENT_DOCS lists %r, which mls_xmpp never raises",
+                        name, location=where)
+        rows = [(f"``{name}``", payload, meaning)
+                for name, (payload, meaning) in EVENT_DOCS.items()]
+        return _table(self, ("Event", "Handler receives", "When"), rows, (2, 4, 7))
+
+
+# -- the errors ----------------------------------------------------------------------
+
+
+class ErrorsTree(Directive):
+    """``.. mls-errors::`` -- every name of ``mls_xmpp.errors.__all__``, root first.
+
+    Depth first through the class tree, so that each error follows its parent;
+    a public name outside the tree of ``MLSError`` is a build warning.
+    """
+
+    def run(self) -> list[nodes.Node]:
+        import mls_xmpp.errors as module
+
+        public = {name: getattr(module, name) for name in module.__all__}
+        order: list[str] = []
+
+        def visit(cls: type) -> None:
+            if cls.__name__ in public and cls.__name__ not in order:
+                order.append(cls.__name__)
+            for sub in sorted(cls.__subclasses__(), key=_tree_position):
+                visit(sub)
+
+        visit(module.MLSError)
+        where = self.state.document.settings.env.docname, self.lineno
+        for name in sorted(public.keys() - set(order)):
+            log.warning("mls_xmpp.errors.%s is not an MLSError", name, location=where)
+        lines: list[str] = []
+        for name in order:
+            lines += [f".. autoexception:: mls_xmpp.errors.{name}", ""]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, source="docs/conf.py"),
+                                self.content_offset, container)
+        return list(container.children)
+
+
+def _tree_position(cls: type) -> tuple[int, str]:
+    """Branches in the order the hierarchy is explained: remote, local, transport."""
+    rank = {"RemoteProtocolError": 0, "LocalUsageError": 1, "TransportError": 2}
+    return rank.get(cls.__name__, 3), cls.__name__
+
+
+def _table(directive: Directive, header: tuple[str, ...], rows: list[tuple[str, ...]],
+           widths: tuple[int, ...]) -> list[nodes.Node]:
+    """A reST list-table, parsed so that roles in the cells work."""
+    lines = [".. list-table::", "   :header-rows: 1",
+             f"   :widths: {' '.join(map(str, widths))}", ""]
+    for row in (header, *rows):
+        lines.append(f"   * - {row[0]}")
+        lines += [f"     - {cell}" for cell in row[1:]]
+    container = nodes.container()
+    directive.state.nested_parse(StringList(lines, source="docs/conf.py"),
+                                 directive.content_offset, container)
+    return list(container.children)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("mls-options", OptionsTable)
+    app.add_directive("mls-events", EventsTable)
+    app.add_directive("mls-errors", ErrorsTree)
+    return {"parallel_read_safe": True}
