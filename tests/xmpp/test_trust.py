@@ -22,8 +22,9 @@ class ListBackend:
     def load_trust(self) -> list[TrustRecord]:
         return list(self.rows.values())
 
-    def save_trust(self, record: TrustRecord) -> None:
-        self.rows[(record.jid, record.fingerprint)] = record
+    def save_trust(self, records: list[TrustRecord]) -> None:
+        for record in records:
+            self.rows[(record.jid, record.fingerprint)] = record
 
 
 def test_first_key_then_a_key_change_are_events() -> None:
@@ -90,3 +91,14 @@ def test_memory_store_is_a_backend() -> None:
     store = MemoryStore()
     TrustStore(store).observe("bob@x", "phone", A1)
     assert TrustStore(store).state("bob@x", fingerprint(A1)) == TrustState.TRUSTED
+
+
+def test_many_devices_in_one_write() -> None:
+    backend = ListBackend()
+    calls: list[int] = []
+    save = backend.save_trust
+    backend.save_trust = lambda rs: (calls.append(len(rs)), save(rs))  # type: ignore[method-assign]
+    t = TrustStore(backend)
+    news = t.observe_many([(f"u{i}@x", "d", bytes([i % 256, i // 256]) * 16) for i in range(3000)])
+    assert len(news) == 3000 and calls == [3000]
+    assert t.observe_many([("u1@x", "d", bytes([1, 0]) * 16)]) == [] and calls == [3000]
