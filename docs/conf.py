@@ -101,6 +101,17 @@ OPTION_DOCS: dict[str, str] = {
                            "this many KeyPackages each.",
     "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
                         "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+    "rules": "The :class:`~mls_xmpp.xmpp.rules.GroupRules` of groups this device creates "
+             "(who may add, remove, reinitialise, change the rules; external joins and "
+             "proposals). ``None``: :data:`~mls_xmpp.xmpp.rules.DEFAULT_RULES` with the "
+             "creator as the only admin. Every member enforces a group's rules alike.",
+    "blind_trust": "A device's first key is ``trusted`` until the user verifies some device "
+                   "of that account; later new keys of that account are ``new``. "
+                   "``False``: every new key is ``new``.",
+    "refuse_send_to": "``None`` (send to everyone), ``\"distrusted\"`` or "
+                      "``\"unverified\"``: ``send`` raises "
+                      ":class:`~mls_xmpp.errors.UntrustedDeviceError` in a group holding "
+                      "such a device.",
 }
 
 
@@ -165,6 +176,11 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",
         "How far adding members has come (KeyPackages fetched, Commit built, accepted "
         "by the room, affiliations, Welcomes sent).",
+    ),
+    "mls_trust": (
+        ":class:`~mls_xmpp.xmpp.trust.TrustChange`",
+        "A device's first key, a device's key change (``previous`` fingerprint), or the "
+        "user's decision (verified, distrusted, trusted). Local data: never changes validity.",
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",

@@ -7,7 +7,7 @@ The three branches under the root say whose fault a failure is::
     ├── RemoteProtocolError     a peer or the server sent something invalid
     │   ├── DecodeError, CryptoError (InvalidSignatureError, DecryptionError),
     │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
-    │   │   MissingProposalError), SecretTreeError
+    │   │   IdentityError, MissingProposalError), SecretTreeError
     │   └── EnvelopeError       malformed payload of the XMPP mapping
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
@@ -16,6 +16,7 @@ The three branches under the root say whose fault a failure is::
     │   ├── UnknownMemberError  a JID that is not a member (a LookupError)
     │   │   └── UnknownDeviceError   a device fingerprint not in the group
     │   ├── RulesError          refused by the group's rules
+    │   ├── UntrustedDeviceError  refusing to send to a distrusted device (``.devices``)
     │   ├── TooLargeError       too large even by reference; the message says what to do
     │   └── UnsupportedCipherSuiteError
     └── TransportError          the XMPP side failed (timeout, error from the server)
@@ -54,6 +55,7 @@ from .core.errors import (
     DecodeError,
     DecryptionError,
     GroupStateError,
+    IdentityError,
     InvalidSignatureError,
     LocalUsageError,
     MissingProposalError,
@@ -77,6 +79,7 @@ from .xmpp.errors import (
     UnknownDeviceError,
     UnknownGroupError,
     UnknownMemberError,
+    UntrustedDeviceError,
 )
 
 __all__ = [
@@ -85,6 +88,7 @@ __all__ = [
     "DecryptionError",
     "EnvelopeError",
     "GroupStateError",
+    "IdentityError",
     "InvalidSignatureError",
     "LocalUsageError",
     "MLSError",
@@ -101,6 +105,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnknownGroupError",
     "UnknownMemberError",
+    "UntrustedDeviceError",
     "UnsupportedCipherSuiteError",
     "ValidationError",
     "WrongEpochError",

@@ -132,7 +132,7 @@ class Chat:
 
     def own_fingerprint(self) -> str:
         """This device's fingerprint, as /members shows it."""
-        from mls_xmpp.xmpp.session import fingerprint
+        from mls_xmpp.xmpp.trust import fingerprint
 
         client = self.mls.identity
         return "?" if client is None else fingerprint(client.signature_public_key)

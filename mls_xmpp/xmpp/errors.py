@@ -19,7 +19,8 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
 * The caller's misuse (:class:`~mls_xmpp.core.errors.LocalUsageError`):
   :class:`NotInGroupError` (this device was removed or left),
   :class:`UnknownGroupError`, :class:`UnknownMemberError`,
-  :class:`UnknownDeviceError`, :class:`RulesError` and :class:`TooLargeError`.
+  :class:`UnknownDeviceError`, :class:`RulesError`, :class:`UntrustedDeviceError`
+  and :class:`TooLargeError`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnknownGroupError",
     "UnknownMemberError",
+    "UntrustedDeviceError",
 ]
 
 
@@ -87,6 +89,21 @@ class UnknownDeviceError(UnknownMemberError):
 
 class RulesError(LocalUsageError):
     """The group's rules refuse this change (e.g. this member's role may not make it)."""
+
+
+class UntrustedDeviceError(LocalUsageError):
+    """This device refuses to send to a group holding a device the user does not trust.
+
+    Only with the ``refuse_send_to`` option (``"distrusted"`` or
+    ``"unverified"``). ``devices`` lists them (``(jid, device, fingerprint,
+    state)``); verify them, or remove them with an explicit Commit.
+    """
+
+    def __init__(self, message: str,
+                 devices: tuple[tuple[str, str, str, str], ...] = ()) -> None:
+        super().__init__(message)
+        #: the devices that stop the message: (jid, device name, fingerprint, trust state)
+        self.devices = devices
 
 
 class TooLargeError(LocalUsageError):

@@ -41,7 +41,7 @@ from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from .attachments import download_attachment
 from .delivery import DEFAULT_PART_SIZE, Delivery, RoomRefused
 from .envelope import Attachment, Envelope, Kind
-from .errors import NotConnectedError, TransportError, UnknownGroupError
+from .errors import NotConnectedError, TransportError, UnknownDeviceError, UnknownGroupError
 from .events import MLSErrorEvent
 from .inbox import Inbox
 from .keystore import KeyPackageStore
@@ -52,8 +52,11 @@ from .recovery import (
     old_leaf,
     retract_stale_device_items,
 )
-from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices
+from .rules import DEFAULT_RULES, RULES_EXTENSION, GroupRules, mapping_config, rules_extension
+from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices, member_jid
 from .stanza import NS, register_stanzas
+from .trust import DeviceRecord, TrustChange, TrustStore, safety_number
+from .trust import fingerprint as trust_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "upkeep_interval": 6 * 3600.0,  # seconds between KeyPackage renewals
         "max_adds_per_commit": MAX_ADDS_PER_COMMIT,  # more are split over several Commits
         "upload_part_size": DEFAULT_PART_SIZE,  # blobs above it are uploaded in parts
+        "rules": None,            # GroupRules of new groups; default: DEFAULT_RULES, creator admin
+        "blind_trust": True,      # a device's first key is trusted until one is verified
+        "refuse_send_to": None,   # None, "distrusted" or "unverified": devices send() refuses
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -108,6 +114,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         #: why :meth:`start` failed, until the next session start
         self._start_error: MLSError | None = None
         self.inbox = Inbox(self)
+        #: this account's device trust store (config ``blind_trust``), kept in the state store
+        self.trust = TrustStore(self.state_store, blind_trust=bool(cfg["blind_trust"]))
         self._upkeep: asyncio.Future[None] | None = None
         #: the read of missed Welcomes from the account's archive, started by :meth:`start`
         self.welcome_scan: asyncio.Future[None] | None = None
@@ -140,7 +148,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     def _group_config(self) -> GroupConfig:
         cfg = self.config["group_config"]
-        return cfg if isinstance(cfg, GroupConfig) else GroupConfig()
+        return mapping_config(cfg if isinstance(cfg, GroupConfig) else GroupConfig())
 
     # -- connection state ----------------------------------------------------------------
 
@@ -213,6 +221,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity is None:
             self.identity = self._load_identity()
         client = self.identity
+        # the mapping's rules bind every group of this device, whatever config it came with
+        client.config = mapping_config(client.config)
+        client.supported_extensions = tuple(dict.fromkeys(
+            (*client.supported_extensions, RULES_EXTENSION)))
         device = self.config["device"]
         if device:
             client.device_id = str(device).encode()
@@ -428,8 +440,14 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     async def create_group(self, *, members: list[str] | None = None,
                            group_id: bytes | None = None,
-                           key_packages: list[KeyPackage] | None = None) -> GroupSession:
+                           key_packages: list[KeyPackage] | None = None,
+                           rules: GroupRules | None = None) -> GroupSession:
         """Create an MLS group and its room, then add ``members`` (every device of each).
+
+        ``rules`` (default: the ``rules`` option, else :data:`.DEFAULT_RULES`
+        with this account as the only admin) are the group's
+        :class:`~mls_xmpp.xmpp.rules.GroupRules`, carried in its GroupContext
+        and enforced by every member alike.
 
         The account's other devices (those with KeyPackages on its node) are
         added too: every device is its own leaf. ``key_packages`` adds devices
@@ -453,7 +471,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             wanted += [f.key_package for f in await self.keystore.fetch(self.bare_jid)]
         except TransportError as e:
             self.error(MLSErrorEvent(f"fetching this account's devices failed: {e}", error=e))
-        group = self.identity.create_group(group_id or os.urandom(16))
+        rules = rules or self.config["rules"] or DEFAULT_RULES
+        if not rules.admins:
+            rules = rules.with_admins(self.bare_jid)
+        group = self.identity.create_group(group_id or os.urandom(16),
+                                           extensions=(rules_extension(rules),))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
         await self.delivery.create_room(room, self.nick())
         session = GroupSession(self, group, room)
@@ -468,6 +490,63 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         else:
             await session.publish_group_info()
         return session
+
+    # -- device trust ------------------------------------------------------------------
+
+    def devices(self, jid: str | None = None) -> list[DeviceRecord]:
+        """The devices this account has seen (of ``jid``), with fingerprint and trust state."""
+        return self.trust.devices(_bare(jid) if jid else None)
+
+    def verify(self, jid: str, fingerprint: str) -> TrustChange:
+        """Mark a device's key as verified (after comparing :meth:`safety_number`).
+
+        :raises UnknownDeviceError: no device of ``jid`` with that fingerprint was seen.
+        """
+        return self._decide(self.trust.verify, jid, fingerprint)
+
+    def distrust(self, jid: str, fingerprint: str) -> TrustChange:
+        """Mark a device's key as distrusted (with ``refuse_send_to``, sending stops).
+
+        Acting on it -- removing the device from a group -- is an explicit
+        Commit: ``group.remove_device(fingerprint)``.
+
+        :raises UnknownDeviceError: no device of ``jid`` with that fingerprint was seen.
+        """
+        return self._decide(self.trust.distrust, jid, fingerprint)
+
+    def trust_device(self, jid: str, fingerprint: str) -> TrustChange:
+        """Trust a device's key without verifying it (undoes :meth:`distrust`).
+
+        :raises UnknownDeviceError: no device of ``jid`` with that fingerprint was seen.
+        """
+        return self._decide(self.trust.trust, jid, fingerprint)
+
+    def _decide(self, fn: Any, jid: str, fingerprint: str) -> TrustChange:
+        try:
+            change: TrustChange = fn(_bare(jid), fingerprint)
+        except KeyError as e:
+            raise UnknownDeviceError(f"no device of {jid} with fingerprint {fingerprint} "
+                                     "has been seen") from e
+        self.xmpp.event("mls_trust", change)
+        return change
+
+    def safety_number(self, jid: str, fingerprint: str) -> str:
+        """The number to compare with the owner of a device, read aloud or side by side.
+
+        The same on both sides; it covers this device's key and theirs.
+
+        :raises UnknownDeviceError: the device is in none of this device's groups.
+        """
+        assert self.identity is not None
+        want = "".join(fingerprint.split()).lower()
+        for session in self.sessions.values():
+            for m in session.group.members:
+                if (member_jid(m) == _bare(jid)
+                        and "".join(trust_fingerprint(m.signature_key).split()) == want):
+                    return safety_number(self.bare_jid, self.identity.signature_public_key,
+                                         member_jid(m), m.signature_key)
+        raise UnknownDeviceError(f"no device of {jid} with fingerprint {fingerprint} is in "
+                                 "any group of this device")
 
     async def download(self, attachment: Attachment) -> bytes:
         """Fetch, check and decrypt a file a member shared (an ``Attachment`` of a message).

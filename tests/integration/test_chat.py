@@ -27,7 +27,7 @@ from mls_xmpp.chat import (
     safe_file_name,
 )
 from mls_xmpp.testing import Account, ProsodyServer
-from mls_xmpp.xmpp.session import fingerprint
+from mls_xmpp.xmpp.trust import fingerprint
 
 from .mls_clients import close, mls_client
 

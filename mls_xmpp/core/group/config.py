@@ -13,6 +13,7 @@ from .identity import SuccessorValidator, same_identity
 
 if TYPE_CHECKING:
     from ..messages.framing import Sender
+    from ..messages.leaf_node import LeafNode
     from ..messages.proposals import Proposal
     from .state import EpochState
 
@@ -30,6 +31,9 @@ class Policy:
     def check_commit(self, state: EpochState, committer: Sender,
                      proposals: list[tuple[Proposal, Sender]]) -> None:
         """Called for each Commit before it is applied (read ``state`` only)."""
+
+    def check_external_join(self, state: EpochState, leaf_node: LeafNode) -> None:
+        """Called for an external Commit with the joiner's new leaf (read ``state`` only)."""
 
 
 def _now() -> int:
