@@ -29,7 +29,6 @@ from typing import Any
 from slixmpp import JID
 from slixmpp.jid import InvalidJID
 from slixmpp.plugins import BasePlugin
-from slixmpp.plugins.base import register_plugin
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -637,6 +636,3 @@ def _bare(jid: str) -> str:
         return str(JID(jid).bare)
     except InvalidJID:
         return jid
-
-
-register_plugin(XEP_MLS)
