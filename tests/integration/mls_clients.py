@@ -21,7 +21,7 @@ class Recorder:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._cond = asyncio.Condition()
         for name in ("mls_message", "mls_membership", "mls_joined", "mls_error",
-                     "mls_removed"):
+                     "mls_removed", "mls_trust"):
             client.add_event_handler(name, self._make(name))
 
     def _make(self, name: str) -> Any:
