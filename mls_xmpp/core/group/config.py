@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..crypto.batch import SERIAL, BatchCrypto
 from ..messages.validation import CredentialValidator, accept_any_credential
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ class GroupConfig:
         credential_validator: the Authentication Service (RFC 9420 §5.3.1).
         clock: seconds since the Unix epoch (lifetime checks).
         rng: random bytes.
+        batch_crypto: computes the large batches of signature verifications and
+            HPKE encryptions (bulk adds, joins, the first update after a bulk
+            add). The default computes them serially in the calling thread; an
+            application that wants more cores passes its own, for example a
+            :class:`mls_xmpp.workers.WorkerPool` (see
+            :mod:`mls_xmpp.core.crypto.batch`). Results never depend on it.
     """
 
     handshake_private: bool = True
@@ -67,3 +74,4 @@ class GroupConfig:
     credential_validator: CredentialValidator = accept_any_credential
     clock: Callable[[], int] = _now
     rng: Callable[[int], bytes] = os.urandom
+    batch_crypto: BatchCrypto = SERIAL
