@@ -36,6 +36,7 @@ from ..core.group.client import Client
 from ..core.group.config import GroupConfig
 from ..core.messages.key_package import KeyPackage
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
+from ..workers import WorkerPool
 from .attachments import download_attachment
 from .delivery import DEFAULT_PART_SIZE, Delivery, RoomRefused
 from .envelope import Attachment, Envelope, Kind
@@ -78,6 +79,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "upkeep_interval": 6 * 3600.0,  # seconds between KeyPackage renewals
         "max_adds_per_commit": 2000,    # more additions are split over several Commits
         "upload_part_size": None,       # blobs (trees) above it are uploaded in parts
+        "workers": None,  # processes for large batches: None auto, 0 off, or a shared WorkerPool
     }
 
     # -- slixmpp lifecycle ------------------------------------------------------------
@@ -92,6 +94,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.commit_timeout: float = float(cfg.get("commit_timeout", 30.0))
         self.sessions: dict[str, GroupSession] = {}
         self.client: Client | None = cfg.get("client")
+        workers = cfg.get("workers")  # a WorkerPool given by the application stays its own
+        self._workers_pool = workers if isinstance(workers, WorkerPool) else WorkerPool(workers)
+        self._owns_workers_pool = self._workers_pool is not workers
+        if self.client is not None:
+            self.client.config = self._workers_pool.attach(self.client.config)
         self.delivery = Delivery(self, part_size=int(cfg.get("upload_part_size")
                                                        or DEFAULT_PART_SIZE))
         self.registry = GroupRegistry(self)
@@ -114,6 +121,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
         for session in list(self.sessions.values()):
             asyncio.ensure_future(session.stop())
+        if self._owns_workers_pool:
+            self._workers_pool.shutdown()
 
     def session_bind(self, jid: Any) -> None:
         self.xmpp.plugin["xep_0030"].add_feature(NS)
@@ -130,7 +139,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     def _group_config(self) -> GroupConfig:
         cfg = self.config.get("group_config")
-        return cfg if isinstance(cfg, GroupConfig) else GroupConfig()
+        return self._workers_pool.attach(cfg if isinstance(cfg, GroupConfig) else GroupConfig())
 
     async def _on_disconnected(self, _: Any) -> None:
         await self.stop_sessions()
