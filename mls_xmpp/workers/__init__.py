@@ -30,7 +30,7 @@ The slixmpp plugin creates one (its ``workers`` option) and shuts it down in
 * Why not ``concurrent.futures.ProcessPoolExecutor``: its helper threads in
   the parent need the GIL, which the caller holds while it computes its own
   share, so chunks reach the workers late; measured on 2 cores with 5,000
-  operations per batch, it was 10-30 % slower at the median than these pipes,
+  operations per batch, it was 8-28 % slower at the median than these pipes,
   which the caller serves itself between two of its own items.
 * The number of workers: the constructor's ``workers``, else the environment
   variable ``MLS_XMPP_WORKERS`` (read here, never by the core), else one less
@@ -42,8 +42,9 @@ The slixmpp plugin creates one (its ``workers`` option) and shuts it down in
   failed signature again serially, so errors are those of the serial code.
 
 Only one batch at a time uses the workers; a batch started meanwhile from
-another thread, or in a child forked from the process that started them, is
-computed serially.
+another thread is computed serially. A child forked from the process drops
+its copies of the workers' pipes (they belong to the parent) and starts its
+own workers if it needs them.
 """
 
 from __future__ import annotations
