@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..crypto.batch import SERIAL, BatchCrypto
 from ..messages.validation import CredentialValidator, accept_any_credential
 from .identity import SuccessorValidator, same_identity
 
@@ -62,6 +63,12 @@ class GroupConfig:
             the same client (§5.3.1); it must be the same on every member.
         clock: seconds since the Unix epoch (lifetime checks).
         rng: random bytes.
+        batch_crypto: computes the large batches of signature verifications and
+            HPKE encryptions (bulk adds, joins, the first update after a bulk
+            add). The default computes them serially in the calling thread; an
+            application that wants more cores passes its own, for example a
+            :class:`mls_xmpp.workers.WorkerPool` (see
+            :mod:`mls_xmpp.core.crypto.batch`). Results never depend on it.
     """
 
     handshake_private: bool = True
@@ -76,3 +83,4 @@ class GroupConfig:
     successor_validator: SuccessorValidator = same_identity
     clock: Callable[[], int] = _now
     rng: Callable[[int], bytes] = os.urandom
+    batch_crypto: BatchCrypto = SERIAL

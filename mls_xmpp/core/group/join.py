@@ -56,7 +56,7 @@ def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -
     rc_data = find_extension(ctx.extensions, 3)
     validate_tree(tree, ctx.group_id, ctx.tree_hash,
                   required_capabilities=None if rc_data is None
-                  else RequiredCapabilities.decode(rc_data))
+                  else RequiredCapabilities.decode(rc_data), crypto=config.batch_crypto)
     for _, leaf in tree.leaves():
         config.credential_validator(leaf.credential, leaf.signature_key)
 
