@@ -101,6 +101,10 @@ OPTION_DOCS: dict[str, str] = {
                            "this many KeyPackages each.",
     "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
                         "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+    "workers": "Worker processes for large batches of signature checks and HPKE "
+               "encryptions (bulk adds, joins): ``None`` one less than the cores (at most 8; "
+               "``MLS_XMPP_WORKERS`` overrides), ``0`` none, or a shared "
+               ":class:`~mls_xmpp.workers.WorkerPool` that stays the application's.",
     "rules": "The :class:`~mls_xmpp.xmpp.rules.GroupRules` of groups this device creates "
              "(who may add, remove, reinitialise, change the rules; external joins and "
              "proposals). ``None``: :data:`~mls_xmpp.xmpp.rules.DEFAULT_RULES` with the "
