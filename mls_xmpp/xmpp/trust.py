@@ -87,7 +87,9 @@ class TrustChange:
     ``change`` is ``"new"`` (the first key of this device), ``"changed"`` (the
     device now has another key; ``previous`` is the old fingerprint), or
     ``"verified"``/``"distrusted"``/``"trusted"`` (the user decided).
-    ``group`` is the group in which the key was seen, if any.
+    ``group`` is the group in which the key was seen, if any. A ``"new"``
+    device of an account already known (``others``) is worth a warning; the
+    first device of an account is not.
     """
 
     jid: str
@@ -97,6 +99,9 @@ class TrustChange:
     change: str
     previous: str | None = None
     group: object | None = None
+    #: for ``"new"``: fingerprints of the account's devices known before this one
+    #: (empty for the first device of an account seen)
+    others: tuple[str, ...] = ()
 
 
 class TrustBackend(Protocol):
@@ -124,6 +129,8 @@ class TrustStore:
         self._records: dict[tuple[str, str], DeviceRecord] = {}
         #: (jid, device) -> records that were current when indexed (checked on use)
         self._current: dict[tuple[str, str], list[DeviceRecord]] = {}
+        #: jid -> records that were current when indexed (checked on use)
+        self._by_jid: dict[str, list[DeviceRecord]] = {}
         #: accounts with at least one verified device (ends blind trust for them)
         self._verified: set[str] = set()
         if backend is not None:
@@ -139,6 +146,7 @@ class TrustStore:
         self._records[(r.jid, r.fingerprint)] = r
         if r.current:
             self._current.setdefault((r.jid, r.device), []).append(r)
+            self._by_jid.setdefault(r.jid, []).append(r)
         if r.state == TrustState.VERIFIED:
             self._verified.add(r.jid)
 
@@ -199,10 +207,15 @@ class TrustStore:
             for old in previous:
                 changed[(old.jid, old.fingerprint)] = replace(old, current=False)
                 self._index(changed[(old.jid, old.fingerprint)])
+            others = tuple(dict.fromkeys(
+                r.fingerprint for r in self._by_jid.get(jid, ())
+                if r.current and (r.jid, r.fingerprint) not in changed
+                and self._records.get((r.jid, r.fingerprint)) == r))
             changed[(jid, fp)] = DeviceRecord(jid, device, fp, state, now)
             self._index(changed[(jid, fp)])
             out.append(TrustChange(jid, device, fp, state, "changed" if previous else "new",
-                                   previous[0].fingerprint if previous else None, group))
+                                   previous[0].fingerprint if previous else None, group,
+                                   () if previous else others))
         if changed and self._backend is not None:
             self._backend.save_trust([
                 TrustRecord(r.jid, r.fingerprint, r.device, r.state.value, r.first_seen,

@@ -31,6 +31,7 @@ def test_first_key_then_a_key_change_are_events() -> None:
     t = TrustStore(clock=lambda: 100)
     first = t.observe("bob@x", "phone", A1)
     assert first is not None and first.change == "new" and first.state == TrustState.TRUSTED
+    assert first.others == ()
     assert t.observe("bob@x", "phone", A1) is None  # known: no news
     changed = t.observe("bob@x", "phone", A2)
     assert changed is not None and changed.change == "changed"
@@ -46,6 +47,7 @@ def test_blind_trust_ends_with_the_first_verification() -> None:
     assert t.state("bob@x", fingerprint(A1)) == TrustState.VERIFIED
     laptop = t.observe("bob@x", "laptop", A2)
     assert laptop is not None and laptop.state == TrustState.NEW
+    assert laptop.others == (fingerprint(A1),)
     # other accounts are still trusted blindly
     carol = t.observe("carol@x", "", A3)
     assert carol is not None and carol.state == TrustState.TRUSTED
@@ -102,3 +104,11 @@ def test_many_devices_in_one_write() -> None:
     news = t.observe_many([(f"u{i}@x", "d", bytes([i % 256, i // 256]) * 16) for i in range(3000)])
     assert len(news) == 3000 and calls == [3000]
     assert t.observe_many([("u1@x", "d", bytes([1, 0]) * 16)]) == [] and calls == [3000]
+
+
+def test_devices_seen_together_are_not_each_others_news() -> None:
+    t = TrustStore()
+    both = t.observe_many([("bob@x", "phone", A1), ("bob@x", "laptop", A2)])
+    assert [c.others for c in both] == [(), ()]
+    later = t.observe("bob@x", "tablet", A3)
+    assert later is not None and set(later.others) == {fingerprint(A1), fingerprint(A2)}
