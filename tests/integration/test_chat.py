@@ -609,7 +609,8 @@ async def _many(server: ProsodyServer, alice_acc: Account, others: list[Account]
 
         # one device removed by its fingerprint (as /members shows it)
         first = others[0].jid
-        m = await a.command("/members", rf"^  leaf \d+ +{re.escape(first)} +({FINGERPRINT})$")
+        m = await a.command("/members",
+                            rf"^  leaf \d+ +{re.escape(first)} +({FINGERPRINT})  \[trusted\]$")
         fp = m.group(1)
         await a.command("/remove-device 12", r"^error: usage: /remove-device")
         await a.command("/remove-device 0000000000", r"^error: no device in this group")
