@@ -131,8 +131,8 @@ def open_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle, psk_lookup:
     tag = suite.mac(epoch.confirmation_key, ctx.confirmed_transcript_hash)
     if not hmac.compare_digest(tag, info.confirmation_tag):
         raise ValidationError("the GroupInfo confirmation tag does not verify (§12.4.3.1)")
-    return OpenedWelcome(welcome, info, secrets.path_secret.path_secret if secrets.path_secret else None,
-                         epoch)
+    path_secret = secrets.path_secret.path_secret if secrets.path_secret else None
+    return OpenedWelcome(welcome, info, path_secret, epoch)
 
 
 def join_from_welcome(welcome: Welcome | bytes | OpenedWelcome, bundle: KeyPackageBundle,
