@@ -101,6 +101,16 @@ OPTION_DOCS: dict[str, str] = {
                            "this many KeyPackages each.",
     "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
                         "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+    "blob_max_size": "The largest blob (ratchet tree, message by reference, file) this "
+                     "device downloads, in bytes; a larger one is refused unread.",
+    "blob_timeout": "Seconds for fetching one blob, all parts and checks included: a tree "
+                    "for a Welcome or a rejoin, a Commit by reference, a file.",
+    "blob_message_timeout": "Seconds an application message sent by reference may hold up "
+                            "the group's processing in room order; a slower one is dropped "
+                            "and reported (``mls_error``).",
+    "blob_origins": "More origins (``https://host[:port]``) blobs may be fetched from, "
+                    "besides the servers of the room, this account and the sender and "
+                    "their upload services (e.g. a server whose uploads are on a CDN).",
 }
 
 
