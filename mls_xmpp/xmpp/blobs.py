@@ -159,6 +159,10 @@ def origin_of(url: str) -> Origin:
     return parse_url(url)[1]
 
 
+class _NonPublicAddress(OSError):
+    """A blob host resolved to non-public addresses only, where they are not allowed."""
+
+
 class _GuardedResolver(AbstractResolver):
     """Name resolution that drops non-public addresses unless they are allowed."""
 
@@ -173,7 +177,7 @@ class _GuardedResolver(AbstractResolver):
             return found
         kept = [r for r in found if (ip := _ip(r["host"])) is not None and _public(ip)]
         if not kept:
-            raise OSError(f"{host} resolves to no public address: not fetched")
+            raise _NonPublicAddress(f"{host} resolves to no public address: not fetched")
         return kept
 
     async def close(self) -> None:
@@ -383,6 +387,8 @@ class Blobs:
                         break
                     buf += chunk
         except (OSError, aiohttp.ClientError) as e:
+            if isinstance(getattr(e, "os_error", e), _NonPublicAddress):
+                raise BlobRefusedError(f"blob URL: {getattr(e, 'os_error', e)}") from e
             raise TransportError(f"blob download failed: {e}") from e
         if len(buf) != size:
             raise EnvelopeError("blob part does not have its size")
