@@ -116,6 +116,16 @@ OPTION_DOCS: dict[str, str] = {
                       "``\"unverified\"``: ``send`` raises "
                       ":class:`~mls_xmpp.errors.UntrustedDeviceError` in a group holding "
                       "such a device.",
+    "blob_max_size": "The largest blob (ratchet tree, message by reference, file) this "
+                     "device downloads, in bytes; a larger one is refused unread.",
+    "blob_timeout": "Seconds for fetching one blob, all parts and checks included: a tree "
+                    "for a Welcome or a rejoin, a Commit by reference, a file.",
+    "blob_message_timeout": "Seconds an application message sent by reference may hold up "
+                            "the group's processing in room order; a slower one is dropped "
+                            "and reported (``mls_error``).",
+    "blob_origins": "More origins (``https://host[:port]``) blobs may be fetched from, "
+                    "besides the servers of the room, this account and the sender and "
+                    "their upload services (e.g. a server whose uploads are on a CDN).",
 }
 
 

@@ -9,6 +9,7 @@ The three branches under the root say whose fault a failure is::
     │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
     │   │   IdentityError, MissingProposalError), SecretTreeError
     │   └── EnvelopeError       malformed payload of the XMPP mapping
+    │       └── BlobRefusedError    a blob URL this device does not fetch from
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
     │   │   └── NotInGroupError this device was removed from the group, or left it
@@ -69,6 +70,7 @@ from .core.errors import (
     WrongGroupError,
 )
 from .xmpp.errors import (
+    BlobRefusedError,
     EnvelopeError,
     NoKeyPackageError,
     NotConnectedError,
@@ -83,6 +85,7 @@ from .xmpp.errors import (
 )
 
 __all__ = [
+    "BlobRefusedError",
     "CryptoError",
     "DecodeError",
     "DecryptionError",

@@ -16,6 +16,10 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
   breaks a rule of the mapping. Like every
   :class:`~mls_xmpp.core.errors.RemoteProtocolError` it is always safe to catch
   it and drop the stanza.
+
+  * :class:`BlobRefusedError` -- a blob (ratchet tree, message by reference,
+    attachment) would have to be fetched from a URL this device does not
+    fetch from; nothing was requested.
 * The caller's misuse (:class:`~mls_xmpp.core.errors.LocalUsageError`):
   :class:`NotInGroupError` (this device was removed or left),
   :class:`UnknownGroupError`, :class:`UnknownMemberError`,
@@ -28,6 +32,7 @@ from __future__ import annotations
 from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, RemoteProtocolError
 
 __all__ = [
+    "BlobRefusedError",
     "EnvelopeError",
     "NoKeyPackageError",
     "NotConnectedError",
@@ -69,6 +74,15 @@ class NoKeyPackageError(TransportError):
 
 class EnvelopeError(RemoteProtocolError):
     """A peer's payload is malformed: bad base64, bad protobuf, or an invalid envelope."""
+
+
+class BlobRefusedError(EnvelopeError):
+    """A blob's URL is not one this device fetches from, so nothing was requested.
+
+    Blobs are fetched only over HTTPS (plain HTTP only from loopback) from the
+    servers of the room, of this account and of the sender, or from an origin
+    in the plugin option ``blob_origins``; see docs/PROTOCOL.md §11.2.
+    """
 
 
 class NotInGroupError(GroupStateError):

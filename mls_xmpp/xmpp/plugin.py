@@ -39,7 +39,8 @@ from ..core.messages.key_package import KeyPackage
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from ..workers import WorkerPool
 from .attachments import download_attachment
-from .delivery import DEFAULT_PART_SIZE, Delivery, RoomRefused
+from .blobs import jid_domain, room_server_domains
+from .delivery import DEFAULT_PART_SIZE, MAX_BLOB, Delivery, RoomRefused
 from .envelope import Attachment, Envelope, Kind
 from .errors import NotConnectedError, TransportError, UnknownDeviceError, UnknownGroupError
 from .events import MLSErrorEvent
@@ -87,6 +88,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "blind_trust": True,      # a device's first key is trusted until one is verified
         "refuse_send_to": None,   # None, "distrusted" or "unverified": devices send() refuses
         "workers": None,  # processes for large batches: None auto, 0 off, or a shared WorkerPool
+        "blob_max_size": MAX_BLOB,  # bytes: the largest blob downloaded
+        "blob_timeout": 60.0,  # seconds for one blob (tree, Commit by reference, file)
+        "blob_message_timeout": 5.0,  # seconds an application message by reference may
+                                      # hold up the room's order before it is dropped
+        "blob_origins": (),  # more origins ("https://cdn.example.net") blobs come from
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -557,15 +563,33 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         raise UnknownDeviceError(f"no device of {jid} with fingerprint {fingerprint} is in "
                                  "any group of this device")
 
-    async def download(self, attachment: Attachment) -> bytes:
+    async def download(self, attachment: Attachment, *, sender: str | None = None,
+                       room: str | None = None) -> bytes:
         """Fetch, check and decrypt a file a member shared (an ``Attachment`` of a message).
 
+        Files are fetched only when asked for, never automatically. The URL must
+        be on the server of the message's ``sender`` or ``room`` (give them from
+        the ``mls_message`` event: ``msg.sender``, ``msg.group.room``), of this
+        account, or of an upload service of theirs (docs/PROTOCOL.md §11.2).
+        Without them, the servers of every room and member of this device's
+        groups are allowed.
+
         :raises NotConnectedError: there is no XMPP session (raised at once).
-        :raises TransportError: the download failed.
+        :raises BlobRefusedError: the URL is not one files are fetched from
+            (nothing was requested).
+        :raises TransportError: the download failed or took longer than the
+            option ``blob_timeout``.
         :raises EnvelopeError: the file is not the one the sender described.
         """
         self.require_connected()
-        return await download_attachment(self.delivery, attachment)
+        domains: list[str] = []
+        if sender is None and room is None:
+            for session in self.sessions.values():
+                domains += session.blob_domains()
+        else:
+            domains += [d for d in [jid_domain(sender or "")] if d]
+            domains += room_server_domains(room or "")
+        return await download_attachment(self.delivery, attachment, domains=domains)
 
     def group(self, room_or_id: str | bytes) -> GroupSession:
         """A group of this device's by room JID or group ID.

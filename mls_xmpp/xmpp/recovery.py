@@ -24,6 +24,7 @@ from ..core.group.client import leaf_device_id
 from ..core.group.join import tree_from_group_info
 from ..core.messages.framing import MLSMessage
 from ..core.messages.group_info import GroupInfo
+from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
 from .stanza import NS
@@ -108,7 +109,8 @@ class GroupRegistry:
 async def latest_group_info(plugin: XEP_MLS, room: str
                             ) -> tuple[GroupInfo, bytes | None, str | None]:
     """The newest GroupInfo in the room's archive, its tree and its stanza-id."""
-    def newest(batch: list[tuple[Any, str | None]]) -> tuple[Envelope, str | None] | None:
+    def newest(batch: list[tuple[Any, str | None]]
+               ) -> tuple[Envelope, str | None, str] | None:
         found = None
         for msg, stanza_id in batch:  # oldest first: keep the last
             try:
@@ -116,10 +118,10 @@ async def latest_group_info(plugin: XEP_MLS, room: str
             except MLSError:
                 continue
             if env is not None and env.kind == Kind.GROUP_INFO:
-                found = (env, stanza_id)
+                found = (env, stanza_id, _real_jid(msg))
         return found
 
-    found: tuple[Envelope, str | None] | None = None
+    found: tuple[Envelope, str | None, str] | None = None
     # newest page first: a long-lived room's archive is not read in full
     async for batch in plugin.delivery.archive_pages_backward(room):
         found = newest(batch)
@@ -131,14 +133,26 @@ async def latest_group_info(plugin: XEP_MLS, room: str
         found = newest(await plugin.delivery.fetch_archive(room))
     if found is None:
         raise NoGroupInfo(f"{room} holds no GroupInfo to rejoin from")
-    env, stanza_id = found
+    env, stanza_id, poster_jid = found
     body = MLSMessage.decode(env.mls_message).body
     if not isinstance(body, GroupInfo):
         raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
     tree = None
     if env.ratchet_tree is not None:
-        tree = await plugin.delivery.download(env.ratchet_tree)
+        # from the room's server or the poster's (when the room says who posted it),
+        # within the option blob_timeout (docs/PROTOCOL.md §11.2)
+        domains = room_server_domains(room)
+        if (poster := jid_domain(poster_jid)) is not None:
+            domains.append(poster)
+        tree = await plugin.delivery.download(env.ratchet_tree, domains=domains)
     return body, tree, stanza_id
+
+
+def _real_jid(msg: Any) -> str:
+    """The poster's real JID a non-anonymous room adds to a message (XEP-0045), or ""."""
+    item = msg.xml.find("{http://jabber.org/protocol/muc#user}x/"
+                        "{http://jabber.org/protocol/muc#user}item")
+    return "" if item is None else str(item.get("jid") or "")
 
 
 def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,

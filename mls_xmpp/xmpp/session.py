@@ -30,6 +30,7 @@ from ..core.group.events import ApplicationMessage, CommitApplied, Member, Propo
 from ..core.group.group import Group
 from ..core.messages.key_package import KeyPackage
 from .attachments import upload_attachment
+from .blobs import jid_domain, room_server_domains
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
 from .errors import (
     EnvelopeError,
@@ -463,13 +464,42 @@ class GroupSession:
         self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
                                         stanza_id, e))
 
+    def blob_domains(self) -> list[str]:
+        """The XMPP servers blobs of this group may come from: the room's (the MUC
+        service and its parent domain) and every member's (docs/PROTOCOL.md §11.2)."""
+        out = room_server_domains(self.room)
+        for jid in sorted(self.jids()):
+            domain = jid_domain(jid)
+            if domain and domain not in out:
+                out.append(domain)
+        return out
+
     async def _resolve(self, env: Envelope) -> bytes:
-        """The payload bytes; a blob download is retried before giving up on it."""
+        """The payload bytes, downloaded when sent by reference, within a budget.
+
+        The room's order waits on this, so the budget is short for an application
+        message (option ``blob_message_timeout``: a slower one is dropped and
+        reported, never retried) and bounded for a handshake message (option
+        ``blob_timeout`` for all attempts together). A URL that is not allowed
+        is refused without a request (:class:`BlobRefusedError`).
+        """
+        if env.mls_message_ref is None:
+            return env.mls_message
+        cfg = self.plugin.config
+        delivery = self.plugin.delivery
+        domains = self.blob_domains()
+        if env.kind == Kind.APPLICATION:
+            return await delivery.resolve_payload(
+                env, domains=domains, timeout=float(cfg["blob_message_timeout"]))
+        deadline = time.monotonic() + float(cfg["blob_timeout"])
         for attempt in range(3):
+            left = deadline - time.monotonic()
             try:
-                return await self.plugin.delivery.resolve_payload(env)
+                if left <= 0:
+                    raise TransportError("blob download ran out of time")
+                return await delivery.resolve_payload(env, domains=domains, timeout=left)
             except TransportError:
-                if attempt == 2:
+                if attempt == 2 or deadline - time.monotonic() <= 1.0:
                     raise
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
