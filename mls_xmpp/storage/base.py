@@ -8,9 +8,11 @@ archive, so that both move together (atomically, in stores that can).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from .errors import StorageError
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,14 @@ class StateStore(Protocol):
     def save_identity(self, data: bytes) -> None:
         """Replace the serialised client identity."""
 
-    def load_groups(self) -> list[GroupRecord]:
-        """Every stored group."""
+    def load_groups(self, on_error: Callable[[bytes, str, StorageError], None] | None = None
+                    ) -> list[GroupRecord]:
+        """Every stored group.
+
+        A group that cannot be read raises :class:`StorageError`, unless
+        ``on_error`` is given: then it is reported to it (group ID, room,
+        error) and skipped, and the others are returned.
+        """
 
     def save_group(self, record: GroupRecord) -> None:
         """Insert or replace one group's record in a single atomic write."""

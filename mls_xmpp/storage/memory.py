@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .base import GroupRecord, TrustRecord
 from .errors import StorageError
@@ -25,8 +25,9 @@ class MemoryStore:
         """Replace the identity."""
         self._identity = data
 
-    def load_groups(self) -> list[GroupRecord]:
-        """Every stored group."""
+    def load_groups(self, on_error: Callable[[bytes, str, StorageError], None] | None = None
+                    ) -> list[GroupRecord]:
+        """Every stored group (none is ever unreadable here; ``on_error`` is not called)."""
         return list(self._groups.values())
 
     def save_group(self, record: GroupRecord) -> None:

@@ -436,8 +436,14 @@ class SQLiteStore:
                        "ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
                        "updated_at = excluded.updated_at", (blob, int(time.time())))
 
-    def load_groups(self) -> list[GroupRecord]:
-        """Every stored group, ordered by group ID."""
+    def load_groups(self, on_error: Callable[[bytes, str, StorageError], None] | None = None
+                    ) -> list[GroupRecord]:
+        """Every stored group, ordered by group ID.
+
+        A row that cannot be read (wrong types, does not decrypt) raises
+        :class:`StorageError`; with ``on_error`` it is reported to it instead,
+        as ``(group_id, room, error)``, and the other groups are returned.
+        """
         db = self._conn()
         with _sql_errors("cannot read the groups"):
             rows = db.execute("SELECT g.group_id, g.room, g.state, p.last_stanza_id, "
@@ -445,12 +451,18 @@ class SQLiteStore:
                               "ON p.group_id = g.group_id ORDER BY g.group_id").fetchall()
         out = []
         for gid, room, state, last, ratchets in rows:
-            if not isinstance(gid, bytes) or not isinstance(room, str) or not (
-                    last is None or isinstance(last, str)):
-                raise StorageError("a groups row has columns of the wrong type")
-            out.append(GroupRecord(
-                gid, room, self._open(state, "groups", gid), last,
-                None if ratchets is None else self._open(ratchets, _RATCHETS, gid)))
+            try:
+                if not isinstance(gid, bytes) or not isinstance(room, str) or not (
+                        last is None or isinstance(last, str)):
+                    raise StorageError("a groups row has columns of the wrong type")
+                out.append(GroupRecord(
+                    gid, room, self._open(state, "groups", gid), last,
+                    None if ratchets is None else self._open(ratchets, _RATCHETS, gid)))
+            except StorageError as e:
+                if on_error is None:
+                    raise
+                on_error(gid if isinstance(gid, bytes) else b"",
+                         room if isinstance(room, str) else "", e)
         return out
 
     def save_group(self, record: GroupRecord) -> None:

@@ -746,3 +746,21 @@ def test_trust_records_persist(db_path: Path) -> None:
         got = sorted(s.load_trust(), key=lambda r: r.fingerprint)
     assert got == [replace(one, state="verified"),
                    TrustRecord("bob@example.org", "cc dd", "phone", "new", 200)]
+
+
+def test_one_unreadable_group_does_not_hide_the_others(db_path: Path) -> None:
+    with SQLiteStore(db_path, key=KEY) as s:
+        for name in (b"a", b"b", b"c"):
+            s.save_group(replace(rec(name, b"state-" + name), ratchets=b"r-" + name))
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE groups SET state = ? WHERE group_id = ?", (b"\x01" + b"x" * 40, b"b"))
+    db.commit()
+    db.close()
+    with SQLiteStore(db_path, key=KEY) as s:
+        with pytest.raises(StorageError):
+            s.load_groups()
+        bad: list[tuple[bytes, str, StorageError]] = []
+        good = s.load_groups(on_error=lambda g, r, e: bad.append((g, r, e)))
+    assert [g.group_id for g in good] == [b"a", b"c"]
+    assert [(g, r) for g, r, _ in bad] == [(b"b", rec(b"b", b"").room)]
+    assert "does not decrypt" in str(bad[0][2])
