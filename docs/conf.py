@@ -90,7 +90,7 @@ OPTION_DOCS: dict[str, str] = {
                       "it comes back later).",
     "device": "A stable name of this device (its leaves' application_id). With it, a "
               "device whose stored state is gone finds and removes its old leaf when it "
-              "rejoins.",
+              "rejoins; without it, automatic recovery does not run (and says so).",
     "recover": "A device that starts without stored state rejoins, by external Commit, "
                "the groups its account's group registry lists.",
     "publish_key_packages": "Publish (and keep topped up) KeyPackages on start. Off: the "
@@ -101,6 +101,9 @@ OPTION_DOCS: dict[str, str] = {
                            "this many KeyPackages each.",
     "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
                         "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+    "room_retry": "Seconds before a suspended group (its room refused or dropped this "
+                  "account; the MLS state is kept) tries to enter the room again.",
+    "room_retry_max": "The retry delay of a suspended group doubles up to this many seconds.",
 }
 
 

@@ -20,7 +20,9 @@ The three branches under the root say whose fault a failure is::
     │   └── UnsupportedCipherSuiteError
     └── TransportError          the XMPP side failed (timeout, error from the server)
         ├── NotConnectedError   no XMPP session: connect first (raised at once)
-        └── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+        ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+        └── GroupSuspendedError the room refused or dropped this account: the group
+                                is kept, the room retried (``.reason``)
 
 What each branch means for the caller:
 
@@ -68,6 +70,7 @@ from .core.errors import (
 )
 from .xmpp.errors import (
     EnvelopeError,
+    GroupSuspendedError,
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
@@ -85,6 +88,7 @@ __all__ = [
     "DecryptionError",
     "EnvelopeError",
     "GroupStateError",
+    "GroupSuspendedError",
     "InvalidSignatureError",
     "LocalUsageError",
     "MLSError",

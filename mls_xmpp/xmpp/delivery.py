@@ -271,13 +271,37 @@ class Delivery:
             pass
 
     async def set_affiliation(self, room: str, jid: str,
-                              affiliation: Literal["member", "owner", "none"]) -> None:
-        """Make room affiliations follow MLS membership."""
+                              affiliation: Literal["member", "admin", "owner", "none"]
+                              ) -> None:
+        """Make room affiliations follow MLS membership (see :mod:`.room`).
+
+        :raises TransportError: the room refused (e.g. ``not-allowed``: this
+            account's affiliation does not permit the change) or did not answer.
+        """
         try:
             await self.xmpp.plugin["xep_0045"].set_affiliation(
                 room, affiliation, jid=JID(jid).bare, timeout=self.timeout)
         except (IqError, IqTimeout) as e:
             raise TransportError(f"setting {jid} to {affiliation} in {room} failed: {e}") from e
+
+    async def affiliations(self, room: str) -> dict[str, str]:
+        """The room's owners, admins and members (bare JID -> affiliation): three
+        ``muc#admin`` queries, which a members-only room answers to its members.
+
+        :raises TransportError: the room refused or did not answer.
+        """
+        from .room import LISTED
+
+        muc = self.xmpp.plugin["xep_0045"]
+        out: dict[str, str] = {}
+        for affiliation in reversed(LISTED):  # the highest wins should a JID be listed twice
+            try:
+                jids = await muc.get_affiliation_list(room, affiliation, timeout=self.timeout)
+            except (IqError, IqTimeout) as e:
+                raise TransportError(f"reading the {affiliation}s of {room} failed: {e}") from e
+            for jid in jids:
+                out[str(JID(jid).bare)] = affiliation
+        return out
 
     async def archive_pages(self, room: str | None, *, after: str | None = None,
                             start: datetime | None = None, page: int = 100
