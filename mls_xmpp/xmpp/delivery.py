@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0359 import StanzaID
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
 
 from ..core.errors import LocalUsageError
 from .envelope import BlobRef, Envelope, Reassembler, fragment
@@ -399,7 +401,10 @@ async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) 
 
     slixmpp only recognises error presences that echo the MUC ``<x/>``
     element; Prosody's refusals (members-only, locked room) do not, so this
-    also watches ``presence_error`` instead of waiting for the timeout.
+    also watches every error presence from the room instead of waiting for the
+    timeout. (Not the ``presence_error`` event: once a room was joined, slixmpp
+    stops raising presence events for its JID, so a refusal on re-entry, e.g.
+    after a kick, would go unseen.)
 
     :raises TransportError: refused, or no answer within ``timeout``.
     """
@@ -414,7 +419,8 @@ async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) 
 
     join = asyncio.ensure_future(client.plugin["xep_0045"].join_muc_wait(
         JID(room), nick, maxstanzas=0, timeout=timeout))
-    client.add_event_handler("presence_error", on_error)
+    handler = f"mls room refusal {bare} {id(refused)}"
+    client.register_handler(Callback(handler, StanzaPath("presence@type=error"), on_error))
     try:
         done, _ = await asyncio.wait([join, refused], timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -428,7 +434,7 @@ async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) 
         except Exception as e:  # noqa: BLE001 - presence errors and timeouts
             raise TransportError(f"joining {room} failed: {e!r}") from e
     finally:
-        client.del_event_handler("presence_error", on_error)
+        client.remove_handler(handler)
         if not join.done():
             join.cancel()
         refused.cancel()

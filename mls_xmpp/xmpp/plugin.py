@@ -286,16 +286,19 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.error(MLSErrorEvent(f"rejoining {room} failed: {e}", error=e))
             return None
 
-        if self.identity is None or self.identity.device_id is None:
-            err = LocalUsageError(_NO_DEVICE)
-            self.error(MLSErrorEvent(f"not recovering groups: {err}", error=err))
-            return []
-        try:
-            await retract_stale_device_items(self, self.identity.device_id)
-        except (MLSError, ValueError) as e:
-            self.error(MLSErrorEvent(f"retracting stale KeyPackages failed: {e}", error=e))
+        device_id = None if self.identity is None else self.identity.device_id
+        if device_id is not None:
+            try:
+                await retract_stale_device_items(self, device_id)
+            except (MLSError, ValueError) as e:
+                self.error(MLSErrorEvent(f"retracting stale KeyPackages failed: {e}", error=e))
         entries = {r: g for r, g in (await self.registry.entries()).items()
                    if r not in self.sessions}
+        if entries and device_id is None:
+            err = LocalUsageError(_NO_DEVICE)
+            self.error(MLSErrorEvent(f"not recovering {len(entries)} group(s) of this "
+                                     f"account: {err}", error=err))
+            return []
         # concurrently: a slow or vanished room must not hold up the others
         done = await asyncio.gather(*(one(r, g) for r, g in entries.items()))
         return [s for s in done if s is not None]
