@@ -533,6 +533,8 @@ class GroupSession:
             if self._leave_attempts is not None and not event.self_removed:
                 # the epoch ended without our removal: the proposal died with it
                 asyncio.ensure_future(self._retry_leave())
+            if event.removed and not event.own and not event.self_removed:
+                self._others_removed({member_jid(m) for m in event.removed})
             if event.self_removed:
                 # the tree is still the one before the Commit: is another device of
                 # this account staying in the group?
@@ -895,6 +897,22 @@ class GroupSession:
                 progress.advance("affiliations", finished, len(changes))
 
         await asyncio.gather(*(affiliate(j, a) for j, a in changes))
+
+    def _own_room_affiliation(self) -> str | None:
+        """This device's affiliation as the room last announced it (its presence)."""
+        muc = self.plugin.xmpp.plugin["xep_0045"]
+        try:
+            value = muc.get_jid_property(JID(self.room), self.plugin.nick(), "affiliation")
+        except (InvalidJID, ValueError):
+            return None
+        return None if value is None else str(value)
+
+    def _others_removed(self, jids: set[str]) -> None:
+        """Another member's Commit removed accounts; an admin committer cannot take an
+        admin's affiliation, so the room's owner (if this is its device) does."""
+        departed = jids - self.jids()
+        if departed and self._own_room_affiliation() == "owner":
+            asyncio.ensure_future(self.reconcile_room(revoke=departed, only=departed))
 
     def _repairer_rank(self, lost: str) -> int | None:
         """This device's place among the member devices that could give ``lost`` its
