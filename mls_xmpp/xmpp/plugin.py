@@ -14,7 +14,9 @@
 Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``
 (:class:`MembershipEvent`), ``mls_joined`` (a :class:`GroupSession` this device
 was welcomed into), ``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
-input dropped, group state unchanged), ``mls_ready`` (KeyPackages published,
+input dropped, group state unchanged; or a group suspended because its room
+refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
+``mls_ready`` (KeyPackages published,
 groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
 many members).
 """
