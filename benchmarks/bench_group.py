@@ -79,8 +79,10 @@ from mls_xmpp.core.schedule.transcript import interim_transcript_hash  # noqa: E
 from mls_xmpp.core.tree.secret_tree import SecretTree  # noqa: E402
 from mls_xmpp.core.tree.treekem import TreePrivateKeys  # noqa: E402
 from mls_xmpp.core.tree.validation import validate_tree  # noqa: E402
+from mls_xmpp.workers import WorkerPool  # noqa: E402
 
 SUITE_ID = 1
+#: Every group's config; ``main`` attaches its worker pool (``--workers``).
 CONFIG = GroupConfig(ratchet_tree_in_welcome=False)
 MESSAGE = b"x" * 1024
 #: Capabilities of the leaves of the synthetic full tree (those of a Client's leaf).
@@ -459,7 +461,20 @@ def main(argv: list[str] | None = None) -> int:
                         "(and 'upd1 process', 'upd2 process', 'steady process', 'msg process')")
     p.add_argument("--profile-dir", type=Path, help="write .prof files here")
     p.add_argument("--profile-top", type=int, default=25, help="functions listed per profile")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for large batches (default: $MLS_XMPP_WORKERS, "
+                        "else cores - 1; 0: all serial)")
     args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must be >= 0")
+    global CONFIG
+    with WorkerPool(args.workers) as pool:
+        CONFIG = pool.attach(GroupConfig(ratchet_tree_in_welcome=False))
+        log(f"{pool.workers} worker process(es) for batches of >= {pool.threshold} operations")
+        return _main(p, args, pool)
+
+
+def _main(p: argparse.ArgumentParser, args: argparse.Namespace, pool: WorkerPool) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.include_50k and 50000 not in sizes:
         sizes.append(50000)
@@ -503,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             "profiled_steps": sorted(wanted),
             "total_seconds": time.perf_counter() - t_all,
             "runs": args.runs,
+            "workers": pool.workers,
             "results": {str(n): v for n, v in results.items()},
             "all_runs": {str(n): v for n, v in all_runs.items()},
             "targets": targets,

@@ -74,6 +74,7 @@ from mls_xmpp.core.tree.validation import (  # noqa: E402
     validate_tree,
     verify_leaf_signatures,
 )
+from mls_xmpp.workers import WorkerPool  # noqa: E402
 
 GROUP_ID = b"benchmark group"
 REPEAT = 5  # create/apply are repeated on fresh copies; the median is reported
@@ -84,8 +85,10 @@ def context(tree_hash: bytes) -> bytes:
     return GroupContext(1, 1, GROUP_ID, 42, tree_hash, b"\x00" * 32, ()).encode()
 
 
-def bench(n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+def bench(n: int, crypto: WorkerPool) -> tuple[dict[str, float], dict[str, list[float]]]:
     """All figures for one size (seconds, or MiB for keys ending in MiB).
+
+    ``crypto`` verifies the leaf signatures (with worker processes, unless it has none).
 
     Also returns the single timings behind the medians (``copy``,
     ``create path``, ``apply path``).
@@ -114,7 +117,7 @@ def bench(n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
 
     t0 = time.perf_counter()
     received = RatchetTree.decode(suite, data)
-    validate_tree(received, GROUP_ID, root_hash)
+    validate_tree(received, GROUP_ID, root_hash, crypto=crypto)
     out["validate"] = time.perf_counter() - t0
     # the same steps one by one, on a fresh decode
     t0 = time.perf_counter()
@@ -128,7 +131,7 @@ def bench(n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     check_unique_keys(fresh)
     check_leaf_node_capabilities(fresh)
     t4 = time.perf_counter()
-    verify_leaf_signatures(fresh, GROUP_ID)
+    verify_leaf_signatures(fresh, GROUP_ID, crypto)
     t5 = time.perf_counter()
     out["  decode"] = t1 - t0
     out["  tree hash"] = t2 - t1
@@ -243,7 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path,
                    help="also write every figure per size (and the single timings behind "
                         "the medians) as JSON to this file")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for the leaf signatures (default: $MLS_XMPP_WORKERS, "
+                        "else cores - 1; 0: serial)")
     args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must be >= 0")
+    with WorkerPool(args.workers) as pool:
+        return _main(args, pool)
+
+
+def _main(args: argparse.Namespace, pool: WorkerPool) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[int, dict[str, float]] = {}
     samples: dict[int, dict[str, list[float]]] = {}
@@ -253,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         print(f"n = {n} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        results[n], samples[n] = bench(n)
+        results[n], samples[n] = bench(n, pool)
         walls[n] = time.perf_counter() - t0
     print_table(results)
     if args.json:

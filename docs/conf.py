@@ -101,6 +101,31 @@ OPTION_DOCS: dict[str, str] = {
                            "this many KeyPackages each.",
     "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
                         "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+    "workers": "Worker processes for large batches of signature checks and HPKE "
+               "encryptions (bulk adds, joins): ``None`` one less than the cores (at most 8; "
+               "``MLS_XMPP_WORKERS`` overrides), ``0`` none, or a shared "
+               ":class:`~mls_xmpp.workers.WorkerPool` that stays the application's.",
+    "rules": "The :class:`~mls_xmpp.xmpp.rules.GroupRules` of groups this device creates "
+             "(who may add, remove, reinitialise, change the rules; external joins and "
+             "proposals). ``None``: :data:`~mls_xmpp.xmpp.rules.DEFAULT_RULES` with the "
+             "creator as the only admin. Every member enforces a group's rules alike.",
+    "blind_trust": "A device's first key is ``trusted`` until the user verifies some device "
+                   "of that account; later new keys of that account are ``new``. "
+                   "``False``: every new key is ``new``.",
+    "refuse_send_to": "``None`` (send to everyone), ``\"distrusted\"`` or "
+                      "``\"unverified\"``: ``send`` raises "
+                      ":class:`~mls_xmpp.errors.UntrustedDeviceError` in a group holding "
+                      "such a device.",
+    "blob_max_size": "The largest blob (ratchet tree, message by reference, file) this "
+                     "device downloads, in bytes; a larger one is refused unread.",
+    "blob_timeout": "Seconds for fetching one blob, all parts and checks included: a tree "
+                    "for a Welcome or a rejoin, a Commit by reference, a file.",
+    "blob_message_timeout": "Seconds an application message sent by reference may hold up "
+                            "the group's processing in room order; a slower one is dropped "
+                            "and reported (``mls_error``).",
+    "blob_origins": "More origins (``https://host[:port]``) blobs may be fetched from, "
+                    "besides the servers of the room, this account and the sender and "
+                    "their upload services (e.g. a server whose uploads are on a CDN).",
     "room_retry": "Seconds before a suspended group (its room refused or dropped this "
                   "account; the MLS state is kept) tries to enter the room again.",
     "room_retry_max": "The retry delay of a suspended group doubles up to this many seconds.",
@@ -168,6 +193,11 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",
         "How far adding members has come (KeyPackages fetched, Commit built, accepted "
         "by the room, affiliations, Welcomes sent).",
+    ),
+    "mls_trust": (
+        ":class:`~mls_xmpp.xmpp.trust.TrustChange`",
+        "A device's first key, a device's key change (``previous`` fingerprint), or the "
+        "user's decision (verified, distrusted, trusted). Local data: never changes validity.",
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",

@@ -54,7 +54,8 @@ from mls_xmpp.xmpp.delivery import FALLBACK_BODY
 from mls_xmpp.xmpp.envelope import Envelope, Kind
 from mls_xmpp.xmpp.errors import TransportError
 from mls_xmpp.xmpp.keystore import NODE
-from mls_xmpp.xmpp.session import GroupSession, fingerprint
+from mls_xmpp.xmpp.session import GroupSession
+from mls_xmpp.xmpp.trust import fingerprint
 
 __all__ = ["NAMES", "DemoError", "DemoOptions", "StepFailed", "parse_account", "run"]
 

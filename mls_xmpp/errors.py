@@ -7,8 +7,9 @@ The three branches under the root say whose fault a failure is::
     ├── RemoteProtocolError     a peer or the server sent something invalid
     │   ├── DecodeError, CryptoError (InvalidSignatureError, DecryptionError),
     │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
-    │   │   MissingProposalError), SecretTreeError
+    │   │   IdentityError, MissingProposalError), SecretTreeError
     │   └── EnvelopeError       malformed payload of the XMPP mapping
+    │       └── BlobRefusedError    a blob URL this device does not fetch from
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
     │   │   └── NotInGroupError this device was removed from the group, or left it
@@ -16,6 +17,7 @@ The three branches under the root say whose fault a failure is::
     │   ├── UnknownMemberError  a JID that is not a member (a LookupError)
     │   │   └── UnknownDeviceError   a device fingerprint not in the group
     │   ├── RulesError          refused by the group's rules
+    │   ├── UntrustedDeviceError  refusing to send to a distrusted device (``.devices``)
     │   ├── TooLargeError       too large even by reference; the message says what to do
     │   └── UnsupportedCipherSuiteError
     └── TransportError          the XMPP side failed (timeout, error from the server)
@@ -56,6 +58,7 @@ from .core.errors import (
     DecodeError,
     DecryptionError,
     GroupStateError,
+    IdentityError,
     InvalidSignatureError,
     LocalUsageError,
     MissingProposalError,
@@ -69,6 +72,7 @@ from .core.errors import (
     WrongGroupError,
 )
 from .xmpp.errors import (
+    BlobRefusedError,
     EnvelopeError,
     GroupSuspendedError,
     NoKeyPackageError,
@@ -80,15 +84,18 @@ from .xmpp.errors import (
     UnknownDeviceError,
     UnknownGroupError,
     UnknownMemberError,
+    UntrustedDeviceError,
 )
 
 __all__ = [
+    "BlobRefusedError",
     "CryptoError",
     "DecodeError",
     "DecryptionError",
     "EnvelopeError",
     "GroupStateError",
     "GroupSuspendedError",
+    "IdentityError",
     "InvalidSignatureError",
     "LocalUsageError",
     "MLSError",
@@ -105,6 +112,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnknownGroupError",
     "UnknownMemberError",
+    "UntrustedDeviceError",
     "UnsupportedCipherSuiteError",
     "ValidationError",
     "WrongEpochError",

@@ -76,10 +76,16 @@ class Chat:
             "history": _Command(self.cmd_history, needs_online=False),
             "send-file": _Command(self.cmd_send_file, needs_group=True),
             "save": _Command(self.cmd_save),
+            "fingerprints": _Command(self.cmd_fingerprints, needs_online=False),
+            "safety": _Command(self.cmd_safety),
+            "verify": _Command(self.cmd_verify, needs_online=False),
+            "distrust": _Command(self.cmd_distrust, needs_online=False),
+            "trust": _Command(self.cmd_trust, needs_online=False),
             "quit": _Command(self.cmd_quit, needs_online=False),
         }
         self._aliases = {"exit": "quit", "join": "open", "add": "invite", "h": "help",
-                         "?": "help", "list": "groups", "who": "members"}
+                         "?": "help", "list": "groups", "who": "members",
+                         "fp": "fingerprints", "devices": "fingerprints"}
 
     # -- output ---------------------------------------------------------------
 
@@ -132,7 +138,7 @@ class Chat:
 
     def own_fingerprint(self) -> str:
         """This device's fingerprint, as /members shows it."""
-        from mls_xmpp.xmpp.session import fingerprint
+        from mls_xmpp.xmpp.trust import fingerprint
 
         client = self.mls.identity
         return "?" if client is None else fingerprint(client.signature_public_key)
@@ -184,6 +190,7 @@ class Chat:
             ("mls_removed", self.on_removed),
             ("mls_error", self.on_mls_error),
             ("mls_progress", self.on_progress),
+            ("mls_trust", self.on_trust),
         ):
             client.add_event_handler(name, handler)
         return client
@@ -280,14 +287,33 @@ class Chat:
         if not parts:
             parts.append("updated " + ("your" if event.own else "their") + " keys")
         self.group_line(event.group.room, "*", f"{who} {'; '.join(parts)} (epoch {event.epoch})")
-        # a member's new device: compare its fingerprint with the one they tell you
-        added = {fp for _, fp in getattr(event, "added_devices", ())}
-        for jid, fp in getattr(event, "added_devices", ()):
-            known = [f for j, f, _ in event.group.members if j == jid and f not in added]
-            if known and fp != self.own_fingerprint():
-                self.group_line(event.group.room, "!",
-                                f"{_one_line(jid)} has a new device {fp} (their other "
-                                f"device{'s' if len(known) > 1 else ''}: {', '.join(known)})")
+
+    def on_trust(self, change: Any) -> None:  # TrustChange
+        """A device's first key, a key change, or a decision: warn where it matters.
+
+        The first device of an account is recorded quietly (/fingerprints shows
+        it); another device of an account already known, and a device's new
+        key, are warnings, with how to compare them.
+        """
+        room = getattr(change.group, "room", None)
+        jid, fp = _one_line(change.jid), change.fingerprint
+        if change.change == "changed":
+            name = f" {_one_line(change.device)}" if change.device else ""
+            self.group_line(room, "!", f"{jid}'s device{name} has a NEW KEY {fp} (was "
+                            f"{change.previous}) [{change.state}]; /safety {jid} "
+                            f"{fp[:8]} to compare")
+        elif change.change == "new":
+            if fp == self.own_fingerprint():
+                return
+            others = list(change.others)
+            if change.jid == self.me:
+                others.append(self.own_fingerprint())
+            if others:
+                self.group_line(room, "!", f"{jid} has a new device {fp} (their other "
+                                f"device{'s' if len(others) > 1 else ''}: "
+                                f"{', '.join(others)}) [{change.state}]")
+        else:
+            self.notice(f"{jid} [{fp}] is now {change.state}")
 
     def on_joined(self, session: Any) -> None:  # GroupSession
         room = session.room
@@ -566,8 +592,64 @@ class Chat:
         mine = self.own_fingerprint()
         width = max(len(_one_line(jid)) for jid, _, _ in members)
         for jid, fp, leaf in members:
-            me = "  (this device)" if jid == self.me and fp == mine else ""
-            self.say(f"  leaf {leaf:<3} {_one_line(jid):<{width}}  {fp}{me}")
+            if jid == self.me and fp == mine:
+                note = "  (this device)"
+            else:
+                state = self.mls.trust.state(jid, fp)
+                note = f"  [{state}]" if state is not None else ""
+            self.say(f"  leaf {leaf:<3} {_one_line(jid):<{width}}  {fp}{note}")
+
+    def _device(self, args: list[str], usage: str) -> tuple[str, str]:
+        """(jid, full fingerprint) from ``JID FP-PREFIX`` (at least 8 hex digits)."""
+        if len(args) < 2:
+            raise ChatError(f"usage: {usage}")
+        jid = self._jid(args[0])
+        wanted = "".join(args[1:]).replace(" ", "").lower()
+        if len(wanted) < 8 or not re.fullmatch(r"[0-9a-f]+", wanted):
+            raise ChatError(f"usage: {usage} (at least 8 hex digits of the fingerprint, as "
+                            "/fingerprints shows it)")
+        found = [d.fingerprint for d in self.mls.devices(jid)
+                 if d.fingerprint.replace(" ", "").startswith(wanted)]
+        if not found:
+            raise ChatError(f"no device of {jid} with that fingerprint has been seen "
+                            "(/fingerprints lists them)")
+        if len(found) > 1:
+            raise ChatError(f"{len(found)} devices match; give more of the fingerprint")
+        return jid, found[0]
+
+    async def cmd_fingerprints(self, args: list[str]) -> None:
+        jid = self._jid(args[0]) if args else None
+        devices = self.mls.devices(jid)
+        self.notice(f"this device: {self.own_fingerprint()}")
+        if not devices:
+            self.notice("no other devices seen yet" if jid is None else f"no device of {jid} "
+                        "seen yet")
+            return
+        self.notice(f"{len(devices)} device(s) seen:")
+        width = max(len(_one_line(d.jid)) for d in devices)
+        for d in devices:
+            name = _one_line(d.device) if d.device else "-"
+            self.say(f"  {_one_line(d.jid):<{width}}  {d.fingerprint}  {d.state:<10}  {name}")
+
+    async def cmd_safety(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/safety JID FINGERPRINT")
+        number = self.mls.safety_number(jid, fp)
+        self.notice(f"safety number with {jid} [{fp}]: {number}")
+        self.say("  compare it with theirs (in person or by a call); if it is the same: "
+                 f"/verify {jid} {fp[:8]}")
+
+    async def cmd_verify(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/verify JID FINGERPRINT")
+        self.mls.verify(jid, fp)
+
+    async def cmd_distrust(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/distrust JID FINGERPRINT")
+        self.mls.distrust(jid, fp)
+        self.say(f"  /remove-device {fp[:8]} removes it from the current group")
+
+    async def cmd_trust(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/trust JID FINGERPRINT")
+        self.mls.trust_device(jid, fp)
 
     async def cmd_update(self, args: list[str]) -> None:
         session = self.session(self.current)

@@ -64,7 +64,12 @@ HELP = """commands:
   /remove JID [JID ...] remove every device of each JID from the current group
   /remove-device FP     remove one device (e.g. a lost phone) by the first characters of
                         its fingerprint (at least 8, as /members shows it)
-  /members              members of the current group: leaf, JID, device fingerprint
+  /members              members of the current group: leaf, JID, device fingerprint, trust
+  /fingerprints [JID]   every device seen (of JID): fingerprint, trust state, device name
+  /safety JID FP        the safety number to compare with the owner of that device
+  /verify JID FP        mark that device verified (after comparing the safety number)
+  /distrust JID FP      mark it distrusted (/remove-device removes it from a group)
+  /trust JID FP         trust it again without verifying
   /update               fresh keys for this device (post-compromise security)
   /leave                ask the other members to remove this device from the current group
   /history [N]          the last N messages of the current group (default 20)

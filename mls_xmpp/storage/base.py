@@ -8,6 +8,7 @@ archive, so that both move together (atomically, in stores that can).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,8 +93,8 @@ class StateStore(Protocol):
     def load_trust(self) -> list[TrustRecord]:
         """Every record of the account's device trust store."""
 
-    def save_trust(self, record: TrustRecord) -> None:
-        """Insert or replace the record of ``(record.jid, record.fingerprint)``."""
+    def save_trust(self, records: Sequence[TrustRecord]) -> None:
+        """Insert or replace these records (by ``(jid, fingerprint)``) in one write."""
 
     def close(self) -> None:
         """Release the store."""

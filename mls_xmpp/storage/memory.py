@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .base import GroupRecord, TrustRecord
 from .errors import StorageError
 
@@ -67,9 +69,10 @@ class MemoryStore:
         """Every trust record."""
         return list(self._trust.values())
 
-    def save_trust(self, record: TrustRecord) -> None:
-        """Insert or replace a trust record."""
-        self._trust[(record.jid, record.fingerprint)] = record
+    def save_trust(self, records: Sequence[TrustRecord]) -> None:
+        """Insert or replace trust records."""
+        for record in records:
+            self._trust[(record.jid, record.fingerprint)] = record
 
     def close(self) -> None:
         """Nothing to release."""

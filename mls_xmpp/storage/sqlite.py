@@ -127,7 +127,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 from cryptography.exceptions import InvalidTag
@@ -544,15 +544,16 @@ class SQLiteStore:
             out.append(TrustRecord(jid, fp, device, state, first_seen, bool(current)))
         return out
 
-    def save_trust(self, record: TrustRecord) -> None:
-        """Insert or replace one trust record."""
-        with self._transaction("cannot save a trust record") as db:
-            db.execute("INSERT INTO trust (jid, fingerprint, device, state, first_seen, current)"
-                       " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (jid, fingerprint) DO UPDATE SET"
-                       " device = excluded.device, state = excluded.state,"
-                       " current = excluded.current",
-                       (record.jid, record.fingerprint, record.device, record.state,
-                        int(record.first_seen), int(record.current)))
+    def save_trust(self, records: Sequence[TrustRecord]) -> None:
+        """Insert or replace trust records, all in one transaction."""
+        with self._transaction("cannot save trust records") as db:
+            db.executemany(
+                "INSERT INTO trust (jid, fingerprint, device, state, first_seen, current)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (jid, fingerprint) DO UPDATE SET"
+                " device = excluded.device, state = excluded.state,"
+                " current = excluded.current",
+                [(r.jid, r.fingerprint, r.device, r.state, int(r.first_seen), int(r.current))
+                 for r in records])
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`StorageError`. Idempotent."""

@@ -6,6 +6,7 @@
 * :class:`Federation` -- two federating Prosody servers (``a.test`` and
   ``b.test`` on loopback, s2s with dialback; ``federation.cfg.lua``), each a
   :class:`FederatedProsody`.
+* :class:`FaultProxy` -- a loopback TCP proxy a test controls (cut, stall, refuse).
 * :func:`connect_client` / :func:`disconnect_client` and the room, payload and
   archive helpers in :mod:`mls_xmpp.testing.client` -- slixmpp clients set up
   for that server.
@@ -32,12 +33,14 @@ from .client import (
 )
 from .federation import FEDERATION_CONFIG_PATH, FederatedProsody, Federation, Peer
 from .prosody import CONFIG_PATH, Account, ProsodyError, ProsodyServer
+from .proxy import FaultProxy
 
 __all__ = [
     "CONFIG_PATH",
     "FEDERATION_CONFIG_PATH",
     "NS_PAYLOAD",
     "Account",
+    "FaultProxy",
     "ArchivedMessage",
     "ClientError",
     "FederatedProsody",

@@ -7,7 +7,8 @@ sends an application message whose :class:`~.envelope.Content` carries an
 ciphertext. The key is as secret as the message and as well protected
 (MLS encrypts the Content); the server stores only ciphertext.
 
-Receivers download on request (:func:`download_attachment`), check the
+Receivers download on request only (:func:`download_attachment`; never
+automatically, and only from the hosts :mod:`.blobs` allows), check the
 ciphertext's size and SHA-256 before decrypting, and check the plaintext
 size after; any mismatch is an :class:`~.errors.EnvelopeError`.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
@@ -81,12 +83,17 @@ async def upload_attachment(delivery: Delivery, data: bytes, *, name: str = "",
                       size=sealed.size, media_type=sealed.media_type, name=sealed.name)
 
 
-async def download_attachment(delivery: Delivery, attachment: Attachment) -> bytes:
+async def download_attachment(delivery: Delivery, attachment: Attachment, *,
+                              domains: Iterable[str] = ()) -> bytes:
     """Download, check and decrypt a file a member shared.
 
+    Only from a host allowed for the XMPP servers ``domains`` (those of the
+    sender and the room; see :mod:`.blobs`), within the option ``blob_timeout``.
+
+    :raises BlobRefusedError: the URL is not one files are fetched from.
     :raises TransportError: the download failed.
     :raises EnvelopeError: the file is over the download limit, or not the
         one described (size, SHA-256, tag).
     """
     ref = BlobRef(url=attachment.url, sha256=attachment.sha256, size=attachment.size + TAG_SIZE)
-    return open_attachment(attachment, await delivery.download(ref))
+    return open_attachment(attachment, await delivery.download(ref, domains=domains))

@@ -6,7 +6,8 @@ element (base64 protobuf Envelope), a fallback ``<body/>``, the store hint
 EME marker (XEP-0380), both through slixmpp's stanza plugins. Nothing sent
 exceeds the server's stanza limit: large handshake messages are fragmented; a
 large application message, and ratchet trees above a threshold, go out of band
-through HTTP File Upload (XEP-0363) with a SHA-256 that receivers check.
+through HTTP File Upload (XEP-0363) with a SHA-256 that receivers check,
+fetched only from the hosts :mod:`.blobs` allows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +27,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
 from ..core.errors import LocalUsageError
+from .blobs import Blobs
 from .envelope import BlobRef, Envelope, Reassembler, fragment
 from .errors import EnvelopeError, TooLargeError, TransportError
 from .stanza import NS
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 FALLBACK_BODY = "[This message is encrypted with MLS (urn:mls-xmpp:0).]"
 #: Prosody's default c2s stanza limit is 262144 bytes; stay well below it.
 DEFAULT_STANZA_BUDGET = 200 * 1024
-#: Largest blob we download (a 50,000-member tree is about 13 MiB).
+#: Largest blob downloaded by default (option ``blob_max_size``; a 50,000-member
+#: tree is about 13 MiB).
 MAX_BLOB = 64 * 1024 * 1024
 #: Blobs above this are uploaded in parts (Prosody's default upload limit is 10 MiB).
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
@@ -55,6 +58,8 @@ class Delivery:
         self.timeout = timeout
         self.part_size = part_size
         self.reassembler = Reassembler()
+        #: where blobs may be fetched from, and the fetching (docs/PROTOCOL.md §11.2)
+        self.blobs = Blobs(self.xmpp, plugin.config, iq_timeout=min(timeout, 10.0))
 
     # -- building stanzas ----------------------------------------------------------
 
@@ -163,10 +168,12 @@ class Delivery:
             return self.reassembler.add(sender, env)
         return env
 
-    async def resolve_payload(self, env: Envelope) -> bytes:
-        """The MLSMessage bytes, downloading them when sent by reference."""
+    async def resolve_payload(self, env: Envelope, *, domains: Iterable[str] = (),
+                              timeout: float | None = None) -> bytes:
+        """The MLSMessage bytes, downloading them when sent by reference
+        (see :meth:`download` for ``domains`` and ``timeout``)."""
         if env.mls_message_ref is not None:
-            return await self.download(env.mls_message_ref)
+            return await self.download(env.mls_message_ref, domains=domains, timeout=timeout)
         return env.mls_message
 
     # -- HTTP File Upload (XEP-0363) ------------------------------------------------
@@ -191,49 +198,23 @@ class Delivery:
             except Exception as e:  # noqa: BLE001 - slixmpp raises many kinds here
                 raise TransportError(f"upload failed: {e}") from e
             urls.append(str(url))
+            self.blobs.learn_own(str(url))
         return BlobRef(url=urls[0], sha256=hashlib.sha256(data).digest(), size=len(data),
                        more_urls=tuple(urls[1:]), part_size=size if len(urls) > 1 else 0)
 
-    async def download(self, ref: BlobRef) -> bytes:
-        """Fetch a blob (every part) and check its size and SHA-256; refuse anything else."""
-        if ref.size > MAX_BLOB:
-            raise EnvelopeError(f"blob of {ref.size} bytes is over the limit")
-        parts = ref.parts
-        for url, _ in parts:
-            if not url.startswith(("http://", "https://")):
-                raise EnvelopeError("blob URL must be http(s)")
-        async def fetch_all() -> bytes:
-            return b"".join([await self._fetch(url, size) for url, size in parts])
+    async def download(self, ref: BlobRef, *, domains: Iterable[str] = (),
+                       timeout: float | None = None) -> bytes:
+        """Fetch a blob (every part) and check its size and SHA-256; refuse anything else.
 
-        try:  # one deadline for the whole blob, however many parts it has
-            data = await asyncio.wait_for(fetch_all(), self.timeout * 2)
-        except TimeoutError as e:
-            raise TransportError("blob download took too long") from e
-        if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
-            raise EnvelopeError("blob does not match its size and hash")
-        return data
+        Only from the hosts :class:`~.blobs.Blobs` allows for ``domains`` (the
+        XMPP servers in context: the room's, the sender's; this account's is
+        always one), within ``timeout`` (default: option ``blob_timeout``).
 
-    async def _fetch(self, url: str, size: int) -> bytes:
-        """One part: at most ``size`` + 1 bytes are read (a longer answer is refused)."""
-        import aiohttp
-
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as http, \
-                    http.get(url, allow_redirects=False) as r:
-                if r.status != 200:
-                    raise TransportError(f"blob download failed with HTTP {r.status}")
-                buf = bytearray()
-                while len(buf) <= size:  # never more than one byte past the size
-                    chunk = await r.content.read(size + 1 - len(buf))
-                    if not chunk:
-                        break
-                    buf += chunk
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise TransportError(f"blob download failed: {e}") from e
-        if len(buf) != size:
-            raise EnvelopeError("blob part does not have its size")
-        return bytes(buf)
+        :raises BlobRefusedError: a URL is not one blobs are fetched from.
+        :raises EnvelopeError: over ``blob_max_size``, or not the blob described.
+        :raises TransportError: the download failed or ran out of time.
+        """
+        return await self.blobs.fetch(ref, domains, timeout=timeout)
 
     # -- rooms and archive -----------------------------------------------------------
 

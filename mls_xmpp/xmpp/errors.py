@@ -18,10 +18,15 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
   breaks a rule of the mapping. Like every
   :class:`~mls_xmpp.core.errors.RemoteProtocolError` it is always safe to catch
   it and drop the stanza.
+
+  * :class:`BlobRefusedError` -- a blob (ratchet tree, message by reference,
+    attachment) would have to be fetched from a URL this device does not
+    fetch from; nothing was requested.
 * The caller's misuse (:class:`~mls_xmpp.core.errors.LocalUsageError`):
   :class:`NotInGroupError` (this device was removed or left),
   :class:`UnknownGroupError`, :class:`UnknownMemberError`,
-  :class:`UnknownDeviceError`, :class:`RulesError` and :class:`TooLargeError`.
+  :class:`UnknownDeviceError`, :class:`RulesError`, :class:`UntrustedDeviceError`
+  and :class:`TooLargeError`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, RemoteProtocolError
 
 __all__ = [
+    "BlobRefusedError",
     "EnvelopeError",
     "GroupSuspendedError",
     "NoKeyPackageError",
@@ -40,6 +46,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnknownGroupError",
     "UnknownMemberError",
+    "UntrustedDeviceError",
 ]
 
 
@@ -86,6 +93,15 @@ class EnvelopeError(RemoteProtocolError):
     """A peer's payload is malformed: bad base64, bad protobuf, or an invalid envelope."""
 
 
+class BlobRefusedError(EnvelopeError):
+    """A blob's URL is not one this device fetches from, so nothing was requested.
+
+    Blobs are fetched only over HTTPS (plain HTTP only from loopback) from the
+    servers of the room, of this account and of the sender, or from an origin
+    in the plugin option ``blob_origins``; see docs/PROTOCOL.md §11.2.
+    """
+
+
 class NotInGroupError(GroupStateError):
     """This device is no longer in the group: it was removed, or it left."""
 
@@ -104,6 +120,21 @@ class UnknownDeviceError(UnknownMemberError):
 
 class RulesError(LocalUsageError):
     """The group's rules refuse this change (e.g. this member's role may not make it)."""
+
+
+class UntrustedDeviceError(LocalUsageError):
+    """This device refuses to send to a group holding a device the user does not trust.
+
+    Only with the ``refuse_send_to`` option (``"distrusted"`` or
+    ``"unverified"``). ``devices`` lists them (``(jid, device, fingerprint,
+    state)``); verify them, or remove them with an explicit Commit.
+    """
+
+    def __init__(self, message: str,
+                 devices: tuple[tuple[str, str, str, str], ...] = ()) -> None:
+        super().__init__(message)
+        #: the devices that stop the message: (jid, device name, fingerprint, trust state)
+        self.devices = devices
 
 
 class TooLargeError(LocalUsageError):

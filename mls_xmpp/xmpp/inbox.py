@@ -21,6 +21,7 @@ from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
 from ..core.errors import MLSError
+from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
 from .events import MLSErrorEvent
@@ -105,9 +106,6 @@ class Inbox:
             if str(room.bare) in plugin.sessions:
                 # that room carries another group of ours: a Welcome must not take it over
                 raise EnvelopeError("Welcome names the room of another group")
-            tree = None
-            if env.ratchet_tree is not None:
-                tree = await plugin.delivery.download(env.ratchet_tree)
             last_resort = client.last_resort & refs
             held = {r: client.key_packages[r] for r in refs if r in client.key_packages}
             restored = not held
@@ -118,7 +116,17 @@ class Inbox:
                 held = {reused[0]: self._recent[reused[0]][0]}
                 client.key_packages.update(held)
             try:
-                group = client.join(env.mls_message, ratchet_tree=tree)
+                # decrypted and its confirmation tag checked first; only then is a tree
+                # sent by reference fetched, and only from the servers of the sender
+                # and the room (docs/PROTOCOL.md §11.2)
+                opened = client.open_welcome(env.mls_message)
+                if opened.group_info.group_context.group_id != env.group_id:
+                    raise EnvelopeError("Welcome envelope names another group")
+                tree = None
+                if env.ratchet_tree is not None:
+                    domains = [*room_server_domains(str(room)), jid_domain(sender) or ""]
+                    tree = await plugin.delivery.download(env.ratchet_tree, domains=domains)
+                group = client.join(opened, ratchet_tree=tree)
             except BaseException:
                 if restored:  # a refused Welcome leaves the KeyPackages as they were
                     for r in held:

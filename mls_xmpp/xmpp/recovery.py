@@ -26,6 +26,7 @@ from ..core.group.client import leaf_device_id
 from ..core.group.join import tree_from_group_info
 from ..core.messages.framing import MLSMessage
 from ..core.messages.group_info import GroupInfo
+from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
 from .events import MLSErrorEvent
@@ -136,7 +137,7 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
     foreign = 0
 
     def newest(batch: list[tuple[Any, str | None]]
-               ) -> tuple[Envelope, GroupInfo, str | None] | None:
+               ) -> tuple[Envelope, GroupInfo, str | None, str] | None:
         nonlocal foreign
         found = None
         for msg, stanza_id in batch:  # oldest first: keep the last
@@ -153,10 +154,10 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
                                          or body.group_context.group_id != group_id):
                 foreign += 1
                 continue
-            found = (env, body, stanza_id)
+            found = (env, body, stanza_id, _real_jid(msg))
         return found
 
-    found: tuple[Envelope, GroupInfo, str | None] | None = None
+    found: tuple[Envelope, GroupInfo, str | None, str] | None = None
     # newest page first: a long-lived room's archive is not read in full
     async for batch in plugin.delivery.archive_pages_backward(room):
         found = newest(batch)
@@ -177,11 +178,23 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
             raise WrongGroupError(f"{room} holds no GroupInfo of the group this account "
                                   "recorded for it, only of others: not rejoining")
         raise NoGroupInfo(f"{room} holds no GroupInfo to rejoin from")
-    env, body, stanza_id = found
+    env, body, stanza_id, poster_jid = found
     tree = None
     if env.ratchet_tree is not None:
-        tree = await plugin.delivery.download(env.ratchet_tree)
+        # from the room's server or the poster's (when the room says who posted it),
+        # within the option blob_timeout (docs/PROTOCOL.md §11.2)
+        domains = room_server_domains(room)
+        if (poster := jid_domain(poster_jid)) is not None:
+            domains.append(poster)
+        tree = await plugin.delivery.download(env.ratchet_tree, domains=domains)
     return body, tree, stanza_id
+
+
+def _real_jid(msg: Any) -> str:
+    """The poster's real JID a non-anonymous room adds to a message (XEP-0045), or ""."""
+    item = msg.xml.find("{http://jabber.org/protocol/muc#user}x/"
+                        "{http://jabber.org/protocol/muc#user}item")
+    return "" if item is None else str(item.get("jid") or "")
 
 
 def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,

@@ -17,14 +17,14 @@ Wire format (TLS presentation language, RFC 9420 §2.1), extension type
 :data:`RULES_EXTENSION` (private use, RFC 9420 §17.3)::
 
     enum { nobody(0), admins(1), members(2) } Who;
-    enum { none(0), resync(1), open(2) } ExternalJoin;
+    enum { none(0), member_accounts(1), open(2) } ExternalJoin;
 
     struct {
         uint8 version;                 /* 1 */
         opaque admins<V><V>;           /* bare JIDs, UTF-8 */
         Who add;                       /* default members */
         Who remove;                    /* default members */
-        ExternalJoin external_join;    /* default resync */
+        ExternalJoin external_join;    /* default member_accounts */
         uint8 external_proposals;      /* 0 (default) or 1 */
         Who reinit;                    /* default nobody */
         Who change_rules;              /* default admins */
@@ -42,11 +42,13 @@ from typing import Annotated
 
 from ..core.codec import U8, Opaque, Struct, Vec
 from ..core.errors import DecodeError, PolicyError
-from ..core.group.config import Policy
+from ..core.group.config import GroupConfig, Policy
+from ..core.group.identity import same_identity, same_identity_and_device
 from ..core.group.state import EpochState
 from ..core.messages.common import SenderType
 from ..core.messages.extensions import Extension, Extensions, find_extension
 from ..core.messages.framing import Sender
+from ..core.messages.leaf_node import LeafNode
 from ..core.messages.proposals import (
     Add,
     GroupContextExtensions,
@@ -79,8 +81,9 @@ class ExternalJoin(IntEnum):
 
     #: nobody: joins only by Welcome
     NONE = 0
-    #: only a member's own account, replacing one of its leaves (recovery after state loss)
-    RESYNC = 1
+    #: only accounts already in the group: a device that lost its state (resyncing,
+    #: i.e. replacing its own leaf) or another device of a member's account
+    MEMBER_ACCOUNTS = 1
     #: anyone holding a GroupInfo
     OPEN = 2
 
@@ -95,7 +98,7 @@ class GroupRules(Struct):
     admins: Annotated[tuple[bytes, ...], Vec(Opaque)] = ()
     add: Annotated[int, U8] = Who.MEMBERS
     remove: Annotated[int, U8] = Who.MEMBERS
-    external_join: Annotated[int, U8] = ExternalJoin.RESYNC
+    external_join: Annotated[int, U8] = ExternalJoin.MEMBER_ACCOUNTS
     external_proposals: Annotated[int, U8] = 0
     reinit: Annotated[int, U8] = Who.NOBODY
     change_rules: Annotated[int, U8] = Who.ADMINS
@@ -214,14 +217,33 @@ class RulesPolicy(Policy):
 
     def check_commit(self, state: EpochState, committer: Sender,
                      proposals: list[tuple[Proposal, Sender]]) -> None:
-        """Refuse an external Commit the rules do not allow (RFC 9420 §12.4.3.2)."""
+        """Refuse an external Commit when the rules allow none (RFC 9420 §12.4.3.2)."""
         if committer.sender_type == SenderType.NEW_MEMBER_COMMIT:
-            rules = rules_of(state.context.extensions)
-            if rules.external_join == ExternalJoin.NONE:
+            if rules_of(state.context.extensions).external_join == ExternalJoin.NONE:
                 raise PolicyError("the group rules allow no external joins")
-            if rules.external_join == ExternalJoin.RESYNC and not any(
-                    isinstance(p, Remove) for p, _ in proposals):
-                # the core checks that the removed leaf has the joiner's identity
-                raise PolicyError("the group rules allow external joins only to resync a "
-                                  "member's own leaf")
         self.inner.check_commit(state, committer, proposals)
+
+    def check_external_join(self, state: EpochState, leaf_node: LeafNode) -> None:
+        """Refuse a joiner from outside the members' accounts unless the rules are open."""
+        rules = rules_of(state.context.extensions)
+        if rules.external_join == ExternalJoin.NONE:
+            raise PolicyError("the group rules allow no external joins")
+        if rules.external_join == ExternalJoin.MEMBER_ACCOUNTS:
+            identity = leaf_node.credential.identity
+            if not any(leaf.credential.identity == identity for _, leaf in state.tree.leaves()):
+                raise PolicyError("the group rules allow external joins only by accounts "
+                                  "already in the group")
+        self.inner.check_external_join(state, leaf_node)
+
+
+def mapping_config(config: GroupConfig) -> GroupConfig:
+    """``config`` bound by the mapping: the group's rules and same-device successors.
+
+    The application's own policy stays, consulted after the rules; a
+    successor check other than the core's default is kept. Idempotent.
+    """
+    policy = (config.policy if isinstance(config.policy, RulesPolicy)
+              else RulesPolicy(config.policy))
+    successor = (same_identity_and_device if config.successor_validator is same_identity
+                 else config.successor_validator)
+    return replace(config, policy=policy, successor_validator=successor)

@@ -16,19 +16,21 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
-from ..core.errors import GroupStateError, MLSError, ValidationError
+from ..core.errors import GroupStateError, MLSError, PolicyError, ValidationError
+from ..core.group.client import leaf_device_id
 from ..core.group.commit import PendingCommit
 from ..core.group.events import ApplicationMessage, CommitApplied, Member, ProposalReceived
 from ..core.group.group import Group
 from ..core.messages.key_package import KeyPackage
 from .attachments import upload_attachment
+from .blobs import jid_domain, room_server_domains
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
 from .errors import (
     EnvelopeError,
@@ -36,13 +38,16 @@ from .errors import (
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
+    RulesError,
     TooLargeError,
     TransportError,
     UnknownDeviceError,
     UnknownMemberError,
+    UntrustedDeviceError,
 )
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
 from .room import REPAIRERS, plan_affiliations
+from .trust import fingerprint
 
 if TYPE_CHECKING:
     from .plugin import XEP_MLS
@@ -114,10 +119,11 @@ def _bare(jid: str) -> str:
         return jid
 
 
-def fingerprint(signature_key: bytes) -> str:
-    """A short, comparable fingerprint of a device's signature key."""
-    digest = hashlib.sha256(signature_key).hexdigest()
-    return " ".join(digest[i:i + 8] for i in range(0, 32, 8))
+def _device_of(group: Group, leaf_index: int) -> str:
+    """The device name (application_id) of a leaf, as text; ``""`` when it has none."""
+    leaf = group.state.tree.leaf(leaf_index)
+    device = None if leaf is None else leaf_device_id(leaf)
+    return "" if device is None else device.decode("utf-8", "replace")
 
 
 class Progress:
@@ -276,7 +282,23 @@ class GroupSession:
     def start(self, *, catch_up: bool = True) -> None:
         """Start the worker; it first reads the room archive after ``last_stanza_id``."""
         if self._worker is None:
+            self._observe(self.group.members)
             self._worker = asyncio.ensure_future(self._run(catch_up))
+
+    def _observe(self, members: Iterable[Member]) -> None:
+        """Show the trust store these devices; report first keys and key changes.
+
+        Local data: it never decides whether anything is valid.
+        """
+        try:
+            changes = self.plugin.trust.observe_many(
+                ((member_jid(m), _device_of(self.group, m.leaf_index), m.signature_key)
+                 for m in members), self)
+        except MLSError as e:  # the store failed: the group goes on, the user is told
+            self.plugin.error(MLSErrorEvent(f"the trust store failed: {e}", self, error=e))
+            return
+        for change in changes:
+            self.plugin.xmpp.event("mls_trust", change)
 
     async def stop(self) -> None:
         """Stop the worker (and the room retries of a suspended group)."""
@@ -463,13 +485,42 @@ class GroupSession:
         self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
                                         stanza_id, e))
 
+    def blob_domains(self) -> list[str]:
+        """The XMPP servers blobs of this group may come from: the room's (the MUC
+        service and its parent domain) and every member's (docs/PROTOCOL.md §11.2)."""
+        out = room_server_domains(self.room)
+        for jid in sorted(self.jids()):
+            domain = jid_domain(jid)
+            if domain and domain not in out:
+                out.append(domain)
+        return out
+
     async def _resolve(self, env: Envelope) -> bytes:
-        """The payload bytes; a blob download is retried before giving up on it."""
+        """The payload bytes, downloaded when sent by reference, within a budget.
+
+        The room's order waits on this, so the budget is short for an application
+        message (option ``blob_message_timeout``: a slower one is dropped and
+        reported, never retried) and bounded for a handshake message (option
+        ``blob_timeout`` for all attempts together). A URL that is not allowed
+        is refused without a request (:class:`BlobRefusedError`).
+        """
+        if env.mls_message_ref is None:
+            return env.mls_message
+        cfg = self.plugin.config
+        delivery = self.plugin.delivery
+        domains = self.blob_domains()
+        if env.kind == Kind.APPLICATION:
+            return await delivery.resolve_payload(
+                env, domains=domains, timeout=float(cfg["blob_message_timeout"]))
+        deadline = time.monotonic() + float(cfg["blob_timeout"])
         for attempt in range(3):
+            left = deadline - time.monotonic()
             try:
-                return await self.plugin.delivery.resolve_payload(env)
+                if left <= 0:
+                    raise TransportError("blob download ran out of time")
+                return await delivery.resolve_payload(env, domains=domains, timeout=left)
             except TransportError:
-                if attempt == 2:
+                if attempt == 2 or deadline - time.monotonic() <= 1.0:
                     raise
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -530,6 +581,14 @@ class GroupSession:
                 tuple(sorted({member_jid(m) for m in event.updated})), event.own,
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.added),
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.removed)))
+            if not event.self_removed:
+                # keys that are new to this group: added devices, updated leaves, and
+                # the committer's leaf (its UpdatePath may carry a new signature key)
+                seen = list(event.added) + list(event.updated)
+                if event.committer.sender_type == 1:
+                    seen += [m for m in self.group.members
+                             if m.leaf_index == event.committer.index]
+                self._observe(seen)
             if self._leave_attempts is not None and not event.self_removed:
                 # the epoch ended without our removal: the proposal died with it
                 asyncio.ensure_future(self._retry_leave())
@@ -593,8 +652,11 @@ class GroupSession:
         :raises NotConnectedError: there is no XMPP session (raised at once).
         :raises NotInGroupError: this device is no longer in the group.
         :raises TransportError: the upload of a large message failed.
+        :raises UntrustedDeviceError: the group holds a device the ``refuse_send_to``
+            option refuses; nothing was sent.
         """
         await self._usable()
+        self._check_trust()
         message_id = secrets.token_hex(12)
         content = encode_content(body, attachments=attachments, thread_id=thread_id,
                                  reply_to=reply_to, message_id=message_id,
@@ -615,6 +677,21 @@ class GroupSession:
             by_reference=True)
         return message_id
 
+    def _check_trust(self) -> None:
+        """With ``refuse_send_to``, refuse to send to a group holding such devices."""
+        refuse = self.plugin.config["refuse_send_to"]
+        if refuse is None:
+            return
+        blocking = self.plugin.trust.blocking(
+            ((member_jid(m), fingerprint(m.signature_key)) for m in self.group.members),
+            refuse=refuse)
+        if blocking:
+            names = ", ".join(f"{r.jid} [{r.fingerprint}] ({r.state})" for r in blocking)
+            raise UntrustedDeviceError(
+                f"not sending to {self.room}: it holds devices that are {refuse}: {names}; "
+                "verify them, or remove them with group.remove_device(fingerprint)",
+                tuple((r.jid, r.device, r.fingerprint, r.state.value) for r in blocking))
+
     async def send_file(self, data: bytes, *, name: str = "", media_type: str = "",
                         body: str = "", thread_id: str = "", reply_to: str = "") -> str:
         """Share a file: encrypted and uploaded (HTTP File Upload), sent by reference.
@@ -626,8 +703,11 @@ class GroupSession:
         :raises NotConnectedError: there is no XMPP session (raised at once).
         :raises NotInGroupError: this device is no longer in the group.
         :raises TransportError: the upload failed (e.g. over the server's size limit).
+        :raises UntrustedDeviceError: the group holds a device the ``refuse_send_to``
+            option refuses (nothing was uploaded).
         """
         await self._usable()
+        self._check_trust()
         attachment = await upload_attachment(self.plugin.delivery, data, name=name,
                                              media_type=media_type)
         return await self.send(body, thread_id=thread_id, reply_to=reply_to,
@@ -765,10 +845,14 @@ class GroupSession:
                     if progress is not None:
                         progress.start("commit", len(add))
                     parts: tuple[bytes, bytes] | None = None
-                    if self._heavy(len(add)):
-                        pending, parts = await _in_thread(self._commit_and_encode, add, remove)
-                    else:
-                        pending = self.group.commit(add=add, remove=remove)
+                    try:
+                        if self._heavy(len(add)):
+                            pending, parts = await _in_thread(self._commit_and_encode, add,
+                                                              remove)
+                        else:
+                            pending = self.group.commit(add=add, remove=remove)
+                    except PolicyError as e:  # nothing was sent; the group is unchanged
+                        raise RulesError(f"the group's rules refuse this change: {e}") from e
                     if progress is not None:
                         progress.advance("commit", len(add), len(add))
                         progress.start("room", 1)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
@@ -87,7 +87,9 @@ class TrustChange:
     ``change`` is ``"new"`` (the first key of this device), ``"changed"`` (the
     device now has another key; ``previous`` is the old fingerprint), or
     ``"verified"``/``"distrusted"``/``"trusted"`` (the user decided).
-    ``group`` is the group in which the key was seen, if any.
+    ``group`` is the group in which the key was seen, if any. A ``"new"``
+    device of an account already known (``others``) is worth a warning; the
+    first device of an account is not.
     """
 
     jid: str
@@ -97,6 +99,9 @@ class TrustChange:
     change: str
     previous: str | None = None
     group: object | None = None
+    #: for ``"new"``: fingerprints of the account's devices known before this one
+    #: (empty for the first device of an account seen)
+    others: tuple[str, ...] = ()
 
 
 class TrustBackend(Protocol):
@@ -105,8 +110,8 @@ class TrustBackend(Protocol):
     def load_trust(self) -> list[TrustRecord]:
         """Every stored record."""
 
-    def save_trust(self, record: TrustRecord) -> None:
-        """Insert or replace the record of (jid, fingerprint)."""
+    def save_trust(self, records: Sequence[TrustRecord]) -> None:
+        """Insert or replace these records (by jid and fingerprint) in one write."""
 
 
 class TrustStore:
@@ -122,21 +127,36 @@ class TrustStore:
         self.blind_trust = blind_trust
         self._clock = clock
         self._records: dict[tuple[str, str], DeviceRecord] = {}
+        #: (jid, device) -> records that were current when indexed (checked on use)
+        self._current: dict[tuple[str, str], list[DeviceRecord]] = {}
+        #: jid -> records that were current when indexed (checked on use)
+        self._by_jid: dict[str, list[DeviceRecord]] = {}
+        #: accounts with at least one verified device (ends blind trust for them)
+        self._verified: set[str] = set()
         if backend is not None:
             for t in backend.load_trust():
                 try:
                     state = TrustState(t.state)
                 except ValueError:
                     state = TrustState.NEW  # an unknown state is treated as unverified
-                self._records[(t.jid, t.fingerprint)] = DeviceRecord(
-                    t.jid, t.device, t.fingerprint, state, t.first_seen, t.current)
+                self._index(DeviceRecord(t.jid, t.device, t.fingerprint, state,
+                                         t.first_seen, t.current))
 
-    def _save(self, record: DeviceRecord) -> None:
-        self._records[(record.jid, record.fingerprint)] = record
-        if self._backend is not None:
-            self._backend.save_trust(TrustRecord(record.jid, record.fingerprint, record.device,
-                                                 record.state.value, record.first_seen,
-                                                 record.current))
+    def _index(self, r: DeviceRecord) -> None:
+        self._records[(r.jid, r.fingerprint)] = r
+        if r.current:
+            self._current.setdefault((r.jid, r.device), []).append(r)
+            self._by_jid.setdefault(r.jid, []).append(r)
+        if r.state == TrustState.VERIFIED:
+            self._verified.add(r.jid)
+
+    def _save(self, *records: DeviceRecord) -> None:
+        for r in records:
+            self._index(r)
+        if self._backend is not None and records:
+            self._backend.save_trust([
+                TrustRecord(r.jid, r.fingerprint, r.device, r.state.value, r.first_seen,
+                            r.current) for r in records])
 
     def record(self, jid: str, fp: str) -> DeviceRecord | None:
         """The record of this key, or ``None`` when never seen."""
@@ -155,29 +175,52 @@ class TrustStore:
 
     def observe(self, jid: str, device: str, signature_key: bytes,
                 group: object | None = None) -> TrustChange | None:
-        """Note a key seen in a group; a :class:`TrustChange` when it is news.
+        """Note a key seen in a group; a :class:`TrustChange` when it is news."""
+        changes = self.observe_many([(jid, device, signature_key)], group)
+        return changes[0] if changes else None
+
+    def observe_many(self, devices: Iterable[tuple[str, str, bytes]],
+                     group: object | None = None) -> list[TrustChange]:
+        """Note ``(jid, device, signature_key)`` triples seen in a group, in one write.
 
         A key already known (for this account) is no news, whatever device
         name it now carries. A device that shows a new key is a change; its
-        old key stays in the history with ``current=False``.
+        old key stays in the history with ``current=False``. Returns the news,
+        in order.
         """
-        fp = fingerprint(signature_key)
-        known = self._records.get((jid, fp))
-        if known is not None:
-            if not known.current:
-                self._save(replace(known, current=True))
-            return None
-        previous = [r for r in self._records.values()
-                    if r.jid == jid and r.device == device and r.current and device]
-        any_verified = any(r.state == TrustState.VERIFIED for r in self._records.values()
-                           if r.jid == jid)
-        state = (TrustState.TRUSTED if self.blind_trust and not any_verified
-                 else TrustState.NEW)
-        for old in previous:
-            self._save(replace(old, current=False))
-        self._save(DeviceRecord(jid, device, fp, state, int(self._clock())))
-        return TrustChange(jid, device, fp, state, "changed" if previous else "new",
-                           previous[0].fingerprint if previous else None, group)
+        now = int(self._clock())
+        changed: dict[tuple[str, str], DeviceRecord] = {}
+        out: list[TrustChange] = []
+        for jid, device, signature_key in devices:
+            fp = fingerprint(signature_key)
+            known = changed.get((jid, fp)) or self._records.get((jid, fp))
+            if known is not None:
+                if not known.current:
+                    changed[(jid, fp)] = replace(known, current=True)
+                    self._index(changed[(jid, fp)])
+                continue
+            previous = [r for r in self._current.get((jid, device), ()) if device
+                        and r.current and self._records.get((r.jid, r.fingerprint)) == r]
+            any_verified = jid in self._verified
+            state = (TrustState.TRUSTED if self.blind_trust and not any_verified
+                     else TrustState.NEW)
+            for old in previous:
+                changed[(old.jid, old.fingerprint)] = replace(old, current=False)
+                self._index(changed[(old.jid, old.fingerprint)])
+            others = tuple(dict.fromkeys(
+                r.fingerprint for r in self._by_jid.get(jid, ())
+                if r.current and (r.jid, r.fingerprint) not in changed
+                and self._records.get((r.jid, r.fingerprint)) == r))
+            changed[(jid, fp)] = DeviceRecord(jid, device, fp, state, now)
+            self._index(changed[(jid, fp)])
+            out.append(TrustChange(jid, device, fp, state, "changed" if previous else "new",
+                                   previous[0].fingerprint if previous else None, group,
+                                   () if previous else others))
+        if changed and self._backend is not None:
+            self._backend.save_trust([
+                TrustRecord(r.jid, r.fingerprint, r.device, r.state.value, r.first_seen,
+                            r.current) for r in changed.values()])
+        return out
 
     def _set(self, jid: str, fp: str, state: TrustState) -> TrustChange:
         r = self._records.get((jid, _normalise(fp)))

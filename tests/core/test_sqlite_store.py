@@ -739,9 +739,9 @@ def test_trust_records_persist(db_path: Path) -> None:
     one = TrustRecord("bob@example.org", "aa bb", "phone", "trusted", 100)
     with SQLiteStore(db_path) as s:
         assert s.load_trust() == []
-        s.save_trust(one)
-        s.save_trust(replace(one, state="verified"))
-        s.save_trust(TrustRecord("bob@example.org", "cc dd", "phone", "new", 200))
+        s.save_trust([one])
+        s.save_trust([replace(one, state="verified"),
+                      TrustRecord("bob@example.org", "cc dd", "phone", "new", 200)])
     with SQLiteStore(db_path) as s:
         got = sorted(s.load_trust(), key=lambda r: r.fingerprint)
     assert got == [replace(one, state="verified"),

@@ -21,7 +21,7 @@ class Recorder:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._cond = asyncio.Condition()
         for name in ("mls_message", "mls_membership", "mls_joined", "mls_error",
-                     "mls_removed"):
+                     "mls_removed", "mls_trust"):
             client.add_event_handler(name, self._make(name))
 
     def _make(self, name: str) -> Any:
@@ -44,8 +44,12 @@ class Recorder:
 
 
 async def mls_client(server: ProsodyServer, jid: str, password: str,
-                     config: dict[str, Any] | None = None) -> tuple[Any, Recorder]:
-    """A connected client with the plugin started (KeyPackages published)."""
+                     config: dict[str, Any] | None = None, *,
+                     via: tuple[str, int] | None = None) -> tuple[Any, Recorder]:
+    """A connected client with the plugin started (KeyPackages published).
+
+    ``via`` connects to that address instead of the server's (a FaultProxy).
+    """
     import slixmpp
 
     client = slixmpp.ClientXMPP(jid, password)
@@ -59,7 +63,7 @@ async def mls_client(server: ProsodyServer, jid: str, password: str,
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     client.add_event_handler("mls_ready", lambda _: started.done() or started.set_result(None))
     client.add_event_handler("session_start", lambda _: client.send_presence())
-    client.connect(server.host, server.c2s_port)
+    client.connect(*(via or (server.host, server.c2s_port)))
     await asyncio.wait_for(started, TIMEOUT)
     return client, recorder
 

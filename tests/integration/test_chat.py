@@ -27,7 +27,7 @@ from mls_xmpp.chat import (
     safe_file_name,
 )
 from mls_xmpp.testing import Account, ProsodyServer
-from mls_xmpp.xmpp.session import fingerprint
+from mls_xmpp.xmpp.trust import fingerprint
 
 from .mls_clients import close, mls_client
 
@@ -509,7 +509,7 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         tablet, _ = await mls_client(server, *alice_acc, config={"device": "tablet"})
         tablet_fp = fingerprint(tablet.plugin["mls"].identity.signature_public_key)
         await b.expect(rf"^{TIME} {tag} ! {re.escape(alice_acc.jid)} has a new device "
-                       rf"{tablet_fp} \(their other device: {laptop_fp}\)$")
+                       rf"{tablet_fp} \(their other device: {laptop_fp}\) \[trusted\]$")
         await b.quit()
     finally:
         await _kill_all(b)
@@ -521,6 +521,62 @@ def test_chat_warns_of_a_new_device(prosody: ProsodyServer, tmp_path: Path,
     asyncio.run(asyncio.wait_for(
         _new_device(prosody, new_account("alice"), new_account("bob"), tmp_path),
         TEST_TIMEOUT))
+
+
+async def _trust(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                 tmp: Path) -> None:
+    a = None
+    phone = rogue = None
+    try:
+        a = await ChatProcess.start(server, alice_acc, tmp / "alice.db")
+        await a.ready()
+        phone, rp = await mls_client(server, *bob_acc, config={"device": "phone"})
+        phone_fp = fingerprint(phone.plugin["mls"].identity.signature_public_key)
+        bob = re.escape(bob_acc.jid)
+        since = await a.send(f"/create {bob_acc.jid}")
+        await a.expect(r"^\* created group (\S+) \(epoch 1, 2 member", since)
+        await rp.wait("mls_joined")
+        # the first device of an account is recorded quietly, trusted blindly
+        m = await a.command(f"/fingerprints {bob_acc.jid}",
+                            rf"^  {bob}  ({FINGERPRINT})  trusted +phone$")
+        assert m.group(1) == phone_fp
+        await a.command("/members", rf"^  leaf 1 +{bob} +{phone_fp}  \[trusted\]$")
+        # compare the safety number, then verify
+        m = await a.command(f"/safety {bob_acc.jid} {phone_fp[:8]}",
+                            r"^\* safety number with .*: ((?:\d{5} ){11}\d{5})$")
+        alice_fp = (await a.command("/fingerprints", rf"^\* this device: ({FINGERPRINT})$")
+                    ).group(1)
+        assert m.group(1) == phone.plugin["mls"].safety_number(alice_acc.jid, alice_fp)
+        await a.command(f"/verify {bob_acc.jid} {phone_fp[:8]}",
+                        rf"^\* {bob} \[{phone_fp}\] is now verified$")
+        await a.command("/verify nobody@example.org 12345678", r"^error: no device of ")
+        await a.command(f"/verify {bob_acc.jid} 12", r"^error: usage: /verify JID")
+        # a new device of bob's after a verification: a warning, and not trusted
+        rogue, _ = await mls_client(server, *bob_acc, config={"device": "rogue"})
+        rogue_fp = fingerprint(rogue.plugin["mls"].identity.signature_public_key)
+        since = await a.send(f"/invite {bob_acc.jid}")
+        await a.expect(rf" ! {bob} has a new device {rogue_fp} \(their other device: "
+                       rf"{phone_fp}\) \[new\]$", since)
+        await a.command(f"/distrust {bob_acc.jid} {rogue_fp[:8]}",
+                        rf"^\* {bob} \[{rogue_fp}\] is now distrusted$")
+        await a.command("/members", rf"^  leaf \d+ +{bob} +{rogue_fp}  \[distrusted\]$")
+        since = await a.send(f"/remove-device {rogue_fp[:8]}")
+        await a.expect(rf"^\* removed the device {rogue_fp} of {bob}$", since)
+        await a.quit()
+        # remembered across a restart
+        a = await ChatProcess.start(server, alice_acc, tmp / "alice.db")
+        await a.ready()
+        await a.command(f"/fingerprints {bob_acc.jid}", rf"^  {bob}  {phone_fp}  verified")
+        await a.quit()
+    finally:
+        await _kill_all(a)
+        await close(*(c for c in (phone, rogue) if c is not None))
+
+
+def test_chat_trust_commands(prosody: ProsodyServer, tmp_path: Path,
+                             new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(
+        _trust(prosody, new_account("alice"), new_account("bob"), tmp_path), TEST_TIMEOUT))
 
 
 # -- a group of many: progress ------------------------------------------------------------
@@ -553,7 +609,8 @@ async def _many(server: ProsodyServer, alice_acc: Account, others: list[Account]
 
         # one device removed by its fingerprint (as /members shows it)
         first = others[0].jid
-        m = await a.command("/members", rf"^  leaf \d+ +{re.escape(first)} +({FINGERPRINT})$")
+        m = await a.command("/members",
+                            rf"^  leaf \d+ +{re.escape(first)} +({FINGERPRINT})  \[trusted\]$")
         fp = m.group(1)
         await a.command("/remove-device 12", r"^error: usage: /remove-device")
         await a.command("/remove-device 0000000000", r"^error: no device in this group")

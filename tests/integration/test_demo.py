@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,10 +52,17 @@ KEY_LINES = [
 ]
 
 
+def _command() -> list[str]:
+    """``mls-xmpp`` as installed from the wheel (bin/test), else the checkout's module."""
+    if os.environ.get("MLS_XMPP_TEST_INSTALLED") == "1":
+        return [str(Path(sysconfig.get_path("scripts")) / "mls-xmpp")]
+    return [sys.executable, "-m", "mls_xmpp.cli"]
+
+
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
     return subprocess.run(
-        [sys.executable, "-m", "mls_xmpp.cli", "demo", *args],
+        [*_command(), "demo", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 

@@ -18,7 +18,8 @@ import pytest
 from mls_xmpp.errors import UnknownDeviceError
 from mls_xmpp.storage import MemoryStore
 from mls_xmpp.testing import Account, ProsodyServer
-from mls_xmpp.xmpp.session import GroupSession, fingerprint
+from mls_xmpp.xmpp.session import GroupSession
+from mls_xmpp.xmpp.trust import fingerprint
 
 from .mls_clients import TIMEOUT, Recorder, close, mls_client, synced, until
 

@@ -113,6 +113,9 @@ async def _large_tree(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         (gb,) = await rb.wait("mls_joined", timeout=120)
         await asyncio.wait_for(gb.ready.wait(), 120)
         assert gb.group.epoch_authenticator == group.group.epoch_authenticator
+        for c in (alice, bob):  # the plugin's own pool shared the bulk add and the join
+            pool = c.plugin["mls"]._workers_pool
+            assert pool.stats()["batches"] > 0 or pool.workers == 0, pool.stats()
         await group.send("a big room")
         await rb.wait("mls_message", 1, timeout=60)
         assert rb.bodies() == ["a big room"]

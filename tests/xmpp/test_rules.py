@@ -58,7 +58,7 @@ def test_rules_round_trip_and_defaults() -> None:
     assert GroupRules.decode(r.encode()) == r
     assert rules_of((rules_extension(r),)) == r
     assert rules_of(()) == DEFAULT_RULES
-    assert DEFAULT_RULES.external_join == ExternalJoin.RESYNC
+    assert DEFAULT_RULES.external_join == ExternalJoin.MEMBER_ACCOUNTS
     assert DEFAULT_RULES.reinit == Who.NOBODY and not DEFAULT_RULES.external_proposals
     with pytest.raises(PolicyError):
         rules_of((Extension(RULES_EXTENSION, b"\x07"),))
@@ -137,15 +137,18 @@ def _attacker(jid: str) -> Client:
 
 
 @pytest.mark.parametrize("mode", list(ExternalJoin))
-@pytest.mark.parametrize("who", ["stranger", "resync"])
+@pytest.mark.parametrize("who", ["stranger", "resync", "new_device"])
 def test_external_joins_follow_the_rules(mode: ExternalJoin, who: str) -> None:
     _, (a, b, c) = _group(replace(DEFAULT_RULES, external_join=mode))
     info = a.group_info(with_tree=True)
     if who == "stranger":
         joined, data = _attacker("mallory@example.org").join_external(info)
         ok = mode == ExternalJoin.OPEN
-    else:  # bob's account rejoins in place of its own leaf
+    elif who == "resync":  # bob's account rejoins in place of its own leaf
         joined, data = _attacker(NAMES[1]).join_external(info, resync_leaf=1)
+        ok = mode != ExternalJoin.NONE
+    else:  # another device of bob's account joins beside it
+        joined, data = _attacker(NAMES[1]).join_external(info)
         ok = mode != ExternalJoin.NONE
     if not ok:
         for g in (a, b, c):
@@ -153,6 +156,8 @@ def test_external_joins_follow_the_rules(mode: ExternalJoin, who: str) -> None:
         return
     a.process(data)
     c.process(data)
+    if who == "new_device":
+        b.process(data)
     _same([a, c, joined])
 
 
@@ -181,7 +186,7 @@ def test_leaves_list_the_rules_extension() -> None:
     assert RULES_EXTENSION in _client("x@example.org").capabilities().extensions
 
 
-@pytest.mark.parametrize("mode", [ExternalJoin.RESYNC, ExternalJoin.OPEN])
+@pytest.mark.parametrize("mode", [ExternalJoin.MEMBER_ACCOUNTS, ExternalJoin.OPEN])
 def test_a_resync_cannot_take_over_another_accounts_leaf(mode: ExternalJoin) -> None:
     from mls_xmpp.core.errors import IdentityError
 

@@ -22,14 +22,16 @@ class ListBackend:
     def load_trust(self) -> list[TrustRecord]:
         return list(self.rows.values())
 
-    def save_trust(self, record: TrustRecord) -> None:
-        self.rows[(record.jid, record.fingerprint)] = record
+    def save_trust(self, records: list[TrustRecord]) -> None:
+        for record in records:
+            self.rows[(record.jid, record.fingerprint)] = record
 
 
 def test_first_key_then_a_key_change_are_events() -> None:
     t = TrustStore(clock=lambda: 100)
     first = t.observe("bob@x", "phone", A1)
     assert first is not None and first.change == "new" and first.state == TrustState.TRUSTED
+    assert first.others == ()
     assert t.observe("bob@x", "phone", A1) is None  # known: no news
     changed = t.observe("bob@x", "phone", A2)
     assert changed is not None and changed.change == "changed"
@@ -45,6 +47,7 @@ def test_blind_trust_ends_with_the_first_verification() -> None:
     assert t.state("bob@x", fingerprint(A1)) == TrustState.VERIFIED
     laptop = t.observe("bob@x", "laptop", A2)
     assert laptop is not None and laptop.state == TrustState.NEW
+    assert laptop.others == (fingerprint(A1),)
     # other accounts are still trusted blindly
     carol = t.observe("carol@x", "", A3)
     assert carol is not None and carol.state == TrustState.TRUSTED
@@ -90,3 +93,22 @@ def test_memory_store_is_a_backend() -> None:
     store = MemoryStore()
     TrustStore(store).observe("bob@x", "phone", A1)
     assert TrustStore(store).state("bob@x", fingerprint(A1)) == TrustState.TRUSTED
+
+
+def test_many_devices_in_one_write() -> None:
+    backend = ListBackend()
+    calls: list[int] = []
+    save = backend.save_trust
+    backend.save_trust = lambda rs: (calls.append(len(rs)), save(rs))  # type: ignore[method-assign]
+    t = TrustStore(backend)
+    news = t.observe_many([(f"u{i}@x", "d", bytes([i % 256, i // 256]) * 16) for i in range(3000)])
+    assert len(news) == 3000 and calls == [3000]
+    assert t.observe_many([("u1@x", "d", bytes([1, 0]) * 16)]) == [] and calls == [3000]
+
+
+def test_devices_seen_together_are_not_each_others_news() -> None:
+    t = TrustStore()
+    both = t.observe_many([("bob@x", "phone", A1), ("bob@x", "laptop", A2)])
+    assert [c.others for c in both] == [(), ()]
+    later = t.observe("bob@x", "tablet", A3)
+    assert later is not None and set(later.others) == {fingerprint(A1), fingerprint(A2)}

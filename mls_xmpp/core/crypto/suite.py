@@ -24,12 +24,16 @@ import hmac
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ..codec import encode_opaque
 from ..errors import DecryptionError, LocalUsageError, UnsupportedCipherSuiteError
+
+if TYPE_CHECKING:
+    from .batch import BatchCrypto
 
 Rng = Callable[[int], bytes]
 
@@ -215,19 +219,22 @@ class CipherSuite:
         """``VerifyWithLabel``; raises :class:`InvalidSignatureError` on failure."""
         self.signature.verify(public_key, self.labelled(label) + _opaque(content), signature)
 
-    def verify_with_label_many(self, items: Sequence[tuple[bytes, str | bytes, bytes, bytes]]
-                               ) -> list[bool]:
+    def verify_with_label_many(self, items: Sequence[tuple[bytes, str | bytes, bytes, bytes]],
+                               crypto: BatchCrypto | None = None) -> list[bool]:
         """Whether each ``(public_key, label, content, signature)`` passes ``VerifyWithLabel``.
 
-        Large batches are spread over worker processes (:mod:`.parallel`).
-        Never raises for a bad signature: a caller that needs the error
-        redoes the failed item with :meth:`verify_with_label`.
+        The batch is computed by ``crypto`` (default: serially here; see
+        :mod:`.batch`). Never raises for a bad signature: a caller that needs
+        the error redoes the failed item with :meth:`verify_with_label`.
         """
-        from .parallel import verify_many
+        from .batch import SERIAL, VerifyBatch, check_results
 
-        return verify_many(self.signature.name, [
+        batch = VerifyBatch(self.id, tuple(
             (pk, self.labelled(label) + _opaque(content), sig)
-            for pk, label, content, sig in items])
+            for pk, label, content, sig in items))
+        out = (crypto or SERIAL).verify(batch)
+        check_results(out, len(batch))
+        return out
 
     # -- HPKE (RFC 9420 §5.1.3, RFC 9180) -------------------------------------
 
@@ -246,18 +253,19 @@ class CipherSuite:
         return self.hpke.seal_base(public_key, info, b"", plaintext)
 
     def encrypt_with_label_many(self, label: str | bytes, context: bytes,
-                                items: Sequence[tuple[bytes, bytes]], *, parallel: bool = True
-                                ) -> list[tuple[bytes, bytes]]:
+                                items: Sequence[tuple[bytes, bytes]],
+                                crypto: BatchCrypto | None = None) -> list[tuple[bytes, bytes]]:
         """:meth:`encrypt_with_label` of each ``(public_key, plaintext)``, in order.
 
-        With ``parallel``, large batches are spread over worker processes
-        (:mod:`.parallel`). Raises the error :meth:`encrypt_with_label` raises
-        for the first item it fails on.
+        The batch is computed by ``crypto`` (default: serially here; see
+        :mod:`.batch`). Raises the error :meth:`encrypt_with_label` raises for
+        the first item it fails on.
         """
-        from .parallel import seal_many
+        from .batch import SERIAL, SealBatch, check_results
 
-        sealed = seal_many(self.id, self.labelled(label) + _opaque(context), items,
-                           parallel=parallel)
+        batch = SealBatch(self.id, self.labelled(label) + _opaque(context), tuple(items))
+        sealed = (crypto or SERIAL).seal(batch)
+        check_results(sealed, len(batch))
         out = []
         for (pk, plaintext), result in zip(items, sealed, strict=True):
             if result is None:  # raises the serial error (or, if it now works, carry on)

@@ -33,7 +33,7 @@ from ..tree.treekem import TreePrivateKeys
 from .commit import PendingCommit
 from .config import GroupConfig
 from .group import Group
-from .join import join_from_welcome
+from .join import OpenedWelcome, join_from_welcome, open_welcome
 from .state import EpochState
 
 DEFAULT_LIFETIME = 90 * 24 * 3600
@@ -208,11 +208,19 @@ class Client:
                                reinitialising=True)
         return group, pending
 
-    def join(self, welcome: bytes | Welcome, *, ratchet_tree: bytes | None = None) -> Group:
-        """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
+    def _welcome_key_package(self, welcome: Welcome) -> bytes:
+        refs = {e.new_member for e in welcome.secrets}
+        mine = [r for r in self.key_packages if r in refs]
+        if not mine:
+            raise ValidationError("the Welcome is for none of this client's KeyPackages")
+        return mine[0]
 
-        The KeyPackage's private keys are deleted afterwards (unless it is the
-        last-resort one). ``ratchet_tree`` supplies the tree out of band.
+    def open_welcome(self, welcome: bytes | Welcome) -> OpenedWelcome:
+        """Decrypt a Welcome for one of this client's KeyPackages without joining
+        (§12.4.3.1): what can be checked without the ratchet tree is checked.
+
+        The KeyPackage is kept; pass the result to :meth:`join` (with the tree,
+        when it comes out of band) to join.
         """
         w = welcome
         if isinstance(w, bytes):
@@ -220,15 +228,24 @@ class Client:
             if not isinstance(msg.body, Welcome):
                 raise ValidationError("not a Welcome message")
             w = msg.body
-        refs = {e.new_member for e in w.secrets}
-        mine = [r for r in self.key_packages if r in refs]
-        if not mine:
-            raise ValidationError("the Welcome is for none of this client's KeyPackages")
-        bundle = self.key_packages[mine[0]]
-        state = join_from_welcome(w, bundle, self.signature_private_key, self.config,
+        bundle = self.key_packages[self._welcome_key_package(w)]
+        return open_welcome(w, bundle, self.psk_lookup, self._check_reinit)
+
+    def join(self, welcome: bytes | Welcome | OpenedWelcome, *,
+             ratchet_tree: bytes | None = None) -> Group:
+        """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
+
+        The KeyPackage's private keys are deleted afterwards (unless it is the
+        last-resort one). ``ratchet_tree`` supplies the tree out of band.
+        ``welcome`` may be what :meth:`open_welcome` returned.
+        """
+        opened = welcome if isinstance(welcome, OpenedWelcome) else self.open_welcome(welcome)
+        mine = self._welcome_key_package(opened.welcome)
+        bundle = self.key_packages[mine]
+        state = join_from_welcome(opened, bundle, self.signature_private_key, self.config,
                                   self.psk_lookup, ratchet_tree, self._check_reinit)
-        if mine[0] not in self.last_resort:
-            self.forget_key_package(mine[0])
+        if mine not in self.last_resort:
+            self.forget_key_package(mine)
         return self._register(Group(state, self.config, self.psk_lookup))
 
     def join_external(self, group_info: bytes, *, ratchet_tree: bytes | None = None,

@@ -7,10 +7,10 @@ knows the Delivery Service accepted the Commit.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from ..crypto.batch import BatchCrypto
 from ..errors import GroupStateError
 from ..messages.commit import Commit
 from ..messages.common import ContentType, LeafNodeSource, WireFormat
@@ -150,7 +150,8 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
                            extensions=outcome.extensions).encode()
 
         created = create_update_path(tree, state.own_leaf, sign_leaf, provisional,
-                                     exclude=added_leaves, rng=config.rng)
+                                     exclude=added_leaves, rng=config.rng,
+                                     crypto=config.batch_crypto)
         path = created.update_path
         commit_secret = created.commit_secret
         keys = created.private_keys
@@ -186,7 +187,7 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
     if outcome.added:
         info = make_group_info(new_state, with_tree=config.ratchet_tree_in_welcome)
         welcome = _welcome(new_state, nxt.secrets, info, outcome.added, outcome.psks,
-                           path_secrets, parallel=config.rng is os.urandom)
+                           path_secrets, config.batch_crypto)
     public_info = make_group_info(new_state, with_tree=False)
     return PendingCommit(message, welcome, MLSMessage(public_info).encode(), new_state,
                          proposals, values, outcome.added, outcome.removed)
@@ -194,8 +195,8 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
 
 def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
               added: list[tuple[int, KeyPackage]], psks: list[PreSharedKeyID],
-              path: CreatedUpdatePath | None, *, parallel: bool) -> bytes:
-    """One Welcome for every new member (§12.4.3.1); ``parallel``: see :mod:`.parallel`."""
+              path: CreatedUpdatePath | None, crypto: BatchCrypto) -> bytes:
+    """One Welcome for every new member (§12.4.3.1); ``crypto`` seals the GroupSecrets."""
     suite = state.suite
     assert secrets.joiner_secret is not None and secrets.welcome_secret is not None
     encrypted_info = encrypt_group_info(suite, secrets.welcome_secret, info)
@@ -205,7 +206,7 @@ def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
         if path is not None:
             path_secret = PathSecret(path.path_secret_for(leaf))
         items.append((kp.init_key, GroupSecrets(secrets.joiner_secret, path_secret, tuple(psks))))
-    sealed = encrypt_group_secrets_many(suite, encrypted_info, items, parallel=parallel)
+    sealed = encrypt_group_secrets_many(suite, encrypted_info, items, crypto)
     entries = tuple(EncryptedGroupSecrets(kp.ref(suite), ct)
                     for (_, kp), ct in zip(added, sealed, strict=True))
     return MLSMessage(Welcome(suite.id, entries, encrypted_info)).encode()

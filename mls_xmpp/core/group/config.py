@@ -8,11 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..crypto.batch import SERIAL, BatchCrypto
 from ..messages.validation import CredentialValidator, accept_any_credential
 from .identity import SuccessorValidator, same_identity
 
 if TYPE_CHECKING:
     from ..messages.framing import Sender
+    from ..messages.leaf_node import LeafNode
     from ..messages.proposals import Proposal
     from .state import EpochState
 
@@ -30,6 +32,9 @@ class Policy:
     def check_commit(self, state: EpochState, committer: Sender,
                      proposals: list[tuple[Proposal, Sender]]) -> None:
         """Called for each Commit before it is applied (read ``state`` only)."""
+
+    def check_external_join(self, state: EpochState, leaf_node: LeafNode) -> None:
+        """Called for an external Commit with the joiner's new leaf (read ``state`` only)."""
 
 
 def _now() -> int:
@@ -58,6 +63,12 @@ class GroupConfig:
             the same client (§5.3.1); it must be the same on every member.
         clock: seconds since the Unix epoch (lifetime checks).
         rng: random bytes.
+        batch_crypto: computes the large batches of signature verifications and
+            HPKE encryptions (bulk adds, joins, the first update after a bulk
+            add). The default computes them serially in the calling thread; an
+            application that wants more cores passes its own, for example a
+            :class:`mls_xmpp.workers.WorkerPool` (see
+            :mod:`mls_xmpp.core.crypto.batch`). Results never depend on it.
     """
 
     handshake_private: bool = True
@@ -72,3 +83,4 @@ class GroupConfig:
     successor_validator: SuccessorValidator = same_identity
     clock: Callable[[], int] = _now
     rng: Callable[[int], bytes] = os.urandom
+    batch_crypto: BatchCrypto = SERIAL

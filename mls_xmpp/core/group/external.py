@@ -125,7 +125,8 @@ def external_join(group_info: bytes | GroupInfo, credential: Credential, suite_i
         return type(c)(c.version, c.cipher_suite, c.group_id, c.epoch + 1, tree_hash,
                        c.confirmed_transcript_hash, outcome.extensions).encode()
 
-    created = create_update_path(new_tree, leaf_index, sign_leaf, provisional, rng=config.rng)
+    created = create_update_path(new_tree, leaf_index, sign_leaf, provisional, rng=config.rng,
+                                 crypto=config.batch_crypto)
     commit = Commit(tuple(values), created.update_path)
     content = FramedContent(gid, info.group_context.epoch, me, b"", ContentType.COMMIT, commit)
     ctx = view.context_bytes()

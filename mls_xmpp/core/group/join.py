@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..errors import ValidationError
 from ..messages.extensions import RequiredCapabilities, find_extension
@@ -13,7 +13,7 @@ from ..messages.group_info import GroupContext, GroupInfo
 from ..messages.key_package import KeyPackageBundle
 from ..messages.nodes import RATCHET_TREE
 from ..messages.welcome import Welcome, decrypt_group_info, decrypt_group_secrets
-from ..schedule.key_schedule import epoch_secrets_from_joiner, welcome_secret
+from ..schedule.key_schedule import EpochSecrets, epoch_secrets_from_joiner, welcome_secret
 from ..schedule.psk import PreSharedKeyID, PSKType, ResumptionPSKUsage, psk_secret
 from ..schedule.transcript import interim_transcript_hash
 from ..tree.ratchet_tree import RatchetTree
@@ -56,19 +56,37 @@ def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -
     rc_data = find_extension(ctx.extensions, 3)
     validate_tree(tree, ctx.group_id, ctx.tree_hash,
                   required_capabilities=None if rc_data is None
-                  else RequiredCapabilities.decode(rc_data))
+                  else RequiredCapabilities.decode(rc_data), crypto=config.batch_crypto)
     for _, leaf in tree.leaves():
         config.credential_validator(leaf.credential, leaf.signature_key)
 
 
-def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
-                      signature_private_key: bytes, config: GroupConfig, psk_lookup: PskLookup,
-                      ratchet_tree: RatchetTree | bytes | None = None,
-                      reinit_check: Callable[[PreSharedKeyID, GroupContext], None] | None = None
-                      ) -> EpochState:
-    """The new member's state from a Welcome and the KeyPackage it answers (§12.4.3.1).
+@dataclass(frozen=True)
+class OpenedWelcome:
+    """A Welcome decrypted with this device's KeyPackage, before its tree is known.
 
-    ``reinit_check`` verifies a reinit PSK against the old group (§12.4.3.1).
+    Decoding and decryption only: ``group_info`` is authenticated by the
+    Welcome's AEAD and its confirmation tag (both under secrets encrypted to
+    this KeyPackage), but its signature is not checked yet: that needs the
+    signer's leaf, in the ratchet tree (§12.4.3.1).
+    """
+
+    welcome: Welcome
+    group_info: GroupInfo
+    #: the path secret for the joiner's common ancestor with the committer, if any
+    path_secret: bytes | None
+    #: the new epoch's secrets (from the joiner secret and the GroupContext)
+    epoch_secrets: EpochSecrets
+
+
+def open_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle, psk_lookup: PskLookup,
+                 reinit_check: Callable[[PreSharedKeyID, GroupContext], None] | None = None
+                 ) -> OpenedWelcome:
+    """Decrypt a Welcome's group secrets and GroupInfo and check what needs no tree
+    (§12.4.3.1): cipher suites, PSKs, the reinit/branch epoch, the confirmation tag.
+
+    A caller that must fetch the tree out of band does so after this succeeded:
+    the Welcome was then made for this KeyPackage by someone who held it.
     """
     from ..crypto import get_suite
 
@@ -109,6 +127,33 @@ def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
     if ctx.cipher_suite != kp.cipher_suite:
         raise ValidationError("GroupInfo cipher suite differs from the KeyPackage's "
                               "(§12.4.3.1)")
+    epoch = epoch_secrets_from_joiner(suite, secrets.joiner_secret, ctx.encode(), psk_value)
+    tag = suite.mac(epoch.confirmation_key, ctx.confirmed_transcript_hash)
+    if not hmac.compare_digest(tag, info.confirmation_tag):
+        raise ValidationError("the GroupInfo confirmation tag does not verify (§12.4.3.1)")
+    path_secret = secrets.path_secret.path_secret if secrets.path_secret else None
+    return OpenedWelcome(welcome, info, path_secret, epoch)
+
+
+def join_from_welcome(welcome: Welcome | bytes | OpenedWelcome, bundle: KeyPackageBundle,
+                      signature_private_key: bytes, config: GroupConfig, psk_lookup: PskLookup,
+                      ratchet_tree: RatchetTree | bytes | None = None,
+                      reinit_check: Callable[[PreSharedKeyID, GroupContext], None] | None = None
+                      ) -> EpochState:
+    """The new member's state from a Welcome and the KeyPackage it answers (§12.4.3.1).
+
+    ``reinit_check`` verifies a reinit PSK against the old group (§12.4.3.1).
+    ``welcome`` may be one :func:`open_welcome` already decrypted with ``bundle``.
+    """
+    from ..crypto import get_suite
+
+    opened = welcome if isinstance(welcome, OpenedWelcome) else open_welcome(
+        welcome, bundle, psk_lookup, reinit_check)
+    kp = bundle.key_package
+    suite = get_suite(kp.cipher_suite)
+    info = opened.group_info
+    ctx = info.group_context
+    epoch = opened.epoch_secrets
     tree = tree_from_group_info(info, ratchet_tree, suite.id)
     verify_group_info(info, tree, config)
 
@@ -117,13 +162,7 @@ def join_from_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle,
         raise ValidationError("this KeyPackage's leaf is not in the tree (§12.4.3.1)")
 
     keys = TreePrivateKeys.for_joiner(tree, own_leaf, bundle.encryption_private_key,
-                                      info.signer,
-                                      secrets.path_secret.path_secret
-                                      if secrets.path_secret else None)
-    epoch = epoch_secrets_from_joiner(suite, secrets.joiner_secret, ctx.encode(), psk_value)
-    tag = suite.mac(epoch.confirmation_key, ctx.confirmed_transcript_hash)
-    if not hmac.compare_digest(tag, info.confirmation_tag):
-        raise ValidationError("the GroupInfo confirmation tag does not verify (§12.4.3.1)")
+                                      info.signer, opened.path_secret)
     return EpochState(
         suite=suite, context=ctx, tree=tree, keys=keys, own_leaf=own_leaf,
         signature_private_key=signature_private_key,

@@ -275,6 +275,8 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
             old_leaf = state.tree.leaf(sender.index)
             if old_leaf is not None:
                 config.successor_validator(old_leaf, commit.path.leaf_node)
+        else:  # the application's rules on who may join from outside (§12.2)
+            config.policy.check_external_join(state, commit.path.leaf_node)
         merge_update_path(tree, committer, commit.path, group_id=None, exclude=added_leaves)
         if not self_removed:
             provisional = replace(state.context, epoch=state.epoch + 1,

@@ -227,8 +227,9 @@ def apply_proposals(state: EpochState, config: GroupConfig,
     verified: list[bool] = []
     if adds:
         ctx = leaf_context(state, tree, extensions)
-        # the signatures of a large batch are checked ahead, in parallel
-        verified = verify_key_package_signatures(suite, [a.key_package for a, _ in adds])
+        # the signatures are checked ahead as one batch (config.batch_crypto)
+        verified = verify_key_package_signatures(suite, [a.key_package for a, _ in adds],
+                                                 config.batch_crypto)
     for k, (add, _sender) in enumerate(adds):
         kp = add.key_package
         try:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..crypto.parallel import use_pool
+from ..crypto.batch import BatchCrypto
 from ..errors import MLSError, ValidationError
 from .common import LeafNodeSource, ProtocolVersion
 from .credentials import Credential
@@ -167,19 +167,18 @@ def validate_key_package(suite: CipherSuite, kp: KeyPackage, *, now: int,
     return ValidatedKeyPackage(kp, kp.ref(suite))
 
 
-def verify_key_package_signatures(suite: CipherSuite, kps: Sequence[KeyPackage]) -> list[bool]:
+def verify_key_package_signatures(suite: CipherSuite, kps: Sequence[KeyPackage],
+                                  crypto: BatchCrypto | None = None) -> list[bool]:
     """Both signatures of each KeyPackage (leaf, §7.3; KeyPackage, §10.1) as one batch.
 
     ``True`` where both verify, to pass as ``signatures_verified`` to
-    :func:`validate_key_package`. Only batches large enough for worker
-    processes (:mod:`~mls_xmpp.core.crypto.parallel`) are checked here; for
-    smaller ones, and for KeyPackages whose signed content cannot even be
-    built, the result is ``False`` and :func:`validate_key_package` checks
-    serially, raising its usual errors in its usual order.
+    :func:`validate_key_package`. The batch is computed by ``crypto``
+    (:mod:`~mls_xmpp.core.crypto.batch`; serially by default). Where it is
+    ``False`` -- a signature that does not verify, or a KeyPackage whose
+    signed content cannot even be built -- :func:`validate_key_package`
+    checks serially, raising its usual errors in its usual order.
     """
     out = [False] * len(kps)
-    if not use_pool(2 * len(kps)):
-        return out
     index: list[int] = []
     items: list[tuple[bytes, str | bytes, bytes, bytes]] = []
     for k, kp in enumerate(kps):
@@ -189,7 +188,7 @@ def verify_key_package_signatures(suite: CipherSuite, kps: Sequence[KeyPackage])
             continue
         index.append(k)
         items += pair
-    ok = suite.verify_with_label_many(items)
+    ok = suite.verify_with_label_many(items, crypto)
     for j, k in enumerate(index):
         out[k] = ok[2 * j] and ok[2 * j + 1]
     return out

@@ -15,6 +15,7 @@ from .group_info import GroupInfo
 
 if TYPE_CHECKING:
     from ..crypto import CipherSuite
+    from ..crypto.batch import BatchCrypto
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,15 @@ def encrypt_group_secrets(suite: CipherSuite, init_key: bytes, encrypted_group_i
 
 
 def encrypt_group_secrets_many(suite: CipherSuite, encrypted_group_info: bytes,
-                               items: Sequence[tuple[bytes, GroupSecrets]], *,
-                               parallel: bool = True) -> list[HPKECiphertext]:
+                               items: Sequence[tuple[bytes, GroupSecrets]],
+                               crypto: BatchCrypto | None = None) -> list[HPKECiphertext]:
     """:func:`encrypt_group_secrets` for each ``(init_key, group_secrets)``, in order.
 
-    With ``parallel``, large batches are spread over worker processes
-    (:mod:`~mls_xmpp.core.crypto.parallel`).
+    The encryptions are computed as one batch by ``crypto``
+    (:mod:`~mls_xmpp.core.crypto.batch`; serially by default).
     """
     sealed = suite.encrypt_with_label_many(
-        "Welcome", encrypted_group_info, [(key, gs.encode()) for key, gs in items],
-        parallel=parallel)
+        "Welcome", encrypted_group_info, [(key, gs.encode()) for key, gs in items], crypto)
     return [HPKECiphertext(kem_output, ct) for kem_output, ct in sealed]
 
 

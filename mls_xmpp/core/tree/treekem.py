@@ -40,6 +40,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..crypto import CipherSuite, Rng
+from ..crypto.batch import BatchCrypto
 from ..errors import DecryptionError, LocalUsageError, ValidationError
 from ..messages.commit import HPKECiphertext, UpdatePath, UpdatePathNode
 from ..messages.common import LeafNodeSource
@@ -263,16 +264,17 @@ class ProcessedUpdatePath:
 def create_update_path(tree: RatchetTree, leaf_index: int, sign_leaf: SignLeaf,
                        group_context: ContextForTreeHash, *,
                        exclude: Collection[int] = (), rng: Rng = os.urandom,
-                       leaf_secret: bytes | None = None) -> CreatedUpdatePath:
+                       leaf_secret: bytes | None = None,
+                       crypto: BatchCrypto | None = None) -> CreatedUpdatePath:
     """Refresh the committer's direct path and encrypt it to the group (§7.4-§7.6).
 
     Mutates ``tree``: the direct path of ``leaf_index`` is replaced with the
     new keys and parent hashes and the leaf with ``sign_leaf``'s result.
     ``exclude`` lists the leaves added by the same Commit, left out of every
     resolution (§7.6, §12.4.2). ``leaf_secret`` fixes the fresh secret (for
-    tests); by default it is ``rng(Nh)``. With the default ``rng`` the HPKE
-    encryptions of a large path are spread over worker processes
-    (:mod:`~mls_xmpp.core.crypto.parallel`).
+    tests); by default it is ``rng(Nh)``. The HPKE encryptions of the path
+    are computed as one batch by ``crypto`` (:mod:`~mls_xmpp.core.crypto.batch`;
+    serially by default).
     """
     suite = tree.suite
     fdp = tree.filtered_direct_path(leaf_index)
@@ -299,8 +301,7 @@ def create_update_path(tree: RatchetTree, leaf_index: int, sign_leaf: SignLeaf,
     tree.set_leaf_node(leaf_index, leaf)
 
     context = group_context(tree.tree_hash())
-    # one EncryptWithLabel per resolution member of each copath node, as one
-    # batch (spread over worker processes when large, unless rng is injected)
+    # one EncryptWithLabel per resolution member of each copath node, as one batch
     sizes: list[int] = []
     items: list[tuple[bytes, bytes]] = []
     for (_, s), ps in zip(fdp, secrets, strict=True):
@@ -310,8 +311,7 @@ def create_update_path(tree: RatchetTree, leaf_index: int, sign_leaf: SignLeaf,
             target = tree.node(r)
             assert target is not None
             items.append((target.encryption_key, ps))
-    sealed = iter(suite.encrypt_with_label_many(_LABEL, context, items,
-                                                parallel=rng is os.urandom))
+    sealed = iter(suite.encrypt_with_label_many(_LABEL, context, items, crypto))
     nodes = [UpdatePathNode(pub, tuple(HPKECiphertext(*next(sealed)) for _ in range(size)))
              for pub, size in zip(pubs, sizes, strict=True)]
     return CreatedUpdatePath(UpdatePath(leaf, tuple(nodes)), commit_secret, path_secrets, keys,

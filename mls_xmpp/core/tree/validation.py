@@ -23,7 +23,7 @@ signatures dominate.
 
 from __future__ import annotations
 
-from ..crypto.parallel import use_pool
+from ..crypto.batch import BatchCrypto
 from ..errors import InvalidSignatureError, MLSError, ValidationError
 from ..messages.common import LeafNodeSource
 from ..messages.extensions import RequiredCapabilities
@@ -46,13 +46,14 @@ _DEFAULT_EXTENSIONS = frozenset({1, 2, 3, 4, 5})
 
 def validate_tree(tree: RatchetTree, group_id: bytes, tree_hash: bytes | None = None, *,
                   required_capabilities: RequiredCapabilities | None = None,
-                  verify_signatures: bool = True) -> None:
+                  verify_signatures: bool = True, crypto: BatchCrypto | None = None) -> None:
     """Run all the checks of the module docstring on ``tree``.
 
     ``tree_hash`` is the expected root tree hash (``GroupContext.tree_hash``);
     ``None`` skips that comparison. ``group_id`` is the signing context of
     update/commit leaves. ``required_capabilities`` is the group's
-    ``required_capabilities`` extension, if any.
+    ``required_capabilities`` extension, if any. ``crypto`` computes the
+    batch of leaf signatures (serially by default).
     """
     check_unmerged_leaves(tree)
     if tree_hash is not None and tree.tree_hash() != tree_hash:
@@ -62,7 +63,7 @@ def validate_tree(tree: RatchetTree, group_id: bytes, tree_hash: bytes | None = 
     check_unique_keys(tree)
     check_leaf_node_capabilities(tree, required_capabilities)
     if verify_signatures:
-        verify_leaf_signatures(tree, group_id)
+        verify_leaf_signatures(tree, group_id, crypto)
 
 
 def check_unmerged_leaves(tree: RatchetTree) -> None:
@@ -184,30 +185,31 @@ def _is_link(tree: RatchetTree, node: ParentNode, p: int, c: int, s: int,
     return ph == tree.parent_hash(p, s)
 
 
-def verify_leaf_signatures(tree: RatchetTree, group_id: bytes) -> None:
+def verify_leaf_signatures(tree: RatchetTree, group_id: bytes,
+                           crypto: BatchCrypto | None = None) -> None:
     """Verify the signature of every non-blank leaf (§7.3).
 
     Leaves from an update or a commit are verified with ``group_id`` and their
     leaf index as context (§7.2). Raises :class:`InvalidSignatureError` naming
-    the leftmost leaf whose signature does not verify. Large trees are
-    verified in parallel (:mod:`~mls_xmpp.core.crypto.parallel`); a leaf that
-    fails there is verified again serially, so errors are the serial ones.
+    the leftmost leaf whose signature does not verify. The signatures are
+    verified as one batch by ``crypto`` (:mod:`~mls_xmpp.core.crypto.batch`;
+    serially by default); a leaf that fails there is verified again serially,
+    so errors are the serial ones.
     """
     suite = tree.suite
     leaves = [(i, leaf, None if leaf.leaf_node_source == LeafNodeSource.KEY_PACKAGE
                else group_id) for i, leaf in tree.leaves()]
     verified = [False] * len(leaves)
-    if use_pool(len(leaves)):
-        index: list[int] = []
-        items: list[tuple[bytes, str | bytes, bytes, bytes]] = []
-        for k, (i, leaf, gid) in enumerate(leaves):
-            try:
-                items.append(leaf.signature_item(gid, None if gid is None else i))
-            except MLSError:
-                continue  # left to the serial check below
-            index.append(k)
-        for k, ok in zip(index, suite.verify_with_label_many(items), strict=True):
-            verified[k] = ok
+    index: list[int] = []
+    items: list[tuple[bytes, str | bytes, bytes, bytes]] = []
+    for k, (i, leaf, gid) in enumerate(leaves):
+        try:
+            items.append(leaf.signature_item(gid, None if gid is None else i))
+        except MLSError:
+            continue  # left to the serial check below
+        index.append(k)
+    for k, ok in zip(index, suite.verify_with_label_many(items, crypto), strict=True):
+        verified[k] = ok
     for k, (i, leaf, gid) in enumerate(leaves):
         if verified[k]:
             continue

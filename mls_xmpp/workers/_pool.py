@@ -1,4 +1,4 @@
-"""The worker processes of :mod:`.parallel` and the parent's side of their pipes.
+"""The worker processes of :mod:`mls_xmpp.workers` and the parent's side of their pipes.
 
 Each :class:`Worker` is a fresh interpreter running :func:`._worker.main`,
 started with ``subprocess`` (never a fork of the application). Its pipes are
@@ -24,7 +24,7 @@ from typing import Any
 from ._worker import HEADER, READY
 
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from mls_xmpp.core.crypto._worker import main; main()")
+         "from mls_xmpp.workers._worker import main; main()")
 
 
 class WorkerGone(Exception):
@@ -35,7 +35,7 @@ class Worker:
     """One worker process and the parent's side of its pipes."""
 
     def __init__(self) -> None:
-        root = str(Path(__file__).resolve().parents[3])  # the directory holding mls_xmpp
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding mls_xmpp
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _BOOT, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
