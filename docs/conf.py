@@ -90,7 +90,7 @@ OPTION_DOCS: dict[str, str] = {
                       "it comes back later).",
     "device": "A stable name of this device (its leaves' application_id). With it, a "
               "device whose stored state is gone finds and removes its old leaf when it "
-              "rejoins.",
+              "rejoins; without it, automatic recovery does not run (and says so).",
     "recover": "A device that starts without stored state rejoins, by external Commit, "
                "the groups its account's group registry lists.",
     "publish_key_packages": "Publish (and keep topped up) KeyPackages on start. Off: the "
@@ -126,6 +126,9 @@ OPTION_DOCS: dict[str, str] = {
     "blob_origins": "More origins (``https://host[:port]``) blobs may be fetched from, "
                     "besides the servers of the room, this account and the sender and "
                     "their upload services (e.g. a server whose uploads are on a CDN).",
+    "room_retry": "Seconds before a suspended group (its room refused or dropped this "
+                  "account; the MLS state is kept) tries to enter the room again.",
+    "room_retry_max": "The retry delay of a suspended group doubles up to this many seconds.",
 }
 
 

@@ -22,7 +22,9 @@ The three branches under the root say whose fault a failure is::
     │   └── UnsupportedCipherSuiteError
     └── TransportError          the XMPP side failed (timeout, error from the server)
         ├── NotConnectedError   no XMPP session: connect first (raised at once)
-        └── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+        ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+        └── GroupSuspendedError the room refused or dropped this account: the group
+                                is kept, the room retried (``.reason``)
 
 What each branch means for the caller:
 
@@ -72,6 +74,7 @@ from .core.errors import (
 from .xmpp.errors import (
     BlobRefusedError,
     EnvelopeError,
+    GroupSuspendedError,
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
@@ -91,6 +94,7 @@ __all__ = [
     "DecryptionError",
     "EnvelopeError",
     "GroupStateError",
+    "GroupSuspendedError",
     "IdentityError",
     "InvalidSignatureError",
     "LocalUsageError",

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0359 import StanzaID
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
 
 from ..core.errors import LocalUsageError
 from .blobs import Blobs
@@ -252,13 +254,37 @@ class Delivery:
             pass
 
     async def set_affiliation(self, room: str, jid: str,
-                              affiliation: Literal["member", "owner", "none"]) -> None:
-        """Make room affiliations follow MLS membership."""
+                              affiliation: Literal["member", "admin", "owner", "none"]
+                              ) -> None:
+        """Make room affiliations follow MLS membership (see :mod:`.room`).
+
+        :raises TransportError: the room refused (e.g. ``not-allowed``: this
+            account's affiliation does not permit the change) or did not answer.
+        """
         try:
             await self.xmpp.plugin["xep_0045"].set_affiliation(
                 room, affiliation, jid=JID(jid).bare, timeout=self.timeout)
         except (IqError, IqTimeout) as e:
             raise TransportError(f"setting {jid} to {affiliation} in {room} failed: {e}") from e
+
+    async def affiliations(self, room: str) -> dict[str, str]:
+        """The room's owners, admins and members (bare JID -> affiliation): three
+        ``muc#admin`` queries, which a members-only room answers to its members.
+
+        :raises TransportError: the room refused or did not answer.
+        """
+        from .room import LISTED
+
+        muc = self.xmpp.plugin["xep_0045"]
+        out: dict[str, str] = {}
+        for affiliation in reversed(LISTED):  # the highest wins should a JID be listed twice
+            try:
+                jids = await muc.get_affiliation_list(room, affiliation, timeout=self.timeout)
+            except (IqError, IqTimeout) as e:
+                raise TransportError(f"reading the {affiliation}s of {room} failed: {e}") from e
+            for jid in jids:
+                out[str(JID(jid).bare)] = affiliation
+        return out
 
     async def archive_pages(self, room: str | None, *, after: str | None = None,
                             start: datetime | None = None, page: int = 100
@@ -356,7 +382,10 @@ async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) 
 
     slixmpp only recognises error presences that echo the MUC ``<x/>``
     element; Prosody's refusals (members-only, locked room) do not, so this
-    also watches ``presence_error`` instead of waiting for the timeout.
+    also watches every error presence from the room instead of waiting for the
+    timeout. (Not the ``presence_error`` event: once a room was joined, slixmpp
+    stops raising presence events for its JID, so a refusal on re-entry, e.g.
+    after a kick, would go unseen.)
 
     :raises TransportError: refused, or no answer within ``timeout``.
     """
@@ -371,7 +400,8 @@ async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) 
 
     join = asyncio.ensure_future(client.plugin["xep_0045"].join_muc_wait(
         JID(room), nick, maxstanzas=0, timeout=timeout))
-    client.add_event_handler("presence_error", on_error)
+    handler = f"mls room refusal {bare} {id(refused)}"
+    client.register_handler(Callback(handler, StanzaPath("presence@type=error"), on_error))
     try:
         done, _ = await asyncio.wait([join, refused], timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -385,7 +415,7 @@ async def join_muc(client: Any, room: str, nick: str, *, timeout: float = 30.0) 
         except Exception as e:  # noqa: BLE001 - presence errors and timeouts
             raise TransportError(f"joining {room} failed: {e!r}") from e
     finally:
-        client.del_event_handler("presence_error", on_error)
+        client.remove_handler(handler)
         if not join.done():
             join.cancel()
         refused.cancel()

@@ -10,6 +10,8 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
     authentication failed, or the stream went down.
   * :class:`NoKeyPackageError` -- an account has no usable KeyPackage on its
     PEP node, so none of its devices can be added.
+  * :class:`GroupSuspendedError` -- the group's room refused this account or
+    dropped it; the group's MLS state is kept and the room is retried.
 
 * :class:`EnvelopeError` -- a peer sent a malformed payload: text that is not
   base64, bytes that are not the expected protobuf message, or an envelope that
@@ -34,6 +36,7 @@ from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, Rem
 __all__ = [
     "BlobRefusedError",
     "EnvelopeError",
+    "GroupSuspendedError",
     "NoKeyPackageError",
     "NotConnectedError",
     "NotInGroupError",
@@ -70,6 +73,20 @@ class NoKeyPackageError(TransportError):
         super().__init__(message)
         #: the bare JIDs without a usable KeyPackage
         self.jids = jids
+
+
+class GroupSuspendedError(TransportError):
+    """The group is suspended: its room refused this account or dropped it.
+
+    The room is transport, not the group: the device keeps its MLS state and
+    stays a member, re-enters the room with backoff, and resumes (reading the
+    archive) when the room takes it again. ``reason`` says what the room did.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        #: what the room did (e.g. ``registration-required``, ``affiliation lost``)
+        self.reason = reason
 
 
 class EnvelopeError(RemoteProtocolError):

@@ -14,7 +14,9 @@
 Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``
 (:class:`MembershipEvent`), ``mls_joined`` (a :class:`GroupSession` this device
 was welcomed into), ``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
-input dropped, group state unchanged), ``mls_ready`` (KeyPackages published,
+input dropped, group state unchanged; or a group suspended because its room
+refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
+``mls_ready`` (KeyPackages published,
 groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
 many members).
 """
@@ -32,7 +34,7 @@ from slixmpp.plugins import BasePlugin
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from ..core.errors import LocalUsageError, MLSError
+from ..core.errors import LocalUsageError, MLSError, WrongGroupError
 from ..core.group.client import Client
 from ..core.group.config import GroupConfig
 from ..core.messages.key_package import KeyPackage
@@ -42,7 +44,13 @@ from .attachments import download_attachment
 from .blobs import jid_domain, room_server_domains
 from .delivery import DEFAULT_PART_SIZE, MAX_BLOB, Delivery, RoomRefused
 from .envelope import Attachment, Envelope, Kind
-from .errors import NotConnectedError, TransportError, UnknownDeviceError, UnknownGroupError
+from .errors import (
+    GroupSuspendedError,
+    NotConnectedError,
+    TransportError,
+    UnknownDeviceError,
+    UnknownGroupError,
+)
 from .events import MLSErrorEvent
 from .inbox import Inbox
 from .keystore import KeyPackageStore
@@ -53,6 +61,7 @@ from .recovery import (
     old_leaf,
     retract_stale_device_items,
 )
+from .room import AFFILIATION_CODES, LOST_CODES
 from .rules import DEFAULT_RULES, RULES_EXTENSION, GroupRules, mapping_config, rules_extension
 from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices, member_jid
 from .stanza import NS, register_stanzas
@@ -93,6 +102,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "blob_message_timeout": 5.0,  # seconds an application message by reference may
                                       # hold up the room's order before it is dropped
         "blob_origins": (),  # more origins ("https://cdn.example.net") blobs come from
+        "room_retry": 5.0,        # seconds before re-entering a room that refused or dropped us
+        "room_retry_max": 300.0,  # the delay doubles up to this
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -136,9 +147,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self._on_payload))
         self.xmpp.add_event_handler("session_start", self._on_session_start)
         self.xmpp.add_event_handler("disconnected", self._on_disconnected)
+        self.xmpp.add_event_handler("groupchat_presence", self._on_room_presence)
 
     def plugin_end(self) -> None:
         self.xmpp.remove_handler("mls payload")
+        self.xmpp.del_event_handler("groupchat_presence", self._on_room_presence)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
         self.xmpp.del_event_handler("disconnected", self._on_disconnected)
         self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
@@ -267,15 +280,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.persist(session)  # in two parts from now on
             try:
                 await self.delivery.join_room(record.room, self.nick())
-            except RoomRefused as e:
-                if e.condition in ("registration-required", "forbidden"):
-                    # affiliations follow membership: the room no longer has this
-                    # account, i.e. it was removed while this device was away
-                    self.group_removed(session)
-                    continue
-                self.error(MLSErrorEvent(f"resuming {record.room}: {e}", session, error=e))
-            except TransportError as e:  # one room must not keep the device down
-                self.error(MLSErrorEvent(f"resuming {record.room}: {e}", session, error=e))
+            except TransportError as e:
+                # The room is not the group: a refusal (registration-required,
+                # forbidden, not-authorized) or no answer suspends the group; only a
+                # Commit that removes this device ends it. One room must not keep
+                # the device down either.
+                why = (f"the room refused this account ({e.condition})"
+                       if isinstance(e, RoomRefused) else f"the room did not take us: {e}")
+                self.suspend(session, why, e)
+                continue
             session.start()
         if self.config["publish_key_packages"]:
             # a failure is reported, not fatal: the groups work, and upkeep retries
@@ -293,11 +306,14 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """Rejoin, by external Commit, every recorded group this device is not in.
 
         For a device whose state was lost: its old leaf (same account and
-        device name) is removed in the same Commit (RFC 9750 §3.1.2).
+        device name) is removed in the same Commit (RFC 9750 §3.1.2). Each
+        room's group must be the one the registry recorded for it. Without a
+        device name (option ``device``) nothing is rejoined and that is
+        reported: the old leaf could not be told from the account's other devices.
         """
-        async def one(room: str) -> GroupSession | None:
+        async def one(room: str, group_id: bytes | None) -> GroupSession | None:
             try:
-                return await self.rejoin(room)
+                return await self.rejoin(room, group_id=group_id)
             except NoGroupInfo as e:  # the room is gone or never held this group
                 self.error(MLSErrorEvent(f"not rejoining {room}: {e}", error=e))
                 await self.registry.remove(room)
@@ -305,25 +321,59 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.error(MLSErrorEvent(f"rejoining {room} failed: {e}", error=e))
             return None
 
-        if self.identity is not None and self.identity.device_id is not None:
+        device_id = None if self.identity is None else self.identity.device_id
+        if device_id is not None:
             try:
-                await retract_stale_device_items(self, self.identity.device_id)
+                await retract_stale_device_items(self, device_id)
             except (MLSError, ValueError) as e:
                 self.error(MLSErrorEvent(f"retracting stale KeyPackages failed: {e}", error=e))
-        rooms = [r for r in await self.registry.rooms() if r not in self.sessions]
+        entries = {r: g for r, g in (await self.registry.entries()).items()
+                   if r not in self.sessions}
+        if entries and device_id is None:
+            err = LocalUsageError(_NO_DEVICE)
+            self.error(MLSErrorEvent(f"not recovering {len(entries)} group(s) of this "
+                                     f"account: {err}", error=err))
+            return []
         # concurrently: a slow or vanished room must not hold up the others
-        done = await asyncio.gather(*(one(r) for r in rooms))
+        done = await asyncio.gather(*(one(r, g) for r, g in entries.items()))
         return [s for s in done if s is not None]
 
-    async def rejoin(self, room: str, *, attempts: int = 3) -> GroupSession:
-        """Rejoin one room's group from its latest GroupInfo (external Commit)."""
+    async def rejoin(self, room: str, *, group_id: bytes | None = None,
+                     attempts: int = 3) -> GroupSession:
+        """Rejoin one room's group from its latest GroupInfo (external Commit).
+
+        ``group_id`` is the group the account's registry recorded for the room
+        (read from the registry when not given); a GroupInfo of any other group
+        is never joined.
+
+        :raises LocalUsageError: no device name is configured (option ``device``).
+        :raises WrongGroupError: the room holds no GroupInfo of that group
+            (only of others), or the registry recorded none for the room.
+        :raises NoGroupInfo: the room holds no GroupInfo at all.
+        :raises TransportError: the room did not take the rejoin.
+        """
         assert self.identity is not None
         from ..core.messages.framing import MLSMessage
 
+        if self.identity.device_id is None:
+            raise LocalUsageError(_NO_DEVICE)
+        if group_id is None:
+            group_id = (await self.registry.entries()).get(room)
+            if group_id is None:
+                raise WrongGroupError(f"this account's group registry records no group_id "
+                                      f"for {room}: not rejoining")
         await self.delivery.join_room(room, self.nick())
         last: Exception | None = None
         for _ in range(attempts):
-            info, tree, stanza_id = await latest_group_info(self, room)
+            try:
+                info, tree, stanza_id = await latest_group_info(self, room, group_id)
+            except MLSError:
+                self.delivery.leave_room(room, self.nick())
+                raise
+            if info.group_context.group_id != group_id:  # latest_group_info filtered it
+                self.delivery.leave_room(room, self.nick())
+                raise WrongGroupError(f"{room}'s GroupInfo names another group than the "
+                                      "registry's: not rejoining")
             resync = old_leaf(info, tree, self.bare_jid, self.identity.device_id)
             self.identity.groups.pop(info.group_context.group_id, None)
             group, commit = self.identity.join_external(MLSMessage(info).encode(),
@@ -384,8 +434,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     def nick(self) -> str:
+        """This device's nick in its rooms (section 9.1 of the protocol)."""
         assert self.identity is not None
-        return f"{self.xmpp.boundjid.user}-{self.identity.signature_public_key[:4].hex()}"
+        return nick_of(self.bare_jid, self.identity.signature_public_key)
 
     # -- persistence and events -------------------------------------------------------
 
@@ -444,6 +495,86 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.delivery.leave_room(session.room, self.nick())
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
+
+    # -- the room is not the group ----------------------------------------------------
+
+    def suspend(self, session: GroupSession, reason: str,
+                cause: BaseException | None = None) -> None:
+        """The room refused or dropped this account: keep the group, report, retry.
+
+        The group's MLS state and stored record stay as they are; API calls on
+        it raise :class:`GroupSuspendedError` until the room takes the device
+        again (tried after ``room_retry`` seconds, the delay doubling up to
+        ``room_retry_max``); then it reads the archive it missed and goes on.
+        """
+        if (session.suspended is not None or session.removed
+                or self.sessions.get(session.room) is not session):
+            return
+        session.suspended = reason
+        session.ready.clear()
+        err = GroupSuspendedError(
+            f"the group of {session.room} is suspended: {reason}; its MLS state is kept "
+            "and the room is retried", reason)
+        err.__cause__ = cause
+        self.error(MLSErrorEvent(str(err), session, error=err))
+        session.room_retry = asyncio.ensure_future(self._retry_room(session))
+
+    async def _retry_room(self, session: GroupSession) -> None:
+        delay = float(self.config["room_retry"])
+        ceiling = float(self.config["room_retry_max"])
+        await session.stop_worker()
+        while True:
+            await asyncio.sleep(delay)
+            if self.sessions.get(session.room) is not session or session.removed:
+                return
+            try:
+                await self.delivery.join_room(session.room, self.nick())
+            except TransportError as e:
+                log.info("%s still refuses this account (%s); next try in %.0f s",
+                         session.room, e, min(delay * 2, ceiling))
+                delay = min(delay * 2, ceiling)
+                continue
+            log.info("%s takes this account again: the group resumes", session.room)
+            session.suspended = None
+            session.start(catch_up=True)  # the archive it missed first
+            return
+
+    def _on_room_presence(self, presence: Any) -> None:
+        """A room says an occupant lost its place: this device (suspend the group) or
+        another member's (put its affiliation back, section 9.2 of the protocol)."""
+        if presence["type"] != "unavailable":
+            return
+        codes = set(presence["muc"]["status_codes"])
+        if not codes & LOST_CODES:
+            return
+        session = self.sessions.get(str(presence["from"].bare))
+        if session is None or session.removed:
+            return
+        if 110 in codes or presence["from"].resource == self.nick():
+            self.suspend(session, f"the room took this device out (status "
+                                  f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
+        elif codes & AFFILIATION_CODES:
+            real = presence["muc"]["jid"]
+            jid = _bare(str(real)) if real else ""
+            if jid and jid in session.jids():
+                asyncio.ensure_future(session.repair_affiliation(jid))
+
+    async def forget(self, room_or_id: str | bytes) -> None:
+        """Delete a group's local state without a Commit, at the application's word.
+
+        For a group that stays suspended (e.g. this account was removed while
+        the device was away, and the room no longer admits it, so the removing
+        Commit cannot be read). For the others the device is still a member
+        until one of them removes it.
+
+        :raises UnknownGroupError: this device is in no such group.
+        """
+        session = self.group(room_or_id)
+        self.state_store.delete_group(session.group_id)
+        self.sessions.pop(session.room, None)
+        await session.stop()
+        self.delivery.leave_room(session.room, self.nick())
+        await self.registry.remove(session.room)
 
     async def record(self, session: GroupSession) -> None:
         try:
@@ -662,6 +793,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.save_identity()
         except MLSError as e:
             self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+
+_NO_DEVICE = ("automatic recovery needs a device name: set the device option (e.g. "
+              "register_plugin('mls', {'device': 'phone'})), so that a rejoin replaces "
+              "exactly this device's old leaf and no other device of the account")
+
+
+def nick_of(jid: str, signature_key: bytes) -> str:
+    """The nick of a member device in its rooms: localpart and signature key prefix."""
+    return f"{JID(jid).user}-{signature_key[:4].hex()}"
 
 
 def _bare(jid: str) -> str:

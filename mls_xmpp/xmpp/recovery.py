@@ -6,7 +6,9 @@ reads it; one item per room, item id = room JID). A device whose store is gone
 (a wiped phone, a reinstalled bot) reads that node, finds in each room's
 archive the latest GroupInfo members publish after every Commit, and rejoins by
 external Commit, removing the leaf it had before (same account, same device
-name) -- RFC 9750 §3.1.2, RFC 9420 §12.4.3.2.
+name) -- RFC 9750 §3.1.2, RFC 9420 §12.4.3.2. Only the group whose group_id the
+account recorded for the room is rejoined, and only by a device with a device
+name (without one, its old leaf cannot be told from its account's other devices).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream import ET
 
-from ..core.errors import MLSError
+from ..core.errors import MLSError, WrongGroupError
 from ..core.group.client import leaf_device_id
 from ..core.group.join import tree_from_group_info
 from ..core.messages.framing import MLSMessage
@@ -27,6 +29,7 @@ from ..core.messages.group_info import GroupInfo
 from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
+from .events import MLSErrorEvent
 from .stanza import NS
 
 if TYPE_CHECKING:
@@ -91,37 +94,70 @@ class GroupRegistry:
 
     async def rooms(self) -> list[str]:
         """The recorded rooms (none when the node does not exist)."""
+        return list(await self.entries())
+
+    async def entries(self) -> dict[str, bytes | None]:
+        """The recorded rooms and the group_id recorded with each (``None`` when an
+        item does not carry a readable one); empty when the node does not exist."""
         try:
             iq = await self._pubsub.get_items(
                 JID(self.plugin.bare_jid), GROUPS_NODE, timeout=self.timeout)
         except IqError:
-            return []
+            return {}
         except IqTimeout as e:
             raise TransportError(f"reading {GROUPS_NODE} failed: {e}") from e
-        out = []
+        out: dict[str, bytes | None] = {}
         for item in iq["pubsub"]["items"]:
             room = item["id"]
-            if room and JID(room).user:
-                out.append(str(JID(room).bare))
+            if not room or not JID(room).user:
+                continue
+            group_id = None
+            payload = item["payload"]
+            if payload is not None and payload.tag == f"{{{NS}}}group":
+                try:
+                    group_id = bytes.fromhex(payload.get("group-id") or "") or None
+                except ValueError:
+                    group_id = None
+            out[str(JID(room).bare)] = group_id
         return out
 
 
-async def latest_group_info(plugin: XEP_MLS, room: str
+async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None = None
                             ) -> tuple[GroupInfo, bytes | None, str | None]:
-    """The newest GroupInfo in the room's archive, its tree and its stanza-id."""
+    """The newest GroupInfo in the room's archive, its tree and its stanza-id.
+
+    With ``group_id`` (the one the account's registry recorded for the room),
+    GroupInfos of any other group are passed over and reported: any occupant
+    can post to the room, and a recovering device must not be steered into a
+    group it was never in.
+
+    :raises NoGroupInfo: the archive holds no GroupInfo at all.
+    :raises WrongGroupError: it holds GroupInfos, but none of ``group_id``.
+    """
+    foreign = 0
+
     def newest(batch: list[tuple[Any, str | None]]
-               ) -> tuple[Envelope, str | None, str] | None:
+               ) -> tuple[Envelope, GroupInfo, str | None, str] | None:
+        nonlocal foreign
         found = None
         for msg, stanza_id in batch:  # oldest first: keep the last
             try:
                 env = plugin.delivery.envelope_of(msg, str(msg["from"]))
+                if env is None or env.kind != Kind.GROUP_INFO:
+                    continue
+                body = MLSMessage.decode(env.mls_message).body
+                if not isinstance(body, GroupInfo):
+                    raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
             except MLSError:
                 continue
-            if env is not None and env.kind == Kind.GROUP_INFO:
-                found = (env, stanza_id, _real_jid(msg))
+            if group_id is not None and (env.group_id != group_id
+                                         or body.group_context.group_id != group_id):
+                foreign += 1
+                continue
+            found = (env, body, stanza_id, _real_jid(msg))
         return found
 
-    found: tuple[Envelope, str | None, str] | None = None
+    found: tuple[Envelope, GroupInfo, str | None, str] | None = None
     # newest page first: a long-lived room's archive is not read in full
     async for batch in plugin.delivery.archive_pages_backward(room):
         found = newest(batch)
@@ -130,13 +166,19 @@ async def latest_group_info(plugin: XEP_MLS, room: str
     if found is None:
         # slixmpp's backward pager ends quietly on an error: read forward, where a
         # failure raises TransportError instead of looking like an empty archive
+        foreign = 0
         found = newest(await plugin.delivery.fetch_archive(room))
+    if foreign:
+        plugin.error(MLSErrorEvent(
+            f"{room}'s archive holds {foreign} GroupInfo(s) of another group than the one "
+            "this account recorded for it: ignored", error=WrongGroupError(
+                "GroupInfo of another group in the room")))
     if found is None:
+        if foreign:
+            raise WrongGroupError(f"{room} holds no GroupInfo of the group this account "
+                                  "recorded for it, only of others: not rejoining")
         raise NoGroupInfo(f"{room} holds no GroupInfo to rejoin from")
-    env, stanza_id, poster_jid = found
-    body = MLSMessage.decode(env.mls_message).body
-    if not isinstance(body, GroupInfo):
-        raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
+    env, body, stanza_id, poster_jid = found
     tree = None
     if env.ratchet_tree is not None:
         # from the room's server or the poster's (when the room says who posted it),

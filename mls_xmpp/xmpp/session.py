@@ -34,6 +34,7 @@ from .blobs import jid_domain, room_server_domains
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
 from .errors import (
     EnvelopeError,
+    GroupSuspendedError,
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
@@ -45,6 +46,7 @@ from .errors import (
     UntrustedDeviceError,
 )
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
+from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 
 if TYPE_CHECKING:
@@ -74,6 +76,8 @@ TREE_INLINE_LIMIT = 96 * 1024
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Seconds between looks at the connection while an API call waits for a group.
 _POLL = 0.2
+#: Seconds each member waits after the one before it to repair a lost affiliation.
+REPAIR_DELAY = 2.0
 
 
 def member_jid(member: Member) -> str:
@@ -214,6 +218,11 @@ class GroupSession:
         self._leave_attempts: int | None = None
         #: set when this device was removed from the group (or its leave was committed)
         self.removed = False
+        #: why the room does not take this device now (``None``: it does); the group
+        #: is kept and the room retried (:meth:`XEP_MLS.suspend`)
+        self.suspended: str | None = None
+        #: the task re-entering the room while suspended
+        self.room_retry: asyncio.Future[None] | None = None
 
     # -- what the group is ----------------------------------------------------
 
@@ -247,6 +256,11 @@ class GroupSession:
         if self.removed or not self.group.active:
             raise NotInGroupError(f"this device is no longer in the group of {self.room}")
         self.plugin.require_connected()
+        if self.suspended is not None:
+            raise GroupSuspendedError(
+                f"the group of {self.room} is suspended: {self.suspended}; the room is "
+                "retried and the group resumes when it takes this device again",
+                self.suspended)
         if self.plugin.sessions.get(self.room) is not self:
             raise GroupStateError(
                 f"this handle of {self.room} is from before a reconnection: get the group "
@@ -287,7 +301,14 @@ class GroupSession:
             self.plugin.xmpp.event("mls_trust", change)
 
     async def stop(self) -> None:
-        """Stop the worker."""
+        """Stop the worker (and the room retries of a suspended group)."""
+        if self.room_retry is not None:
+            self.room_retry.cancel()
+            self.room_retry = None
+        await self.stop_worker()
+
+    async def stop_worker(self) -> None:
+        """Stop processing room messages (the group is suspended, or stopping)."""
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -571,6 +592,8 @@ class GroupSession:
             if self._leave_attempts is not None and not event.self_removed:
                 # the epoch ended without our removal: the proposal died with it
                 asyncio.ensure_future(self._retry_leave())
+            if event.removed and not event.own and not event.self_removed:
+                self._others_removed({member_jid(m) for m in event.removed})
             if event.self_removed:
                 # the tree is still the one before the Commit: is another device of
                 # this account staying in the group?
@@ -874,27 +897,7 @@ class GroupSession:
         now_jids = self.jids()
         added = {_jid_of(kp.leaf_node.credential) for _, kp in pending.added}
         removed = {_jid_of(leaf.credential) for _, leaf in pending.removed}
-        changes = [(jid, "owner") for jid in sorted(added)]
-        changes += [(jid, "none") for jid in sorted(removed - now_jids)]
-        gate = asyncio.Semaphore(PARALLEL_REQUESTS)
-        finished = 0
-        if progress is not None:
-            progress.start("affiliations", len(changes))
-
-        async def affiliate(jid: str, affiliation: str) -> None:
-            nonlocal finished
-            async with gate:
-                try:
-                    await self.plugin.delivery.set_affiliation(
-                        self.room, jid, "owner" if affiliation == "owner" else "none")
-                except (TransportError, ValueError) as e:  # the MLS change stands: go on
-                    self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
-                                                    error=e))
-            finished += 1
-            if progress is not None:
-                progress.advance("affiliations", finished, len(changes))
-
-        await asyncio.gather(*(affiliate(j, a) for j, a in changes))
+        await self.reconcile_room(added=added, revoke=removed - now_jids, progress=progress)
         tree_ref = None
         if pending.welcomes and not self._inline_tree:
             # the tree of the epoch the Welcomes open (the group may be further on by now)
@@ -917,6 +920,121 @@ class GroupSession:
             if progress is not None:
                 progress.advance("welcomes", i, len(welcomes))
         await self.publish_group_info()
+
+    # -- the room follows the group (see mls_xmpp.xmpp.room) ---------------------------
+
+    def _may_change(self, jids: set[str]) -> set[str]:
+        """The accounts the group's rules let add or remove members."""
+        from .rules import DEFAULT_RULES, Who, rules_of
+
+        try:
+            rules = rules_of(self.group.state.context.extensions)
+        except MLSError:
+            rules = DEFAULT_RULES
+
+        def allowed(who: int, jid: str) -> bool:
+            return who == Who.MEMBERS or (who == Who.ADMINS and jid.encode() in rules.admins)
+
+        return {j for j in jids if allowed(rules.add, j) or allowed(rules.remove, j)}
+
+    async def reconcile_room(self, *, added: set[str] | None = None,
+                             revoke: set[str] | None = None, only: set[str] | None = None,
+                             progress: Progress | None = None) -> None:
+        """Make the room's affiliations follow MLS membership, as far as this account's
+        own affiliation allows (:func:`~mls_xmpp.xmpp.room.plan_affiliations`).
+
+        Reads the room's owner, admin and member lists (three queries), then
+        grants what member accounts lack and revokes ``revoke`` (accounts this
+        device's Commit removed); ``only`` limits the changes to those accounts.
+        Failures are reported; the MLS change stands.
+        """
+        members = self.jids()
+        try:
+            current = await self.plugin.delivery.affiliations(self.room)
+            changes = plan_affiliations(current, members, self.plugin.bare_jid,
+                                        self._may_change(members), revoke=revoke or ())
+        except TransportError as e:
+            # the lists are unreadable: at least let in whom this Commit added
+            self.plugin.error(MLSErrorEvent(f"reading the room's affiliations: {e}", self,
+                                            error=e))
+            changes = [(j, "member") for j in sorted(added or ())]
+            changes += [(j, "none") for j in sorted(revoke or ())]
+        if only is not None:
+            changes = [(j, a) for j, a in changes if j in only]
+        gate = asyncio.Semaphore(PARALLEL_REQUESTS)
+        finished = 0
+        if progress is not None:
+            progress.start("affiliations", len(changes))
+
+        async def affiliate(jid: str, affiliation: Any) -> None:
+            nonlocal finished
+            async with gate:
+                try:
+                    if affiliation == "none" or jid in self.jids():  # still a member?
+                        await self.plugin.delivery.set_affiliation(self.room, jid,
+                                                                   affiliation)
+                except (TransportError, ValueError) as e:  # the MLS change stands: go on
+                    self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
+                                                    error=e))
+            finished += 1
+            if progress is not None:
+                progress.advance("affiliations", finished, len(changes))
+
+        await asyncio.gather(*(affiliate(j, a) for j, a in changes))
+
+    def _own_room_affiliation(self) -> str | None:
+        """This device's affiliation as the room last announced it (its presence)."""
+        muc = self.plugin.xmpp.plugin["xep_0045"]
+        try:
+            value = muc.get_jid_property(JID(self.room), self.plugin.nick(), "affiliation")
+        except (InvalidJID, ValueError):
+            return None
+        return None if value is None else str(value)
+
+    def _others_removed(self, jids: set[str]) -> None:
+        """Another member's Commit removed accounts; an admin committer cannot take an
+        admin's affiliation, so the room's owner (if this is its device) does."""
+        departed = jids - self.jids()
+        if departed and self._own_room_affiliation() == "owner":
+            asyncio.ensure_future(self.reconcile_room(revoke=departed, only=departed))
+
+    def _repairer_rank(self, lost: str) -> int | None:
+        """This device's place among the member devices that could give ``lost`` its
+        affiliation back (occupants with admin or owner rights, by leaf index)."""
+        from .plugin import nick_of
+
+        muc = self.plugin.xmpp.plugin["xep_0045"]
+        eligible = []
+        for m in sorted(self.group.members, key=lambda m: m.leaf_index):
+            jid = member_jid(m)
+            if jid == lost:
+                continue
+            try:
+                nick = nick_of(jid, m.signature_key)
+                affiliation = muc.get_jid_property(JID(self.room), nick, "affiliation")
+            except (InvalidJID, ValueError):
+                continue
+            if affiliation in ("owner", "admin"):
+                eligible.append(m.leaf_index)
+        own = self.group.own_leaf_index
+        return eligible.index(own) if own in eligible else None
+
+    async def repair_affiliation(self, jid: str) -> None:
+        """The room says member account ``jid`` lost its affiliation: put it back.
+
+        The first :data:`~mls_xmpp.xmpp.room.REPAIRERS` member devices able to
+        (by leaf index) do it, each :data:`REPAIR_DELAY` seconds after the one
+        before and only if it is still missing: a bounded number of queries
+        however large the group, and no single member (e.g. the one that took
+        the affiliation) can stop the repair.
+        """
+        rank = self._repairer_rank(jid)
+        if rank is None or rank >= REPAIRERS:
+            return
+        await asyncio.sleep(REPAIR_DELAY * rank)
+        if self.removed or self.suspended is not None or jid not in self.jids():
+            return
+        await self.reconcile_room(only={jid})
 
     async def publish_group_info(self) -> None:
         """Send the current GroupInfo (with external_pub) to the room for external joins."""
