@@ -259,7 +259,12 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.keystore = KeyPackageStore(self.xmpp, client)
         from ..core.group.serialize import decode_group, decode_group_parts
 
-        for record in self.state_store.load_groups():
+        def unreadable(group_id: bytes, room: str, e: MLSError) -> None:
+            # only that group is unavailable; the device starts with the others
+            self.error(MLSErrorEvent(f"stored group {room or group_id.hex()} is unreadable "
+                                     f"and stays unavailable: {e}", error=e))
+
+        for record in self.state_store.load_groups(on_error=unreadable):
             try:
                 if record.ratchets is None:  # stored whole (by an earlier version)
                     group = decode_group(record.state, client.config,
