@@ -70,8 +70,9 @@ async def _x509_member(server: ProsodyServer, accounts: list[Account], pki: Pki,
     anchors = {"x509_trust_anchors": str(bundle)}
     alice, ra = await mls_client(server, *alice_acc, anchors)
     bob, rb = await mls_client(server, *bob_acc, {"x509_trust_anchors": [pki.root.der]})
-    carol, rc = await mls_client(server, *carol_acc, {
-        **anchors, "x509_credential": (str(tmp / "carol.pem"), str(tmp / "carol.key"))})
+    carol_cfg = {**anchors, "store": str(tmp / "carol.db"),
+                 "x509_credential": (str(tmp / "carol.pem"), str(tmp / "carol.key"))}
+    carol, rc = await mls_client(server, *carol_acc, carol_cfg)
     try:
         me = carol.plugin["mls"].identity
         assert me.credential.credential_type == CredentialType.X509
@@ -85,14 +86,25 @@ async def _x509_member(server: ProsodyServer, accounts: list[Account], pki: Pki,
         await gc.send("signed by my certificate")
         for r in (ra, rb):
             (msg,) = await r.wait("mls_message")
-            assert msg.sender == carol_acc.jid
-            assert msg.body == "signed by my certificate"
+            assert (msg.sender, msg.body) == (carol_acc.jid, "signed by my certificate")
         fp = fingerprint(me.signature_public_key)
         assert alice.plugin["mls"].trust.state(carol_acc.jid, fp) == TrustState.TRUSTED
         assert not [e for r in (ra, rb, rc) for e in _errors(r)]
         # carol's Update (UpdatePath leaf with her certificate) is accepted by all
         await gc.update()
         await synced(ga, gb, gc)
+        # a restart keeps the X.509 identity (stored), and the group goes on
+        await close(carol)
+        carol, rc = await mls_client(server, *carol_acc, carol_cfg)
+        again = carol.plugin["mls"].identity
+        assert again.credential == me.credential
+        assert again.signature_public_key == me.signature_public_key
+        (gc,) = carol.plugin["mls"].sessions.values()
+        await synced(ga, gb, gc)
+        await gc.send("after a restart")
+        for r in (ra, rb):
+            msgs = await r.wait("mls_message", 2)
+            assert (msgs[-1].sender, msgs[-1].body) == (carol_acc.jid, "after a restart")
     finally:
         await close(alice, bob, carol)
 
