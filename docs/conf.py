@@ -129,6 +129,18 @@ OPTION_DOCS: dict[str, str] = {
     "room_retry": "Seconds before a suspended group (its room refused or dropped this "
                   "account; the MLS state is kept) tries to enter the room again.",
     "room_retry_max": "The retry delay of a suspended group doubles up to this many seconds.",
+    "x509_trust_anchors": "CA certificates (or pinned end-entity certificates) X.509 "
+                          "credentials are judged by: a path to a PEM bundle, PEM or DER "
+                          "bytes, or a list of them. Only with anchors does the device list "
+                          "``x509`` in its capabilities and add X.509 devices; a member whose "
+                          "certificate does not verify is reported and distrusted locally, "
+                          "never refused (PROTOCOL.md section 8.4).",
+    "x509_credential": "``(certificates, private_key)``: use an X.509 credential instead of a "
+                       "basic one. The chain, end entity first (a PEM file path, PEM bytes, or "
+                       "a list of DER certificates), must name this account's JID in "
+                       "subjectAltName; the key (a PEM/DER PKCS#8 file path, its bytes, or a "
+                       "``cryptography`` private key) is the device's signature key, of the "
+                       "``suite`` option's scheme.",
 }
 
 

@@ -7,7 +7,8 @@ The three branches under the root say whose fault a failure is::
     ├── RemoteProtocolError     a peer or the server sent something invalid
     │   ├── DecodeError, CryptoError (InvalidSignatureError, DecryptionError),
     │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
-    │   │   IdentityError, MissingProposalError), SecretTreeError
+    │   │   IdentityError, CredentialError (UntrustedCredentialError),
+    │   │   MissingProposalError), SecretTreeError
     │   └── EnvelopeError       malformed payload of the XMPP mapping
     │       └── BlobRefusedError    a blob URL this device does not fetch from
     ├── LocalUsageError         the caller misused the API
@@ -54,6 +55,7 @@ Example::
 from __future__ import annotations
 
 from .core.errors import (
+    CredentialError,
     CryptoError,
     DecodeError,
     DecryptionError,
@@ -67,6 +69,7 @@ from .core.errors import (
     RemoteProtocolError,
     SecretTreeError,
     UnsupportedCipherSuiteError,
+    UntrustedCredentialError,
     ValidationError,
     WrongEpochError,
     WrongGroupError,
@@ -89,6 +92,7 @@ from .xmpp.errors import (
 
 __all__ = [
     "BlobRefusedError",
+    "CredentialError",
     "CryptoError",
     "DecodeError",
     "DecryptionError",
@@ -114,6 +118,7 @@ __all__ = [
     "UnknownMemberError",
     "UntrustedDeviceError",
     "UnsupportedCipherSuiteError",
+    "UntrustedCredentialError",
     "ValidationError",
     "WrongEpochError",
     "WrongGroupError",

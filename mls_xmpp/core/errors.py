@@ -80,6 +80,26 @@ class IdentityError(ValidationError):
     """
 
 
+class CredentialError(ValidationError):
+    """A credential breaks RFC 9420 §5.3 or this mapping's identity rules.
+
+    For an X.509 credential (§5.3.2): a certificate that does not parse, a
+    chain whose entries do not each issue the one before, an end-entity key
+    other than the leaf's ``signature_key``, or a subjectAltName naming no
+    JID or several. These checks look at the credential and the leaf only,
+    so every member decides them alike.
+    """
+
+
+class UntrustedCredentialError(CredentialError):
+    """An X.509 chain does not lead to one of this device's trust anchors.
+
+    A local judgement (the anchors are local configuration): it keeps this
+    device from adding such a KeyPackage, and marks a member holding such a
+    credential as distrusted, but never makes a Commit invalid.
+    """
+
+
 class MissingProposalError(ValidationError):
     """A Commit refers to a proposal this member has not received (RFC 9420 §12.4)."""
 

@@ -29,9 +29,12 @@ and publishes again, without options if the server still refuses them.
 
 Fetching. Every item is untrusted: it is decoded, its KeyPackage validated
 (RFC 9420 §10.1 with the current time), its item id compared with the
-KeyPackageRef, and its credential checked against the node owner (a basic
-credential's identity must be the owner's bare JID, UTF-8). Items failing any
-check are skipped with a log line. One KeyPackage per device (signature key)
+KeyPackageRef, and its credential checked against the node owner (the JID it
+names -- a basic credential's identity, or an X.509 certificate's
+subjectAltName -- must be the owner's bare JID, UTF-8, in canonical form). An
+X.509 credential must also lead to one of this device's trust anchors at the
+current time; without anchors, none is used. Items failing any check are
+skipped with a log line. One KeyPackage per device (signature key)
 is returned, a normal one in preference to the last-resort one.
 
 XMPP failures (error replies, timeouts) raise :class:`TransportError`.
@@ -54,10 +57,10 @@ from slixmpp.jid import InvalidJID
 from slixmpp.plugins.xep_0004 import Form
 
 from ..core.crypto import CipherSuite, get_suite
-from ..core.errors import LocalUsageError, MLSError, ValidationError
+from ..core.errors import LocalUsageError, MLSError, UntrustedCredentialError, ValidationError
 from ..core.group.client import Client
 from ..core.messages.common import CredentialType, ExtensionType
-from ..core.messages.credentials import Credential
+from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.framing import MLSMessage
 from ..core.messages.key_package import KeyPackage
 from ..core.messages.validation import (
@@ -66,6 +69,7 @@ from ..core.messages.validation import (
     accept_any_credential,
     validate_key_package,
 )
+from ..core.messages.x509 import TrustAnchors
 from .envelope import KeyPackageItem
 from .errors import EnvelopeError, TransportError
 
@@ -163,22 +167,30 @@ def decode_item(element: ET.Element | None) -> tuple[KeyPackage, KeyPackageItem]
 def credential_jid(credential: Credential) -> str:
     """The bare JID a credential names.
 
-    A basic credential's identity is the bare JID in UTF-8 (normalised here).
+    A basic credential's identity, or an X.509 credential's subjectAltName
+    JID (:func:`~mls_xmpp.core.messages.credentials.credential_identity`): a
+    bare JID in UTF-8, in canonical form (the form members compare).
 
-    :raises ValidationError: not a basic credential, or its identity is not a
-        bare JID.
+    :raises ValidationError: another credential type, an X.509 chain that
+        fails the structural checks, or an identity that is not a bare JID in
+        canonical form.
     """
-    if credential.credential_type != CredentialType.BASIC:
+    if credential.credential_type not in (CredentialType.BASIC, CredentialType.X509):
         raise ValidationError(
             f"credential type {credential.credential_type} does not name a JID the key store "
-            "can check (only basic credentials)"
+            "can check (only basic and x509 credentials)"
         )
+    identity = credential_identity(credential)
     try:
-        jid = JID(credential.identity.decode("utf-8"))
+        text = identity.decode("utf-8")
+        jid = JID(text)
     except (UnicodeDecodeError, InvalidJID) as e:
         raise ValidationError(f"credential identity is not a JID: {e}") from None
     if not jid.user or jid.resource:
         raise ValidationError(f"credential identity {jid.full!r} is not a bare user JID")
+    if str(jid.bare) != text:
+        raise ValidationError(f"credential identity {text!r} is not in canonical form "
+                              f"({str(jid.bare)!r})")
     return str(jid.bare)
 
 
@@ -253,7 +265,11 @@ class KeyPackageStore:
     :param timeout: seconds to wait for each XMPP reply.
     :param credential_validator: the Authentication Service hook given to
         :func:`validate_key_package` for fetched KeyPackages (the JID check of
-        basic credentials is always applied).
+        credentials is always applied).
+    :param anchors: this device's X.509 trust anchors; a fetched KeyPackage
+        with an X.509 credential is used only if its chain leads to one of them
+        (none is used without anchors). Local judgement: it decides what this
+        device adds, never what is valid.
     """
 
     def __init__(
@@ -264,6 +280,7 @@ class KeyPackageStore:
         max_items: int = DEFAULT_MAX_ITEMS,
         timeout: float = 10.0,
         credential_validator: CredentialValidator = accept_any_credential,
+        anchors: TrustAnchors | None = None,
     ) -> None:
         if not 1 <= max_items <= PEP_MAX_ITEMS_LIMIT:
             raise LocalUsageError(f"max_items must be 1..{PEP_MAX_ITEMS_LIMIT}, not {max_items}")
@@ -272,6 +289,7 @@ class KeyPackageStore:
         self.max_items = max_items
         self.timeout = timeout
         self.credential_validator = credential_validator
+        self.anchors = anchors
         #: ``pubsub#max_items`` sent as publish-option (what the node has, once known).
         self._option_max_items = str(max_items)
         #: False once the server refused publish-options on a node we configured.
@@ -528,9 +546,15 @@ class KeyPackageStore:
             if validated.ref.hex() != item_id:
                 raise ValidationError(
                     f"item id is not the KeyPackageRef {validated.ref.hex()}")
-            named = credential_jid(kp.leaf_node.credential)
+            credential = kp.leaf_node.credential
+            named = credential_jid(credential)
             if named != owner:
                 raise ValidationError(f"credential names {named!r}, not the node owner")
+            if credential.credential_type == CredentialType.X509:
+                if self.anchors is None:
+                    raise UntrustedCredentialError("an X.509 credential, and this device has "
+                                                   "no trust anchors to judge it by")
+                self.anchors.verify(credential.certificates, now)
         except MLSError as e:
             log.warning("KeyPackage item %r of %s skipped: %s", item_id, owner, e)
             return None

@@ -34,10 +34,13 @@ from slixmpp.plugins import BasePlugin
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from ..core.errors import LocalUsageError, MLSError, WrongGroupError
+from ..core.errors import LocalUsageError, MLSError, UntrustedCredentialError, WrongGroupError
 from ..core.group.client import Client
 from ..core.group.config import GroupConfig
+from ..core.messages.common import CredentialType
+from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.key_package import KeyPackage
+from ..core.messages.x509 import TrustAnchors
 from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
 from ..workers import WorkerPool
 from .attachments import download_attachment
@@ -67,6 +70,7 @@ from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices,
 from .stanza import NS, register_stanzas
 from .trust import DeviceRecord, TrustChange, TrustStore, safety_number
 from .trust import fingerprint as trust_fingerprint
+from .x509 import load_trust_anchors, load_x509_credential
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "blob_origins": (),  # more origins ("https://cdn.example.net") blobs come from
         "room_retry": 5.0,        # seconds before re-entering a room that refused or dropped us
         "room_retry_max": 300.0,  # the delay doubles up to this
+        "x509_trust_anchors": None,  # CA certificates (PEM bundle path, PEM/DER, list):
+                                     # judge X.509 credentials; advertise x509 only with them
+        "x509_credential": None,  # (certificates, private_key): this device's X.509 credential
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -137,6 +144,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         #: why :meth:`start` failed, until the next session start
         self._start_error: MLSError | None = None
         self.inbox = Inbox(self)
+        #: the X.509 trust anchors others' certificates are judged by (config
+        #: ``x509_trust_anchors``); ``None``: this device does not accept x509
+        self.x509_anchors: TrustAnchors | None = load_trust_anchors(cfg["x509_trust_anchors"])
         #: this account's device trust store (config ``blind_trust``), kept in the state store
         self.trust = TrustStore(self.state_store, blind_trust=bool(cfg["blind_trust"]))
         self._upkeep: asyncio.Future[None] | None = None
@@ -253,10 +263,14 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         client.config = self._workers_pool.attach(mapping_config(client.config))
         client.supported_extensions = tuple(dict.fromkeys(
             (*client.supported_extensions, RULES_EXTENSION)))
+        # x509 is advertised only with anchors to judge certificates by (RFC 9420 §7.3
+        # then keeps x509 leaves out of every group this device's leaf is in)
+        client.supported_credentials = (
+            (CredentialType.X509,) if self.x509_anchors is not None else ())
         device = self.config["device"]
         if device:
             client.device_id = str(device).encode()
-        self.keystore = KeyPackageStore(self.xmpp, client)
+        self.keystore = KeyPackageStore(self.xmpp, client, anchors=self.x509_anchors)
         from ..core.group.serialize import decode_group, decode_group_parts
 
         def unreadable(group_id: bytes, room: str, e: MLSError) -> None:
@@ -418,14 +432,49 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             except MLSError as e:
                 raise LocalUsageError(f"the stored identity is unreadable (wrong store or "
                                       f"store_key?): {e}") from e
-            if client.credential.identity != self.bare_jid.encode():
+            if credential_identity(client.credential) != self.bare_jid.encode():
                 raise LocalUsageError("the stored identity belongs to another account")
+            x509 = self._x509_credential(client.suite_id)
+            if x509 is not None and x509[0] != client.credential:
+                if x509[1] != client.signature_private_key:
+                    raise LocalUsageError("x509_credential has another key than this device's "
+                                          "stored identity: use a certificate for its key")
+                client.credential = x509[0]  # a renewed certificate, or basic -> x509
+                self.identity = client
+                self.save_identity()
             return client
-        client = Client.generate(self.bare_jid.encode(), int(self.config["suite"]),
-                                 config=self._group_config())
+        suite = int(self.config["suite"])
+        x509 = self._x509_credential(suite)
+        if x509 is not None:
+            client = Client(x509[0], suite, x509[1], self._group_config())
+        else:
+            client = Client.generate(self.bare_jid.encode(), suite, config=self._group_config())
         self.identity = client
         self.save_identity()
         return client
+
+    def _x509_credential(self, suite_id: int) -> tuple[Credential, bytes] | None:
+        """The ``x509_credential`` option, checked against this account and suite."""
+        value = self.config["x509_credential"]
+        return None if value is None else load_x509_credential(value, suite_id, self.bare_jid)
+
+    def authenticate(self, credential: Credential) -> None:
+        """Judge a member's credential by this device's trust anchors (local only).
+
+        A basic credential passes (it is judged by fingerprints, :mod:`.trust`);
+        an X.509 one must lead to an anchor at the current time.
+
+        :raises UntrustedCredentialError: it does not, or there are no anchors.
+        :raises CredentialError: the chain fails the structural checks.
+        """
+        if credential.credential_type != CredentialType.X509:
+            return
+        if self.x509_anchors is None:
+            raise UntrustedCredentialError("an X.509 credential, and this device has no trust "
+                                           "anchors (x509_trust_anchors) to judge it by")
+        clock = (self.identity.config if self.identity is not None
+                 else self._group_config()).clock
+        self.x509_anchors.verify(credential.certificates, clock())
 
     def save_identity(self) -> None:
         """Write the identity and its KeyPackage private keys (after every change)."""

@@ -24,8 +24,10 @@ from slixmpp.xmlstream import ET
 from ..core.errors import MLSError, WrongGroupError
 from ..core.group.client import leaf_device_id
 from ..core.group.join import tree_from_group_info
+from ..core.messages.credentials import credential_identity
 from ..core.messages.framing import MLSMessage
 from ..core.messages.group_info import GroupInfo
+from ..core.messages.leaf_node import LeafNode
 from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
@@ -197,6 +199,14 @@ def _real_jid(msg: Any) -> str:
     return "" if item is None else str(item.get("jid") or "")
 
 
+def _names(leaf: LeafNode, jid: str) -> bool:
+    """Whether a leaf's credential (basic or X.509) names ``jid``."""
+    try:
+        return credential_identity(leaf.credential) == jid.encode()
+    except MLSError:
+        return False
+
+
 def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,
              device_id: bytes | None) -> int | None:
     """This device's previous leaf: same account and same device name.
@@ -208,7 +218,7 @@ def old_leaf(info: GroupInfo, tree_bytes: bytes | None, jid: str,
         return None
     tree = tree_from_group_info(info, tree_bytes, info.group_context.cipher_suite)
     mine = [i for i, leaf in tree.leaves()
-            if leaf.credential.identity == jid.encode() and leaf_device_id(leaf) == device_id]
+            if _names(leaf, jid) and leaf_device_id(leaf) == device_id]
     return mine[0] if len(mine) == 1 else None
 
 

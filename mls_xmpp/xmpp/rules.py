@@ -41,11 +41,12 @@ from enum import IntEnum
 from typing import Annotated
 
 from ..core.codec import U8, Opaque, Struct, Vec
-from ..core.errors import DecodeError, PolicyError
+from ..core.errors import DecodeError, MLSError, PolicyError
 from ..core.group.config import GroupConfig, Policy
 from ..core.group.identity import same_identity, same_identity_and_device
 from ..core.group.state import EpochState
 from ..core.messages.common import SenderType
+from ..core.messages.credentials import credential_identity
 from ..core.messages.extensions import Extension, Extensions, find_extension
 from ..core.messages.framing import Sender
 from ..core.messages.leaf_node import LeafNode
@@ -158,7 +159,15 @@ def _identity(state: EpochState, sender: Sender) -> bytes | None:
     if sender.sender_type != SenderType.MEMBER:
         return None
     leaf = state.tree.leaf(sender.index) if sender.index < state.tree.n_leaves else None
-    return None if leaf is None else leaf.credential.identity
+    return None if leaf is None else _jid(leaf)
+
+
+def _jid(leaf: LeafNode) -> bytes | None:
+    """The JID a leaf's credential names (basic or X.509), ``None`` if it names none."""
+    try:
+        return credential_identity(leaf.credential)
+    except MLSError:
+        return None
 
 
 def _allowed(who: int, rules: GroupRules, identity: bytes | None) -> bool:
@@ -200,7 +209,7 @@ class RulesPolicy(Policy):
             target = (state.tree.leaf(proposal.removed)
                       if proposal.removed < state.tree.n_leaves else None)
             own = proposal.removed == sender.index or (
-                target is not None and who is not None and target.credential.identity == who)
+                target is not None and who is not None and _jid(target) == who)
             # leaving, or removing one of one's own devices, is always allowed
             if not own and not _allowed(rules.remove, rules, who):
                 raise PolicyError("the group rules do not allow this member to remove others")
@@ -229,8 +238,9 @@ class RulesPolicy(Policy):
         if rules.external_join == ExternalJoin.NONE:
             raise PolicyError("the group rules allow no external joins")
         if rules.external_join == ExternalJoin.MEMBER_ACCOUNTS:
-            identity = leaf_node.credential.identity
-            if not any(leaf.credential.identity == identity for _, leaf in state.tree.leaves()):
+            identity = _jid(leaf_node)
+            if identity is None or not any(_jid(leaf) == identity
+                                           for _, leaf in state.tree.leaves()):
                 raise PolicyError("the group rules allow external joins only by accounts "
                                   "already in the group")
         self.inner.check_external_join(state, leaf_node)

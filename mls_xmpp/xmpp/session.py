@@ -28,6 +28,8 @@ from ..core.group.client import leaf_device_id
 from ..core.group.commit import PendingCommit
 from ..core.group.events import ApplicationMessage, CommitApplied, Member, ProposalReceived
 from ..core.group.group import Group
+from ..core.messages.common import CredentialType
+from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.key_package import KeyPackage
 from .attachments import upload_attachment
 from .blobs import jid_domain, room_server_domains
@@ -81,7 +83,7 @@ REPAIR_DELAY = 2.0
 
 
 def member_jid(member: Member) -> str:
-    """The bare JID a member's basic credential names."""
+    """The bare JID a member's credential names (basic identity or X.509 subjectAltName)."""
     return _jid_of(member.credential)
 
 
@@ -106,9 +108,17 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     return result
 
 
-def _jid_of(credential: Any) -> str:
-    """A credential's identity as text (a peer's bytes need not be UTF-8)."""
-    return bytes(credential.identity).decode("utf-8", "replace")
+def _jid_of(credential: Credential) -> str:
+    """A credential's identity as text (a peer's bytes need not be UTF-8).
+
+    Leaves in a group passed the structural credential checks, so an x509
+    credential names one JID; a credential that names none shows as ``""``.
+    """
+    try:
+        identity = credential_identity(credential)
+    except MLSError:
+        return ""
+    return identity.decode("utf-8", "replace")
 
 
 def _bare(jid: str) -> str:
@@ -290,6 +300,7 @@ class GroupSession:
 
         Local data: it never decides whether anything is valid.
         """
+        members = list(members)
         try:
             changes = self.plugin.trust.observe_many(
                 ((member_jid(m), _device_of(self.group, m.leaf_index), m.signature_key)
@@ -299,6 +310,34 @@ class GroupSession:
             return
         for change in changes:
             self.plugin.xmpp.event("mls_trust", change)
+        self._authenticate(members, {(c.jid, c.fingerprint) for c in changes})
+
+    def _authenticate(self, members: list[Member], news: set[tuple[str, str]]) -> None:
+        """Judge X.509 members by this device's trust anchors (local, never validity).
+
+        A certificate that does not lead to an anchor (or any, without anchors)
+        is reported as ``mls_error`` each time the device is seen; a key seen
+        for the first time with such a certificate is also marked distrusted
+        (an ``mls_trust`` event), which a later decision of the user overrides.
+        """
+        for m in members:
+            if m.credential.credential_type != CredentialType.X509:
+                continue
+            try:
+                self.plugin.authenticate(m.credential)
+            except MLSError as e:
+                jid, fp = member_jid(m), fingerprint(m.signature_key)
+                self.plugin.error(MLSErrorEvent(
+                    f"the certificate of {jid}'s device {fp} is not trusted here (the device "
+                    f"stays in the group): {e}", self, jid, error=e))
+                if (jid, fp) in news:
+                    try:
+                        change = self.plugin.trust.distrust(jid, fp)
+                    except (KeyError, MLSError) as e2:
+                        self.plugin.error(MLSErrorEvent(f"the trust store failed: {e2}", self,
+                                                        error=e2))
+                        continue
+                    self.plugin.xmpp.event("mls_trust", replace(change, group=self))
 
     async def stop(self) -> None:
         """Stop the worker (and the room retries of a suspended group)."""

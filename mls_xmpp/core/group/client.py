@@ -64,6 +64,11 @@ class Client:
     #: non-default extension types this device's application supports (listed
     #: in its leaves' capabilities, RFC 9420 §7.2, e.g. GroupContext extensions)
     supported_extensions: tuple[int, ...] = ()
+    #: credential types this device accepts from others besides ``basic`` and its
+    #: own, listed in its leaves' capabilities (RFC 9420 §7.2). Advertise
+    #: ``x509`` only with trust anchors to judge certificates by: §7.3 then keeps
+    #: x509 leaves out of every group this device's leaf is in.
+    supported_credentials: tuple[int, ...] = ()
 
     @classmethod
     def generate(cls, identity: bytes, suite_id: int = 1, *,
@@ -91,10 +96,11 @@ class Client:
 
     def capabilities(self) -> Capabilities:
         """What this implementation supports, advertised in every leaf."""
+        credentials = tuple(dict.fromkeys((CredentialType.BASIC, self.credential.credential_type,
+                                           *self.supported_credentials)))
         return Capabilities(versions=(1,), cipher_suites=(self.suite_id,),
                             extensions=(LAST_RESORT, *self.supported_extensions),
-                            proposals=(),
-                            credentials=(CredentialType.BASIC, CredentialType.X509))
+                            proposals=(), credentials=tuple(int(c) for c in credentials))
 
     # -- KeyPackages (§10) ---------------------------------------------------------
 

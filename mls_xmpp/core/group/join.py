@@ -12,6 +12,7 @@ from ..messages.framing import MLSMessage
 from ..messages.group_info import GroupContext, GroupInfo
 from ..messages.key_package import KeyPackageBundle
 from ..messages.nodes import RATCHET_TREE
+from ..messages.validation import check_credential
 from ..messages.welcome import Welcome, decrypt_group_info, decrypt_group_secrets
 from ..schedule.key_schedule import EpochSecrets, epoch_secrets_from_joiner, welcome_secret
 from ..schedule.psk import PreSharedKeyID, PSKType, ResumptionPSKUsage, psk_secret
@@ -58,6 +59,7 @@ def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -
                   required_capabilities=None if rc_data is None
                   else RequiredCapabilities.decode(rc_data), crypto=config.batch_crypto)
     for _, leaf in tree.leaves():
+        check_credential(leaf.credential, leaf.signature_key)
         config.credential_validator(leaf.credential, leaf.signature_key)
 
 

@@ -8,6 +8,9 @@ from typing import Annotated
 from ..codec import U16, Opaque, Reader, Struct, Vec, write_opaque
 from ..errors import DecodeError, LocalUsageError
 from .common import CredentialType
+from .x509 import parse_x509_chain
+
+__all__ = ["Credential", "credential_identity"]
 
 _CERTS = Vec(Opaque)
 
@@ -17,7 +20,8 @@ class Credential(Struct):
     """A Credential: a ``basic`` identity or an ``x509`` certificate chain.
 
     ``identity`` is set for basic credentials, ``certificates`` (the
-    ``cert_data`` of each Certificate, leaf first) for x509 ones.
+    ``cert_data`` of each Certificate, leaf first) for x509 ones. The JID a
+    credential of either type names is :func:`credential_identity`.
     """
 
     credential_type: Annotated[int, U16]
@@ -51,3 +55,23 @@ class Credential(Struct):
         if ctype == CredentialType.X509:
             return cls(ctype, certificates=_CERTS.read(r))
         raise DecodeError(f"unknown credential type {ctype:#06x}")
+
+
+def credential_identity(credential: Credential) -> bytes:
+    """The identity a credential presents: here, a bare JID in UTF-8.
+
+    A basic credential's ``identity``; for an x509 credential, the one JID in
+    the end-entity certificate's subjectAltName (xmppAddr or ``xmpp:`` URI,
+    :mod:`.x509`). Use this, never ``credential.identity``, wherever a
+    member's account is derived: a basic and an x509 credential naming the
+    same JID name the same account.
+
+    :raises CredentialError: an x509 chain that fails the structural checks
+        (leaves in a group passed them already, so this does not happen there).
+    :raises LocalUsageError: an unknown credential type.
+    """
+    if credential.credential_type == CredentialType.BASIC:
+        return credential.identity
+    if credential.credential_type == CredentialType.X509:
+        return parse_x509_chain(credential.certificates).jid.encode()
+    raise LocalUsageError(f"credential type {credential.credential_type} names no identity")

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from ..crypto.batch import BatchCrypto
 from ..errors import MLSError, ValidationError
-from .common import LeafNodeSource, ProtocolVersion
+from .common import CredentialType, LeafNodeSource, ProtocolVersion
 from .credentials import Credential
 from .extensions import RequiredCapabilities, check_unique
 from .key_package import KeyPackage
 from .leaf_node import LeafNode
+from .x509 import check_x509_credential
 
 if TYPE_CHECKING:
     from ..crypto import CipherSuite
@@ -35,6 +36,20 @@ _DEFAULT_PROPOSALS = frozenset({1, 2, 3, 4, 5, 6, 7})
 
 def accept_any_credential(credential: Credential, signature_key: bytes) -> None:
     """A :data:`CredentialValidator` that accepts everything (tests, demos)."""
+
+
+def check_credential(credential: Credential, signature_key: bytes) -> None:
+    """The credential checks every member applies alike, before the application's.
+
+    An x509 credential must pass :func:`~.x509.check_x509_credential`
+    (§5.3.2: a well-formed chain whose end-entity key is ``signature_key``,
+    naming one JID). Trust in the chain's issuer is not judged here: that is
+    local (:class:`~.x509.TrustAnchors`).
+
+    :raises CredentialError: it does not.
+    """
+    if credential.credential_type == CredentialType.X509:
+        check_x509_credential(credential.certificates, signature_key)
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,8 @@ def validate_leaf_node(suite: CipherSuite, leaf: LeafNode, *, source: int, ctx: 
     ``replaced`` is the leaf an Update replaces. ``signature_verified`` skips
     the signature check, for a caller that has verified it already.
     """
-    # §7.3: the credential is valid (Authentication Service, §5.3.1)
+    # §7.3: the credential is valid (§5.3.2 for x509; the Authentication Service, §5.3.1)
+    check_credential(leaf.credential, leaf.signature_key)
     credential_validator(leaf.credential, leaf.signature_key)
     # §7.3: the signature is valid
     if not signature_verified:
