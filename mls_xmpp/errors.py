@@ -8,7 +8,8 @@ The three branches under the root say whose fault a failure is::
     │   ├── DecodeError, CryptoError (InvalidSignatureError, DecryptionError),
     │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
     │   │   MissingProposalError), SecretTreeError
-    │   └── EnvelopeError       malformed payload of the XMPP mapping
+    │   ├── EnvelopeError       malformed payload of the XMPP mapping
+    │   └── InvitationRefusedError  a Welcome from someone not allowed to invite
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
     │   │   └── NotInGroupError this device was removed from the group, or left it
@@ -68,6 +69,7 @@ from .core.errors import (
 )
 from .xmpp.errors import (
     EnvelopeError,
+    InvitationRefusedError,
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
@@ -86,6 +88,7 @@ __all__ = [
     "EnvelopeError",
     "GroupStateError",
     "InvalidSignatureError",
+    "InvitationRefusedError",
     "LocalUsageError",
     "MLSError",
     "MissingProposalError",

@@ -16,6 +16,9 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
   breaks a rule of the mapping. Like every
   :class:`~mls_xmpp.core.errors.RemoteProtocolError` it is always safe to catch
   it and drop the stanza.
+* :class:`InvitationRefusedError` -- a Welcome this account does not take: its
+  sender is not allowed to invite (option ``invitations``), is over its hourly
+  limit, the application declined it, or its GroupInfo is signed by someone else.
 * The caller's misuse (:class:`~mls_xmpp.core.errors.LocalUsageError`):
   :class:`NotInGroupError` (this device was removed or left),
   :class:`UnknownGroupError`, :class:`UnknownMemberError`,
@@ -28,6 +31,7 @@ from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, Rem
 
 __all__ = [
     "EnvelopeError",
+    "InvitationRefusedError",
     "NoKeyPackageError",
     "NotConnectedError",
     "NotInGroupError",
@@ -67,6 +71,16 @@ class NoKeyPackageError(TransportError):
 
 class EnvelopeError(RemoteProtocolError):
     """A peer's payload is malformed: bad base64, bad protobuf, or an invalid envelope."""
+
+
+class InvitationRefusedError(RemoteProtocolError):
+    """A Welcome was refused before use: its sender may not invite this device.
+
+    Its sender is no contact (option ``invitations``), is over the hourly
+    limit (``invitation_limit``), the invitation was declined or expired, or
+    the member who signed its GroupInfo is not the sender. Nothing was joined
+    and no KeyPackage used.
+    """
 
 
 class NotInGroupError(GroupStateError):

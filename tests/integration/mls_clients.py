@@ -21,7 +21,7 @@ class Recorder:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._cond = asyncio.Condition()
         for name in ("mls_message", "mls_membership", "mls_joined", "mls_error",
-                     "mls_removed"):
+                     "mls_removed", "mls_invitation"):
             client.add_event_handler(name, self._make(name))
 
     def _make(self, name: str) -> Any:
@@ -62,6 +62,30 @@ async def mls_client(server: ProsodyServer, jid: str, password: str,
     client.connect(server.host, server.c2s_port)
     await asyncio.wait_for(started, TIMEOUT)
     return client, recorder
+
+
+async def befriend(*clients: Any, timeout: float = TIMEOUT) -> None:
+    """Make the clients' accounts roster contacts of each other, as users do.
+
+    Each pair: one asks for the other's presence (subscribe); the other's
+    slixmpp approves and asks back (its defaults ``auto_authorize`` and
+    ``auto_subscribe``), and the first approves that. Waits until every
+    client's roster shows a mutual subscription ("both") with each other
+    account: by default the plugin joins only such contacts' Welcomes.
+    """
+    pairs = [(a, b) for i, a in enumerate(clients) for b in clients[i + 1:]
+             if a.boundjid.bare != b.boundjid.bare]
+    # as a chat client does at login (the plugin does too): the server then pushes
+    # roster changes to this resource
+    await asyncio.gather(*(c.get_roster() for c in clients))
+    for a, b in pairs:
+        a.send_presence(pto=b.boundjid.bare, ptype="subscribe")
+    def mutual(x: Any, y: Any) -> bool:
+        roster = x.client_roster
+        jid = y.boundjid.bare
+        return bool(roster.has_jid(jid) and roster[jid]["subscription"] == "both")
+
+    await until(lambda: all(mutual(a, b) and mutual(b, a) for a, b in pairs), timeout)
 
 
 async def close(*clients: Any) -> None:

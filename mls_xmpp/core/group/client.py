@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..codec import encode_opaque
@@ -208,11 +209,15 @@ class Client:
                                reinitialising=True)
         return group, pending
 
-    def join(self, welcome: bytes | Welcome, *, ratchet_tree: bytes | None = None) -> Group:
+    def join(self, welcome: bytes | Welcome, *, ratchet_tree: bytes | None = None,
+             signer_check: Callable[[LeafNode], None] | None = None) -> Group:
         """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
 
         The KeyPackage's private keys are deleted afterwards (unless it is the
         last-resort one). ``ratchet_tree`` supplies the tree out of band.
+        ``signer_check`` is called with the leaf of the member who signed the
+        GroupInfo (the adder) after its signature verified; when it raises,
+        the Welcome is refused and the KeyPackage is kept.
         """
         w = welcome
         if isinstance(w, bytes):
@@ -226,7 +231,8 @@ class Client:
             raise ValidationError("the Welcome is for none of this client's KeyPackages")
         bundle = self.key_packages[mine[0]]
         state = join_from_welcome(w, bundle, self.signature_private_key, self.config,
-                                  self.psk_lookup, ratchet_tree, self._check_reinit)
+                                  self.psk_lookup, ratchet_tree, self._check_reinit,
+                                  signer_check)
         if mine[0] not in self.last_resort:
             self.forget_key_package(mine[0])
         return self._register(Group(state, self.config, self.psk_lookup))
