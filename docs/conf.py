@@ -101,6 +101,19 @@ OPTION_DOCS: dict[str, str] = {
                            "this many KeyPackages each.",
     "upload_part_size": "Blobs (large ratchet trees) above this many bytes are uploaded "
                         "in parts. ``None``: 8 MiB, within Prosody's default upload limit.",
+    "invitations": "Whose Welcomes this device joins. ``\"contacts\"``: roster contacts with "
+                   "a mutual (\"both\") subscription; ``\"any\"``: everyone's; ``\"ask\"``: "
+                   "contacts', and for anyone else the application decides "
+                   "(``mls_invitation``). This account's own devices are always joined. "
+                   "Others' Welcomes are dropped before they are opened and reported "
+                   "(:class:`~mls_xmpp.errors.InvitationRefusedError`); the KeyPackage stays "
+                   "usable. slixmpp approves every subscription request by default "
+                   "(``auto_authorize``): set ``xmpp.auto_authorize = None`` to decide.",
+    "invitation_limit": "At most this many Welcomes per inviter in any hour are joined or "
+                        "put to the application (this account's own devices excepted); "
+                        "the rest are dropped and reported.",
+    "invitation_timeout": "Seconds an ``mls_invitation`` waits for ``accept()`` or "
+                          "``decline()``; then it is dropped and reported.",
 }
 
 
@@ -165,6 +178,12 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",
         "How far adding members has come (KeyPackages fetched, Commit built, accepted "
         "by the room, affiliations, Welcomes sent).",
+    ),
+    "mls_invitation": (
+        ":class:`~mls_xmpp.xmpp.events.InvitationEvent`",
+        "With ``invitations=\"ask\"``: someone who is not a contact invites this device "
+        "into a group. Nothing is opened or used until ``await event.accept()``; "
+        "``decline()`` drops it.",
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",
