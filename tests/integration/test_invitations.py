@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from mls_xmpp.errors import InvitationRefusedError, LocalUsageError
+from mls_xmpp.storage import MemoryStore
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp import session as session_module
 from mls_xmpp.xmpp.envelope import Envelope
@@ -275,3 +276,34 @@ def test_invitation_limit_per_inviter_and_hour(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(_limit(prosody, new_account("alice"), new_account("bob")),
                                  120))
+
+
+async def _from_archive(server: ProsodyServer, alice_acc: Account, mallory_acc: Account) -> None:
+    phone_config = {"device": "phone", "store": MemoryStore()}
+    phone, _ = await mls_client(server, *alice_acc, config=phone_config)
+    kps = set(phone.plugin["mls"].identity.key_packages)
+    await close(phone)  # the phone goes away; alice's laptop stays online
+    laptop, rl = await mls_client(server, *alice_acc, config={"device": "laptop"})
+    mallory, _ = await mls_client(server, *mallory_acc)
+    try:
+        fetched = [f for f in await mallory.plugin["mls"].keystore.fetch(alice_acc.jid)
+                   if f.ref in kps]
+        assert fetched
+        await mallory.plugin["mls"].create_group(key_packages=[fetched[0].key_package])
+        # the laptop sees the Welcome live: not for its KeyPackages, ignored silently;
+        # the server does not keep it offline (a resource was online): only the archive has it
+        phone, rp = await mls_client(server, *alice_acc, config=phone_config)
+        assert phone.plugin["mls"].welcome_scan is not None
+        await phone.plugin["mls"].welcome_scan
+        (event,) = await _refused(rp, mallory_acc.jid)
+        assert rp.events["mls_joined"] == [] and phone.plugin["mls"].groups == []
+        assert fetched[0].ref in phone.plugin["mls"].identity.key_packages  # as stored
+        assert rl.events["mls_error"] == [] and rl.events["mls_joined"] == []
+    finally:
+        await close(phone, laptop, mallory)
+
+
+def test_stranger_invitation_from_the_archive_is_dropped(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_from_archive(prosody, new_account("alice"),
+                                               new_account("mallory")), 120))
