@@ -141,6 +141,19 @@ OPTION_DOCS: dict[str, str] = {
                        "subjectAltName; the key (a PEM/DER PKCS#8 file path, its bytes, or a "
                        "``cryptography`` private key) is the device's signature key, of the "
                        "``suite`` option's scheme.",
+    "invitations": "Whose Welcomes this device joins. ``\"contacts\"``: roster contacts with "
+                   "a mutual (\"both\") subscription; ``\"any\"``: everyone's; ``\"ask\"``: "
+                   "contacts', and for anyone else the application decides "
+                   "(``mls_invitation``). This account's own devices are always joined. "
+                   "Others' Welcomes are dropped before they are opened and reported "
+                   "(:class:`~mls_xmpp.errors.InvitationRefusedError`); the KeyPackage stays "
+                   "usable. slixmpp approves every subscription request by default "
+                   "(``auto_authorize``): set ``xmpp.auto_authorize = None`` to decide.",
+    "invitation_limit": "At most this many Welcomes per inviter in any hour are joined or "
+                        "put to the application (this account's own devices excepted); "
+                        "the rest are dropped and reported.",
+    "invitation_timeout": "Seconds an ``mls_invitation`` waits for ``accept()`` or "
+                          "``decline()``; then it is dropped and reported.",
 }
 
 
@@ -210,6 +223,12 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.trust.TrustChange`",
         "A device's first key, a device's key change (``previous`` fingerprint), or the "
         "user's decision (verified, distrusted, trusted). Local data: never changes validity.",
+    ),
+    "mls_invitation": (
+        ":class:`~mls_xmpp.xmpp.events.InvitationEvent`",
+        "With ``invitations=\"ask\"``: someone who is not a contact invites this device "
+        "into a group. Nothing is opened or used until ``await event.accept()``; "
+        "``decline()`` drops it.",
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",

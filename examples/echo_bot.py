@@ -3,7 +3,10 @@
     python examples/echo_bot.py bot@example.org PASSWORD [--store bot.db] [--server HOST:PORT]
 
 Anyone who adds the bot's account to an MLS group (it publishes its KeyPackages
-on start) gets each of their messages echoed back, end-to-end encrypted.
+on start) gets each of their messages echoed back, end-to-end encrypted. The bot
+is public: it takes everyone's invitations (``"invitations": "any"``; each inviter
+still at most ``invitation_limit`` per hour). A private bot keeps the default,
+its roster contacts with a mutual subscription only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 class EchoBot(slixmpp.ClientXMPP):
     def __init__(self, jid: str, password: str, store: str | None) -> None:
         super().__init__(jid, password)
-        self.register_plugin("mls", {"store": store, "device": "echo-bot"})
+        # a public bot: anyone may add it to a group (default: roster contacts only)
+        self.register_plugin("mls", {"store": store, "device": "echo-bot",
+                                     "invitations": "any"})
         self.add_event_handler("session_start", lambda _: self.send_presence())
         self.add_event_handler("mls_message", self.on_message)
 

@@ -499,6 +499,20 @@ class Demo:
             if (d.jid, d.fingerprint) not in devices:
                 raise StepFailed(f"{n}'s device {d.fingerprint} is not in the group")
 
+    async def _make_contacts(self) -> None:
+        """Each user asks every other for a presence subscription; slixmpp approves and
+        asks back (its defaults). Waits until every roster shows a mutual subscription."""
+        devices = list(self.devices.values())
+        for i, a in enumerate(devices):
+            for b in devices[i + 1:]:
+                a.xmpp.send_presence(pto=b.jid, ptype="subscribe")
+        deadline = time.monotonic() + self.timeout
+        while not all(a.mls.is_mutual_contact(b.jid) for a in devices for b in devices
+                      if a is not b):
+            if time.monotonic() > deadline:
+                raise StepFailed("the users did not become contacts of each other in time")
+            await asyncio.sleep(0.05)
+
     async def _send_and_deliver(self, sender: str, body: str, receivers: Sequence[str]) -> Any:
         """``sender`` sends ``body``; every receiver reads it, authenticated as the sender."""
         t0 = time.monotonic()
@@ -584,6 +598,11 @@ class Demo:
             note = f"; plus {len(others)} other device(s) of this account" if others else ""
             out.detail(f"  {d.jid:<{width}}  device {d.fingerprint}  {len(items)} items "
                        f"({len(items) - last_resort} + {last_resort} last-resort){note}")
+        t0 = time.monotonic()
+        await self._make_contacts()
+        out.detail(f"everyone adds everyone as a contact (presence subscriptions, approved both "
+                   f"ways; {self._t(t0)}): by default a device joins only groups its contacts "
+                   f"add it to")
         await self.disconnect(self.devices["dave"])
         out.detail("dave goes offline; his device keeps its identity and KeyPackage keys")
 

@@ -9,8 +9,9 @@ The three branches under the root say whose fault a failure is::
     │   │   ValidationError (WrongEpochError, WrongGroupError, PolicyError,
     │   │   IdentityError, CredentialError (UntrustedCredentialError),
     │   │   MissingProposalError), SecretTreeError
-    │   └── EnvelopeError       malformed payload of the XMPP mapping
-    │       └── BlobRefusedError    a blob URL this device does not fetch from
+    │   ├── EnvelopeError       malformed payload of the XMPP mapping
+    │   │   └── BlobRefusedError    a blob URL this device does not fetch from
+    │   └── InvitationRefusedError  a Welcome from someone not allowed to invite
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
     │   │   └── NotInGroupError this device was removed from the group, or left it
@@ -78,6 +79,7 @@ from .xmpp.errors import (
     BlobRefusedError,
     EnvelopeError,
     GroupSuspendedError,
+    InvitationRefusedError,
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
@@ -101,6 +103,7 @@ __all__ = [
     "GroupSuspendedError",
     "IdentityError",
     "InvalidSignatureError",
+    "InvitationRefusedError",
     "LocalUsageError",
     "MLSError",
     "MissingProposalError",

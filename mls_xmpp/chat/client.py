@@ -30,6 +30,8 @@ RECONNECT_DELAY = 2.0
 PROGRESS_MIN = 8
 #: KeyPackage fetches in flight at once.
 PARALLEL_FETCHES = 8
+#: Seconds to wait for invitees to accept this account as a contact.
+CONTACT_WAIT = 5.0
 
 log = logging.getLogger(__package__)  # "mls_xmpp.chat", as before the split into modules
 
@@ -458,6 +460,7 @@ class Chat:
             self.progress("key packages", len(fetched), len(jids))
 
         await asyncio.gather(*(one(jid) for jid in jids))
+        await self._befriend([jid for jid in jids if fetched[jid] and jid != self.me])
         wanted = []
         for jid in jids:
             found = fetched[jid]
@@ -472,6 +475,26 @@ class Chat:
             else:
                 wanted += [f.key_package for f in new]
         return wanted
+
+    async def _befriend(self, jids: list[str]) -> None:
+        """Ask each invitee that is not a contact yet for a presence subscription.
+
+        By default a device joins only the groups its contacts (a mutual
+        subscription) add it to; the invitee's client approves and asks back
+        (slixmpp does so by default, and this client approves in turn). Waits
+        a little; whoever has not answered by then is named.
+        """
+        strangers = [j for j in jids if not self.mls.is_mutual_contact(j)]
+        for jid in strangers:
+            self.xmpp.send_presence(pto=jid, ptype="subscribe")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONTACT_WAIT
+        while strangers and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            strangers = [j for j in strangers if not self.mls.is_mutual_contact(j)]
+        for jid in strangers:
+            self.notice(f"{jid} has not accepted you as a contact (yet): their devices may "
+                        "not join")
 
     async def cmd_help(self, args: list[str]) -> None:
         self.say(HELP)

@@ -57,7 +57,8 @@ def _jids(items: Sequence[str]) -> str:
 
 HELP = """commands:
   /groups               list your groups: index, room, epoch, member count
-  /create [JID ...]     create a group (adding every device of each JID) and select it
+  /create [JID ...]     create a group (adding every device of each JID) and select it;
+                        each JID is asked to be a contact (devices join contacts' groups)
   /open N|ROOM          select a group by index (from /groups), room, or the room's first
                         characters (at least 4, as shown before each message)
   /invite JID [JID ...] add every device of each JID to the current group

@@ -22,6 +22,9 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
   * :class:`BlobRefusedError` -- a blob (ratchet tree, message by reference,
     attachment) would have to be fetched from a URL this device does not
     fetch from; nothing was requested.
+* :class:`InvitationRefusedError` -- a Welcome this account does not take: its
+  sender is not allowed to invite (option ``invitations``), is over its hourly
+  limit, the application declined it, or its GroupInfo is signed by someone else.
 * The caller's misuse (:class:`~mls_xmpp.core.errors.LocalUsageError`):
   :class:`NotInGroupError` (this device was removed or left),
   :class:`UnknownGroupError`, :class:`UnknownMemberError`,
@@ -37,6 +40,7 @@ __all__ = [
     "BlobRefusedError",
     "EnvelopeError",
     "GroupSuspendedError",
+    "InvitationRefusedError",
     "NoKeyPackageError",
     "NotConnectedError",
     "NotInGroupError",
@@ -99,6 +103,16 @@ class BlobRefusedError(EnvelopeError):
     Blobs are fetched only over HTTPS (plain HTTP only from loopback) from the
     servers of the room, of this account and of the sender, or from an origin
     in the plugin option ``blob_origins``; see docs/PROTOCOL.md §11.2.
+    """
+
+
+class InvitationRefusedError(RemoteProtocolError):
+    """A Welcome was refused before use: its sender may not invite this device.
+
+    Its sender is no contact (option ``invitations``), is over the hourly
+    limit (``invitation_limit``), the invitation was declined or expired, or
+    the member who signed its GroupInfo is not the sender. Nothing was joined
+    and no KeyPackage used.
     """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,57 @@ class MLSErrorEvent:
     sender: str | None = None
     stanza_id: str | None = None
     error: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class InvitationEvent:
+    """``mls_invitation``: someone who is not a contact invites this device into a group.
+
+    Raised only with the option ``invitations`` set to ``"ask"``, for a
+    Welcome meant for this device whose sender is not a roster contact with a
+    mutual subscription. Nothing of the Welcome has been decrypted or
+    downloaded, and no KeyPackage used. Call :meth:`accept` or
+    :meth:`decline`; an invitation left undecided for
+    ``invitation_timeout`` seconds is dropped and reported (``mls_error``).
+    Pending invitations are kept in memory only: after a restart they are gone.
+
+    ``inviter`` is the stanza's sender, which a server could forge; ``room``
+    is the room the Welcome names (not authenticated before it is accepted).
+
+    Attributes:
+        inviter: the bare JID that sent the Welcome.
+        room: the group's room JID, as the Welcome's envelope names it.
+        group_id: the group ID the envelope names.
+        expires_in: seconds the invitation waits for a decision.
+    """
+
+    inviter: str
+    room: str
+    group_id: bytes
+    expires_in: float
+    decide: Callable[[bool], Awaitable[GroupSession | None]] = field(
+        repr=False, compare=False)
+
+    async def accept(self) -> GroupSession:
+        """Join the group (the Welcome is opened now); ``mls_joined`` follows as usual.
+
+        :raises LocalUsageError: the invitation was decided already, expired, or
+            cannot be used any more (its KeyPackage is gone).
+        :raises RemoteProtocolError: the Welcome is invalid (also an
+            :class:`~mls_xmpp.xmpp.errors.InvitationRefusedError` when its
+            GroupInfo is not signed by the inviter).
+        :raises TransportError: the ratchet tree could not be downloaded.
+        """
+        session = await self.decide(True)
+        assert session is not None
+        return session
+
+    async def decline(self) -> None:
+        """Drop the invitation: nothing is joined, the KeyPackage stays usable.
+
+        :raises LocalUsageError: the invitation was decided already, or expired.
+        """
+        await self.decide(False)
 
 
 @dataclass(frozen=True)

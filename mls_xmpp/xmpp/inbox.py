@@ -8,6 +8,10 @@ device that was away while another device of its account was online finds
 its Welcome only in the account's own archive (MAM). :class:`Inbox` handles
 both paths, one Welcome at a time, and records how far the archive was read
 (the *inbox position*) so a restart reads on from there.
+
+Before a Welcome is opened, its sender must be someone the account allows to
+invite it (:class:`~.invitations.InvitationGate`, option ``invitations``);
+otherwise it is dropped and reported, no KeyPackage used and nothing fetched.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
-from ..core.errors import MLSError
+from ..core.errors import LocalUsageError, MLSError
+from ..core.messages.leaf_node import LeafNode
 from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
-from .errors import EnvelopeError, TransportError
-from .events import MLSErrorEvent
-from .session import GroupSession
+from .errors import EnvelopeError, InvitationRefusedError, TransportError
+from .events import InvitationEvent, MLSErrorEvent
+from .invitations import MAX_PENDING, InvitationGate, Verdict
+from .session import GroupSession, _bare, _jid_of
 
 if TYPE_CHECKING:
     from .plugin import XEP_MLS
@@ -44,11 +50,15 @@ class _PositionUnknown(TransportError):
 class Inbox:
     """Joins groups from Welcomes addressed to this account."""
 
-    def __init__(self, plugin: XEP_MLS) -> None:
+    def __init__(self, plugin: XEP_MLS, gate: InvitationGate) -> None:
         self.plugin = plugin
+        #: who may invite this device (options ``invitations``, ``invitation_limit``)
+        self.gate = gate
         self._lock = asyncio.Lock()  # the live copy and the archive's, one at a time
         #: KeyPackages a Welcome used: ref -> (bundle, when); memory only, for a while
         self._recent: dict[bytes, tuple[Any, float]] = {}
+        #: invitations waiting for the application: group_id -> (envelope, sender, timer)
+        self._pending: dict[bytes, tuple[Envelope, str, asyncio.TimerHandle]] = {}
 
     async def on_direct(self, msg: Any, archive_id: str | None = None) -> None:
         """A Welcome (or anything else) sent to this account directly; never raises MLSError.
@@ -75,75 +85,179 @@ class Inbox:
                                            sender=sender))
                 return
             async with self._lock:
-                await self._accept(env, sender)
+                await self._consider(env, sender)
         except MLSError as e:  # refused for good
             plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
         position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
         if position is not None:
             plugin.state_store.save_inbox_position(position)
 
-    async def _accept(self, env: Envelope, sender: str) -> None:
-        """Join the group of a Welcome meant for this device; anything else is dropped."""
+    async def _consider(self, env: Envelope, sender: str) -> None:
+        """Join, ask about, or refuse a Welcome (see :mod:`.invitations`).
+
+        The decision is made before anything of the Welcome is decrypted or
+        downloaded, and before a KeyPackage is touched: a refused Welcome
+        leaves this device as it was.
+
+        :raises InvitationRefusedError: the sender may not invite this device.
+        :raises MLSError: the Welcome is invalid, or its tree could not be fetched.
+        """
+        if not self._for_this_device(env):
+            return
+        inviter = _bare(sender)
+        verdict = self.gate.check(inviter)
+        if verdict is Verdict.STRANGER:
+            raise InvitationRefusedError(
+                f"{inviter} (inviting to {env.room}) is not a contact with a mutual "
+                f"subscription (option invitations={self.gate.mode!r})")
+        if verdict is Verdict.OVER_LIMIT:
+            raise InvitationRefusedError(
+                f"{inviter} sent more than {self.gate.limit} invitations within an hour "
+                f"(option invitation_limit)")
+        if verdict is Verdict.ASK:
+            self._ask(env, sender, inviter)
+            return
+        await self._join(env, sender)
+
+    def _for_this_device(self, env: Envelope) -> bool:
+        """Whether a Welcome is for one of this device's KeyPackages (refs only: no key
+        is used) and for a group it is not in yet (one Welcome may be read twice: live
+        and from the archive)."""
+        client = self.plugin.identity
+        assert client is not None
+        if any(s.group_id == env.group_id for s in self.plugin.sessions.values()):
+            return False
+        refs = welcome_refs(env.mls_message)
+        now = time.monotonic()
+        self._recent = {r: (b, t) for r, (b, t) in self._recent.items()
+                        if now - t < REUSE_GRACE}
+        return any(r in client.key_packages or r in self._recent for r in refs)
+
+    def _ask(self, env: Envelope, sender: str, inviter: str) -> None:
+        """Put an invitation to the application (``mls_invitation``), expiring later."""
+        plugin = self.plugin
+        key = env.group_id
+        if key in self._pending:
+            return  # the same Welcome again (live and from the archive)
+        if len(self._pending) >= MAX_PENDING:
+            raise InvitationRefusedError(
+                f"{inviter}'s invitation: {MAX_PENDING} invitations already wait for a decision")
+        timeout = float(plugin.config["invitation_timeout"])
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, key)
+        self._pending[key] = (env, sender, timer)
+
+        async def decide(accept: bool) -> GroupSession | None:
+            return await self._decide(key, accept)
+
+        plugin.xmpp.event("mls_invitation", InvitationEvent(
+            inviter=inviter, room=env.room, group_id=env.group_id, expires_in=timeout,
+            decide=decide))
+
+    def _expire(self, key: bytes) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        env, sender, _ = pending
+        e = InvitationRefusedError(f"the invitation of {_bare(sender)} to {env.room} was "
+                                   f"not decided in time (option invitation_timeout)")
+        self.plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+
+    async def _decide(self, key: bytes, accept: bool) -> GroupSession | None:
+        """The application's decision on a pending invitation (``InvitationEvent``)."""
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            raise LocalUsageError("this invitation was decided already, or it expired")
+        env, sender, timer = pending
+        timer.cancel()
+        if not accept:
+            return None
+        async with self._lock:
+            if not self._for_this_device(env):
+                raise LocalUsageError("this invitation cannot be used any more: the device "
+                                      "is in the group already, or the KeyPackage is gone")
+            session = await self._join(env, sender)
+        assert session is not None
+        return session
+
+    def drop_pending(self) -> None:
+        """Forget every undecided invitation (the plugin stops)."""
+        for _, _, timer in self._pending.values():
+            timer.cancel()
+        self._pending.clear()
+
+    async def _join(self, env: Envelope, sender: str) -> GroupSession | None:
+        """Join the group of a Welcome meant for this device, its sender being allowed.
+
+        The member who signed the GroupInfo (who added this device) must be
+        the sender's account; otherwise the Welcome is refused, its
+        KeyPackage kept.
+
+        :returns: the group joined; ``None`` for a Welcome that turned out not
+            to be this device's after all (its KeyPackage was used long ago).
+        :raises MLSError: the Welcome is refused (nothing joined).
+        """
         plugin = self.plugin
         client = plugin.identity
         assert client is not None
-        if any(s.group_id == env.group_id for s in plugin.sessions.values()):
-            return  # already in it (a Welcome read twice: live and from the archive)
+        inviter = _bare(sender)
+        refs = welcome_refs(env.mls_message)
+        now = time.monotonic()
+        reused = [r for r in refs if r in self._recent and r not in client.key_packages]
+        if not reused and not any(r in client.key_packages for r in refs):
+            return None  # for another device of this account, or used long ago
         try:
-            refs = welcome_refs(env.mls_message)
-            now = time.monotonic()
-            self._recent = {r: (b, t) for r, (b, t) in self._recent.items()
-                            if now - t < REUSE_GRACE}
-            reused = [r for r in refs if r in self._recent and r not in client.key_packages]
-            if not reused and not any(r in client.key_packages for r in refs):
-                return  # for another device of this account, or used long ago
-            try:
-                room = JID(env.room)
-            except InvalidJID:
-                raise EnvelopeError("Welcome names an invalid room") from None
-            if not room.user or not room.domain:
-                raise EnvelopeError("Welcome without a room")
-            if str(room.bare) in plugin.sessions:
-                # that room carries another group of ours: a Welcome must not take it over
-                raise EnvelopeError("Welcome names the room of another group")
-            last_resort = client.last_resort & refs
-            held = {r: client.key_packages[r] for r in refs if r in client.key_packages}
-            restored = not held
-            if restored:
-                # another adder picked the same KeyPackage at the same time (it was on
-                # the node until the first Welcome was processed): its keys, kept a
-                # little while in memory only, open this Welcome too
-                held = {reused[0]: self._recent[reused[0]][0]}
-                client.key_packages.update(held)
-            try:
-                # decrypted and its confirmation tag checked first; only then is a tree
-                # sent by reference fetched, and only from the servers of the sender
-                # and the room (docs/PROTOCOL.md §11.2)
-                opened = client.open_welcome(env.mls_message)
-                if opened.group_info.group_context.group_id != env.group_id:
-                    raise EnvelopeError("Welcome envelope names another group")
-                tree = None
-                if env.ratchet_tree is not None:
-                    domains = [*room_server_domains(str(room)), jid_domain(sender) or ""]
-                    tree = await plugin.delivery.download(env.ratchet_tree, domains=domains)
-                group = client.join(opened, ratchet_tree=tree)
-            except BaseException:
-                if restored:  # a refused Welcome leaves the KeyPackages as they were
-                    for r in held:
-                        client.key_packages.pop(r, None)
-                raise
-            for r, bundle in held.items():
-                if r not in client.last_resort:
+            room = JID(env.room)
+        except InvalidJID:
+            raise EnvelopeError("Welcome names an invalid room") from None
+        if not room.user or not room.domain:
+            raise EnvelopeError("Welcome without a room")
+        if str(room.bare) in plugin.sessions:
+            # that room carries another group of ours: a Welcome must not take it over
+            raise EnvelopeError("Welcome names the room of another group")
+        last_resort = client.last_resort & refs
+        held = {r: client.key_packages[r] for r in refs if r in client.key_packages}
+        restored = not held
+        if restored:
+            # another adder picked the same KeyPackage at the same time (it was on
+            # the node until the first Welcome was processed): its keys, kept a
+            # little while in memory only, open this Welcome too
+            held = {reused[0]: self._recent[reused[0]][0]}
+            client.key_packages.update(held)
+
+        def signed_by_inviter(adder: LeafNode) -> None:
+            # the adder's MLS credential, which the server cannot forge, names the
+            # account the stanza came from (a contact's, or this account's own)
+            signer = _bare(_jid_of(adder.credential))
+            if signer != inviter:
+                raise InvitationRefusedError(
+                    f"the Welcome from {inviter} was made by {signer} (the GroupInfo's "
+                    f"signer): refused")
+
+        try:
+            # decrypted and its confirmation tag checked first; only then is a tree
+            # sent by reference fetched, and only from the servers of the sender
+            # and the room (docs/PROTOCOL.md §11.2)
+            opened = client.open_welcome(env.mls_message)
+            if opened.group_info.group_context.group_id != env.group_id:
+                raise EnvelopeError("Welcome envelope names another group")
+            tree = None
+            if env.ratchet_tree is not None:
+                domains = [*room_server_domains(str(room)), jid_domain(sender) or ""]
+                tree = await plugin.delivery.download(env.ratchet_tree, domains=domains)
+            group = client.join(opened, ratchet_tree=tree, signer_check=signed_by_inviter)
+        except BaseException:
+            if restored:  # a refused Welcome leaves the KeyPackages as they were
+                for r in held:
                     client.key_packages.pop(r, None)
-                    self._recent.setdefault(r, (bundle, now))
-            plugin.save_identity()  # the used KeyPackage's private keys are gone
-        except MLSError as e:
-            plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
-            return
+            raise
+        for r, bundle in held.items():
+            if r not in client.last_resort:
+                client.key_packages.pop(r, None)
+                self._recent.setdefault(r, (bundle, now))
+        plugin.save_identity()  # the used KeyPackage's private keys are gone
         if env.group_id != group.group_id:
             del client.groups[group.group_id]
-            plugin.error(MLSErrorEvent("Welcome envelope names another group", sender=sender))
-            return
+            raise EnvelopeError("Welcome envelope names another group")
         session = GroupSession(plugin, group, str(JID(env.room).bare),
                                env.after_stanza_id or None, first_epoch=group.epoch)
         plugin.sessions[session.room] = session
@@ -157,6 +271,7 @@ class Inbox:
         if plugin.keystore is not None:
             asyncio.ensure_future(self._after_join(next(iter(last_resort), None)))
         plugin.xmpp.event("mls_joined", session)
+        return session
 
     async def fetch(self) -> list[GroupSession]:
         """Join the groups whose Welcome this device missed, from the account's archive.

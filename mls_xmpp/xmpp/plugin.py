@@ -18,7 +18,12 @@ input dropped, group state unchanged; or a group suspended because its room
 refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
 ``mls_ready`` (KeyPackages published,
 groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
-many members).
+many members), ``mls_invitation`` (:class:`InvitationEvent`: someone who is not
+a contact invites this device; with ``invitations="ask"``).
+
+Who may put this device into a group (option ``invitations``): by default only
+roster contacts with a mutual subscription and this account's own devices;
+anyone else's Welcome is dropped and reported (:mod:`.invitations`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import logging
 import os
 from typing import Any
 
-from slixmpp import JID
+from slixmpp import JID, ClientXMPP
+from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.jid import InvalidJID
 from slixmpp.plugins import BasePlugin
 from slixmpp.xmlstream.handler import CoroutineCallback
@@ -56,6 +62,7 @@ from .errors import (
 )
 from .events import MLSErrorEvent
 from .inbox import Inbox
+from .invitations import InvitationGate
 from .keystore import KeyPackageStore
 from .recovery import (
     GroupRegistry,
@@ -111,6 +118,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "x509_trust_anchors": None,  # CA certificates (PEM bundle path, PEM/DER, list):
                                      # judge X.509 credentials; advertise x509 only with them
         "x509_credential": None,  # (certificates, private_key): this device's X.509 credential
+        "invitations": "contacts",  # whose Welcomes are joined: "contacts", "any" or "ask"
+        "invitation_limit": 20,     # Welcomes per inviter per hour (own account excepted)
+        "invitation_timeout": 3600.0,  # seconds an "ask" invitation waits for a decision
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -143,7 +153,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._session_up = False
         #: why :meth:`start` failed, until the next session start
         self._start_error: MLSError | None = None
-        self.inbox = Inbox(self)
+        self.inbox = Inbox(self, InvitationGate(
+            str(cfg["invitations"]), int(cfg["invitation_limit"]),
+            own_jid=lambda: self.bare_jid, is_contact=self.is_mutual_contact))
         #: the X.509 trust anchors others' certificates are judged by (config
         #: ``x509_trust_anchors``); ``None``: this device does not accept x509
         self.x509_anchors: TrustAnchors | None = load_trust_anchors(cfg["x509_trust_anchors"])
@@ -160,6 +172,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.add_event_handler("groupchat_presence", self._on_room_presence)
 
     def plugin_end(self) -> None:
+        self.inbox.drop_pending()
         self.xmpp.remove_handler("mls payload")
         self.xmpp.del_event_handler("groupchat_presence", self._on_room_presence)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
@@ -230,6 +243,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     async def _on_disconnected(self, _: Any) -> None:
         self._session_up = False
+        self.inbox.drop_pending()
         await self.stop_sessions()
 
     async def stop_sessions(self) -> None:
@@ -271,6 +285,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if device:
             client.device_id = str(device).encode()
         self.keystore = KeyPackageStore(self.xmpp, client, anchors=self.x509_anchors)
+        if self.config["invitations"] != "any":
+            await self._load_roster()
         from ..core.group.serialize import decode_group, decode_group_parts
 
         def unreadable(group_id: bytes, room: str, e: MLSError) -> None:
@@ -420,6 +436,30 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             del self.sessions[room]
             last = last or TransportError("another Commit came first; retrying")
         raise TransportError(f"could not rejoin {room}: {last}")
+
+    async def _load_roster(self) -> None:
+        """Request the roster at each session start: contacts decide who may invite.
+
+        A server pushes roster changes only to a resource that requested the
+        roster in its session (RFC 6121 §2.1.6), so without this new contacts
+        would stay unknown. An application that requests it too costs one query.
+        A failure is reported; meanwhile only this account's devices may invite.
+        """
+        if not isinstance(self.xmpp, ClientXMPP):
+            return  # a component has no roster
+        try:
+            await self.xmpp.get_roster(timeout=10)
+        except (IqError, IqTimeout) as e:
+            self.error(MLSErrorEvent(f"reading the roster failed (contacts may not invite "
+                                     f"until it is read): {e}", error=TransportError(str(e))))
+
+    def is_mutual_contact(self, jid: str) -> bool:
+        """Whether the bare ``jid`` is a roster contact with a mutual subscription ("both")."""
+        roster = self.xmpp.client_roster
+        if not roster.has_jid(jid):
+            return False  # (looking it up with [] would add it)
+        item = roster[jid]
+        return bool(item["from"] and item["to"])
 
     def _load_identity(self) -> Client:
         """This device's identity from the store, or a new one (saved at once)."""

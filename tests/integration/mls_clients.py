@@ -21,7 +21,7 @@ class Recorder:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._cond = asyncio.Condition()
         for name in ("mls_message", "mls_membership", "mls_joined", "mls_error",
-                     "mls_removed", "mls_trust"):
+                     "mls_removed", "mls_trust", "mls_invitation"):
             client.add_event_handler(name, self._make(name))
 
     def _make(self, name: str) -> Any:
@@ -66,6 +66,40 @@ async def mls_client(server: ProsodyServer, jid: str, password: str,
     client.connect(*(via or (server.host, server.c2s_port)))
     await asyncio.wait_for(started, TIMEOUT)
     return client, recorder
+
+
+async def befriend(*members: Any, timeout: float = TIMEOUT) -> None:
+    """Make the accounts roster contacts of each other, as users do.
+
+    ``members`` are connected clients, or bare JIDs of accounts whose client
+    runs elsewhere (another process) and approves requests. Each pair: one
+    asks for the other's presence (subscribe); the other's slixmpp approves
+    and asks back (its defaults ``auto_authorize`` and ``auto_subscribe``),
+    and the first approves that. Waits until every client's roster shows a
+    mutual subscription ("both") with each other account: by default the
+    plugin joins only such contacts' Welcomes.
+    """
+    def bare(m: Any) -> str:
+        return m if isinstance(m, str) else str(m.boundjid.bare)
+
+    clients = [m for m in members if not isinstance(m, str)]
+    pairs = [(a, b) for i, a in enumerate(members) for b in members[i + 1:]
+             if bare(a) != bare(b)]
+    # as a chat client does at login (the plugin does too): the server then pushes
+    # roster changes to this resource
+    await asyncio.gather(*(c.get_roster() for c in clients))
+    for a, b in pairs:
+        asker, other = (b, a) if isinstance(a, str) else (a, b)
+        if not isinstance(asker, str):
+            asker.send_presence(pto=bare(other), ptype="subscribe")
+
+    def mutual(x: Any, y: Any) -> bool:
+        if isinstance(x, str):
+            return True  # its own client keeps its roster
+        roster = x.client_roster
+        return bool(roster.has_jid(bare(y)) and roster[bare(y)]["subscription"] == "both")
+
+    await until(lambda: all(mutual(a, b) and mutual(b, a) for a, b in pairs), timeout)
 
 
 async def close(*clients: Any) -> None:

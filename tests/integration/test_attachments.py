@@ -18,7 +18,7 @@ import pytest
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.errors import EnvelopeError, TransportError
 
-from .mls_clients import close, mls_client, synced, until
+from .mls_clients import befriend, close, mls_client, synced, until
 
 
 def _stored_files(server: ProsodyServer) -> list[bytes]:
@@ -34,6 +34,7 @@ async def _share(server: ProsodyServer, alice_acc: Account, bob_acc: Account) ->
     alice, ra = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         await synced(group, gb)

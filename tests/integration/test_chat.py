@@ -29,7 +29,7 @@ from mls_xmpp.chat import (
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.trust import fingerprint
 
-from .mls_clients import close, mls_client
+from .mls_clients import befriend, close, mls_client
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0  #: seconds to wait for one expected line
@@ -501,6 +501,7 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         b = await ChatProcess.start(server, bob_acc, tmp / "bob.db")
         await b.ready()
         laptop, _ = await mls_client(server, *alice_acc, config={"device": "laptop"})
+        await befriend(laptop, bob_acc.jid)  # the chat approves (slixmpp's defaults)
         group = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
         tag = room_short(group.room)
         await b.expect(rf"^{TIME} {tag} \* you joined group ")

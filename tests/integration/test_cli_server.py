@@ -17,7 +17,7 @@ import pytest
 
 import mls_xmpp
 
-from .mls_clients import close, mls_client
+from .mls_clients import befriend, close, mls_client
 
 #: where the package under test was imported from (a checkout, or an installed wheel)
 PACKAGE_HOME = Path(mls_xmpp.__file__).parents[1]
@@ -53,6 +53,7 @@ async def _talk(settings: dict[str, Any]) -> None:
     alice, _ = await mls_client(server, settings["ALICE"], settings["ALICE_PASSWORD"])  # type: ignore[arg-type]
     carol, rc = await mls_client(server, settings["CAROL"], settings["CAROL_PASSWORD"])  # type: ignore[arg-type]
     try:
+        await befriend(alice, carol)
         group = await alice.plugin["mls"].create_group(members=[settings["CAROL"]])
         await group.send("over the printed accounts")
         (event,) = await rc.wait("mls_message", 1)

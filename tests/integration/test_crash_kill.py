@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import close, mls_client
+from .mls_clients import befriend, close, mls_client
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KILLS = int(os.environ.get("MLS_XMPP_CRASH_KILLS", "50"))
@@ -80,6 +80,7 @@ async def _crash(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
     try:
         child.start()
         await child.wait_for(lambda ls: "ready" in ls)
+        await befriend(alice, bob_acc.jid)  # the child approves (slixmpp's defaults)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         await child.wait_for(lambda ls: any(x.startswith("epoch 1 ") for x in ls))
         sent: list[str] = []

@@ -39,7 +39,7 @@ from mls_xmpp.xmpp.envelope import Attachment, Kind
 from mls_xmpp.xmpp.session import MAX_MESSAGE_SIZE
 from mls_xmpp.xmpp.stanza import NS
 
-from .mls_clients import close, mls_client, synced
+from .mls_clients import befriend, close, mls_client, synced
 
 
 def _run(coro: Awaitable[None], timeout: float = 300) -> None:
@@ -78,6 +78,7 @@ async def _large(server: ProsodyServer, alice_acc: Account, bob_acc: Account) ->
     alice, ra = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         await synced(group, gb)
@@ -138,6 +139,7 @@ async def _unknown(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
     bob, rb = await mls_client(server, *bob_acc)
     mls = alice.plugin["mls"]
     try:
+        await befriend(alice, bob)
         # carol has never used an MLS client: no KeyPackage, nothing is created
         error = await _raises_soon(NoKeyPackageError, mls.create_group(
             members=[bob_acc.jid, carol_acc.jid]), within=10)
@@ -195,6 +197,7 @@ async def _offline(server: ProsodyServer, alice_acc: Account, bob_acc: Account) 
     alice, _ = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         mls = alice.plugin["mls"]
         group = await mls.create_group(members=[bob_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
@@ -238,6 +241,7 @@ async def _wire_and_config(server: ProsodyServer, alice_acc: Account, bob_acc: A
     alice, _ = await mls_client(server, *alice_acc, config=given)
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         mls = alice.plugin["mls"]
         # no attribute overwrote what the application gave
         for key, value in given.items():

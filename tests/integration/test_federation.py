@@ -29,7 +29,7 @@ from mls_xmpp.core.group.client import Client
 from mls_xmpp.storage import MemoryStore
 from mls_xmpp.testing import Account, Federation
 
-from .mls_clients import TIMEOUT, Recorder, close, mls_client
+from .mls_clients import TIMEOUT, Recorder, befriend, close, mls_client
 
 SCENARIO_TIMEOUT = 180
 ROUND_TRIPS = 20
@@ -123,6 +123,8 @@ async def _scenario(fed: Federation, acc: dict[str, Account], t: Timings) -> Non
         assert await mls_b.delivery.download(ref) == blob
         t.lap("upload on a.test, download by bob@b")
 
+        await befriend(alice, carol, bob, dave)  # contacts, across the two servers
+        t.lap("the four become mutual roster contacts")
         await close(bob)  # bob goes offline
         t.lap("bob disconnects")
 
@@ -276,6 +278,7 @@ async def _hosted_on_b(fed: Federation, acc: dict[str, Account], t: Timings) -> 
     bob, rb = await mls_client(fed.b, *acc["bob"])
     alice, ra = await mls_client(fed.a, *acc["alice"])
     try:
+        await befriend(alice, bob)
         t.lap("connect bob@b, alice@a")
         group = await bob.plugin["mls"].create_group(members=[acc["alice"].jid])
         assert group.room.endswith(f"@{fed.b.muc_domain}")

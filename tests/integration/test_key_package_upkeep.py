@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import TIMEOUT, close, mls_client
+from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 
 async def _last_resort_rotated(server: ProsodyServer, alice_acc: Account,
@@ -20,6 +20,7 @@ async def _last_resort_rotated(server: ProsodyServer, alice_acc: Account,
     bob, rb = await mls_client(server, *bob_acc, config={"pool_size": 0})
     alice, ra = await mls_client(server, *alice_acc)
     try:
+        await befriend(alice, bob)
         keystore = bob.plugin["mls"].keystore
         before = await keystore.own_items()
         assert [i.last_resort for i in before] == [True]

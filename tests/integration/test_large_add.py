@@ -14,7 +14,7 @@ from typing import Any
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.events import STAGES
 
-from .mls_clients import close, mls_client, synced
+from .mls_clients import befriend, close, mls_client, synced
 
 
 async def _batched(server: ProsodyServer, alice_acc: Account, others: list[Account]) -> None:
@@ -23,6 +23,7 @@ async def _batched(server: ProsodyServer, alice_acc: Account, others: list[Accou
     alice.add_event_handler("mls_progress", progress.append)
     members = await asyncio.gather(*(mls_client(server, *acc) for acc in others))
     try:
+        await befriend(alice, *(c for c, _ in members))
         group = await alice.plugin["mls"].create_group(members=[a.jid for a in others])
         assert group.epoch == 3  # 5 additions, 2 per Commit
         sessions = [(await r.wait("mls_joined"))[0] for _, r in members]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import close, mls_client, synced, until
+from .mls_clients import befriend, close, mls_client, synced, until
 
 
 async def _lost_leave(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
@@ -21,6 +21,7 @@ async def _lost_leave(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
     bob, rb = await mls_client(server, *bob_acc)
     carol, rc = await mls_client(server, *carol_acc)
     try:
+        await befriend(alice, bob, carol)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid, carol_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         gc = (await rc.wait("mls_joined"))[0]

@@ -21,7 +21,7 @@ from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.session import GroupSession
 from mls_xmpp.xmpp.trust import fingerprint
 
-from .mls_clients import TIMEOUT, Recorder, close, mls_client, synced, until
+from .mls_clients import TIMEOUT, Recorder, befriend, close, mls_client, synced, until
 
 
 def _device(name: str) -> dict[str, Any]:
@@ -65,6 +65,7 @@ async def _bob_adds_alice(server: ProsodyServer, alice_acc: Account, bob_acc: Ac
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
     bob, rb = await mls_client(server, *bob_acc, config=_device("desktop"))
     try:
+        await befriend(laptop, phone, bob)
         assert laptop.boundjid.full != phone.boundjid.full  # two resources, one account
         group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
         # Welcomes went to alice's bare JID: each device saw both, took its own
@@ -111,6 +112,7 @@ async def _creator_brings_devices(server: ProsodyServer, alice_acc: Account,
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(laptop, phone, bob)
         group = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
         gp = await _join(rp, group.room)
         gb = await _join(rb, group.room)
@@ -154,6 +156,7 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(laptop, phone, bob)
         bobs = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
         alices = await laptop.plugin["mls"].create_group(members=[bob_acc.jid])
         sessions = {}
@@ -229,6 +232,7 @@ async def _away_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accou
     laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(laptop, bob)
         group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
         gl = await _join(rl, group.room)
         await synced(group, gl)
@@ -289,6 +293,7 @@ async def _one_device_removed(server: ProsodyServer, alice_acc: Account,
     tablet, rt = await mls_client(server, *alice_acc, config=_device("tablet"))
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(laptop, phone, tablet, bob)
         group = await bob.plugin["mls"].create_group(members=[alice_acc.jid])
         gl, gp, gt = [await _join(r, group.room) for r in (rl, rp, rt)]
         await synced(group, gl, gp, gt)
@@ -341,6 +346,7 @@ async def _same_key_package(server: ProsodyServer, alice_acc: Account, bob_acc: 
     bob, _ = await mls_client(server, *bob_acc)
     carol, _ = await mls_client(server, *carol_acc)
     try:
+        await befriend(phone, bob, carol)
         # both fetch before the phone has used (and retracted) any: the same one each
         (fetched,) = await bob.plugin["mls"].keystore.fetch(alice_acc.jid)
         kp = fetched.key_package

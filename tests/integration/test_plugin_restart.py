@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import TIMEOUT, close, mls_client
+from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 
 async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
@@ -16,6 +16,7 @@ async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
     alice, ra = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc, config={"store": str(db)})
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         (gb,) = await rb.wait("mls_joined")
         await asyncio.wait_for(gb.ready.wait(), TIMEOUT)
@@ -58,6 +59,7 @@ async def _removed_while_away(server: ProsodyServer, alice_acc: Account, bob_acc
     alice, _ = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc, config={"store": str(db)})
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         (gb,) = await rb.wait("mls_joined")
         await asyncio.wait_for(gb.ready.wait(), TIMEOUT)

@@ -16,7 +16,7 @@ from mls_xmpp.xmpp.envelope import Envelope, Kind
 from mls_xmpp.xmpp.session import GroupSession
 from mls_xmpp.xmpp.stanza import NS
 
-from .mls_clients import TIMEOUT, close, mls_client
+from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 STANZA_LIMIT = 262144  # Prosody's default c2s_stanza_size_limit
 
@@ -28,6 +28,7 @@ async def _group_of(server: ProsodyServer, accounts: list[Account]
         c, r = await mls_client(server, *acc)
         clients.append(c)
         recorders.append(r)
+    await befriend(*clients)
     g0 = await clients[0].plugin["mls"].create_group(members=[a.jid for a in accounts[1:]])
     sessions = [g0]
     for r in recorders[1:]:
@@ -53,6 +54,7 @@ async def _race(server: ProsodyServer, accounts: list[Account]) -> None:
     dave, rd = await mls_client(server, *accounts[3])
     erin, re_ = await mls_client(server, *accounts[4])
     try:
+        await befriend(*clients, dave, erin)
         ga, gb, gc = sessions
         start = ga.epoch
         # both commit at the same moment: two updates
@@ -92,6 +94,7 @@ async def _large_tree(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
     alice, _ = await mls_client(server, *alice_acc, config={"upload_part_size": 64 * 1024})
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group()
         delivery = alice.plugin["mls"].delivery
         upload, uploads = delivery.upload, []
@@ -218,6 +221,7 @@ async def _room_takeover(server: ProsodyServer, alice_acc: Account, bob_acc: Acc
     bob, rb = await mls_client(server, *bob_acc)
     mallory, _ = await mls_client(server, *mallory_acc)
     try:
+        await befriend(alice, bob, mallory)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         # mallory welcomes bob (his KeyPackages are public) into her own group, naming
@@ -252,6 +256,7 @@ async def _not_utf8(server: ProsodyServer, alice_acc: Account, bob_acc: Account)
     alice, ra = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         # a member whose identity is not UTF-8 (not a JID either): nobody's worker dies

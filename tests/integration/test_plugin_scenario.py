@@ -15,7 +15,7 @@ from mls_xmpp.core.group.client import Client
 from mls_xmpp.storage import MemoryStore
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import TIMEOUT, close, mls_client
+from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 
 async def _scenario(server: ProsodyServer, accounts: dict[str, Account]) -> None:
@@ -27,6 +27,7 @@ async def _scenario(server: ProsodyServer, accounts: dict[str, Account]) -> None
     dave_device = {"client": Client.generate(accounts["dave"].jid.encode()),
                    "store": MemoryStore()}
     dave, _ = await mls_client(server, *accounts["dave"], config=dave_device)
+    await befriend(alice, bob, charlie, dave)  # contacts: each may invite the others
     await close(dave)
     try:
         group = await alice.plugin["mls"].create_group(

@@ -11,7 +11,7 @@ from pathlib import Path
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.recovery import latest_group_info
 
-from .mls_clients import TIMEOUT, close, mls_client, synced
+from .mls_clients import TIMEOUT, befriend, close, mls_client, synced
 
 
 async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
@@ -21,6 +21,7 @@ async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path)
     db = tmp / "bob.db"
     bob, rb = await mls_client(server, *bob_acc, config={"store": str(db), "device": "phone"})
     try:
+        await befriend(alice, bob, carol)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid, carol_acc.jid])
         (gb,) = await rb.wait("mls_joined")
         (gc,) = await rc.wait("mls_joined")
@@ -73,6 +74,7 @@ async def _newest_group_info(server: ProsodyServer, alice_acc: Account,
     alice, _ = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         gb = (await rb.wait("mls_joined"))[0]
         for _ in range(3):  # each Commit publishes a GroupInfo

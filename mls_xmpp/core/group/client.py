@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..codec import encode_opaque
@@ -238,18 +239,23 @@ class Client:
         return open_welcome(w, bundle, self.psk_lookup, self._check_reinit)
 
     def join(self, welcome: bytes | Welcome | OpenedWelcome, *,
-             ratchet_tree: bytes | None = None) -> Group:
+             ratchet_tree: bytes | None = None,
+             signer_check: Callable[[LeafNode], None] | None = None) -> Group:
         """Join from a Welcome for one of this client's KeyPackages (§12.4.3.1).
 
         The KeyPackage's private keys are deleted afterwards (unless it is the
         last-resort one). ``ratchet_tree`` supplies the tree out of band.
-        ``welcome`` may be what :meth:`open_welcome` returned.
+        ``welcome`` may be what :meth:`open_welcome` returned. ``signer_check``
+        is called with the leaf of the member who signed the GroupInfo (the
+        adder) after its signature verified; when it raises, the Welcome is
+        refused and the KeyPackage is kept.
         """
         opened = welcome if isinstance(welcome, OpenedWelcome) else self.open_welcome(welcome)
         mine = self._welcome_key_package(opened.welcome)
         bundle = self.key_packages[mine]
         state = join_from_welcome(opened, bundle, self.signature_private_key, self.config,
-                                  self.psk_lookup, ratchet_tree, self._check_reinit)
+                                  self.psk_lookup, ratchet_tree, self._check_reinit,
+                                  signer_check)
         if mine not in self.last_resort:
             self.forget_key_package(mine)
         return self._register(Group(state, self.config, self.psk_lookup))

@@ -11,6 +11,7 @@ from ..messages.extensions import RequiredCapabilities, find_extension
 from ..messages.framing import MLSMessage
 from ..messages.group_info import GroupContext, GroupInfo
 from ..messages.key_package import KeyPackageBundle
+from ..messages.leaf_node import LeafNode
 from ..messages.nodes import RATCHET_TREE
 from ..messages.validation import check_credential
 from ..messages.welcome import Welcome, decrypt_group_info, decrypt_group_secrets
@@ -140,12 +141,16 @@ def open_welcome(welcome: Welcome | bytes, bundle: KeyPackageBundle, psk_lookup:
 def join_from_welcome(welcome: Welcome | bytes | OpenedWelcome, bundle: KeyPackageBundle,
                       signature_private_key: bytes, config: GroupConfig, psk_lookup: PskLookup,
                       ratchet_tree: RatchetTree | bytes | None = None,
-                      reinit_check: Callable[[PreSharedKeyID, GroupContext], None] | None = None
+                      reinit_check: Callable[[PreSharedKeyID, GroupContext], None] | None = None,
+                      signer_check: Callable[[LeafNode], None] | None = None
                       ) -> EpochState:
     """The new member's state from a Welcome and the KeyPackage it answers (§12.4.3.1).
 
     ``reinit_check`` verifies a reinit PSK against the old group (§12.4.3.1).
     ``welcome`` may be one :func:`open_welcome` already decrypted with ``bundle``.
+    ``signer_check`` is the application's look at the leaf of the member who
+    signed the GroupInfo (who added this client), once that signature is
+    verified; it raises to refuse the Welcome.
     """
     from ..crypto import get_suite
 
@@ -158,6 +163,10 @@ def join_from_welcome(welcome: Welcome | bytes | OpenedWelcome, bundle: KeyPacka
     epoch = opened.epoch_secrets
     tree = tree_from_group_info(info, ratchet_tree, suite.id)
     verify_group_info(info, tree, config)
+    if signer_check is not None:
+        signer = tree.leaf(info.signer)
+        assert signer is not None  # verify_group_info checked it
+        signer_check(signer)
 
     own_leaf = next((i for i, leaf in tree.leaves() if leaf == kp.leaf_node), None)
     if own_leaf is None:
