@@ -15,7 +15,7 @@ The three branches under the root say whose fault a failure is::
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
     │   │   └── NotInGroupError this device was removed from the group, or left it
-    │   ├── UnknownGroupError   ``xmpp["mls"].group(x)``: no such group (a LookupError)
+    │   ├── UnknownGroupError   ``xmpp.plugin["mls"].group(x)``: no such group (a LookupError)
     │   ├── UnknownMemberError  a JID that is not a member (a LookupError)
     │   │   └── UnknownDeviceError   a device fingerprint not in the group
     │   ├── RulesError          refused by the group's rules

@@ -27,7 +27,7 @@ class MLSMessageEvent:
         body: the text (``content.body``).
         epoch: the epoch the message was encrypted in.
         content: the whole decrypted :class:`~mls_xmpp.xmpp.envelope.Content`:
-            ``body``, ``attachments`` (fetch each with ``xmpp["mls"].download()``),
+            ``body``, ``attachments`` (fetch each with ``xmpp.plugin["mls"].download()``),
             ``message_id``, ``thread_id``, ``reply_to``, ``timestamp_ms``.
         stanza_id: the room's stanza-id of the message (XEP-0359), if any.
     """

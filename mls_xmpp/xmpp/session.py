@@ -736,7 +736,7 @@ class GroupSession:
         """Share a file: encrypted and uploaded (HTTP File Upload), sent by reference.
 
         Members receive it as an attachment of an ``mls_message`` event's
-        content and fetch it with ``xmpp["mls"].download(attachment)``.
+        content and fetch it with ``xmpp.plugin["mls"].download(attachment)``.
 
         :returns: the message's id.
         :raises NotConnectedError: there is no XMPP session (raised at once).

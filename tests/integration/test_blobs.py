@@ -24,7 +24,7 @@ from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.envelope import Attachment, BlobRef, Envelope, Kind, encode_content
 from mls_xmpp.xmpp.session import GroupSession
 
-from .mls_clients import TIMEOUT, close, mls_client
+from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 
 class HttpSpy:
@@ -85,6 +85,7 @@ async def _three(server: ProsodyServer, accounts: list[Account], config: dict[st
                                 else None)
         clients.append(c)
         recorders.append(r)
+    await befriend(*clients)
     g0 = await clients[0].plugin["mls"].create_group(members=[a.jid for a in accounts[1:]])
     sessions = [g0]
     for r in recorders[1:]:

@@ -69,9 +69,9 @@ def _record_downloads(client: Any) -> list[str]:
     delivery = client.plugin["mls"].delivery
     original = delivery.download
 
-    async def download(ref: Any) -> bytes:
+    async def download(ref: Any, **kw: Any) -> bytes:
         urls.extend(url for url, _ in ref.parts)
-        return bytes(await original(ref))
+        return bytes(await original(ref, **kw))
 
     delivery.download = download
     return urls

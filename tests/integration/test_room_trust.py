@@ -22,7 +22,7 @@ from mls_xmpp.errors import GroupSuspendedError, LocalUsageError, TransportError
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.envelope import Envelope, Kind
 
-from .mls_clients import Recorder, close, mls_client, synced, until
+from .mls_clients import Recorder, befriend, close, mls_client, synced, until
 
 FAST_RETRY = {"room_retry": 1.0, "room_retry_max": 2.0}
 
@@ -54,6 +54,7 @@ async def _lost_affiliation(server: ProsodyServer, accounts: list[Account], tmp:
     bob, rb = await mls_client(server, *bob_acc, config=bob_cfg)
     live = [mallory, alice, carol, bob]
     try:
+        await befriend(*live)
         # mallory creates the group: she owns the room, the others are admins
         gm = await mallory.plugin["mls"].create_group(
             members=[alice_acc.jid, bob_acc.jid, carol_acc.jid])
@@ -125,6 +126,7 @@ async def _hostile_archive(server: ProsodyServer, accounts: list[Account], tmp: 
     bob, rb = await mls_client(server, *bob_acc, config={"store": str(db), "device": "phone"})
     live = [alice, mallory, bob]
     try:
+        await befriend(*live)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid, mallory_acc.jid])
         (gb,), (gm,) = [await r.wait("mls_joined") for r in (rb, rm)]
         await synced(group, gb, gm)
@@ -168,6 +170,7 @@ async def _no_device(server: ProsodyServer, accounts: list[Account], tmp: Path) 
     bob, rb = await mls_client(server, *bob_acc, config={"store": str(db)})
     live = [alice, bob]
     try:
+        await befriend(*live)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         (gb,) = await rb.wait("mls_joined")
         await synced(group, gb)

@@ -29,7 +29,7 @@ from mls_xmpp.xmpp.session import GroupSession
 from mls_xmpp.xmpp.trust import TrustState, fingerprint
 
 from ..core.test_group_rules import frame
-from .mls_clients import Recorder, close, mls_client, synced, until
+from .mls_clients import Recorder, befriend, close, mls_client, synced, until
 
 
 async def _three(server: ProsodyServer, accounts: list[Account],
@@ -42,6 +42,7 @@ async def _three(server: ProsodyServer, accounts: list[Account],
         c, r = await mls_client(server, *acc, cfg)
         clients.append(c)
         recorders.append(r)
+    await befriend(*clients)  # by default, Welcomes are joined only from contacts
     g0 = await clients[0].plugin["mls"].create_group(members=[a.jid for a in accounts[1:]])
     sessions = [g0]
     for r in recorders[1:]:
@@ -237,6 +238,7 @@ async def _server_device(server: ProsodyServer, accounts: list[Account], db: str
     alice, ra = await mls_client(server, *alice_acc, {"store": db,
                                                       "refuse_send_to": "distrusted"})
     try:
+        await befriend(alice, bob, rogue)
         group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         rogue_fp = fingerprint(rogue.plugin["mls"].identity.signature_public_key)
         phone_fp = fingerprint(bob.plugin["mls"].identity.signature_public_key)
@@ -312,6 +314,7 @@ async def _different_trust(server: ProsodyServer, accounts: list[Account]) -> No
     ga, gb, gc = sessions
     dave, rd = await mls_client(server, *accounts[3])
     try:
+        await befriend(clients[1], dave)  # bob adds dave
         alice = clients[0].plugin["mls"]
         bob_fp = fingerprint(clients[1].plugin["mls"].identity.signature_public_key)
         alice.distrust(accounts[1].jid, bob_fp)       # alice distrusts bob

@@ -36,7 +36,7 @@ from mls_xmpp.xmpp.trust import TrustState, fingerprint
 
 from ..core.test_group_rules import frame
 from ..x509_pki import Pki, make_cert, xmpp_addr
-from .mls_clients import Recorder, close, mls_client, synced, until
+from .mls_clients import Recorder, befriend, close, mls_client, synced, until
 
 
 def _run(coro: Any) -> None:
@@ -74,6 +74,7 @@ async def _x509_member(server: ProsodyServer, accounts: list[Account], pki: Pki,
                  "x509_credential": (str(tmp / "carol.pem"), str(tmp / "carol.key"))}
     carol, rc = await mls_client(server, *carol_acc, carol_cfg)
     try:
+        await befriend(alice, bob, carol)
         me = carol.plugin["mls"].identity
         assert me.credential.credential_type == CredentialType.X509
         assert CredentialType.X509 in alice.plugin["mls"].identity.capabilities().credentials
@@ -129,6 +130,7 @@ async def _copied_certificate(server: ProsodyServer, accounts: list[Account], pk
         recorders.append(r)
     ra, rb, rc = recorders
     try:
+        await befriend(*clients)
         ga = await clients[0].plugin["mls"].create_group(members=[bob_acc.jid, carol_acc.jid])
         gb, gc = await _joined(rb), await _joined(rc)
         await synced(ga, gb, gc)
@@ -176,6 +178,7 @@ async def _locally_untrusted(server: ProsodyServer, accounts: list[Account], pki
     mallory, rm = await mls_client(server, *mallory_acc, {
         "x509_trust_anchors": pki.root.pem, "x509_credential": ((forged.der,), forged.key)})
     try:
+        await befriend(alice, bob, mallory)
         ga = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
         gb = await _joined(rb)
         await synced(ga, gb)
@@ -227,6 +230,7 @@ async def _no_anchors(server: ProsodyServer, accounts: list[Account], pki: Pki) 
         "x509_trust_anchors": pki.root.pem,
         "x509_credential": (pki.chain(cert), cert.key_pem)})
     try:
+        await befriend(alice, bob, carol)
         assert bob.plugin["mls"].identity.capabilities().credentials == (CredentialType.BASIC,)
         published = await alice.plugin["mls"].keystore.fetch(bob_acc.jid)
         assert published and all(
