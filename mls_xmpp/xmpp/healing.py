@@ -184,6 +184,8 @@ class Healer:
         self.epoch_start: str | None = None
         self.proof: Proof | None = None
         self.task: asyncio.Future[None] | None = None
+        #: the next heal, started when the one in progress ends
+        self.waiting: Any = None
         #: the highest claimed epoch already looked into without finding proof
         self.probed = -1
         self.delay = PROBE_DELAY
@@ -250,6 +252,9 @@ class Healer:
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.task = None
+        if self.waiting is not None:
+            self.waiting.close()
+            self.waiting = None
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -271,14 +276,21 @@ class Healer:
         self._start(self._heal(None, claimed))
 
     def _start(self, job: Any) -> None:
+        """Run ``job`` (a coroutine) now, or after the heal in progress (the newest
+        waiting job replaces an older one)."""
         if self.task is not None and not self.task.done():
-            job.close()
+            if self.waiting is not None:
+                self.waiting.close()
+            self.waiting = job
             return
         self.task = asyncio.ensure_future(self._guarded(job))
 
     async def _guarded(self, job: Any) -> None:
         try:
             await job
+            while self.waiting is not None:
+                job, self.waiting = self.waiting, None
+                await job
         except asyncio.CancelledError:
             raise
         except MLSError as e:
