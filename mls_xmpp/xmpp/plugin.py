@@ -303,7 +303,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                     group = decode_group_parts(record.state, record.ratchets,
                                                client.config, client.psk_lookup)
             except MLSError as e:
-                self.error(MLSErrorEvent(f"stored group unreadable: {e}", error=e))
+                unreadable(record.group_id, record.room, e)
                 continue
             if not group.active:  # removed (or reinitialised) while we were away
                 self.state_store.delete_group(record.group_id)
