@@ -18,7 +18,8 @@ input dropped, group state unchanged; or a group suspended because its room
 refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
 ``mls_ready`` (KeyPackages published,
 groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
-many members).
+many members), ``mls_resynced`` (:class:`ResyncEvent`: this device had fallen
+behind its group and caught up again, from the archive or by external Commit).
 """
 
 from __future__ import annotations
