@@ -379,8 +379,17 @@ class Healer:
 
     # -- healing -----------------------------------------------------------------------
 
+    def _live(self) -> bool:
+        """Whether the group is this device's running group (not suspended, left, or
+        replaced): only then is it healed."""
+        s = self.session
+        return (s.suspended is None and not s.removed
+                and s.plugin.sessions.get(s.room) is s)
+
     async def _heal(self, proof: Proof | None, target: int) -> None:
         s = self.session
+        if not self._live():
+            return
         before = s.epoch
         started = time.monotonic()
         self.heals += 1
@@ -404,6 +413,8 @@ class Healer:
             return
         # 3. an external Commit from it, replacing this device's leaf
         for attempt in range(RESYNC_ATTEMPTS):
+            if not self._live():
+                return
             if await s.resync(newest.info, newest.tree, newest.own_leaf, newest.stanza_id):
                 self.delay = PROBE_DELAY
                 self._report(before, "external commit",
