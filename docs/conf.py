@@ -129,6 +129,15 @@ OPTION_DOCS: dict[str, str] = {
     "room_retry": "Seconds before a suspended group (its room refused or dropped this "
                   "account; the MLS state is kept) tries to enter the room again.",
     "room_retry_max": "The retry delay of a suspended group doubles up to this many seconds.",
+    "archive_max_pages": "Pages (of 100 messages) one read of an archive may take; a "
+                         "longer (or endless) archive stops the read with "
+                         "ArchiveBudgetError, and a group that could not catch up is "
+                         "healed from the room's latest GroupInfo.",
+    "archive_timeout": "Seconds one read of an archive may take, all its pages together.",
+    "room_ping_interval": "Seconds between XEP-0410 self-pings of each group's room: a "
+                          "room that dropped this device without telling it suspends the "
+                          "group, which re-enters the room and reads what it missed. "
+                          "0 turns the pings off.",
     "x509_trust_anchors": "CA certificates (or pinned end-entity certificates) X.509 "
                           "credentials are judged by: a path to a PEM bundle, PEM or DER "
                           "bytes, or a list of them. Only with anchors does the device list "
@@ -213,6 +222,12 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.events.MLSErrorEvent`",
         "Input that was dropped (a forged or malformed payload, a message for a lost "
         "epoch) or a background task that failed; group state is unchanged.",
+    ),
+    "mls_resynced": (
+        ":class:`~mls_xmpp.xmpp.events.ResyncEvent`",
+        "This device had fallen behind its group (an epoch gap: docs/PROTOCOL.md §12) and "
+        "caught up again: by re-reading the room archive, or by an external Commit that "
+        "replaced its leaf.",
     ),
     "mls_progress": (
         ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",

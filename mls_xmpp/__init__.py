@@ -22,7 +22,13 @@ from slixmpp.plugins.base import register_plugin
 
 from . import errors as _errors
 from .errors import *  # noqa: F403 - the whole error tree, see mls_xmpp.errors
-from .xmpp.events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
+from .xmpp.events import (
+    MembershipEvent,
+    MLSErrorEvent,
+    MLSMessageEvent,
+    ProgressEvent,
+    ResyncEvent,
+)
 from .xmpp.plugin import XEP_MLS
 from .xmpp.rules import DEFAULT_RULES, ExternalJoin, GroupRules, Who
 from .xmpp.session import GroupSession
@@ -40,6 +46,7 @@ __all__ = [
     "MLSMessageEvent",
     "MembershipEvent",
     "ProgressEvent",
+    "ResyncEvent",
     "TrustChange",
     "TrustState",
     "Who",

@@ -25,8 +25,10 @@ The three branches under the root say whose fault a failure is::
     └── TransportError          the XMPP side failed (timeout, error from the server)
         ├── NotConnectedError   no XMPP session: connect first (raised at once)
         ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
-        └── GroupSuspendedError the room refused or dropped this account: the group
-                                is kept, the room retried (``.reason``)
+        ├── GroupSuspendedError the room refused or dropped this account, or its state
+        │                       could not be written: the group is kept (rolled back
+        │                       to its last stored epoch) and retried (``.reason``)
+        └── ArchiveBudgetError  an archive read took more pages or time than allowed
 
 What each branch means for the caller:
 
@@ -76,6 +78,7 @@ from .core.errors import (
     WrongGroupError,
 )
 from .xmpp.errors import (
+    ArchiveBudgetError,
     BlobRefusedError,
     EnvelopeError,
     GroupSuspendedError,
@@ -93,6 +96,7 @@ from .xmpp.errors import (
 )
 
 __all__ = [
+    "ArchiveBudgetError",
     "BlobRefusedError",
     "CredentialError",
     "CryptoError",

@@ -108,11 +108,13 @@ Encryption at rest
     by room and resume archive queries without decrypting every state.
 
 Concurrency
-    One store is one SQLite connection, to be used from the thread that
-    opened it (the asyncio event loop thread; SQLite's ``check_same_thread``
-    stays on, so a call from another thread raises :class:`StorageError`).
-    Every method runs to completion without yielding, so concurrent asyncio
-    tasks cannot interleave inside a transaction. Other processes opening
+    One store is one SQLite connection, usable from any thread: every method
+    holds the store's lock for its whole transaction or read, so calls from
+    the event loop and from a worker thread (the plugin writes a large
+    group's state in one, :attr:`SQLiteStore.thread_safe`) never interleave
+    inside a transaction (``check_same_thread`` is off; the lock does its
+    job). Every method runs to completion without yielding, so concurrent
+    asyncio tasks cannot interleave inside a transaction either. Other processes opening
     the same file are serialised by SQLite's file locks (waiting up to
     ``timeout`` seconds), but two running clients sharing one identity is
     an error the store does not detect.
@@ -124,11 +126,14 @@ is created with mode 0600 (its journal inherits that mode).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -149,6 +154,16 @@ _MODE_PLAIN = b"none"
 _MODE_AESGCM = b"aes-256-gcm"
 _IDENTITY_PK = b"1"
 _RATCHETS = "progress"  #: the AAD "table" of the ratchets
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run a method of :class:`SQLiteStore` under the store's lock."""
+    @functools.wraps(method)
+    def wrapper(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 # -- schema migrations ---------------------------------------------------------------------
@@ -260,9 +275,12 @@ class SQLiteStore:
         LocalUsageError: ``key`` is not 32 bytes, or ``path`` is not a file path.
 
     See the module docstring for the schema, the pragmas and the encryption
-    format. Use the store from one thread; it is a context manager that
-    closes it.
+    format. The store may be used from several threads (see the module
+    docstring); it is a context manager that closes it.
     """
+
+    #: calls from several threads are safe (each one holds the store's lock)
+    thread_safe = True
 
     def __init__(self, path: str | os.PathLike[str], *, key: bytes | None = None,
                  timeout: float = 5.0) -> None:
@@ -275,9 +293,11 @@ class SQLiteStore:
             raise LocalUsageError("SQLiteStore needs a file path (a temporary or in-memory "
                                   "database has no durable rollback journal)")
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
         with _sql_errors(f"cannot open the store {self._path!r}"):
             _create_private_file(self._path)
-            db = sqlite3.connect(self._path, timeout=timeout, isolation_level=None)
+            db = sqlite3.connect(self._path, timeout=timeout, isolation_level=None,
+                                 check_same_thread=False)
             try:
                 self._db = db
                 self._configure(db)
@@ -405,8 +425,8 @@ class SQLiteStore:
     @contextlib.contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE ... COMMIT``; rolled back if anything fails."""
-        db = self._conn()
-        with _sql_errors(what):
+        with self._lock, _sql_errors(what):
+            db = self._conn()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -419,6 +439,7 @@ class SQLiteStore:
 
     # -- StateStore -----------------------------------------------------------------------------
 
+    @_locked
     def load_identity(self) -> bytes | None:
         """The stored identity, or ``None`` if none was saved."""
         db = self._conn()
@@ -436,6 +457,7 @@ class SQLiteStore:
                        "ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
                        "updated_at = excluded.updated_at", (blob, int(time.time())))
 
+    @_locked
     def load_groups(self, on_error: Callable[[bytes, str, StorageError], None] | None = None
                     ) -> list[GroupRecord]:
         """Every stored group, ordered by group ID.
@@ -518,6 +540,7 @@ class SQLiteStore:
             db.execute("DELETE FROM groups WHERE group_id = ?", (bytes(group_id),))
             db.execute("DELETE FROM progress WHERE group_id = ?", (bytes(group_id),))
 
+    @_locked
     def load_inbox_position(self) -> str | None:
         """How far the account's own archive was read for Welcomes, or ``None``."""
         db = self._conn()
@@ -542,6 +565,7 @@ class SQLiteStore:
                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                            (archive_id.encode("utf-8"),))
 
+    @_locked
     def load_trust(self) -> list[TrustRecord]:
         """Every record of the device trust store."""
         db = self._conn()
@@ -567,6 +591,7 @@ class SQLiteStore:
                 [(r.jid, r.fingerprint, r.device, r.state, int(r.first_seen), int(r.current))
                  for r in records])
 
+    @_locked
     def close(self) -> None:
         """Close the connection; later calls raise :class:`StorageError`. Idempotent."""
         db, self._db = self._db, None
@@ -582,6 +607,7 @@ class SQLiteStore:
         return self._path
 
     @property
+    @_locked
     def schema_version(self) -> int:
         """``PRAGMA user_version`` of the open database."""
         with _sql_errors("cannot read the schema version"):
@@ -590,6 +616,7 @@ class SQLiteStore:
             raise StorageError("cannot read the schema version")
         return version
 
+    @_locked
     def check_integrity(self) -> None:
         """Run ``PRAGMA integrity_check``; :class:`StorageError` unless it says ``ok``."""
         with _sql_errors("cannot check the store's integrity"):

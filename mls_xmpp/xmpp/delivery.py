@@ -29,7 +29,7 @@ from slixmpp.xmlstream.matcher import StanzaPath
 from ..core.errors import LocalUsageError
 from .blobs import Blobs
 from .envelope import BlobRef, Envelope, Reassembler, fragment
-from .errors import EnvelopeError, TooLargeError, TransportError
+from .errors import ArchiveBudgetError, EnvelopeError, TooLargeError, TransportError
 from .stanza import NS
 
 if TYPE_CHECKING:
@@ -45,6 +45,41 @@ DEFAULT_STANZA_BUDGET = 200 * 1024
 MAX_BLOB = 64 * 1024 * 1024
 #: Blobs above this are uploaded in parts (Prosody's default upload limit is 10 MiB).
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
+#: Pages one archive read may take (option ``archive_max_pages``): 2,000 pages of 100.
+ARCHIVE_MAX_PAGES = 2000
+#: Seconds one archive read may take, all pages together (option ``archive_timeout``).
+ARCHIVE_TIMEOUT = 600.0
+
+
+class _ReadBudget:
+    """The pages and the time one archive read may still take."""
+
+    def __init__(self, where: str, pages: int, seconds: float) -> None:
+        self.where = where
+        self.pages = pages
+        self.seconds = seconds
+        self.taken = 0
+        self.deadline = asyncio.get_running_loop().time() + seconds
+
+    def left(self) -> float:
+        """Seconds left for the next query (a little at least, so it can be sent)."""
+        return max(0.1, self.deadline - asyncio.get_running_loop().time())
+
+    def spent(self) -> ArchiveBudgetError:
+        """The error of a read that ran out of time."""
+        return ArchiveBudgetError(
+            f"reading the archive of {self.where} took over {self.seconds:.0f} s "
+            "(option archive_timeout): stopped reading it")
+
+    def page(self) -> None:
+        """Count one more page; raise when the budget is spent."""
+        self.taken += 1
+        if self.taken > self.pages:
+            raise ArchiveBudgetError(
+                f"the archive of {self.where} still had more after {self.pages} pages "
+                "(option archive_max_pages): stopped reading it")
+        if self.deadline <= asyncio.get_running_loop().time():
+            raise self.spent()
 
 
 class Delivery:
@@ -286,6 +321,10 @@ class Delivery:
                 out[str(JID(jid).bare)] = affiliation
         return out
 
+    def _read_budget(self, where: str) -> _ReadBudget:
+        cfg = self.plugin.config
+        return _ReadBudget(where, int(cfg["archive_max_pages"]), float(cfg["archive_timeout"]))
+
     async def archive_pages(self, room: str | None, *, after: str | None = None,
                             start: datetime | None = None, page: int = 100
                             ) -> AsyncIterator[list[tuple[Any, str | None]]]:
@@ -295,27 +334,36 @@ class Delivery:
         only messages after the archive id ``after`` and, if given, stamped
         no earlier than ``start``; oldest first. Pages are yielded as they
         arrive, so a long archive is processed in bounded memory; a server
-        that pages without moving forward is an error.
+        that pages without moving forward is an error, and so is an archive
+        longer than the read's budget (options ``archive_max_pages`` and
+        ``archive_timeout``).
 
         :raises TransportError: the server refused or did not answer.
+        :raises ArchiveBudgetError: the budget was spent before the archive's end.
         """
         # Paged by hand, not with slixmpp's xep_0313 iterate()/retrieve(iterator=True):
         # its RSM iterator (xep_0059) ends quietly on an error reply or timeout (a
         # failed read would look like the end of the archive, and the position would
         # move past a gap), ignores <fin complete='true'/>, and follows a server that
         # pages in a circle for ever. Here each page is bounded (``page``), an error
-        # raises, and a repeated page cursor is an error.
+        # raises, a repeated page cursor is an error, and the whole read has a budget
+        # of pages and time (against a server answering with a fresh cursor for ever).
         mam = self.xmpp.plugin["xep_0313"]
         cursor = after
         seen: set[str] = set()
         where = room or "the account's archive"
+        budget = self._read_budget(where)
         while True:
+            budget.page()
             rsm: dict[str, Any] = {"max": page}
             if cursor:
                 rsm["after"] = cursor
             try:
-                iq = await mam.retrieve(jid=None if room is None else JID(room), start=start,
-                                        rsm=rsm, timeout=int(self.timeout))
+                iq = await asyncio.wait_for(mam.retrieve(
+                    jid=None if room is None else JID(room), start=start, rsm=rsm,
+                    timeout=int(self.timeout)), budget.left())
+            except TimeoutError as e:
+                raise budget.spent() from e
             except (IqError, IqTimeout) as e:
                 raise TransportError(f"archive query on {where} failed: {e}") from e
             results = iq["mam"]["results"]
@@ -348,17 +396,23 @@ class Delivery:
                                      ) -> AsyncIterator[list[tuple[Any, str | None]]]:
         """A room archive's ``<mls/>`` messages from the newest page back (each page oldest
         first), for finding the latest of something without reading the whole archive.
+        Within the same budget as :meth:`archive_pages`.
 
         :raises TransportError: the server refused or did not answer.
+        :raises ArchiveBudgetError: the budget was spent before the archive's start.
         """
         mam = self.xmpp.plugin["xep_0313"]
         pages: Any = mam.retrieve(jid=JID(room), iterator=True, reverse=True,
                                   rsm={"max": page})
+        budget = self._read_budget(room)
         while True:
+            budget.page()
             try:
-                iq = await pages.__anext__()
+                iq = await asyncio.wait_for(pages.__anext__(), budget.left())
             except StopAsyncIteration:
                 return
+            except TimeoutError as e:
+                raise budget.spent() from e
             except (IqError, IqTimeout) as e:
                 raise TransportError(f"archive query on {room} failed: {e}") from e
             out = []

@@ -11,7 +11,10 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
   * :class:`NoKeyPackageError` -- an account has no usable KeyPackage on its
     PEP node, so none of its devices can be added.
   * :class:`GroupSuspendedError` -- the group's room refused this account or
-    dropped it; the group's MLS state is kept and the room is retried.
+    dropped it, or its state could not be written; the group's MLS state is
+    kept (rolled back to the last stored epoch) and the group is retried.
+  * :class:`ArchiveBudgetError` -- an archive read ran out of its budget of
+    pages or time (a server paging for ever, or an archive too long to follow).
 
 * :class:`EnvelopeError` -- a peer sent a malformed payload: text that is not
   base64, bytes that are not the expected protobuf message, or an envelope that
@@ -37,6 +40,7 @@ from __future__ import annotations
 from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, RemoteProtocolError
 
 __all__ = [
+    "ArchiveBudgetError",
     "BlobRefusedError",
     "EnvelopeError",
     "GroupSuspendedError",
@@ -91,6 +95,16 @@ class GroupSuspendedError(TransportError):
         super().__init__(message)
         #: what the room did (e.g. ``registration-required``, ``affiliation lost``)
         self.reason = reason
+
+
+class ArchiveBudgetError(TransportError):
+    """An archive read stopped: it took more pages or time than its budget.
+
+    Options ``archive_max_pages`` and ``archive_timeout``. The archive may be
+    endless (a hostile server answering every page with a fresh cursor) or just
+    longer than the device follows at once; a group that cannot catch up this
+    way is healed from the room's latest GroupInfo (docs/PROTOCOL.md §12).
+    """
 
 
 class EnvelopeError(RemoteProtocolError):

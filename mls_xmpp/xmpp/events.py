@@ -147,6 +147,35 @@ class InvitationEvent:
 
 
 @dataclass(frozen=True)
+class ResyncEvent:
+    """``mls_resynced``: this device had fallen behind its group and caught up again.
+
+    An epoch gap was noticed (a GroupInfo of a later epoch signed by a member,
+    or repeated messages of later epochs, see docs/PROTOCOL.md §12) and healed:
+    by reading the room archive again (``how == "archive"``: a Commit the
+    device had missed), or by an external Commit that replaced this device's
+    leaf (``how == "external commit"``). After an external Commit, messages
+    of the epochs in between cannot be read by this device; they were reported
+    as ``mls_error``.
+
+    Attributes:
+        group: the group.
+        from_epoch: the epoch the device was stuck in.
+        epoch: the epoch it is in now.
+        how: ``"archive"`` or ``"external commit"``.
+        reason: a human-readable explanation.
+        seconds: how long the healing took (from its start).
+    """
+
+    group: GroupSession
+    from_epoch: int
+    epoch: int
+    how: str
+    reason: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ProgressEvent:
     """``mls_progress``: how far a long operation (adding many members) has come.
 

@@ -19,7 +19,9 @@ refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
 ``mls_ready`` (KeyPackages published,
 groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
 many members), ``mls_invitation`` (:class:`InvitationEvent`: someone who is not
-a contact invites this device; with ``invitations="ask"``).
+a contact invites this device; with ``invitations="ask"``), ``mls_resynced``
+(:class:`ResyncEvent`: this device had fallen behind its group and caught up again,
+from the archive or by external Commit).
 
 Who may put this device into a group (option ``invitations``): by default only
 roster contacts with a mutual subscription and this account's own devices;
@@ -47,11 +49,18 @@ from ..core.messages.common import CredentialType
 from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.key_package import KeyPackage
 from ..core.messages.x509 import TrustAnchors
-from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore
+from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore, StorageError
 from ..workers import WorkerPool
 from .attachments import download_attachment
 from .blobs import jid_domain, room_server_domains
-from .delivery import DEFAULT_PART_SIZE, MAX_BLOB, Delivery, RoomRefused
+from .delivery import (
+    ARCHIVE_MAX_PAGES,
+    ARCHIVE_TIMEOUT,
+    DEFAULT_PART_SIZE,
+    MAX_BLOB,
+    Delivery,
+    RoomRefused,
+)
 from .envelope import Attachment, Envelope, Kind
 from .errors import (
     GroupSuspendedError,
@@ -61,6 +70,7 @@ from .errors import (
     UnknownGroupError,
 )
 from .events import MLSErrorEvent
+from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
 from .keystore import KeyPackageStore
@@ -88,7 +98,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     name = "mls"
     description = "MLS groups over MUC (urn:mls-xmpp:0)"
     dependencies = {"xep_0004", "xep_0030", "xep_0045", "xep_0059", "xep_0060", "xep_0163",
-                    "xep_0313", "xep_0334", "xep_0359", "xep_0363", "xep_0380"}
+                    "xep_0313", "xep_0334", "xep_0359", "xep_0363", "xep_0380", "xep_0410"}
     default_config = {
         "store": None,            # a StateStore or an SQLite file path; memory by default
         "store_key": None,        # 32 bytes: encrypt the SQLite store at rest
@@ -115,6 +125,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "blob_origins": (),  # more origins ("https://cdn.example.net") blobs come from
         "room_retry": 5.0,        # seconds before re-entering a room that refused or dropped us
         "room_retry_max": 300.0,  # the delay doubles up to this
+        "archive_max_pages": ARCHIVE_MAX_PAGES,  # pages one archive read may take
+        "archive_timeout": ARCHIVE_TIMEOUT,  # seconds one archive read may take
+        "room_ping_interval": 300.0,  # seconds between XEP-0410 self-pings of each room
         "x509_trust_anchors": None,  # CA certificates (PEM bundle path, PEM/DER, list):
                                      # judge X.509 credentials; advertise x509 only with them
         "x509_credential": None,  # (certificates, private_key): this device's X.509 credential
@@ -162,6 +175,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         #: this account's device trust store (config ``blind_trust``), kept in the state store
         self.trust = TrustStore(self.state_store, blind_trust=bool(cfg["blind_trust"]))
         self._upkeep: asyncio.Future[None] | None = None
+        #: the XEP-0410 self-pings of every group's room (a silent drop suspends the group)
+        self._room_pings: asyncio.Future[None] | None = None
         #: the read of missed Welcomes from the account's archive, started by :meth:`start`
         self.welcome_scan: asyncio.Future[None] | None = None
         self.xmpp.register_handler(CoroutineCallback(
@@ -251,6 +266,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self._upkeep is not None:
             self._upkeep.cancel()
             self._upkeep = None
+        if self._room_pings is not None:
+            self._room_pings.cancel()
+            self._room_pings = None
         for session in list(self.sessions.values()):
             await session.stop()
         self.sessions.clear()
@@ -303,7 +321,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                     group = decode_group_parts(record.state, record.ratchets,
                                                client.config, client.psk_lookup)
             except MLSError as e:
-                self.error(MLSErrorEvent(f"stored group unreadable: {e}", error=e))
+                unreadable(record.group_id, record.room, e)
                 continue
             if not group.active:  # removed (or reinitialised) while we were away
                 self.state_store.delete_group(record.group_id)
@@ -329,6 +347,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             # a failure is reported, not fatal: the groups work, and upkeep retries
             await self.renew_key_packages()
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        interval = float(self.config["room_ping_interval"] or 0)
+        if interval > 0 and self._room_pings is None:
+            self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
@@ -534,19 +555,49 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     # -- persistence and events -------------------------------------------------------
 
+    # Every write of a group goes through _write: a failed one rolls the group back to
+    # its stored state and suspends it (docs/PROTOCOL.md §13), so a later small write
+    # can never mix the ratchets of one epoch with the base of another.
+
     def persist(self, session: GroupSession, parts: tuple[bytes, bytes] | None = None) -> None:
         """Write a group's whole state and archive position (after a handshake change).
 
         ``parts`` is ``encode_group_parts`` of the group as it is now, when the
         caller already has it (encoded in a worker thread for a large group).
+
+        :raises StorageError: the write failed; the group is rolled back to its
+            stored state and suspended (:meth:`storage_failed`).
         """
+        if not self._writable(session):
+            return  # left or removed: nothing of it is kept
+        self._write(session, self.state_store.save_group, self._record(session, parts))
+
+    @staticmethod
+    def _record(session: GroupSession, parts: tuple[bytes, bytes] | None = None
+                ) -> GroupRecord:
+        """What the store keeps of a group now (``parts``: its state, already encoded)."""
         from ..core.group.serialize import encode_group_parts
 
-        if self.sessions.get(session.room) is not session:
-            return  # left or removed: nothing of it is kept
         base, ratchets = parts if parts is not None else encode_group_parts(session.group)
-        self.state_store.save_group(GroupRecord(session.group_id, session.room, base,
-                                          session.last_stanza_id, ratchets))
+        return GroupRecord(session.group_id, session.room, base, session.stored_position,
+                           ratchets)
+
+    async def persist_off_loop(self, session: GroupSession,
+                               parts: tuple[bytes, bytes]) -> None:
+        """:meth:`persist` of a large group's encoded state, written in a worker thread
+        when the store can be used from one (``thread_safe``, as :class:`SQLiteStore`),
+        so that the event loop goes on meanwhile. The caller holds the group's lock."""
+        if not self._writable(session):
+            return
+        if not getattr(self.state_store, "thread_safe", False):
+            self.persist(session, parts)
+            return
+        record = self._record(session, parts)
+        try:
+            await asyncio.to_thread(self.state_store.save_group, record)
+        except StorageError as e:
+            self.storage_failed(session, e)
+            raise
 
     def persist_ratchets(self, session: GroupSession) -> None:
         """Write only the secret trees and the archive position.
@@ -556,16 +607,92 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """
         from ..core.group.serialize import encode_ratchets
 
-        if self.sessions.get(session.room) is not session:
+        if not self._writable(session):
             return
-        self.state_store.save_ratchets(session.group_id, encode_ratchets(session.group),
-                                 session.last_stanza_id)
+        self._write(session, self.state_store.save_ratchets, session.group_id,
+                    encode_ratchets(session.group), session.stored_position)
 
     def persist_position(self, session: GroupSession) -> None:
         """Record only the archive position (an echo or a GroupInfo changed nothing else)."""
-        if self.sessions.get(session.room) is not session:
+        if not self._writable(session):
             return
-        self.state_store.save_position(session.group_id, session.last_stanza_id)
+        self._write(session, self.state_store.save_position, session.group_id,
+                    session.stored_position)
+
+    def _writable(self, session: GroupSession) -> bool:
+        """Whether the group's state is written: it is this device's live session, and
+        not stopped by a failed write (nothing more is written until it is retried)."""
+        return (self.sessions.get(session.room) is session
+                and not (session.suspended or "").startswith(_STORAGE))
+
+    def _write(self, session: GroupSession, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except StorageError as e:
+            self.storage_failed(session, e)
+            raise
+
+    def storage_failed(self, session: GroupSession, error: StorageError) -> None:
+        """A write of the group failed: roll it back to its stored state, suspend it.
+
+        The group in memory is replaced by the one last stored (its epoch, its
+        ratchets, its archive position), the worker stops, and API calls raise
+        :class:`GroupSuspendedError`. The write is tried again after
+        ``room_retry`` seconds (doubling up to ``room_retry_max``); then the
+        group reads the room archive from its stored position and catches up.
+        The device and its other groups go on.
+        """
+        if (session.suspended or "").startswith(_STORAGE):
+            return
+        stored = self._stored(session.group_id)
+        if stored is not None:
+            group, position = stored
+            assert self.identity is not None
+            self.identity.groups[group.group_id] = group
+            session.rolled_back(group, position)
+        log.warning("writing the group of %s failed (%s): rolled back to epoch %d",
+                    session.room, error, session.epoch)
+        self.suspend(session, f"{_STORAGE}{error}", error, retry=self._retry_store)
+
+    def _stored(self, group_id: bytes) -> tuple[Any, str | None] | None:
+        """The group as last stored, and its archive position (``None``: not stored,
+        or unreadable now)."""
+        from ..core.group.serialize import decode_group, decode_group_parts
+
+        assert self.identity is not None
+        config, psks = self.identity.config, self.identity.psk_lookup
+        try:
+            for record in self.state_store.load_groups(on_error=lambda *_: None):
+                if record.group_id == group_id:
+                    group = (decode_group(record.state, config, psks) if record.ratchets is None
+                             else decode_group_parts(record.state, record.ratchets, config,
+                                                     psks))
+                    return group, record.last_stanza_id
+        except MLSError as e:
+            log.warning("the stored group %s cannot be read back: %s", group_id.hex(), e)
+        return None
+
+    async def _retry_store(self, session: GroupSession) -> None:
+        """Write the (rolled back) group again until the store takes it, then resume."""
+        delay = float(self.config["room_retry"])
+        ceiling = float(self.config["room_retry_max"])
+        await session.stop_worker()
+        while True:
+            await asyncio.sleep(delay)
+            if self.sessions.get(session.room) is not session or session.removed:
+                return
+            try:
+                async with session.group_lock:  # the rolled back state, as it is now
+                    self.state_store.save_group(self._record(session))
+            except StorageError as e:
+                log.info("the store still fails for %s (%s); next try in %.0f s",
+                         session.room, e, min(delay * 2, ceiling))
+                delay = min(delay * 2, ceiling)
+                continue
+            log.info("the store takes %s again: the group resumes", session.room)
+            session.suspended = None
+            session.start(catch_up=True)  # the archive after the stored position
+            return
 
     def error(self, event: MLSErrorEvent) -> None:
         """Report dropped input or a failed operation as ``mls_error``."""
@@ -593,7 +720,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     # -- the room is not the group ----------------------------------------------------
 
     def suspend(self, session: GroupSession, reason: str,
-                cause: BaseException | None = None) -> None:
+                cause: BaseException | None = None, *, retry: Any = None) -> None:
         """The room refused or dropped this account: keep the group, report, retry.
 
         The group's MLS state and stored record stay as they are; API calls on
@@ -611,7 +738,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             "and the room is retried", reason)
         err.__cause__ = cause
         self.error(MLSErrorEvent(str(err), session, error=err))
-        session.room_retry = asyncio.ensure_future(self._retry_room(session))
+        session.room_retry = asyncio.ensure_future((retry or self._retry_room)(session))
 
     async def _retry_room(self, session: GroupSession) -> None:
         delay = float(self.config["room_retry"])
@@ -888,6 +1015,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         except MLSError as e:
             self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
 
+
+#: How the reason of a group suspended by a failed write begins.
+_STORAGE = "its state could not be stored: "
 
 _NO_DEVICE = ("automatic recovery needs a device name: set the device option (e.g. "
               "register_plugin('mls', {'device': 'phone'})), so that a rejoin replaces "

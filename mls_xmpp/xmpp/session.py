@@ -35,6 +35,7 @@ from .attachments import upload_attachment
 from .blobs import jid_domain, room_server_domains
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
 from .errors import (
+    ArchiveBudgetError,
     EnvelopeError,
     GroupSuspendedError,
     NoKeyPackageError,
@@ -48,6 +49,7 @@ from .errors import (
     UntrustedDeviceError,
 )
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
+from .healing import Healer
 from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 
@@ -233,6 +235,8 @@ class GroupSession:
         self.suspended: str | None = None
         #: the task re-entering the room while suspended
         self.room_retry: asyncio.Future[None] | None = None
+        #: early messages, epoch gaps and their healing (:mod:`.healing`)
+        self.healer = Healer(self)
 
     # -- what the group is ----------------------------------------------------
 
@@ -340,7 +344,8 @@ class GroupSession:
                     self.plugin.xmpp.event("mls_trust", replace(change, group=self))
 
     async def stop(self) -> None:
-        """Stop the worker (and the room retries of a suspended group)."""
+        """Stop the worker (and the room retries of a suspended group, and healing)."""
+        self.healer.forget()
         if self.room_retry is not None:
             self.room_retry.cancel()
             self.room_retry = None
@@ -356,6 +361,23 @@ class GroupSession:
                 pass
             self._worker = None
 
+    @property
+    def group_lock(self) -> asyncio.Lock:
+        """Held while the group's state changes or is written."""
+        return self._group_lock
+
+    def rolled_back(self, group: Group, position: str | None) -> None:
+        """The group as last stored replaces the one in memory (a write failed):
+        its epoch, its ratchets and its archive position, read again from there."""
+        self.group = group
+        self.last_stanza_id = position
+        self._seen.clear()
+        self._seen_set.clear()
+        self._inflight = None
+        self._commit_waiter = None
+        self.healer.reset()
+        self.healer.epoch_start = position
+
     async def save(self) -> None:
         """Write the whole state now, under the group's lock (no change runs meanwhile)."""
         async with self._group_lock:
@@ -365,7 +387,14 @@ class GroupSession:
         """Queue a live room message (and its room stanza-id) for the worker."""
         self._queue.put_nowait((msg, stanza_id))
 
+    @property
+    def stored_position(self) -> str | None:
+        """The archive position to store: the last message processed, but never past a
+        message held for a later epoch (a restart reads it again)."""
+        return self.healer.position(self.last_stanza_id)
+
     async def _run(self, catch_up: bool) -> None:
+        self.healer.started(self.last_stanza_id)
         try:
             caught_up = not catch_up or await self._catch_up()
             if (caught_up and self.group.pending_commit is not None
@@ -407,7 +436,7 @@ class GroupSession:
                         await self._handle_safely(msg, sid)
                 return True
             except TransportError as e:
-                if attempt == attempts - 1:
+                if attempt == attempts - 1 or isinstance(e, ArchiveBudgetError):
                     self.plugin.error(MLSErrorEvent(f"archive catch-up failed: {e}", self,
                                                     error=e))
                     return False
@@ -429,6 +458,8 @@ class GroupSession:
         """Process one room message; any failure is reported and changes nothing."""
         if stanza_id is not None and stanza_id in self._seen_set:
             return
+        if self.suspended is not None:
+            return  # read again from the archive when the group resumes
         sender = str(msg["from"])
         try:
             env = self.plugin.delivery.envelope_of(msg, sender)
@@ -437,9 +468,11 @@ class GroupSession:
             if env.group_id != self.group_id:
                 raise EnvelopeError("envelope names another group")
             if env.kind == Kind.GROUP_INFO:
-                self._accept_group_info(env)
+                ahead = self._accept_group_info(env)
                 self._mark(stanza_id)
                 self.plugin.persist_position(self)
+                if ahead:  # the group may have moved on without this device
+                    self.healer.group_info_ahead(env, stanza_id)
                 return
             ref = env.mls_message_ref
             if ref is not None and ref.sha256 in self._sent:
@@ -480,8 +513,10 @@ class GroupSession:
                 else:
                     event = self.group.process(data)
             except MLSError as e:
-                self._dropped(e, sender, stanza_id)
-                return
+                if not self.healer.refused_message(env, data, e, msg, stanza_id,
+                                                   self.last_stanza_id):
+                    self._dropped(e, sender, stanza_id)
+                return  # else held for the Commit that starts its epoch
             self._mark(stanza_id)
             # events first, then the state: a crash in between replays this message
             # after the restart (same stanza-id, for the application to deduplicate)
@@ -494,8 +529,14 @@ class GroupSession:
                                                 stanza_id, e))
             if isinstance(event, ApplicationMessage) and parts is None:
                 self.plugin.persist_ratchets(self)  # only the secret trees changed
+            elif parts is not None:
+                await self.plugin.persist_off_loop(self, parts)  # a large group's state
             else:
-                self.plugin.persist(self, parts)
+                self.plugin.persist(self)
+        if isinstance(event, CommitApplied):
+            self.healer.epoch_changed(stanza_id)
+            for held in self.healer.release():  # messages that came before this Commit
+                await self._handle_safely(held.msg, held.stanza_id)
 
     def _process_and_encode(self, data: bytes) -> tuple[object, tuple[bytes, bytes]]:
         """``group.process`` and the new state's encoding (run in a worker thread)."""
@@ -564,8 +605,11 @@ class GroupSession:
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _accept_group_info(self, env: Envelope) -> None:
-        """Keep a GroupInfo from the room only if a member signed it for this epoch."""
+    def _accept_group_info(self, env: Envelope) -> bool:
+        """Keep a GroupInfo from the room only if a member signed it for this epoch.
+
+        ``True`` when it claims a later epoch (for the :class:`.Healer` to check).
+        """
         from ..core.messages.framing import MLSMessage
         from ..core.messages.group_info import GroupInfo
 
@@ -574,8 +618,10 @@ class GroupSession:
             raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
         ctx = body.group_context
         state = self.group.state
-        if ctx.group_id != self.group_id or ctx.epoch != state.epoch:
-            return  # stale or foreign: not an error, just not useful
+        if ctx.group_id != self.group_id:
+            return False  # foreign: not an error, just not useful
+        if ctx.epoch != state.epoch:
+            return ctx.epoch > state.epoch  # stale (not useful), or ahead of this device
         if ctx.tree_hash != state.context.tree_hash or body.signer >= state.tree.n_leaves:
             raise ValidationError("GroupInfo does not describe this epoch's tree")
         signer = state.tree.leaf(body.signer)
@@ -583,6 +629,83 @@ class GroupSession:
             raise ValidationError("GroupInfo signed by a blank leaf")
         body.verify_signature(state.suite, signer.signature_key)
         self.latest_group_info = env
+        return False
+
+    # -- healing (see mls_xmpp.xmpp.healing) -----------------------------------------------
+
+    async def reread(self, position: str | None, gap: list[str]) -> None:
+        """Read the room archive again after ``position``, the worker stopped meanwhile.
+
+        Messages never received are processed now, and those in ``gap`` (dropped
+        for their epoch) are tried again; everything else processed in this run
+        is skipped as before.
+        """
+        await self.stop_worker()
+        for stanza_id in gap:
+            self._seen_set.discard(stanza_id)
+        self.last_stanza_id = position
+        self.ready.clear()
+        self.start(catch_up=True)
+        budget = float(self.plugin.config["archive_timeout"])
+        await asyncio.wait_for(self.ready.wait(), 3 * budget + 30.0)
+
+    async def resync(self, info: Any, tree: bytes | None, own_leaf: int,
+                     stanza_id: str | None) -> bool:
+        """Rejoin by external Commit from ``info`` (a verified GroupInfo of a later
+        epoch, at ``stanza_id`` in the archive), removing this device's leaf
+        ``own_leaf`` in the same Commit (RFC 9420 §12.4.3.2). The handle stays the
+        same object. ``False`` when another Commit came first (nothing changed).
+        """
+        from ..core.messages.framing import MLSMessage
+
+        identity = self.plugin.identity
+        assert identity is not None
+        await self.stop_worker()
+        old, old_first = self.group, self.first_epoch
+        loop = asyncio.get_running_loop()
+        async with self._group_lock:
+            group, commit = identity.join_external(MLSMessage(info).encode(),
+                                                   ratchet_tree=tree, resync_leaf=own_leaf)
+            lost = self.healer.reset()
+            self.group = group
+            self.first_epoch = info.group_context.epoch + 1
+            self.expect_echo = commit
+            self.echo_result = loop.create_future()
+            self.last_stanza_id = stanza_id
+            self._seen.clear()
+            self._seen_set.clear()
+            self.healer.epoch_start = stanza_id
+            self._inflight = None
+            waiter = self._commit_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(TransportError(
+                    "this device fell behind its group and rejoined it by external "
+                    "Commit: the Commit was not made; try again"))
+        for held in lost:
+            self.healer._report_lost(held, "this device rejoined in a later epoch")
+        self.ready.clear()
+        self.start(catch_up=True)
+        await self.plugin.delivery.send_room(self.room, Envelope(
+            kind=Kind.COMMIT, group_id=group.group_id, epoch=info.group_context.epoch,
+            mls_message=commit))
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(self.echo_result),
+                                        float(self.plugin.config["commit_timeout"]))
+        except TimeoutError:
+            ok = False
+        if ok:
+            await self.save()
+            await self.publish_group_info()
+            return True
+        # void: another Commit came first; back to the old state (still behind)
+        await self.stop_worker()
+        async with self._group_lock:
+            identity.groups[old.group_id] = old
+            self.group, self.first_epoch = old, old_first
+            self.expect_echo = None
+        self.ready.clear()
+        self.start(catch_up=True)
+        return False
 
     def _dispatch(self, event: object, stanza_id: str | None) -> None:
         if isinstance(event, ApplicationMessage):
@@ -898,7 +1021,10 @@ class GroupSession:
                     loop = asyncio.get_running_loop()
                     self._commit_waiter = loop.create_future()
                     self._inflight = pending
-                    self.plugin.persist(self, parts)
+                    if parts is not None:  # a large group: written off the event loop
+                        await self.plugin.persist_off_loop(self, parts)
+                    else:
+                        self.plugin.persist(self)
                 await self.plugin.delivery.send_room(self.room, Envelope(
                     kind=Kind.COMMIT, group_id=self.group_id, epoch=self.epoch,
                     mls_message=pending.message))

@@ -293,19 +293,31 @@ def test_closed_store_and_context_manager(db_path: Path) -> None:
         s.load_groups()
 
 
-def test_other_thread_gets_storage_error(store: SQLiteStore) -> None:
+def test_threads_share_the_store_without_interleaving(store: SQLiteStore) -> None:
+    # the plugin writes a large group's state from a worker thread while the event
+    # loop writes others: each call holds the store's lock for its whole transaction
+    assert store.thread_safe
     errors: list[BaseException] = []
 
-    def use() -> None:
+    def write(prefix: bytes) -> None:
         try:
-            store.load_groups()
+            for i in range(40):
+                store.save_group(rec(prefix + bytes([i]), prefix * 1000))
+                store.save_position(prefix + bytes([i]), f"{i}")
         except BaseException as e:  # recorded for the assertion below
             errors.append(e)
 
-    t = threading.Thread(target=use)
-    t.start()
-    t.join()
-    assert len(errors) == 1 and isinstance(errors[0], StorageError)
+    threads = [threading.Thread(target=write, args=(p,)) for p in (b"a", b"b", b"c")]
+    for t in threads:
+        t.start()
+    for _ in range(20):
+        store.load_groups()  # reads from this thread meanwhile
+    for t in threads:
+        t.join()
+    assert errors == []
+    groups = store.load_groups()
+    assert len(groups) == 120
+    assert all(g.last_stanza_id == str(g.group_id[1]) for g in groups)
 
 
 def test_two_stores_on_one_file_see_each_others_writes(db_path: Path) -> None:
