@@ -22,7 +22,7 @@ from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.envelope import Envelope, Kind
 from mls_xmpp.xmpp.stanza import NS
 
-from .mls_clients import TIMEOUT, close, mls_client, synced, until
+from .mls_clients import TIMEOUT, befriend, close, mls_client, synced, until
 
 
 def _envelope(stanza: Any) -> Envelope | None:
@@ -97,6 +97,7 @@ async def _three(server: ProsodyServer, accounts: list[Account],
     carol, rc = await mls_client(server, *accounts[2], config=config)
     resynced: list[Any] = []
     carol.add_event_handler("mls_resynced", resynced.append)
+    await befriend(alice, bob, carol)
     group = await alice.plugin["mls"].create_group(members=[accounts[1].jid, accounts[2].jid])
     (gb,) = await rb.wait("mls_joined")
     (gc,) = await rc.wait("mls_joined")
@@ -250,6 +251,7 @@ async def _early(server: ProsodyServer, accounts: list[Account]) -> None:
     bob.add_event_handler("mls_membership", lambda e: order.append(f"epoch {e.epoch}"))
     bob.add_event_handler("mls_message", lambda e: order.append(e.body))
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         (gb,) = await rb.wait("mls_joined")
         await synced(group, gb)
@@ -281,6 +283,7 @@ async def _silent_drop(server: ProsodyServer, accounts: list[Account]) -> None:
     bob, rb = await mls_client(server, *accounts[1],
                                config={"room_ping_interval": 1.0, "room_retry": 0.5})
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         (gb,) = await rb.wait("mls_joined")
         await synced(group, gb)

@@ -21,7 +21,7 @@ from mls_xmpp.storage import GroupRecord, SQLiteStore, StorageError
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.errors import ArchiveBudgetError, GroupSuspendedError
 
-from .mls_clients import TIMEOUT, close, mls_client, synced, until
+from .mls_clients import TIMEOUT, befriend, close, mls_client, synced, until
 
 
 class FailingStore:
@@ -51,6 +51,7 @@ async def _failed_write(server: ProsodyServer, accounts: list[Account], tmp: Pat
     bob, rb = await mls_client(server, *accounts[1],
                                config={"store": store, "room_retry": 1.0})
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         (gb,) = await rb.wait("mls_joined")
         await synced(group, gb)
@@ -102,6 +103,7 @@ async def _unreadable_row(server: ProsodyServer, accounts: list[Account], tmp: P
     alice, ra = await mls_client(server, *accounts[0])
     bob, rb = await mls_client(server, *accounts[1], config={"store": str(db)})
     try:
+        await befriend(alice, bob)
         g1 = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         g2 = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         await rb.wait("mls_joined", 2)
@@ -178,6 +180,7 @@ async def _endless(server: ProsodyServer, accounts: list[Account], tmp: Path) ->
     alice, ra = await mls_client(server, *accounts[0])
     bob, rb = await mls_client(server, *accounts[1], config={"store": str(db)})
     try:
+        await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         (gb,) = await rb.wait("mls_joined")
         await synced(group, gb)
