@@ -23,6 +23,8 @@ The three branches under the root say whose fault a failure is::
     │   └── UnsupportedCipherSuiteError
     └── TransportError          the XMPP side failed (timeout, error from the server)
         ├── NotConnectedError   no XMPP session: connect first (raised at once)
+        │   ├── AuthenticationError  the server refused the credentials
+        │   └── ServerFeatureError   the server lacks MUC+MAM or PEP (``.feature``)
         ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
         └── GroupSuspendedError the room refused or dropped this account: the group
                                 is kept, the room retried (``.reason``)
@@ -75,6 +77,7 @@ from .core.errors import (
     WrongGroupError,
 )
 from .xmpp.errors import (
+    AuthenticationError,
     BlobRefusedError,
     EnvelopeError,
     GroupSuspendedError,
@@ -82,6 +85,7 @@ from .xmpp.errors import (
     NotConnectedError,
     NotInGroupError,
     RulesError,
+    ServerFeatureError,
     TooLargeError,
     TransportError,
     UnknownDeviceError,
@@ -91,6 +95,7 @@ from .xmpp.errors import (
 )
 
 __all__ = [
+    "AuthenticationError",
     "BlobRefusedError",
     "CredentialError",
     "CryptoError",
@@ -111,6 +116,7 @@ __all__ = [
     "RemoteProtocolError",
     "RulesError",
     "SecretTreeError",
+    "ServerFeatureError",
     "TooLargeError",
     "TransportError",
     "UnknownDeviceError",
