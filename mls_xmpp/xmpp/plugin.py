@@ -285,7 +285,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self._session_up:
             return
         err = NotConnectedError(f"cannot reach the XMPP server of {self.xmpp.boundjid.domain}: "
-                                f"{reason or 'connection failed'} (slixmpp tries again)")
+                                f"{reason or 'connection failed'}")
         self._link_error = err
         self.error(MLSErrorEvent(str(err), error=err))
 
