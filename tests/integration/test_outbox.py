@@ -263,6 +263,57 @@ def test_a_restart_sends_what_the_outbox_kept_exactly_once(
     _run(_restart(prosody, new_account("alice"), new_account("bob"), tmp_path / "a.db"))
 
 
+# -- a stream resumed by XEP-0198 ----------------------------------------------------------
+
+
+async def _resumed(tmp: Path) -> None:
+    with ProsodyServer(smacks=True, storage="memory") as server:
+        alice_acc, bob_acc = server.create_account("alice"), server.create_account("bob")
+        async with FaultProxy(server.host, server.c2s_port) as proxy:
+            alice, ra = await mls_client(server, *alice_acc, via=(proxy.host, proxy.port))
+            bob, rb = await mls_client(server, *bob_acc)
+            try:
+                assert alice.plugin["xep_0198"].sm_id  # the server offered it
+                mls = alice.plugin["mls"]
+                group = await mls.create_group(members=[bob_acc.jid])
+                (gb,) = await rb.wait("mls_joined")
+                await synced(group, gb)
+                starts, resumes, joins = [], [], []
+                alice.add_event_handler("session_start", starts.append)
+                alice.add_event_handler("session_resumed", resumes.append)
+                join_room = mls.delivery.join_room
+
+                async def counted(room: str, nick: str) -> None:
+                    joins.append(room)
+                    await join_room(room, nick)
+
+                mls.delivery.join_room = counted
+                # her message reaches the room, its echo does not; bob writes meanwhile
+                proxy.stall_down = True
+                mid = await group.send("from alice")
+                await rb.wait("mls_message", 1)
+                await _down(alice, proxy)
+                proxy.stall_down = False
+                await gb.send("from bob while alice is cut off")
+                await _up(alice, proxy)
+                assert len(resumes) == 1 and starts == [] and joins == []  # nothing restarted
+                assert mls.group(group.room) is group
+                await ra.wait("mls_message", 1)
+                await until(lambda: group.message_state(mid) == "reflected")
+                await group.update()
+                await synced(group, gb)
+                await asyncio.sleep(1.0)
+                assert rb.bodies() == ["from alice"]
+                assert ra.bodies() == ["from bob while alice is cut off"]
+                assert ra.events["mls_error"] == [] and rb.events["mls_error"] == []
+            finally:
+                await close(alice, bob)
+
+
+def test_a_resumed_stream_goes_on_without_restarting_the_groups(tmp_path: Path) -> None:
+    _run(_resumed(tmp_path))
+
+
 # -- fail fast -------------------------------------------------------------------------------
 
 
