@@ -211,6 +211,12 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         "A device's first key, a device's key change (``previous`` fingerprint), or the "
         "user's decision (verified, distrusted, trusted). Local data: never changes validity.",
     ),
+    "mls_outbox": (
+        ":class:`~mls_xmpp.xmpp.events.OutboxEvent`",
+        "A message ``send()`` accepted changed state: ``queued`` (stored; offline, or the "
+        "group is still reading the archive), ``sent`` (encrypted, handed to the stream), "
+        "``reflected`` (the room has it: delivered) or ``failed`` (given up, with the error).",
+    ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",
         "A member's proposal arrived (for example another device's leave); the "
