@@ -174,6 +174,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.add_event_handler("disconnected", self._on_disconnected)
         self.xmpp.add_event_handler("failed_all_auth", self._on_auth_failed)
         self.xmpp.add_event_handler("connection_failed", self._on_connection_failed)
+        self.xmpp.add_event_handler("connected", self._on_connected)
         self.xmpp.add_event_handler("groupchat_presence", self._on_room_presence)
 
     def plugin_end(self) -> None:
@@ -184,6 +185,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.del_event_handler("disconnected", self._on_disconnected)
         self.xmpp.del_event_handler("failed_all_auth", self._on_auth_failed)
         self.xmpp.del_event_handler("connection_failed", self._on_connection_failed)
+        self.xmpp.del_event_handler("connected", self._on_connected)
         self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
         for session in list(self.sessions.values()):
             asyncio.ensure_future(session.stop())
@@ -274,6 +276,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._ready.clear()
         for session in list(self.sessions.values()):
             await session.pause()
+
+    def _on_connected(self, _: Any) -> None:
+        self._link_error = None  # a new attempt: its own outcome decides
 
     def _on_auth_failed(self, _: Any) -> None:
         err = AuthenticationError(f"the server refused the credentials of {self.bare_jid} "
