@@ -71,8 +71,8 @@ def test_queued_sent_reflected_in_order(tmp_path: Path, kind: int) -> None:
 def test_a_lost_stream_keeps_the_rest_and_requeue_resends_once(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.db", key=b"k" * 32)
     box, wire = _outbox(store, []), Wire()
-    box.add("a", b"message one")
-    box.add("b", b"message two")
+    box.add("a", b"zebra one")
+    box.add("b", b"zebra two")
     asyncio.run(wire.flush(box))
     # a new process: the store is all it has; "a" reached the room, "b" did not
     again = _outbox(store, [])
@@ -85,12 +85,12 @@ def test_a_lost_stream_keeps_the_rest_and_requeue_resends_once(tmp_path: Path) -
     assert wire.sent == [] and again.state("b") == "queued"
     wire.up = True
     asyncio.run(wire.flush(again))
-    assert [m.split(b"#")[0] for m in wire.sent] == [b"message two"]  # anew, once
+    assert [m.split(b"#")[0] for m in wire.sent] == [b"zebra two"]  # anew, once
     asyncio.run(wire.flush(again))
     assert len(wire.sent) == 1
     # sealed at rest
     raw = (tmp_path / "s.db").read_bytes()
-    assert b"message" not in raw
+    assert b"zebra" not in raw
 
 
 def test_failures(tmp_path: Path) -> None:
