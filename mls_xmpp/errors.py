@@ -24,6 +24,8 @@ The three branches under the root say whose fault a failure is::
     │   └── UnsupportedCipherSuiteError
     └── TransportError          the XMPP side failed (timeout, error from the server)
         ├── NotConnectedError   no XMPP session: connect first (raised at once)
+        │   ├── AuthenticationError  the server refused the credentials
+        │   └── ServerFeatureError   the server lacks MUC+MAM or PEP (``.feature``)
         ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
         ├── GroupSuspendedError the room refused or dropped this account, or its state
         │                       could not be written: the group is kept (rolled back
@@ -79,6 +81,7 @@ from .core.errors import (
 )
 from .xmpp.errors import (
     ArchiveBudgetError,
+    AuthenticationError,
     BlobRefusedError,
     EnvelopeError,
     GroupSuspendedError,
@@ -87,6 +90,7 @@ from .xmpp.errors import (
     NotConnectedError,
     NotInGroupError,
     RulesError,
+    ServerFeatureError,
     TooLargeError,
     TransportError,
     UnknownDeviceError,
@@ -97,6 +101,7 @@ from .xmpp.errors import (
 
 __all__ = [
     "ArchiveBudgetError",
+    "AuthenticationError",
     "BlobRefusedError",
     "CredentialError",
     "CryptoError",
@@ -118,6 +123,7 @@ __all__ = [
     "RemoteProtocolError",
     "RulesError",
     "SecretTreeError",
+    "ServerFeatureError",
     "TooLargeError",
     "TransportError",
     "UnknownDeviceError",

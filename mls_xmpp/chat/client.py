@@ -367,9 +367,16 @@ class Chat:
         self.say(f"... {stage} {done}/{total}" + (" done" if done == total else "") + suffix)
 
     def on_mls_error(self, event: Any) -> None:  # MLSErrorEvent
+        from mls_xmpp.errors import AuthenticationError, NotConnectedError
+
+        if isinstance(event.error, AuthenticationError):
+            return  # on_auth_failed says it (with a hint about TLS)
         reason = _one_line(str(event.reason))
-        if self._ready is not None and not self._ready.done() and reason.startswith(
-                "start-up failed"):
+        starting = self._ready is not None and not self._ready.done()
+        if starting and (reason.startswith("start-up failed") or (
+                isinstance(event.error, NotConnectedError))):
+            # no server, a server without MUC/MAM/PEP: nothing to wait for
+            assert self._ready is not None
             self._ready.set_exception(ChatError(reason))
             return
         room = event.group.room if event.group is not None else None

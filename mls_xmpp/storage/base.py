@@ -58,6 +58,29 @@ class TrustRecord:
     current: bool = True
 
 
+@dataclass(frozen=True)
+class OutboxRecord:
+    """A message :meth:`~mls_xmpp.xmpp.session.GroupSession.send` accepted and the
+    room has not reflected yet (see :mod:`mls_xmpp.xmpp.outbox`).
+
+    Attributes:
+        group_id: the group it is for.
+        seq: its place in the group's outbox (sent in this order).
+        message_id: the id ``send`` returned (``Content.message_id``).
+        content: the encoded application ``Content`` -- the plaintext, encrypted
+            only when it is sent, in the epoch of that moment.
+        sent_digest: SHA-256 of the MLSMessage of the last attempt to send it,
+            ``None`` while it is queued; the room's reflection of that message
+            ends the entry.
+    """
+
+    group_id: bytes
+    seq: int
+    message_id: str
+    content: bytes
+    sent_digest: bytes | None = None
+
+
 class StateStore(Protocol):
     """A device's persistent state: its identity and its groups."""
 
@@ -90,7 +113,7 @@ class StateStore(Protocol):
         """
 
     def delete_group(self, group_id: bytes) -> None:
-        """Forget a group (left, removed, or replaced by a rejoin)."""
+        """Forget a group (left, removed, or replaced by a rejoin) and its outbox."""
 
     def load_inbox_position(self) -> str | None:
         """The last message of the account's own archive read for Welcomes, or ``None``."""
@@ -103,6 +126,15 @@ class StateStore(Protocol):
 
     def save_trust(self, records: Sequence[TrustRecord]) -> None:
         """Insert or replace these records (by ``(jid, fingerprint)``) in one write."""
+
+    def load_outbox(self, group_id: bytes) -> list[OutboxRecord]:
+        """A group's outbox, in ``seq`` order."""
+
+    def save_outbox(self, record: OutboxRecord) -> None:
+        """Insert or replace one outbox entry (by ``(group_id, seq)``)."""
+
+    def delete_outbox(self, group_id: bytes, seq: int) -> None:
+        """Forget one outbox entry (reflected by the room, or given up)."""
 
     def close(self) -> None:
         """Release the store."""

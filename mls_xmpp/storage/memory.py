@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .base import GroupRecord, TrustRecord
+from .base import GroupRecord, OutboxRecord, TrustRecord
 from .errors import StorageError
 
 
@@ -16,6 +16,7 @@ class MemoryStore:
         self._groups: dict[bytes, GroupRecord] = {}
         self._inbox: str | None = None
         self._trust: dict[tuple[str, str], TrustRecord] = {}
+        self._outbox: dict[tuple[bytes, int], OutboxRecord] = {}
 
     def load_identity(self) -> bytes | None:
         """The stored identity, if any."""
@@ -55,8 +56,10 @@ class MemoryStore:
                                              last_stanza_id=last_stanza_id)
 
     def delete_group(self, group_id: bytes) -> None:
-        """Forget a group."""
+        """Forget a group and its outbox."""
         self._groups.pop(group_id, None)
+        for key in [k for k in self._outbox if k[0] == group_id]:
+            del self._outbox[key]
 
     def load_inbox_position(self) -> str | None:
         """How far the account's archive was read for Welcomes."""
@@ -74,6 +77,19 @@ class MemoryStore:
         """Insert or replace trust records."""
         for record in records:
             self._trust[(record.jid, record.fingerprint)] = record
+
+    def load_outbox(self, group_id: bytes) -> list[OutboxRecord]:
+        """A group's outbox, in ``seq`` order."""
+        return sorted((r for (g, _), r in self._outbox.items() if g == group_id),
+                      key=lambda r: r.seq)
+
+    def save_outbox(self, record: OutboxRecord) -> None:
+        """Insert or replace an outbox entry."""
+        self._outbox[(record.group_id, record.seq)] = record
+
+    def delete_outbox(self, group_id: bytes, seq: int) -> None:
+        """Forget an outbox entry."""
+        self._outbox.pop((group_id, seq), None)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -7,7 +7,7 @@
         ...
         store.save_group(GroupRecord(group_id, room, encode_group(group), stanza_id))
 
-Schema (version 2)::
+Schema (version 4)::
 
     meta     (name TEXT PRIMARY KEY, value BLOB)        encryption mode, key check,
                                                         inbox position (UTF-8)
@@ -19,6 +19,11 @@ Schema (version 2)::
     progress (group_id BLOB PRIMARY KEY,                 one row per groups row
               ratchets BLOB,                             NULL: ``state`` is whole
               last_stanza_id TEXT, updated_at INTEGER)
+    trust    (jid TEXT, fingerprint TEXT, device TEXT,  the device trust store
+              state TEXT, first_seen INTEGER, current INTEGER)
+    outbox   (group_id BLOB, seq INTEGER,               messages send() accepted that
+              message_id TEXT, content BLOB,            the room has not reflected yet
+              sent_digest BLOB, updated_at INTEGER)     (plaintext Content: sealed)
 
 A group is stored either whole (``state`` from ``encode_group``, ``ratchets``
 NULL) or in two parts (``state`` the base from ``encode_group_parts``,
@@ -85,10 +90,12 @@ Encryption at rest
         0x01 || nonce (12 random bytes) || AES-256-GCM(key, nonce, plaintext, aad)
 
     where ``aad = b"mls-xmpp sqlite v1" 0x00 table 0x00 primary_key``: the
-    table name (``identity``, ``groups``, or ``progress`` for the ratchets,
-    so they cannot be swapped with a state), then the row's
-    primary key (the
-    raw group ID, or ``b"1"`` for the single identity row). A blob therefore
+    table name (``identity``, ``groups``, ``progress`` for the ratchets,
+    so they cannot be swapped with a state, or ``outbox``), then the row's
+    primary key (the raw group ID, ``b"1"`` for the single identity row, or
+    for an outbox entry the group ID and its ``seq`` as 8 big-endian bytes).
+    An outbox entry's ``content`` (the plaintext of a message not yet sent)
+    is sealed like a state; its ``message_id`` and ``sent_digest`` are not. A blob therefore
     only decrypts in the row it was written for; moving a state to another
     group's row, or into the identity row, fails to decrypt. Random 96-bit
     nonces are safe for about 2**32 writes under one key.
@@ -139,7 +146,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..core.errors import LocalUsageError
-from .base import GroupRecord, TrustRecord
+from .base import GroupRecord, OutboxRecord, TrustRecord
 from .errors import StorageError
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -164,6 +171,13 @@ def _locked(method: _F) -> _F:
         with self._lock:
             return method(self, *args, **kwargs)
     return wrapper  # type: ignore[return-value]
+
+
+_OUTBOX = "outbox"
+
+
+def _outbox_pk(group_id: bytes, seq: int) -> bytes:
+    return bytes(group_id) + int(seq).to_bytes(8, "big")
 
 
 # -- schema migrations ---------------------------------------------------------------------
@@ -210,12 +224,25 @@ def _migration_3_trust(db: sqlite3.Connection) -> None:
                " PRIMARY KEY (jid, fingerprint))")
 
 
+def _migration_4_outbox(db: sqlite3.Connection) -> None:
+    """Version 3 -> 4: the outbox of messages accepted and not yet reflected by the room."""
+    db.execute("CREATE TABLE outbox ("
+               " group_id BLOB NOT NULL,"
+               " seq INTEGER NOT NULL,"
+               " message_id TEXT NOT NULL,"
+               " content BLOB NOT NULL,"
+               " sent_digest BLOB,"
+               " updated_at INTEGER NOT NULL,"
+               " PRIMARY KEY (group_id, seq))")
+
+
 #: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
 #: Append new ones; never edit or reorder a released one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1_initial_schema,
     _migration_2_progress,
     _migration_3_trust,
+    _migration_4_outbox,
 ]
 
 #: The schema version this code writes.
@@ -535,10 +562,52 @@ class SQLiteStore:
                        "WHERE group_id = ?", (last_stanza_id, int(time.time()), bytes(group_id)))
 
     def delete_group(self, group_id: bytes) -> None:
-        """Forget a group; its state is overwritten with zeros in the file."""
+        """Forget a group and its outbox; its state is overwritten with zeros in the file."""
         with self._transaction("cannot delete the group") as db:
             db.execute("DELETE FROM groups WHERE group_id = ?", (bytes(group_id),))
             db.execute("DELETE FROM progress WHERE group_id = ?", (bytes(group_id),))
+            db.execute("DELETE FROM outbox WHERE group_id = ?", (bytes(group_id),))
+
+    @_locked
+    def load_outbox(self, group_id: bytes) -> list[OutboxRecord]:
+        """A group's outbox entries, in ``seq`` order.
+
+        :raises StorageError: a row cannot be read (wrong types, does not decrypt).
+        """
+        gid = bytes(group_id)
+        with _sql_errors("cannot read the outbox"):
+            rows = self._conn().execute(
+                "SELECT seq, message_id, content, sent_digest FROM outbox "
+                "WHERE group_id = ? ORDER BY seq", (gid,)).fetchall()
+        out = []
+        for seq, message_id, content, digest in rows:
+            if not (isinstance(seq, int) and isinstance(message_id, str)
+                    and (digest is None or isinstance(digest, bytes))):
+                raise StorageError("an outbox row has columns of the wrong type")
+            out.append(OutboxRecord(gid, seq, message_id,
+                                    self._open(content, _OUTBOX, _outbox_pk(gid, seq)),
+                                    digest))
+        return out
+
+    def save_outbox(self, record: OutboxRecord) -> None:
+        """Insert or replace one outbox entry, atomically (its content sealed)."""
+        gid = bytes(record.group_id)
+        blob = self._seal(record.content, _OUTBOX, _outbox_pk(gid, record.seq))
+        with self._transaction("cannot save the outbox entry") as db:
+            db.execute("INSERT INTO outbox (group_id, seq, message_id, content, sent_digest,"
+                       " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (group_id, seq)"
+                       " DO UPDATE SET message_id = excluded.message_id,"
+                       " content = excluded.content, sent_digest = excluded.sent_digest,"
+                       " updated_at = excluded.updated_at",
+                       (gid, int(record.seq), record.message_id, blob,
+                        None if record.sent_digest is None else bytes(record.sent_digest),
+                        int(time.time())))
+
+    def delete_outbox(self, group_id: bytes, seq: int) -> None:
+        """Forget one outbox entry (its content is overwritten with zeros in the file)."""
+        with self._transaction("cannot delete the outbox entry") as db:
+            db.execute("DELETE FROM outbox WHERE group_id = ? AND seq = ?",
+                       (bytes(group_id), int(seq)))
 
     @_locked
     def load_inbox_position(self) -> str | None:

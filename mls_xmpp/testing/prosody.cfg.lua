@@ -8,6 +8,7 @@
 --   MLS_XMPP_HTTP_PORT HTTP port for XEP-0363 uploads (default 15280)
 --   MLS_XMPP_STORAGE   "internal" (files, default) | "memory" (faster, nothing persists)
 --   MLS_XMPP_LOG_LEVEL "info" (default) | "debug" | ...
+--   MLS_XMPP_SMACKS    "1": offer XEP-0198 stream management (default "0")
 --
 -- Server limits that matter to MLS are left at Prosody's DEFAULTS, as a real deployment
 -- has them, so tests see what users see: c2s_stanza_size_limit (256 KiB),
@@ -36,11 +37,15 @@ http_interfaces = { "127.0.0.1" }
 https_ports = { }
 https_interfaces = { }
 
-modules_enabled = {
+local enabled = {
   "roster"; "saslauth"; "disco"; "carbons"; "pep"; "private"; "blocklist";
   "vcard4"; "version"; "uptime"; "time"; "ping"; "mam"; "offline";
   "csi_simple"; "admin_shell"; "admin_socket";
 }
+if ENV_MLS_XMPP_SMACKS == "1" then        -- XEP-0198: resumption and acks (mod_smacks)
+  enabled[#enabled + 1] = "smacks"
+end
+modules_enabled = enabled
 modules_disabled = { "s2s" }             -- no federation listener in tests
 
 -- Loopback only: no "tls" module, so no STARTTLS is offered and SCRAM-SHA-1 runs in

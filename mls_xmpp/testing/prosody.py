@@ -72,6 +72,8 @@ class ProsodyServer:
     :param start_timeout: seconds to wait for readiness before giving up.
     :param stop_timeout: seconds between SIGTERM and SIGKILL.
     :param keep_directory: leave the state directory (and log) after stop.
+    :param smacks: offer XEP-0198 stream management (Prosody's mod_smacks): streams
+        are resumed after a cut, and stanzas acknowledged.
     """
 
     #: The XMPP domain of the single virtual host.
@@ -92,6 +94,7 @@ class ProsodyServer:
         prosody: str = "prosody",
         prosodyctl: str = "prosodyctl",
         config_path: Path = CONFIG_PATH,
+        smacks: bool = False,
     ) -> None:
         if storage not in ("internal", "memory"):
             raise ValueError(f"storage must be 'internal' or 'memory', not {storage!r}")
@@ -103,6 +106,7 @@ class ProsodyServer:
         self.prosody = prosody
         self.prosodyctl = prosodyctl
         self.config_path = config_path
+        self.smacks = smacks
         self._process: subprocess.Popen[bytes] | None = None
         self._stdout: IO[bytes] | None = None
         self._directory: Path | None = None
@@ -165,6 +169,7 @@ class ProsodyServer:
             MLS_XMPP_HTTP_PORT=str(self.http_port),
             MLS_XMPP_STORAGE=self.storage,
             MLS_XMPP_LOG_LEVEL=self.log_level,
+            MLS_XMPP_SMACKS="1" if self.smacks else "0",
         )
         return env
 

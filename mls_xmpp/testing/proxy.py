@@ -11,6 +11,7 @@ answering -- rather than a mock::
     proxy.cut_all()          # every open connection is reset now
     proxy.refuse = True      # new connections are refused until set back
     proxy.stall = True       # bytes are held (both ways) until set back
+    proxy.stall_down = True  # only bytes from the server to the clients are held
 
 It runs in the event loop of the test (asyncio streams), forwards bytes both
 ways unchanged, and counts what it did (:attr:`cuts`, :attr:`accepted`).
@@ -47,17 +48,18 @@ class _Link:
             self.close()
             return
         self.tasks = [asyncio.ensure_future(self._pump(self.client_r, self.server_w)),
-                      asyncio.ensure_future(self._pump(server_r, self.client_w))]
+                      asyncio.ensure_future(self._pump(server_r, self.client_w, down=True))]
         await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
         self.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    down: bool = False) -> None:
         try:
             while True:
                 data = await reader.read(_CHUNK)
                 if not data:
                     return
-                while self.proxy.stall and not self.closed:
+                while (self.proxy.stall or (down and self.proxy.stall_down)) and not self.closed:
                     await asyncio.sleep(0.05)
                 if self.closed:
                     return
@@ -95,6 +97,9 @@ class FaultProxy:
         self.refuse = False
         #: bytes are held (both directions) while this is set
         self.stall = False
+        #: bytes from the server to the clients are held while this is set (what a
+        #: client sends still arrives: e.g. a message reaches the room, its echo not)
+        self.stall_down = False
         #: connections cut by :meth:`cut_all` / :meth:`cut_one` so far
         self.cuts = 0
         #: connections accepted so far

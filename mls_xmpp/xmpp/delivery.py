@@ -158,12 +158,28 @@ class Delivery:
         :raises TooLargeError: even 64 fragments would not hold it.
         :raises TransportError: an upload failed.
         """
+        env = await self.prepare_room(env, ratchet_tree=ratchet_tree, by_reference=by_reference)
+        self.send_prepared(room, env)
+        await asyncio.sleep(0)  # let the stream write (and read) between sends
+
+    async def prepare_room(self, env: Envelope, *, ratchet_tree: bytes | None = None,
+                           by_reference: bool = False) -> Envelope:
+        """What :meth:`send_room` sends, with its uploads done (see there).
+
+        :raises TransportError: an upload failed.
+        """
         env = await self._with_blobs(env, ratchet_tree)
         if by_reference:
             env = await self._by_reference(env)
+        return env
+
+    def send_prepared(self, room: str, env: Envelope) -> None:
+        """Hand a prepared envelope to the stream (in fragments if needed), at once.
+
+        :raises TooLargeError: even 64 fragments would not hold it.
+        """
         for piece in self._pieces(env):
             self._message(room, "groupchat", piece).send()
-        await asyncio.sleep(0)  # let the stream write (and read) between sends
 
     async def send_welcome(self, jid: str, env: Envelope, *,
                            ratchet_tree: bytes | None = None) -> None:

@@ -8,6 +8,11 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
 
   * :class:`NotConnectedError` -- there is no XMPP session: not connected,
     authentication failed, or the stream went down.
+
+    * :class:`AuthenticationError` -- the server refused this account's
+      credentials (a wrong password): retrying does not help.
+    * :class:`ServerFeatureError` -- the server lacks a service MLS groups
+      need (MUC rooms with an archive, PEP).
   * :class:`NoKeyPackageError` -- an account has no usable KeyPackage on its
     PEP node, so none of its devices can be added.
   * :class:`GroupSuspendedError` -- the group's room refused this account or
@@ -41,6 +46,7 @@ from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, Rem
 
 __all__ = [
     "ArchiveBudgetError",
+    "AuthenticationError",
     "BlobRefusedError",
     "EnvelopeError",
     "GroupSuspendedError",
@@ -49,6 +55,7 @@ __all__ = [
     "NotConnectedError",
     "NotInGroupError",
     "RulesError",
+    "ServerFeatureError",
     "TooLargeError",
     "TransportError",
     "UnknownDeviceError",
@@ -68,6 +75,27 @@ class NotConnectedError(TransportError):
     Raised at once by every API call that needs the server; connect (and wait
     for ``session_start`` or ``mls_ready``) and call again.
     """
+
+
+class AuthenticationError(NotConnectedError):
+    """The server refused this account's credentials (wrong password, unknown account).
+
+    Raised at once by every API call, and reported as ``mls_error``, until a
+    session starts; slixmpp does not try again by itself.
+    """
+
+
+class ServerFeatureError(NotConnectedError):
+    """The server lacks a service MLS groups need (``feature`` names it).
+
+    Checked when the plugin starts: group rooms need a MUC service whose rooms
+    are archived (XEP-0045 with XEP-0313), KeyPackages need PEP (XEP-0163).
+    """
+
+    def __init__(self, message: str, feature: str = "") -> None:
+        super().__init__(message)
+        #: the missing feature (a disco feature or identity)
+        self.feature = feature
 
 
 class NoKeyPackageError(TransportError):

@@ -207,3 +207,25 @@ class ProgressEvent:
 
 #: The stages of adding members, in order.
 STAGES = ("key packages", "commit", "room", "affiliations", "welcomes")
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """``mls_outbox``: a message ``send()`` accepted changed state (:mod:`.outbox`).
+
+    Attributes:
+        group: the group it is for.
+        message_id: the id ``send()`` returned.
+        state: ``queued`` (stored, waiting for the stream or the group),
+            ``sent`` (encrypted and handed to the stream), ``reflected`` (the
+            room sent it back: delivered to the group, in the room's order) or
+            ``failed`` (given up; ``error`` says why).
+        stanza_id: the room's stanza-id, for ``reflected``.
+        error: why it failed, for ``failed``.
+    """
+
+    group: GroupSession
+    message_id: str
+    state: str
+    stanza_id: str | None = None
+    error: BaseException | None = field(default=None, compare=False)

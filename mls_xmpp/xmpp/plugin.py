@@ -21,11 +21,17 @@ groups resumed), ``mls_progress`` (:class:`ProgressEvent`: the stages of adding
 many members), ``mls_invitation`` (:class:`InvitationEvent`: someone who is not
 a contact invites this device; with ``invitations="ask"``), ``mls_resynced``
 (:class:`ResyncEvent`: this device had fallen behind its group and caught up again,
-from the archive or by external Commit).
+from the archive or by external Commit), ``mls_outbox`` (:class:`OutboxEvent`: a sent
+message queued, sent, reflected by the room, or failed).
 
 Who may put this device into a group (option ``invitations``): by default only
 roster contacts with a mutual subscription and this account's own devices;
 anyone else's Welcome is dropped and reported (:mod:`.invitations`).
+
+A :class:`GroupSession` stays its group's handle for the life of the plugin:
+across disconnections, reconnections and resumed streams (XEP-0198, used when
+the server offers it) the same object resumes, reading the room archive it
+missed; messages sent meanwhile wait in its outbox.
 """
 
 from __future__ import annotations
@@ -63,8 +69,11 @@ from .delivery import (
 )
 from .envelope import Attachment, Envelope, Kind
 from .errors import (
+    AuthenticationError,
     GroupSuspendedError,
     NotConnectedError,
+    NotInGroupError,
+    ServerFeatureError,
     TransportError,
     UnknownDeviceError,
     UnknownGroupError,
@@ -98,7 +107,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     name = "mls"
     description = "MLS groups over MUC (urn:mls-xmpp:0)"
     dependencies = {"xep_0004", "xep_0030", "xep_0045", "xep_0059", "xep_0060", "xep_0163",
-                    "xep_0313", "xep_0334", "xep_0359", "xep_0363", "xep_0380", "xep_0410"}
+                    "xep_0198", "xep_0313", "xep_0334", "xep_0359", "xep_0363", "xep_0380",
+                    "xep_0410"}
     default_config = {
         "store": None,            # a StateStore or an SQLite file path; memory by default
         "store_key": None,        # 32 bytes: encrypt the SQLite store at rest
@@ -166,6 +176,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._session_up = False
         #: why :meth:`start` failed, until the next session start
         self._start_error: MLSError | None = None
+        #: why there is no stream (authentication refused, server unreachable),
+        #: until the next session start
+        self._link_error: NotConnectedError | None = None
+        #: :meth:`start` has finished once (later streams resume what it set up)
+        self._started = False
         self.inbox = Inbox(self, InvitationGate(
             str(cfg["invitations"]), int(cfg["invitation_limit"]),
             own_jid=lambda: self.bare_jid, is_contact=self.is_mutual_contact))
@@ -183,7 +198,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             "mls payload", MatchXPath(f"{{{self.xmpp.default_ns}}}message/{{{NS}}}mls"),
             self._on_payload))
         self.xmpp.add_event_handler("session_start", self._on_session_start)
+        self.xmpp.add_event_handler("session_resumed", self._on_session_resumed)
         self.xmpp.add_event_handler("disconnected", self._on_disconnected)
+        self.xmpp.add_event_handler("failed_all_auth", self._on_auth_failed)
+        self.xmpp.add_event_handler("connection_failed", self._on_connection_failed)
+        self.xmpp.add_event_handler("connected", self._on_connected)
         self.xmpp.add_event_handler("groupchat_presence", self._on_room_presence)
 
     def plugin_end(self) -> None:
@@ -191,7 +210,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.remove_handler("mls payload")
         self.xmpp.del_event_handler("groupchat_presence", self._on_room_presence)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
+        self.xmpp.del_event_handler("session_resumed", self._on_session_resumed)
         self.xmpp.del_event_handler("disconnected", self._on_disconnected)
+        self.xmpp.del_event_handler("failed_all_auth", self._on_auth_failed)
+        self.xmpp.del_event_handler("connection_failed", self._on_connection_failed)
+        self.xmpp.del_event_handler("connected", self._on_connected)
         self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
         for session in list(self.sessions.values()):
             asyncio.ensure_future(session.stop())
@@ -224,7 +247,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         return self._session_up and self.xmpp.is_connected()
 
     def require_connected(self) -> None:
-        """Raise :class:`NotConnectedError` at once when there is no XMPP session."""
+        """Raise :class:`NotConnectedError` at once when there is no XMPP session.
+
+        After a refused login it is an :class:`AuthenticationError`; after a
+        failed connection attempt its message says why (e.g. connection refused).
+        """
+        if self._link_error is not None and not self._session_up:
+            raise self._link_error
         if not self.xmpp.is_connected():
             raise NotConnectedError("not connected to the XMPP server: connect, wait for "
                                     "session_start (or mls_ready), then call again")
@@ -244,8 +273,12 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             if self._ready.is_set() and self.xmpp.is_connected():
                 return
             if self._start_error is not None:
+                if isinstance(self._start_error, NotConnectedError):
+                    raise self._start_error
                 raise NotConnectedError(f"the plugin failed to start: {self._start_error}"
                                         ) from self._start_error
+            if self._link_error is not None and not self._session_up:
+                raise self._link_error
             if not self.xmpp.is_connected() and not self.xmpp.is_connecting():
                 self.require_connected()
             left = deadline - loop.time()
@@ -262,26 +295,68 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         await self.stop_sessions()
 
     async def stop_sessions(self) -> None:
-        """Stop every group worker (the stream is gone; state is already stored)."""
+        """Stop every group's worker (the stream is gone; state is already stored).
+
+        The :class:`GroupSession` objects stay: the next stream resumes them
+        (:meth:`start`), so the application's handles stay valid.
+        """
         if self._upkeep is not None:
             self._upkeep.cancel()
             self._upkeep = None
         if self._room_pings is not None:
             self._room_pings.cancel()
             self._room_pings = None
-        for session in list(self.sessions.values()):
-            await session.stop()
-        self.sessions.clear()
         self._ready.clear()
+        for session in list(self.sessions.values()):
+            await session.pause()
+
+    def _on_connected(self, _: Any) -> None:
+        self._link_error = None  # a new attempt: its own outcome decides
+
+    def _on_auth_failed(self, _: Any) -> None:
+        err = AuthenticationError(f"the server refused the credentials of {self.bare_jid} "
+                                  "(wrong password, or no such account)")
+        self._link_error = err
+        self.error(MLSErrorEvent(str(err), error=err))
+
+    def _on_connection_failed(self, reason: Any) -> None:
+        if self._session_up:
+            return
+        err = NotConnectedError(f"cannot reach the XMPP server of {self.xmpp.boundjid.domain}: "
+                                f"{reason or 'connection failed'}")
+        self._link_error = err
+        self.error(MLSErrorEvent(str(err), error=err))
 
     async def _on_session_start(self, _: Any) -> None:
         self._session_up = True
         self._start_error = None
+        self._link_error = None
         try:
             await self.start()
         except MLSError as e:
             self._start_error = e
             self.error(MLSErrorEvent(f"start-up failed: {e}", error=e))
+
+    async def _on_session_resumed(self, _: Any) -> None:
+        """The stream was resumed (XEP-0198): the server kept the session, its rooms and
+        what it could not deliver; the groups go on where they stopped, without
+        re-entering rooms or restarting anything."""
+        self._session_up = True
+        self._link_error = None
+        if not self._started:
+            await self._on_session_start(None)  # start-up had not finished
+            return
+        for session in list(self.sessions.values()):
+            if session.removed:
+                continue
+            if session.suspended is not None:
+                session.room_retry = asyncio.ensure_future(self._retry_room(session))
+            else:
+                session.resume()
+        if self.config["publish_key_packages"] and self._upkeep is None:
+            self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        self._ready.set()
+        self.xmpp.event("mls_ready", self)
 
     async def start(self) -> None:
         """Set up identity, resume stored groups, publish KeyPackages."""
@@ -312,7 +387,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.error(MLSErrorEvent(f"stored group {room or group_id.hex()} is unreadable "
                                      f"and stays unavailable: {e}", error=e))
 
+        await self.check_server()
+        resumed = [s for s in self.sessions.values() if not s.removed]
         for record in self.state_store.load_groups(on_error=unreadable):
+            if str(JID(record.room).bare) in self.sessions:
+                continue  # this process has it already: the same object goes on
             try:
                 if record.ratchets is None:  # stored whole (by an earlier version)
                     group = decode_group(record.state, client.config,
@@ -331,18 +410,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.sessions[str(JID(record.room).bare)] = session
             if record.ratchets is None:
                 self.persist(session)  # in two parts from now on
-            try:
-                await self.delivery.join_room(record.room, self.nick())
-            except TransportError as e:
-                # The room is not the group: a refusal (registration-required,
-                # forbidden, not-authorized) or no answer suspends the group; only a
-                # Commit that removes this device ends it. One room must not keep
-                # the device down either.
-                why = (f"the room refused this account ({e.condition})"
-                       if isinstance(e, RoomRefused) else f"the room did not take us: {e}")
-                self.suspend(session, why, e)
-                continue
-            session.start()
+            await self._enter(session)
+        for session in resumed:  # kept from an earlier stream: the handles stay valid
+            session.suspended = None
+            await self._enter(session)
         if self.config["publish_key_packages"]:
             # a failure is reported, not fatal: the groups work, and upkeep retries
             await self.renew_key_packages()
@@ -350,6 +421,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         interval = float(self.config["room_ping_interval"] or 0)
         if interval > 0 and self._room_pings is None:
             self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
+        self._started = True
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
@@ -357,6 +429,61 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             # in the background: a slow or vanished room must not hold up the device
             asyncio.ensure_future(self.recover())
         self.xmpp.event("mls_ready", self)
+
+    async def _enter(self, session: GroupSession) -> None:
+        """Enter a group's room and start its worker (reading the archive it missed)."""
+        try:
+            await self.delivery.join_room(session.room, self.nick())
+        except TransportError as e:
+            # The room is not the group: a refusal (registration-required,
+            # forbidden, not-authorized) or no answer suspends the group; only a
+            # Commit that removes this device ends it. One room must not keep
+            # the device down either.
+            why = (f"the room refused this account ({e.condition})"
+                   if isinstance(e, RoomRefused) else f"the room did not take us: {e}")
+            self.suspend(session, why, e)
+            return
+        session.start()
+
+    async def check_server(self) -> None:
+        """Check that the server has what groups need: a MUC service whose rooms are
+        archived (XEP-0045, XEP-0313) and, to publish KeyPackages, PEP (XEP-0163).
+
+        :raises ServerFeatureError: one is missing (the message says which).
+        :raises TransportError: the server did not answer.
+        """
+        from slixmpp.exceptions import IqError, IqTimeout
+
+        disco = self.xmpp.plugin["xep_0030"]
+
+        async def features(jid: str) -> tuple[set[str], set[tuple[str, str]]]:
+            try:
+                info = await disco.get_info(jid=JID(jid), timeout=self.delivery.timeout)
+            except IqError as e:
+                raise ServerFeatureError(
+                    f"the MUC service {jid} is not there ({e.condition}): set the "
+                    "muc_domain option to the server's MUC service", "muc") from e
+            except IqTimeout as e:
+                raise TransportError(f"{jid} did not answer a disco#info query") from e
+            query = info["disco_info"]
+            return (set(query["features"]),
+                    {(str(i[0]), str(i[1])) for i in query["identities"]})
+
+        muc_features, muc_identities = await features(self.muc_domain)
+        if "http://jabber.org/protocol/muc" not in muc_features and not any(
+                c == "conference" for c, _ in muc_identities):
+            raise ServerFeatureError(f"{self.muc_domain} is not a MUC service (XEP-0045): set "
+                                     "the muc_domain option", "http://jabber.org/protocol/muc")
+        if not muc_features & {"urn:xmpp:mam:2", "urn:xmpp:mam:1"}:
+            raise ServerFeatureError(
+                f"the rooms of {self.muc_domain} are not archived (no XEP-0313 MAM): groups "
+                "need the room archive to catch up (Prosody: muc_mam)", "urn:xmpp:mam:2")
+        if self.config["publish_key_packages"]:
+            _, identities = await features(self.bare_jid)
+            if ("pubsub", "pep") not in identities:
+                raise ServerFeatureError(
+                    f"the server of {self.bare_jid} has no PEP (XEP-0163): KeyPackages cannot "
+                    "be published (Prosody: mod_pep)", "pep")
 
     async def recover(self) -> list[GroupSession]:
         """Rejoin, by external Commit, every recorded group this device is not in.
@@ -706,6 +833,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         of the account stays in the group.
         """
         session.removed = True
+        session.drop_outbox(NotInGroupError(
+            f"this device was removed from the group of {session.room} before the message "
+            "was sent"))
         self.xmpp.event("mls_removed", session)
         # its secrets are of no more use: forget the group (forward secrecy on disk)
         self.state_store.delete_group(session.group_id)

@@ -48,8 +48,9 @@ from .errors import (
     UnknownMemberError,
     UntrustedDeviceError,
 )
-from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, ProgressEvent
+from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, OutboxEvent, ProgressEvent
 from .healing import Healer
+from .outbox import FAILED, Outbox, OutboxItem
 from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 
@@ -237,6 +238,11 @@ class GroupSession:
         self.room_retry: asyncio.Future[None] | None = None
         #: early messages, epoch gaps and their healing (:mod:`.healing`)
         self.healer = Healer(self)
+        #: what send() accepted and the room has not reflected yet (see :mod:`.outbox`)
+        self._outbox = Outbox(plugin.state_store, group.group_id, self._outbox_changed)
+        self._flushing: asyncio.Future[None] | None = None
+        #: the worker was stopped before it finished reading the archive
+        self._unread = False
 
     # -- what the group is ----------------------------------------------------
 
@@ -270,6 +276,12 @@ class GroupSession:
         if self.removed or not self.group.active:
             raise NotInGroupError(f"this device is no longer in the group of {self.room}")
         self.plugin.require_connected()
+        self._require_member()
+
+    def _require_member(self) -> None:
+        """Raise at once when the group cannot take a message, online or not."""
+        if self.removed or not self.group.active:
+            raise NotInGroupError(f"this device is no longer in the group of {self.room}")
         if self.suspended is not None:
             raise GroupSuspendedError(
                 f"the group of {self.room} is suspended: {self.suspended}; the room is "
@@ -277,8 +289,8 @@ class GroupSession:
                 self.suspended)
         if self.plugin.sessions.get(self.room) is not self:
             raise GroupStateError(
-                f"this handle of {self.room} is from before a reconnection: get the group "
-                "again with xmpp['mls'].group(room)")
+                f"this handle of {self.room} was replaced (the group was rejoined or "
+                "forgotten): get the group again with xmpp['mls'].group(room)")
 
     async def _usable(self) -> None:
         """Wait until the group has read its archive; raise at once instead when this
@@ -351,6 +363,21 @@ class GroupSession:
             self.room_retry = None
         await self.stop_worker()
 
+    async def pause(self) -> None:
+        """The XMPP stream went down: stop the worker, keep everything else.
+
+        The same object resumes with :meth:`start` on the next stream (after
+        reading the archive it missed) or on a resumed one (XEP-0198).
+        """
+        self._unread = self._unread or not self.ready.is_set()
+        self.ready.clear()
+        await self.stop()
+
+    def resume(self) -> None:
+        """The stream was resumed (XEP-0198): nothing was lost; go on where it stopped."""
+        catch_up, self._unread = self._unread, False
+        self.start(catch_up=catch_up)
+
     async def stop_worker(self) -> None:
         """Stop processing room messages (the group is suspended, or stopping)."""
         if self._worker is not None:
@@ -397,13 +424,26 @@ class GroupSession:
         self.healer.started(self.last_stanza_id)
         try:
             caught_up = not catch_up or await self._catch_up()
+            waiter = self._commit_waiter
             if (caught_up and self.group.pending_commit is not None
-                    and self._commit_waiter is None):
-                # restored with a Commit that the archive does not hold: it never
-                # reached the room, so it will never be merged
-                self.group.discard_pending_commit()
-                self.plugin.persist(self)
+                    and (waiter is None or catch_up)):
+                # restored (or reconnected) with a Commit that the archive does not
+                # hold: it never reached the room, so it will never be merged
+                async with self._group_lock:
+                    self.group.discard_pending_commit()
+                    self._inflight = None
+                    self.plugin.persist(self)
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(NotConnectedError(
+                        "the connection was lost before the room took the Commit; nothing "
+                        "changed: call again"))
+            if catch_up and caught_up:
+                # the archive held every earlier attempt that reached the room (and
+                # ended its outbox entry): what is still "sent" never did
+                self._outbox.requeue()
+            self._unread = False
             self.ready.set()
+            self.kick_outbox()
             while True:
                 msg, sid = await self._queue.get()
                 await self._handle_safely(msg, sid)
@@ -475,10 +515,11 @@ class GroupSession:
                     self.healer.group_info_ahead(env, stanza_id)
                 return
             ref = env.mls_message_ref
-            if ref is not None and ref.sha256 in self._sent:
+            if ref is not None and (ref.sha256 in self._sent
+                                    or self._outbox.reflected(ref.sha256, stanza_id)):
                 # our own message by reference, reflected: its hash (that of the
                 # MLSMessage) is known, so it need not be downloaded
-                del self._sent[ref.sha256]
+                self._sent.pop(ref.sha256, None)
                 self._mark(stanza_id)
                 self.plugin.persist_position(self)
                 return
@@ -496,8 +537,8 @@ class GroupSession:
                 self.plugin.persist_position(self)
                 return
             digest = hashlib.sha256(data).digest()
-            if digest in self._sent:
-                del self._sent[digest]  # our own message, reflected by the room
+            if digest in self._sent or self._outbox.reflected(digest, stanza_id):
+                self._sent.pop(digest, None)  # our own message, reflected by the room
                 self._mark(stanza_id)
                 self.plugin.persist_position(self)
                 return
@@ -803,6 +844,17 @@ class GroupSession:
                    attachments: tuple[Attachment, ...] = ()) -> str:
         """Encrypt ``body`` for the group and send it through the room.
 
+        The message goes through the group's outbox (:mod:`.outbox`): it is
+        stored first, then encrypted and sent, and it stays there until the
+        room reflects it. Offline (no XMPP session) or while the group still
+        reads the room archive after a reconnection, it is only stored, and
+        sent when the group is back -- once, in the order of the ``send()``
+        calls, also after a restart with a persistent store. Its state is
+        :meth:`message_state` and ``mls_outbox`` events
+        (:class:`~mls_xmpp.xmpp.events.OutboxEvent`). Only messages are kept
+        for later: :meth:`add`, :meth:`remove`, :meth:`update` and
+        :meth:`leave` raise :class:`NotConnectedError` at once offline.
+
         A message too large for one stanza is uploaded (HTTP File Upload,
         XEP-0363) and sent by reference; members download and check it. The
         limit is :data:`MAX_MESSAGE_SIZE` (16 MiB of encoded content).
@@ -811,13 +863,16 @@ class GroupSession:
             others may name in ``reply_to``.
         :raises TooLargeError: over :data:`MAX_MESSAGE_SIZE`; nothing was sent
             (share the text with :meth:`send_file` instead).
-        :raises NotConnectedError: there is no XMPP session (raised at once).
         :raises NotInGroupError: this device is no longer in the group.
-        :raises TransportError: the upload of a large message failed.
+        :raises GroupSuspendedError: the room does not take this device now.
+        :raises TransportError: online, the upload of a large message failed
+            (the message is not kept).
+        :raises StorageError: the state store did not take the message (it is
+            not kept).
         :raises UntrustedDeviceError: the group holds a device the ``refuse_send_to``
             option refuses; nothing was sent.
         """
-        await self._usable()
+        self._require_member()
         self._check_trust()
         message_id = secrets.token_hex(12)
         content = encode_content(body, attachments=attachments, thread_id=thread_id,
@@ -829,15 +884,86 @@ class GroupSession:
                 f"the message is {len(content)} bytes encoded, over the limit of "
                 f"{MAX_MESSAGE_SIZE}: send it as a file instead, e.g. group.send_file("
                 "text.encode(), name='message.txt', media_type='text/plain')")
-        async with self._group_lock:
-            self._require_usable()  # the stream may have gone while the lock was taken
-            data = self.group.encrypt(content)
-            self._remember_sent(data)
-            self.plugin.persist_ratchets(self)
-        await self.plugin.delivery.send_room(self.room, Envelope(
-            kind=Kind.APPLICATION, group_id=self.group_id, epoch=self.epoch, mls_message=data),
-            by_reference=True)
+        self._outbox.add(message_id, content)
+        if self._can_send():
+            await self._flush_outbox()
+            if self._outbox.state(message_id) == FAILED:
+                error = self._outbox.error(message_id)
+                if isinstance(error, MLSError):
+                    raise error
+                raise TransportError(f"the message was not sent: {error}")
         return message_id
+
+    @property
+    def outbox(self) -> list[OutboxItem]:
+        """The messages ``send()`` accepted that the room has not reflected yet, oldest
+        first, each ``queued`` (waiting for the stream or the group) or ``sent``."""
+        return self._outbox.items
+
+    def message_state(self, message_id: str) -> str | None:
+        """Where a message ``send()`` accepted is: ``queued``, ``sent``,
+        ``reflected`` (the room has it: delivered) or ``failed``; ``None`` for an
+        id this device does not know (or finished long ago)."""
+        return self._outbox.state(message_id)
+
+    def _outbox_changed(self, message_id: str, state: str, stanza_id: str | None,
+                        error: BaseException | None) -> None:
+        self.plugin.xmpp.event("mls_outbox", OutboxEvent(self, message_id, state, stanza_id,
+                                                         error))
+        if error is not None:
+            self.plugin.error(MLSErrorEvent(f"message {message_id} was not sent: {error}", self,
+                                            error=error))
+
+    def drop_outbox(self, error: BaseException) -> None:
+        """Give up every message still in the outbox (reported ``failed``)."""
+        self._outbox.fail_all(error)
+
+    def _can_send(self) -> bool:
+        """Whether the outbox may send now: a live stream, the room's archive read, the
+        room taking this device, and this the group's handle."""
+        return (self.plugin.connected and self.ready.is_set() and self.suspended is None
+                and not self.removed and self.group.active
+                and self.plugin.sessions.get(self.room) is self)
+
+    def kick_outbox(self) -> None:
+        """Send what the outbox holds, in the background, if it may send now."""
+        if len(self._outbox) and self._can_send() and (
+                self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self._flush_reporting())
+
+    async def _flush_reporting(self) -> None:
+        try:
+            await self._flush_outbox()
+        except MLSError as e:
+            self.plugin.error(MLSErrorEvent(f"sending queued messages failed: {e}", self,
+                                            error=e))
+
+    async def _flush_outbox(self) -> None:
+        """Encrypt and send the queued messages, oldest first (see :meth:`Outbox.flush`)."""
+        epoch = self.epoch
+
+        async def encrypt(content: bytes) -> bytes:
+            nonlocal epoch
+            async with self._group_lock:
+                if self.removed or not self.group.active:
+                    raise NotInGroupError(
+                        f"this device is no longer in the group of {self.room}")
+                if not self._can_send():
+                    raise NotConnectedError("the stream went down")
+                data = self.group.encrypt(content)  # in the epoch of this moment
+                epoch = self.epoch
+                self.plugin.persist_ratchets(self)
+            return data
+
+        async def prepare(data: bytes) -> Envelope:
+            return await self.plugin.delivery.prepare_room(Envelope(
+                kind=Kind.APPLICATION, group_id=self.group_id, epoch=epoch,
+                mls_message=data), by_reference=True)
+
+        await self._outbox.flush(
+            can_send=self._can_send, encrypt=encrypt, prepare=prepare,
+            transmit=lambda env: self.plugin.delivery.send_prepared(self.room, env))
+        await asyncio.sleep(0)  # let the stream write
 
     def _check_trust(self) -> None:
         """With ``refuse_send_to``, refuse to send to a group holding such devices."""

@@ -731,6 +731,25 @@ async def _start_failures(server: ProsodyServer, account: Account, tmp: Path) ->
     finally:
         await _kill_all(wrong)
 
+    # no server behind the address: the reason at once, not after --timeout
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    began = time.monotonic()
+    nowhere = await ChatProcess.start(server, account, tmp / "n.db", "--timeout", "60",
+                                      "--server", f"127.0.0.1:{port}")  # the last one wins
+    try:
+        assert await nowhere.wait_exit() == 1, nowhere.report()
+        assert time.monotonic() - began < 20, nowhere.report()
+        await nowhere.expect(r"^error: cannot reach the XMPP server of localhost: "
+                             r".*(refused|failed)")
+        assert b"Traceback" not in nowhere.stderr, nowhere.report()
+    finally:
+        await _kill_all(nowhere)
+
     first = await ChatProcess.start(server, account, tmp / "a.db")
     second = None
     try:

@@ -44,3 +44,35 @@ def test_echo_bot_answers(prosody: ProsodyServer, tmp_path: Path,
                           new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(
         _echo(prosody, new_account("alice"), new_account("bot"), tmp_path), 90))
+
+
+def _bot_exit(*args: str) -> tuple[int, str, float]:
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(BOT), *args, "--plaintext"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, check=False)
+    return proc.returncode, proc.stderr, time.monotonic() - start
+
+
+def test_echo_bot_says_what_is_wrong_and_exits(prosody: ProsodyServer, tmp_path: Path,
+                                              new_account: Callable[[str], Account]) -> None:
+    import socket
+
+    acc = new_account("bot")
+    # a wrong password
+    status, stderr, took = _bot_exit(acc.jid, "wrong", "--store", str(tmp_path / "a.db"),
+                                     "--server", f"{prosody.host}:{prosody.c2s_port}")
+    assert status == 1 and took < 20, stderr
+    assert f"error: the server refused the credentials of {acc.jid}" in stderr, stderr
+    assert "Traceback" not in stderr
+    # no server where it is told to go
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    status, stderr, took = _bot_exit(acc.jid, acc.password, "--store", str(tmp_path / "b.db"),
+                                     "--server", f"127.0.0.1:{port}")
+    assert status == 1 and took < 20, stderr
+    assert "error: cannot reach the XMPP server of localhost" in stderr, stderr
+    assert "Traceback" not in stderr

@@ -206,8 +206,9 @@ async def _offline(server: ProsodyServer, alice_acc: Account, bob_acc: Account) 
         (event,) = await rb.wait("mls_message")
         await close(alice)
         assert not mls.connected
+        # a message is kept for later (tests/integration/test_outbox.py); the rest raise
+        assert group.message_state(await group.send("anyone?")) == "queued"
         calls: list[Callable[[], Awaitable[Any]]] = [
-            lambda: group.send("anyone?"),
             lambda: group.send_file(b"data", name="f.bin"),
             lambda: group.add(bob_acc.jid),
             lambda: group.remove(bob_acc.jid),

@@ -1,0 +1,208 @@
+"""The outbox: what ``send()`` accepted, kept until the room reflects it.
+
+A message goes through three states, each reported as an ``mls_outbox``
+event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
+:meth:`GroupSession.message_state <mls_xmpp.xmpp.session.GroupSession.message_state>`:
+
+``queued``
+    Accepted by ``send()`` and written to the state store (its plaintext
+    ``Content``, sealed when the store is encrypted), not yet encrypted. A
+    message sent while the device is offline, or while its group is still
+    reading the room archive, waits here.
+``sent``
+    Encrypted in the epoch of that moment and handed to the XMPP stream; the
+    SHA-256 of the MLSMessage is stored with the entry.
+``reflected``
+    The room sent it back (live or in its archive): every member can read it
+    in the room's order. The entry is gone from the store.
+
+A message that cannot be sent at all (this device left the group, an upload
+of a large message failed) ends ``failed`` and is reported.
+
+Exactly once: an entry is marked ``sent`` (its digest written) after the
+ratchet state that encrypted it and before the stanza goes out, with no
+pause in between. After a new XMPP stream (a reconnection, a restart), the
+group reads the room archive first; a reflection found there ends its entry
+(even after a restart: the digest is in the store), and only the entries still
+``sent`` afterwards -- those that never reached the room -- are queued again
+and encrypted anew, in order, in the current epoch. A stream resumed by
+XEP-0198 needs none of this: the stream itself resends what the server did
+not acknowledge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..core.errors import MLSError
+from ..storage import OutboxRecord, StateStore
+from .errors import NotConnectedError
+
+__all__ = ["FAILED", "QUEUED", "REFLECTED", "SENT", "Outbox", "OutboxItem"]
+
+QUEUED = "queued"
+SENT = "sent"
+REFLECTED = "reflected"
+FAILED = "failed"
+
+#: Finished messages whose state is still answered (the most recent ones).
+MAX_FINISHED = 4096
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One message of a group's outbox, as :attr:`GroupSession.outbox` lists it.
+
+    Attributes:
+        message_id: the id ``send()`` returned.
+        state: ``queued`` or ``sent`` (reflected ones have left the outbox).
+    """
+
+    message_id: str
+    state: str
+
+
+#: ``notify(message_id, state, stanza_id, error)``: report a change of state.
+Notify = Callable[[str, str, "str | None", "BaseException | None"], None]
+
+
+class Outbox:
+    """One group's outbox, mirrored in the state store.
+
+    It is given the store and a callback, not the plugin: the session that
+    owns it decides when it may send (see :meth:`flush`).
+    """
+
+    def __init__(self, store: StateStore, group_id: bytes, notify: Notify) -> None:
+        self._store = store
+        self._group_id = group_id
+        self._notify = notify
+        self._entries: list[OutboxRecord] = list(store.load_outbox(group_id))
+        self._finished: OrderedDict[str, tuple[str, BaseException | None]] = OrderedDict()
+        #: held while entries are encrypted and sent: one flush at a time, in order
+        self.lock = asyncio.Lock()
+
+    # -- what is in it -----------------------------------------------------------------
+
+    @property
+    def items(self) -> list[OutboxItem]:
+        """The messages not yet reflected by the room, oldest first."""
+        return [OutboxItem(e.message_id, QUEUED if e.sent_digest is None else SENT)
+                for e in self._entries]
+
+    def state(self, message_id: str) -> str | None:
+        """``queued``, ``sent``, ``reflected`` or ``failed``; ``None`` when unknown
+        (never accepted here, or finished long ago)."""
+        for e in self._entries:
+            if e.message_id == message_id:
+                return QUEUED if e.sent_digest is None else SENT
+        done = self._finished.get(message_id)
+        return None if done is None else done[0]
+
+    def error(self, message_id: str) -> BaseException | None:
+        """Why a ``failed`` message was given up."""
+        done = self._finished.get(message_id)
+        return None if done is None else done[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def add(self, message_id: str, content: bytes) -> None:
+        """Accept a message: stored (durably) before this returns.
+
+        :raises StorageError: the store refused it (then it was not accepted).
+        """
+        seq = self._entries[-1].seq + 1 if self._entries else 0
+        record = OutboxRecord(self._group_id, seq, message_id, content)
+        self._store.save_outbox(record)
+        self._entries.append(record)
+        self._notify(message_id, QUEUED, None, None)
+
+    def reflected(self, digest: bytes, stanza_id: str | None) -> bool:
+        """The room reflected an MLSMessage of this device: end its entry, if one."""
+        for i, e in enumerate(self._entries):
+            if e.sent_digest == digest:
+                del self._entries[i]
+                self._finish(e, REFLECTED, None)
+                self._notify(e.message_id, REFLECTED, stanza_id, None)
+                return True
+        return False
+
+    def requeue(self) -> int:
+        """Queue again every ``sent`` entry: the room archive, read after a new
+        stream, did not hold it, so it never reached the room. Their number."""
+        count = 0
+        for i, e in enumerate(self._entries):
+            if e.sent_digest is not None:
+                self._entries[i] = replace(e, sent_digest=None)
+                self._store.save_outbox(self._entries[i])
+                count += 1
+        return count
+
+    def fail_all(self, error: BaseException) -> None:
+        """Give up every entry (this device is no longer in the group)."""
+        for e in list(self._entries):
+            self._fail(e, error)
+
+    def _fail(self, entry: OutboxRecord, error: BaseException) -> None:
+        self._entries.remove(entry)
+        self._finish(entry, FAILED, error)
+        self._notify(entry.message_id, FAILED, None, error)
+
+    def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
+        try:
+            self._store.delete_outbox(self._group_id, entry.seq)
+        except MLSError:  # a leftover row: reflected again later, it is ignored then
+            pass
+        self._finished[entry.message_id] = (state, error)
+        while len(self._finished) > MAX_FINISHED:
+            self._finished.popitem(last=False)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def flush(self, *, can_send: Callable[[], bool],
+                    encrypt: Callable[[bytes], Awaitable[bytes]],
+                    prepare: Callable[[bytes], Awaitable[Any]],
+                    transmit: Callable[[Any], None]) -> None:
+        """Send the queued entries, oldest first, while ``can_send()`` holds.
+
+        ``encrypt(content)`` encrypts in the current epoch (and stores the
+        ratchets); ``prepare(message)`` builds what goes out (uploading a
+        large message); ``transmit(prepared)`` hands it to the stream without
+        waiting. Between marking an entry ``sent`` and transmitting it, nothing
+        waits, so an entry marked ``sent`` was given to this stream.
+
+        An entry that cannot be sent (an :class:`MLSError` other than a lost
+        stream) is given up and reported ``failed``; a lost stream stops the
+        flush and leaves the rest queued.
+        """
+        async with self.lock:
+            for entry in list(self._entries):
+                if entry.sent_digest is not None or entry not in self._entries:
+                    continue
+                if not can_send():
+                    return
+                try:
+                    message = await encrypt(entry.content)
+                    prepared = await prepare(message)
+                except NotConnectedError:
+                    return
+                except MLSError as e:
+                    if not can_send():
+                        return  # e.g. an upload cut by the lost stream: try again later
+                    self._fail(entry, e)
+                    continue
+                if not can_send() or entry not in self._entries:
+                    return  # stays queued: encrypted again next time
+                sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
+                self._store.save_outbox(sent)
+                self._entries[self._entries.index(entry)] = sent
+                transmit(prepared)
+                self._notify(entry.message_id, SENT, None, None)

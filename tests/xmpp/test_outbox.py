@@ -1,0 +1,139 @@
+"""The outbox on its own: order, states, exactly-once bookkeeping, durable and sealed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mls_xmpp.errors import NotConnectedError, TransportError
+from mls_xmpp.storage import MemoryStore, OutboxRecord, SQLiteStore, StateStore
+from mls_xmpp.xmpp.outbox import Outbox
+
+GID = b"g" * 16
+
+
+def _stores(tmp_path: Path) -> list[StateStore]:
+    return [MemoryStore(), SQLiteStore(tmp_path / "s.db", key=b"k" * 32)]
+
+
+class Wire:
+    """What a flush sends, and when it may."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.sent: list[bytes] = []
+        self.counter = 0
+        self.fail_prepare: set[bytes] = set()
+
+    async def encrypt(self, content: bytes) -> bytes:
+        self.counter += 1  # a new ciphertext each time, as MLS gives
+        return content + b"#" + str(self.counter).encode()
+
+    async def prepare(self, message: bytes) -> bytes:
+        if any(message.startswith(c) for c in self.fail_prepare):
+            raise TransportError("upload failed")
+        return message
+
+    def transmit(self, message: bytes) -> None:
+        self.sent.append(message)
+
+    async def flush(self, outbox: Outbox) -> None:
+        await outbox.flush(can_send=lambda: self.up, encrypt=self.encrypt,
+                           prepare=self.prepare, transmit=self.transmit)
+
+
+def _outbox(store: StateStore, log: list[tuple[str, str]]) -> Outbox:
+    return Outbox(store, GID, lambda m, s, sid, e: log.append((m, s)))
+
+
+@pytest.mark.parametrize("kind", [0, 1])
+def test_queued_sent_reflected_in_order(tmp_path: Path, kind: int) -> None:
+    store = _stores(tmp_path)[kind]
+    log: list[tuple[str, str]] = []
+    box, wire = _outbox(store, log), Wire()
+    for i in range(3):
+        box.add(f"m{i}", f"body {i}".encode())
+    assert [i.state for i in box.items] == ["queued"] * 3
+    asyncio.run(wire.flush(box))
+    assert [m.split(b"#")[0] for m in wire.sent] == [b"body 0", b"body 1", b"body 2"]
+    assert [i.state for i in box.items] == ["sent"] * 3
+    assert box.reflected(hashlib.sha256(wire.sent[1]).digest(), "s1")
+    assert not box.reflected(b"\x00" * 32, None)  # someone else's
+    assert box.state("m1") == "reflected" and [i.message_id for i in box.items] == ["m0", "m2"]
+    assert [r.message_id for r in store.load_outbox(GID)] == ["m0", "m2"]
+    assert log[:3] == [("m0", "queued"), ("m1", "queued"), ("m2", "queued")]
+    assert ("m1", "reflected") in log
+
+
+def test_a_lost_stream_keeps_the_rest_and_requeue_resends_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db", key=b"k" * 32)
+    box, wire = _outbox(store, []), Wire()
+    box.add("a", b"zebra one")
+    box.add("b", b"zebra two")
+    asyncio.run(wire.flush(box))
+    # a new process: the store is all it has; "a" reached the room, "b" did not
+    again = _outbox(store, [])
+    assert [(i.message_id, i.state) for i in again.items] == [("a", "sent"), ("b", "sent")]
+    assert again.reflected(hashlib.sha256(wire.sent[0]).digest(), "x")
+    assert again.requeue() == 1
+    wire.sent.clear()
+    wire.up = False
+    asyncio.run(wire.flush(again))
+    assert wire.sent == [] and again.state("b") == "queued"
+    wire.up = True
+    asyncio.run(wire.flush(again))
+    assert [m.split(b"#")[0] for m in wire.sent] == [b"zebra two"]  # anew, once
+    asyncio.run(wire.flush(again))
+    assert len(wire.sent) == 1
+    # sealed at rest
+    raw = (tmp_path / "s.db").read_bytes()
+    assert b"zebra" not in raw
+
+
+def test_failures(tmp_path: Path) -> None:
+    log: list[tuple[str, str]] = []
+    box, wire = _outbox(MemoryStore(), log), Wire()
+    box.add("big", b"too big")
+    box.add("ok", b"fine")
+    wire.fail_prepare = {b"too big"}
+    asyncio.run(wire.flush(box))  # an upload failure online: that one fails, the next goes
+    assert box.state("big") == "failed" and isinstance(box.error("big"), TransportError)
+    assert box.state("ok") == "sent"
+
+    async def offline(content: bytes) -> bytes:
+        raise NotConnectedError("gone")
+
+    box.add("later", b"later")
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=offline, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    assert box.state("later") == "queued"  # a lost stream fails nothing
+    box.fail_all(NotConnectedError("removed"))
+    assert len(box) == 0 and box.state("later") == "failed"
+    assert box.state("never") is None
+
+
+def test_sqlite_outbox_rows_are_bound_to_their_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mls_xmpp.storage import StorageError
+
+    store = SQLiteStore(tmp_path / "s.db", key=b"k" * 32)
+    store.save_outbox(OutboxRecord(GID, 0, "a", b"one"))
+    store.save_outbox(OutboxRecord(GID, 1, "b", b"two", b"d" * 32))
+    assert [(r.seq, r.content, r.sent_digest) for r in store.load_outbox(GID)] == [
+        (0, b"one", None), (1, b"two", b"d" * 32)]
+    store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("UPDATE outbox SET seq = 5 WHERE seq = 0")  # moved: does not decrypt
+    db.commit()
+    db.close()
+    store = SQLiteStore(tmp_path / "s.db", key=b"k" * 32)
+    with pytest.raises(StorageError):
+        store.load_outbox(GID)
+    store.delete_group(GID)
+    assert store.load_outbox(GID) == []
+
+
