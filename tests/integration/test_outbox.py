@@ -20,7 +20,7 @@ import mls_xmpp  # noqa: F401 - registers the "mls" plugin
 from mls_xmpp.errors import AuthenticationError, NotConnectedError, ServerFeatureError
 from mls_xmpp.testing import Account, FaultProxy, ProsodyServer
 
-from .mls_clients import TIMEOUT, Recorder, close, mls_client, synced, until
+from .mls_clients import TIMEOUT, Recorder, befriend, close, mls_client, synced, until
 
 
 def _run(coro: Any, timeout: float = 180) -> None:
@@ -78,6 +78,7 @@ async def _handle(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -
         bob, rb = await mls_client(server, *bob_acc)
         try:
             mls = alice.plugin["mls"]
+            await befriend(alice, bob)
             group = await mls.create_group(members=[bob_acc.jid])
             (gb,) = await rb.wait("mls_joined")
             await synced(group, gb)
@@ -116,6 +117,7 @@ async def _offline(server: ProsodyServer, alice_acc: Account, bob_acc: Account) 
         bob, rb = await mls_client(server, *bob_acc)
         events = await _outbox_events(alice)
         try:
+            await befriend(alice, bob)
             group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
             (gb,) = await rb.wait("mls_joined")
             await synced(group, gb)
@@ -167,6 +169,7 @@ async def _mid_send(server: ProsodyServer, alice_acc: Account, bob_acc: Account)
         alice, ra = await mls_client(server, *alice_acc, via=(proxy.host, proxy.port))
         bob, rb = await mls_client(server, *bob_acc)
         try:
+            await befriend(alice, bob)
             group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
             (gb,) = await rb.wait("mls_joined")
             await synced(group, gb)
@@ -222,6 +225,7 @@ async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
         bob, rb = await mls_client(server, *bob_acc)
         alice2 = None
         try:
+            await befriend(alice, bob)
             group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
             (gb,) = await rb.wait("mls_joined")
             await synced(group, gb)
@@ -275,6 +279,7 @@ async def _resumed(tmp: Path) -> None:
             try:
                 assert alice.plugin["xep_0198"].sm_id  # the server offered it
                 mls = alice.plugin["mls"]
+                await befriend(alice, bob)
                 group = await mls.create_group(members=[bob_acc.jid])
                 (gb,) = await rb.wait("mls_joined")
                 await synced(group, gb)
