@@ -239,19 +239,17 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         "A device's first key, a device's key change (``previous`` fingerprint), or the "
         "user's decision (verified, distrusted, trusted). Local data: never changes validity.",
     ),
-<<<<<<< HEAD
     "mls_invitation": (
         ":class:`~mls_xmpp.xmpp.events.InvitationEvent`",
         "With ``invitations=\"ask\"``: someone who is not a contact invites this device "
         "into a group. Nothing is opened or used until ``await event.accept()``; "
         "``decline()`` drops it.",
-=======
+    ),
     "mls_outbox": (
         ":class:`~mls_xmpp.xmpp.events.OutboxEvent`",
         "A message ``send()`` accepted changed state: ``queued`` (stored; offline, or the "
         "group is still reading the archive), ``sent`` (encrypted, handed to the stream), "
         "``reflected`` (the room has it: delivered) or ``failed`` (given up, with the error).",
->>>>>>> outbox
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",
