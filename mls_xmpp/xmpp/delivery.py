@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
@@ -31,9 +31,6 @@ from .blobs import Blobs
 from .envelope import BlobRef, Envelope, Reassembler, fragment
 from .errors import ArchiveBudgetError, EnvelopeError, TooLargeError, TransportError
 from .stanza import NS
-
-if TYPE_CHECKING:
-    from .plugin import XEP_MLS
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +80,24 @@ class _ReadBudget:
 
 
 class Delivery:
-    """Sends and receives envelopes for one slixmpp client."""
+    """Sends and receives envelopes for one slixmpp client.
 
-    def __init__(self, plugin: XEP_MLS, *, stanza_budget: int = DEFAULT_STANZA_BUDGET,
+    The transport floor of the plugin: it knows slixmpp (MUC, MAM, HTTP
+    upload) but not MLS groups, and is given only the client and the
+    plugin's options (``archive_*`` and ``blob_*`` are read from them).
+    """
+
+    def __init__(self, xmpp: Any, config: Mapping[str, Any], *,
+                 stanza_budget: int = DEFAULT_STANZA_BUDGET,
                  timeout: float = 30.0, part_size: int = DEFAULT_PART_SIZE) -> None:
-        self.plugin = plugin
-        self.xmpp = plugin.xmpp
+        self.config = config
+        self.xmpp = xmpp
         self.stanza_budget = stanza_budget
         self.timeout = timeout
         self.part_size = part_size
         self.reassembler = Reassembler()
         #: where blobs may be fetched from, and the fetching (docs/PROTOCOL.md §11.2)
-        self.blobs = Blobs(self.xmpp, plugin.config, iq_timeout=min(timeout, 10.0))
+        self.blobs = Blobs(self.xmpp, config, iq_timeout=min(timeout, 10.0))
 
     # -- building stanzas ----------------------------------------------------------
 
@@ -282,8 +285,8 @@ class Delivery:
                 "muc#roomconfig_whois": "anyone",
                 "muc#roomconfig_publicroom": False,
             }
-            fields = form.get_fields()  # type: ignore[no-untyped-call]
-            submit: Any = self.xmpp.plugin["xep_0004"].make_form(ftype="submit")  # type: ignore[no-untyped-call]
+            fields = form.get_fields()
+            submit: Any = self.xmpp.plugin["xep_0004"].make_form(ftype="submit")
             for var, value in values.items():
                 if var in fields:
                     submit.add_field(var=var, value=value)
@@ -338,7 +341,7 @@ class Delivery:
         return out
 
     def _read_budget(self, where: str) -> _ReadBudget:
-        cfg = self.plugin.config
+        cfg = self.config
         return _ReadBudget(where, int(cfg["archive_max_pages"]), float(cfg["archive_timeout"]))
 
     async def archive_pages(self, room: str | None, *, after: str | None = None,
