@@ -169,7 +169,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity is not None:
             self.identity.config = self._workers_pool.attach(self.identity.config)
         self.delivery = Delivery(self.xmpp, cfg, part_size=int(cfg["upload_part_size"]))
-        self.registry = GroupRegistry(self)
+        self.registry = GroupRegistry(self.xmpp)
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
         #: True between ``session_start`` and ``disconnected``

@@ -49,10 +49,14 @@ class NoGroupInfo(TransportError):
 class GroupRegistry:
     """The private list of this account's group rooms, on PEP."""
 
-    def __init__(self, plugin: XEP_MLS, timeout: float = 10.0) -> None:
-        self.plugin = plugin
-        self.xmpp = plugin.xmpp
+    def __init__(self, xmpp: Any, timeout: float = 10.0) -> None:
+        self.xmpp = xmpp
         self.timeout = timeout
+
+    @property
+    def _own(self) -> JID:
+        """This account's bare JID (known once the stream is bound)."""
+        return JID(self.xmpp.boundjid.bare)
 
     @property
     def _pubsub(self) -> Any:
@@ -73,7 +77,7 @@ class GroupRegistry:
         el.set("room", room)
         el.set("group-id", group_id.hex())
         pubsub = self._pubsub
-        jid = JID(self.plugin.bare_jid)
+        jid = self._own
         try:
             await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el,
                                  options=self._options(), timeout=self.timeout)
@@ -89,7 +93,7 @@ class GroupRegistry:
     async def remove(self, room: str) -> None:
         """Forget a room (left or removed)."""
         try:
-            await self._pubsub.retract(JID(self.plugin.bare_jid), GROUPS_NODE,
+            await self._pubsub.retract(self._own, GROUPS_NODE,
                                                        room, timeout=self.timeout)
         except (IqError, IqTimeout) as e:
             log.info("retracting %s from %s: %s", room, GROUPS_NODE, e)
@@ -103,7 +107,7 @@ class GroupRegistry:
         item does not carry a readable one); empty when the node does not exist."""
         try:
             iq = await self._pubsub.get_items(
-                JID(self.plugin.bare_jid), GROUPS_NODE, timeout=self.timeout)
+                self._own, GROUPS_NODE, timeout=self.timeout)
         except IqError:
             return {}
         except IqTimeout as e:
