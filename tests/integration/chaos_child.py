@@ -25,6 +25,13 @@ import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 def main() -> None:
     host, port, jid, password, db, log_path, device = sys.argv[1:8]
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    # the plugin's own reports (mls_error, healing), for the test's report of a failed run
+    import logging
+
+    handler = logging.FileHandler(log_path.rsplit(".", 1)[0] + ".debug")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logging.getLogger("mls_xmpp").addHandler(handler)
+    logging.getLogger("mls_xmpp").setLevel(logging.INFO)
 
     def write(line: str) -> None:
         log.write(line + "\n")

@@ -66,8 +66,28 @@ class Device:
         client.add_event_handler("mls_joined", self._joined)
         client.add_event_handler("disconnected", self._lost)
         client.add_event_handler("mls_outbox", self._outbox)
+        client.add_event_handler("mls_error", self._error)
+        client.add_event_handler("mls_resynced", self._resynced)
         #: message id -> its last outbox state (queued, sent, reflected, failed)
         self.outbox: dict[str, str] = {}
+        #: what went wrong or was healed, for the report of a failed run
+        self.log: list[str] = []
+
+    def _error(self, e: Any) -> None:
+        self.log.append(f"{time.monotonic():.1f} error: {e.reason}")
+
+    def _resynced(self, e: Any) -> None:
+        self.log.append(f"{time.monotonic():.1f} resynced {e.how}: {e.from_epoch} -> "
+                        f"{e.epoch}")
+
+    def describe(self) -> str:
+        """Where this device is, for the report of a failed run."""
+        g = self.group()
+        if g is None:
+            return f"{self.name}: no group"
+        return (f"{self.name}: epoch {g.epoch} {g.group.epoch_authenticator.hex()[:12]} "
+                f"connected {self.mls.connected} ready {g.ready.is_set()} suspended "
+                f"{g.suspended} outbox {[(i.message_id[:6], i.state) for i in g.outbox]}")
 
     def _outbox(self, e: Any) -> None:
         self.outbox[e.message_id] = e.state
@@ -80,9 +100,13 @@ class Device:
 
     def _membership(self, e: Any) -> None:
         self._snapshot(e.group)
+        if e.added or e.removed:
+            self.log.append(f"{time.monotonic():.1f} epoch {e.epoch}: added {e.added} "
+                            f"removed {e.removed}")
 
     def _joined(self, group: Any) -> None:
         self._snapshot(group)
+        self.log.append(f"{time.monotonic():.1f} joined in epoch {group.epoch}")
 
     async def _lost(self, _: Any) -> None:
         if self.stopping:
@@ -236,8 +260,12 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                     out.add(child_states[-1][:2])
                 return out
 
-            await until(lambda: len(states()) == 1 and all(d.group() is not None
-                                                            for d in devices), 120)
+            try:
+                await until(lambda: len(states()) == 1 and all(d.group() is not None
+                                                                for d in devices), 120)
+            except TimeoutError:
+                _report(devices, child)
+                raise
             final = states()
 
             # -- account for every message ------------------------------------------------
@@ -275,8 +303,9 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                     stanza_ids = {sid for _, sid in got}
                     if not got:
                         lost += 1
+                        readers = sorted(names.get(f, f) for f, r in reads.items() if body in r)
                         problems.append(f"{body} (epoch {epoch}): not read by "
-                                        f"{names.get(fp, fp)}")
+                                        f"{names.get(fp, fp)} (read by {readers})")
                     elif len(stanza_ids) > 1 or (fp != child_fp and len(got) > 1):
                         duplicates += 1
                         problems.append(f"{body}: read {len(got)} times by "
@@ -287,6 +316,8 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                   f"forks {forks}, failed and reported {failed}")
             for line in problems[:40]:
                 print("  " + line)
+            if problems or forks:
+                _report(devices, child)
             assert proxy.cuts >= MIN_CUTS and kills == 1
             assert len(sent) > 50 and commits > 5
             assert forks == 0, final
@@ -296,6 +327,19 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                 d.stopping = True
             child.stop()
             await close(a1, a2, b1, c1)
+
+
+def _report(devices: list[Device], child: Child) -> None:
+    """Print where every device is and what went wrong on it (a failed run)."""
+    for d in devices:
+        print(d.describe())
+        for line in d.log[-30:]:
+            print("    " + line[:300])
+    print("kid:", child.states()[-1:] if child.states() else "no state")
+    debug = child.log.with_suffix(".debug")
+    if debug.exists():
+        for line in debug.read_text().splitlines()[-40:]:
+            print("    kid " + line[:300])
 
 
 async def _retry(call: Callable[[], Any], attempts: int = 10) -> None:
