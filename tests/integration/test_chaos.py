@@ -70,15 +70,23 @@ class Device:
         client.add_event_handler("mls_resynced", self._resynced)
         #: message id -> its last outbox state (queued, sent, reflected, failed)
         self.outbox: dict[str, str] = {}
+        client.add_event_handler("mls_removed", self._removed)
+        client.add_event_handler("session_start", self._session)
         #: what went wrong or was healed, for the report of a failed run
         self.log: list[str] = []
+        #: everything that happened (written to a file when a run fails)
+        self.trace: list[str] = []
 
     def _error(self, e: Any) -> None:
-        self.log.append(f"{time.monotonic():.1f} error: {e.reason}")
+        self.note(f"error: {e.reason} ({e.stanza_id})")
 
     def _resynced(self, e: Any) -> None:
-        self.log.append(f"{time.monotonic():.1f} resynced {e.how}: {e.from_epoch} -> "
-                        f"{e.epoch}")
+        self.note(f"resynced {e.how}: {e.from_epoch} -> {e.epoch}")
+
+    def note(self, line: str) -> None:
+        line = f"{time.monotonic():.1f} {line}"
+        self.log.append(line)
+        self.trace.append(line)
 
     def describe(self) -> str:
         """Where this device is, for the report of a failed run."""
@@ -91,26 +99,39 @@ class Device:
 
     def _outbox(self, e: Any) -> None:
         self.outbox[e.message_id] = e.state
+        self.trace.append(f"{time.monotonic():.1f} outbox {e.message_id[:6]} {e.state} "
+                          f"{e.stanza_id}")
+
+    def _removed(self, group: Any) -> None:
+        self.log.append(f"{time.monotonic():.1f} removed in epoch {group.epoch}")
+
+    def _session(self, _: Any) -> None:
+        self.trace.append(f"{time.monotonic():.1f} session start")
 
     def _message(self, e: Any) -> None:
         self.read[e.body].append((e.epoch, e.stanza_id))
+        self.trace.append(f"{time.monotonic():.1f} read {e.body} epoch {e.epoch} "
+                          f"{e.stanza_id}")
 
     def _snapshot(self, group: Any) -> None:
         self.members[group.epoch] = frozenset(_fp(fp) for _, fp, _ in group.members)
 
     def _membership(self, e: Any) -> None:
         self._snapshot(e.group)
+        line = f"epoch {e.epoch}: added {e.added} removed {e.removed} own {e.own}"
         if e.added or e.removed:
-            self.log.append(f"{time.monotonic():.1f} epoch {e.epoch}: added {e.added} "
-                            f"removed {e.removed}")
+            self.note(line)
+        else:
+            self.trace.append(f"{time.monotonic():.1f} {line}")
 
     def _joined(self, group: Any) -> None:
         self._snapshot(group)
-        self.log.append(f"{time.monotonic():.1f} joined in epoch {group.epoch}")
+        self.note(f"joined in epoch {group.epoch}")
 
     async def _lost(self, _: Any) -> None:
         if self.stopping:
             return
+        self.trace.append(f"{time.monotonic():.1f} disconnected")
         await asyncio.sleep(random.uniform(0.2, 1.0))
         if not self.stopping:
             self.client.connect(self.proxy.host, self.proxy.port)
@@ -205,7 +226,6 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
             next_cut = start
             cut_every = SECONDS / (MIN_CUTS + 5)
             killed_at = start + SECONDS / 2
-            carol_in = True
             n = 0
             while time.monotonic() - start < SECONDS or proxy.cuts < MIN_CUTS:
                 now = time.monotonic()
@@ -228,22 +248,31 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                         body = f"{d.name}-{n}"
                         ids[body] = (d, await asyncio.wait_for(g.send(body), 20))
                         sent[body] = d.fp
+                        d.trace.append(f"{time.monotonic():.1f} send {body} -> "
+                                       f"{ids[body][1][:6]} in epoch {g.epoch}")
                     elif op < 0.85:
+                        d.trace.append(f"{time.monotonic():.1f} update in epoch {g.epoch}")
                         await asyncio.wait_for(g.update(), 30)
                         commits += 1
                     elif d.name in ("a1", "b1"):
+                        # by the group as this device sees it: a Commit that timed out
+                        # may still have been taken by the room
+                        carol_in = carol_acc.jid in g.jids()
+                        d.trace.append(f"{time.monotonic():.1f} {'remove' if carol_in else 'add'}"
+                                       f" carol in epoch {g.epoch}")
                         if carol_in:
                             await asyncio.wait_for(g.remove(carol_acc.jid), 30)
                         else:
                             await asyncio.wait_for(g.add(carol_acc.jid), 30)
-                        carol_in = not carol_in
                         commits += 1
-                except (MLSError, TimeoutError):
-                    pass  # refused at once or not done: the call said so
+                except (MLSError, TimeoutError) as e:
+                    # refused at once or not done: the call said so
+                    d.trace.append(f"{time.monotonic():.1f} call failed: {e!r}")
                 await asyncio.sleep(rng.uniform(0.05, 0.4))
 
             # -- settle: everyone online, outboxes empty, one more Commit --------------
-            if not carol_in:
+            await until(lambda: all(d.mls.connected for d in devices), 90)
+            if carol_acc.jid not in devices[0].group().jids():
                 await _retry(lambda: devices[0].group().add(carol_acc.jid))
                 commits += 1
             await until(lambda: all(d.mls.connected for d in devices), 90)
@@ -264,7 +293,7 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                 await until(lambda: len(states()) == 1 and all(d.group() is not None
                                                                 for d in devices), 120)
             except TimeoutError:
-                _report(devices, child)
+                _report(devices, child, tmp)
                 raise
             final = states()
 
@@ -317,7 +346,7 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
             for line in problems[:40]:
                 print("  " + line)
             if problems or forks:
-                _report(devices, child)
+                _report(devices, child, tmp)
             assert proxy.cuts >= MIN_CUTS and kills == 1
             assert len(sent) > 50 and commits > 5
             assert forks == 0, final
@@ -329,12 +358,15 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
             await close(a1, a2, b1, c1)
 
 
-def _report(devices: list[Device], child: Child) -> None:
-    """Print where every device is and what went wrong on it (a failed run)."""
+def _report(devices: list[Device], child: Child, tmp: Path) -> None:
+    """Print where every device is and what went wrong on it (a failed run); the
+    whole story of each device goes to a file next to the child's log."""
     for d in devices:
         print(d.describe())
         for line in d.log[-30:]:
             print("    " + line[:300])
+        (tmp / f"{d.name}.trace").write_text("\n".join(d.trace) + "\n")
+    print(f"traces in {tmp}")
     print("kid:", child.states()[-1:] if child.states() else "no state")
     debug = child.log.with_suffix(".debug")
     if debug.exists():
