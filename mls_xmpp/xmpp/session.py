@@ -511,6 +511,8 @@ class GroupSession:
         """Process one room message; any failure is reported and changes nothing."""
         if stanza_id is not None and stanza_id in self._seen_set:
             return
+        if self.removed:
+            return  # queued before the Commit that removed this device: nothing to read
         if self.suspended is not None:
             return  # read again from the archive when the group resumes
         sender = str(msg["from"])
