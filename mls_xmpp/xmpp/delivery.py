@@ -191,6 +191,21 @@ class Delivery:
         for piece in self._pieces(env):
             self._message(str(JID(jid).bare), "chat", piece).send()
 
+    async def barrier(self, timeout: float | None = None) -> bool:
+        """Whether the server took everything this stream sent before the call: one
+        round trip (a disco#info query to the server, answered in the stream's
+        order). ``False`` when no answer came (the stream went down: what was
+        handed to it may be lost)."""
+        try:
+            await self.xmpp.plugin["xep_0030"].get_info(
+                jid=JID(self.xmpp.boundjid.domain), cached=False,
+                timeout=timeout or min(self.timeout, 10.0))
+        except IqError:
+            return True  # an answer, even an error, comes after what was sent before
+        except Exception:  # noqa: BLE001 - a timeout, or the stream gone
+            return False
+        return True
+
     # -- reading stanzas -----------------------------------------------------------
 
     @staticmethod

@@ -31,6 +31,7 @@ room goes on at the same epoch. docs/PROTOCOL.md §12 states the rule.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -186,6 +187,8 @@ class Healer:
         self.task: asyncio.Future[None] | None = None
         #: the next heal, started when the one in progress ends
         self.waiting: Any = None
+        #: the heal the task was started with
+        self._job: Any = None
         #: the highest claimed epoch already looked into without finding proof
         self.probed = -1
         self.delay = PROBE_DELAY
@@ -252,6 +255,9 @@ class Healer:
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.task = None
+        if self._job is not None and inspect.getcoroutinestate(self._job) == inspect.CORO_CREATED:
+            self._job.close()  # cancelled before it started: nothing to wait for
+        self._job = None
         if self.waiting is not None:
             self.waiting.close()
             self.waiting = None
@@ -283,6 +289,7 @@ class Healer:
                 self.waiting.close()
             self.waiting = job
             return
+        self._job = job
         self.task = asyncio.ensure_future(self._guarded(job))
 
     async def _guarded(self, job: Any) -> None:

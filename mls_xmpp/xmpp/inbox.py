@@ -17,6 +17,7 @@ otherwise it is dropped and reported, no KeyPackage used and nothing fetched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ from .session import GroupSession, _bare, _jid_of
 
 if TYPE_CHECKING:
     from .plugin import XEP_MLS
+
+log = logging.getLogger(__name__)
 
 #: The archive is read from this long before this device's oldest KeyPackage.
 ARCHIVE_SLACK = 24 * 3600
@@ -59,6 +62,10 @@ class Inbox:
         self._recent: dict[bytes, tuple[Any, float]] = {}
         #: invitations waiting for the application: group_id -> (envelope, sender, timer)
         self._pending: dict[bytes, tuple[Envelope, str, asyncio.TimerHandle]] = {}
+        #: Welcomes back into a group this device still holds in an earlier epoch (it
+        #: was removed and added again, and has not read its removal yet): group_id ->
+        #: (envelope, sender), opened once the group ends (:meth:`group_ended`)
+        self._deferred: dict[bytes, tuple[Envelope, str]] = {}
 
     async def on_direct(self, msg: Any, archive_id: str | None = None) -> None:
         """A Welcome (or anything else) sent to this account directly; never raises MLSError.
@@ -102,7 +109,7 @@ class Inbox:
         :raises InvitationRefusedError: the sender may not invite this device.
         :raises MLSError: the Welcome is invalid, or its tree could not be fetched.
         """
-        if not self._for_this_device(env):
+        if self._defer(env, sender) or not self._for_this_device(env):
             return
         inviter = _bare(sender)
         verdict = self.gate.check(inviter)
@@ -118,6 +125,39 @@ class Inbox:
             self._ask(env, sender, inviter)
             return
         await self._join(env, sender)
+
+    def _defer(self, env: Envelope, sender: str) -> bool:
+        """Keep a Welcome for later when it is for a group this device holds in an
+        earlier epoch than the Welcome's: the device was removed and added again, and
+        its group has not read the removal yet (a cut, a suspended room). Opened
+        then, the device reads what it was sent before the removal and what it is
+        sent after the addition; dropped, it would never be in the group again."""
+        old = next((s for s in self.plugin.sessions.values()
+                    if s.group_id == env.group_id), None)
+        if old is None or old.removed or env.epoch <= old.epoch:
+            return False
+        client = self.plugin.identity
+        assert client is not None
+        if not any(r in client.key_packages for r in welcome_refs(env.mls_message)):
+            return False
+        self._deferred[env.group_id] = (env, sender)
+        log.info("a Welcome back into %s (epoch %d) waits until this device reads its "
+                 "removal (it is in epoch %d)", env.room, env.epoch, old.epoch)
+        return True
+
+    def group_ended(self, group_id: bytes) -> None:
+        """This device's group ``group_id`` ended (it was removed): open a Welcome back
+        into it kept by :meth:`_defer`, if one."""
+        deferred = self._deferred.pop(group_id, None)
+        if deferred is not None:
+            asyncio.ensure_future(self._open_deferred(*deferred))
+
+    async def _open_deferred(self, env: Envelope, sender: str) -> None:
+        try:
+            async with self._lock:
+                await self._consider(env, sender)
+        except MLSError as e:
+            self.plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
 
     def _for_this_device(self, env: Envelope) -> bool:
         """Whether a Welcome is for one of this device's KeyPackages (refs only: no key

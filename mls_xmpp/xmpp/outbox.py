@@ -84,6 +84,8 @@ class Outbox:
         self._notify = notify
         self._entries: list[OutboxRecord] = list(store.load_outbox(group_id))
         self._finished: OrderedDict[str, tuple[str, BaseException | None]] = OrderedDict()
+        #: message id -> the stream a ``sent`` entry was handed to (in this process)
+        self._streams: dict[str, int] = {}
         #: held while entries are encrypted and sent: one flush at a time, in order
         self.lock = asyncio.Lock()
 
@@ -135,12 +137,15 @@ class Outbox:
                 return True
         return False
 
-    def requeue(self) -> int:
-        """Queue again every ``sent`` entry: the room archive, read after a new
-        stream, did not hold it, so it never reached the room. Their number."""
+    def requeue(self, stream: int | None = None) -> int:
+        """Queue again the ``sent`` entries that were handed to a stream other than
+        ``stream`` (an earlier one, or another process): the room archive, read
+        since, did not hold them, so they never reached the room. Those handed to
+        ``stream`` itself may still be on their way, and stay ``sent``. Their number."""
         count = 0
         for i, e in enumerate(self._entries):
-            if e.sent_digest is not None:
+            if (e.sent_digest is not None
+                    and (stream is None or self._streams.get(e.message_id) != stream)):
                 self._entries[i] = replace(e, sent_digest=None)
                 self._store.save_outbox(self._entries[i])
                 count += 1
@@ -157,6 +162,7 @@ class Outbox:
         self._notify(entry.message_id, FAILED, None, error)
 
     def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
+        self._streams.pop(entry.message_id, None)
         try:
             self._store.delete_outbox(self._group_id, entry.seq)
         except MLSError:  # a leftover row: reflected again later, it is ignored then
@@ -170,7 +176,7 @@ class Outbox:
     async def flush(self, *, can_send: Callable[[], bool],
                     encrypt: Callable[[bytes], Awaitable[bytes]],
                     prepare: Callable[[bytes], Awaitable[Any]],
-                    transmit: Callable[[Any], None]) -> None:
+                    transmit: Callable[[Any], None], stream: int | None = None) -> None:
         """Send the queued entries, oldest first, while ``can_send()`` holds.
 
         ``encrypt(content)`` encrypts in the current epoch (and stores the
@@ -181,7 +187,8 @@ class Outbox:
 
         An entry that cannot be sent (an :class:`MLSError` other than a lost
         stream) is given up and reported ``failed``; a lost stream stops the
-        flush and leaves the rest queued.
+        flush and leaves the rest queued. ``stream`` names the stream the entries
+        are handed to (see :meth:`requeue`).
         """
         async with self.lock:
             for entry in list(self._entries):
@@ -204,5 +211,7 @@ class Outbox:
                 sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
                 self._store.save_outbox(sent)
                 self._entries[self._entries.index(entry)] = sent
+                if stream is not None:
+                    self._streams[entry.message_id] = stream
                 transmit(prepared)
                 self._notify(entry.message_id, SENT, None, None)

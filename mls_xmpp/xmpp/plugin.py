@@ -181,6 +181,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._link_error: NotConnectedError | None = None
         #: :meth:`start` has finished once (later streams resume what it set up)
         self._started = False
+        #: counts the XMPP streams (a resumed one is the same stream): what was handed
+        #: to an earlier one and not acknowledged may be lost
+        self.stream = 0
         self.inbox = Inbox(self, InvitationGate(
             str(cfg["invitations"]), int(cfg["invitation_limit"]),
             own_jid=lambda: self.bare_jid, is_contact=self.is_mutual_contact))
@@ -328,6 +331,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.error(MLSErrorEvent(str(err), error=err))
 
     async def _on_session_start(self, _: Any) -> None:
+        self.stream += 1
         self._session_up = True
         self._start_error = None
         self._link_error = None
@@ -846,6 +850,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.delivery.leave_room(session.room, self.nick())
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
+        # a Welcome back into the group that came before this removal was read
+        self.inbox.group_ended(session.group_id)
 
     # -- the room is not the group ----------------------------------------------------
 

@@ -81,6 +81,10 @@ TREE_INLINE_LIMIT = 96 * 1024
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Seconds between looks at the connection while an API call waits for a group.
 _POLL = 0.2
+#: Streams on which Welcomes the server did not take are sent again, and the seconds
+#: waited for each stream.
+WELCOME_ATTEMPTS = 5
+WELCOME_WAIT = 120.0
 #: Seconds each member waits after the one before it to repair a lost affiliation.
 REPAIR_DELAY = 2.0
 
@@ -218,6 +222,8 @@ class GroupSession:
         self._group_lock = asyncio.Lock()
         self._commit_waiter: asyncio.Future[tuple[bool, CommitApplied, str | None]] | None = None
         self._inflight: PendingCommit | None = None
+        #: the stream (:attr:`XEP_MLS.stream`) the pending Commit was handed to
+        self._commit_stream: int | None = None
         self._worker: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.latest_group_info: Envelope | None = None
@@ -425,10 +431,15 @@ class GroupSession:
         try:
             caught_up = not catch_up or await self._catch_up()
             waiter = self._commit_waiter
-            if (caught_up and self.group.pending_commit is not None
-                    and (waiter is None or catch_up)):
-                # restored (or reconnected) with a Commit that the archive does not
-                # hold: it never reached the room, so it will never be merged
+            # A pending Commit the archive does not hold is given up when it cannot come
+            # any more: it was handed to an earlier stream (or process) that is gone, or
+            # its committer stopped waiting and the archive was read again. One sent on
+            # this stream (a heal re-reading the archive meanwhile, a resumed stream)
+            # may still be on its way: given up, its reflection would be a Commit this
+            # device cannot process, a fork of its own making.
+            gone = (self._commit_stream != self.plugin.stream
+                    or (waiter is None and catch_up))
+            if caught_up and self.group.pending_commit is not None and catch_up and gone:
                 async with self._group_lock:
                     self.group.discard_pending_commit()
                     self._inflight = None
@@ -439,8 +450,10 @@ class GroupSession:
                         "changed: call again"))
             if catch_up and caught_up:
                 # the archive held every earlier attempt that reached the room (and
-                # ended its outbox entry): what is still "sent" never did
-                self._outbox.requeue()
+                # ended its outbox entry): what is still "sent" on an earlier stream
+                # never did (what this stream took may still be on its way: a heal
+                # re-reading the archive must not send it twice)
+                self._outbox.requeue(self.plugin.stream)
             self._unread = False
             self.ready.set()
             self.kick_outbox()
@@ -498,6 +511,8 @@ class GroupSession:
         """Process one room message; any failure is reported and changes nothing."""
         if stanza_id is not None and stanza_id in self._seen_set:
             return
+        if self.removed:
+            return  # queued before the Commit that removed this device: nothing to read
         if self.suspended is not None:
             return  # read again from the archive when the group resumes
         sender = str(msg["from"])
@@ -962,7 +977,8 @@ class GroupSession:
 
         await self._outbox.flush(
             can_send=self._can_send, encrypt=encrypt, prepare=prepare,
-            transmit=lambda env: self.plugin.delivery.send_prepared(self.room, env))
+            transmit=lambda env: self.plugin.delivery.send_prepared(self.room, env),
+            stream=self.plugin.stream)
         await asyncio.sleep(0)  # let the stream write
 
     def _check_trust(self) -> None:
@@ -1147,6 +1163,7 @@ class GroupSession:
                     loop = asyncio.get_running_loop()
                     self._commit_waiter = loop.create_future()
                     self._inflight = pending
+                    self._commit_stream = self.plugin.stream
                     if parts is not None:  # a large group: written off the event loop
                         await self.plugin.persist_off_loop(self, parts)
                     else:
@@ -1199,18 +1216,49 @@ class GroupSession:
         welcomes = list(pending.welcomes.items())
         if progress is not None:
             progress.start("welcomes", len(welcomes))
+        out: list[tuple[str, Envelope]] = []
         for i, (ref, welcome) in enumerate(welcomes, 1):
             jid = _jid_of(by_ref[ref].leaf_node.credential)
+            env = Envelope(kind=Kind.WELCOME, group_id=self.group_id,
+                           epoch=int(pending.new_state.epoch), mls_message=welcome,
+                           room=self.room, after_stanza_id=stanza_id or "",
+                           ratchet_tree=tree_ref)
             try:
-                await self.plugin.delivery.send_welcome(jid, Envelope(
-                    kind=Kind.WELCOME, group_id=self.group_id, epoch=self.epoch,
-                    mls_message=welcome, room=self.room, after_stanza_id=stanza_id or "",
-                    ratchet_tree=tree_ref))
+                await self.plugin.delivery.send_welcome(jid, env)
+                out.append((jid, env))
             except (TransportError, ValueError) as e:  # e.g. not a JID: the others still go
                 self.plugin.error(MLSErrorEvent(f"Welcome to {jid}: {e}", self, error=e))
             if progress is not None:
                 progress.advance("welcomes", i, len(welcomes))
+        if out and not await self.plugin.delivery.barrier():
+            # the stream went down before the server took them: nobody else sends
+            # them, and the added devices would never join
+            asyncio.ensure_future(self._resend_welcomes(out))
         await self.publish_group_info()
+
+    async def _resend_welcomes(self, welcomes: list[tuple[str, Envelope]]) -> None:
+        """Send Welcomes again on the next streams until the server takes them
+        (:data:`WELCOME_ATTEMPTS` streams at most; a Welcome that arrives twice is
+        ignored the second time)."""
+        for _ in range(WELCOME_ATTEMPTS):
+            deadline = time.monotonic() + WELCOME_WAIT
+            while not self.plugin.connected:
+                if time.monotonic() > deadline or self.plugin.sessions.get(self.room) is not self:
+                    break
+                await asyncio.sleep(_POLL)
+            if not self.plugin.connected:
+                continue
+            try:
+                for jid, env in welcomes:
+                    await self.plugin.delivery.send_welcome(jid, env)
+            except (TransportError, ValueError) as e:
+                self.plugin.error(MLSErrorEvent(f"sending Welcomes again: {e}", self, error=e))
+                return
+            if await self.plugin.delivery.barrier():
+                return
+        err = TransportError(f"Welcomes to {', '.join(sorted({j for j, _ in welcomes}))} "
+                             "could not be sent: the connection kept failing")
+        self.plugin.error(MLSErrorEvent(str(err), self, error=err))
 
     # -- the room follows the group (see mls_xmpp.xmpp.room) ---------------------------
 

@@ -385,3 +385,39 @@ async def _fail_fast(server: ProsodyServer, acc: Account) -> None:
 def test_api_calls_fail_fast_with_the_reason(prosody: ProsodyServer,
                                             new_account: Callable[[str], Account]) -> None:
     _run(_fail_fast(prosody, new_account("alice")), 120)
+
+
+async def _readded(server: ProsodyServer, alice_acc: Account, carol_acc: Account) -> None:
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        alice, _ = await mls_client(server, *alice_acc)
+        carol, rc = await mls_client(server, *carol_acc, {"room_retry": 3.0},
+                                     via=(proxy.host, proxy.port))
+        try:
+            await befriend(alice, carol)
+            group = await alice.plugin["mls"].create_group(members=[carol_acc.jid])
+            await rc.wait("mls_joined")
+            old = carol.plugin["mls"].group(group.room)
+            await synced(group, old)
+            # carol is away while she is removed; back, the room refuses her (the group
+            # is suspended, retried); meanwhile she is added again: the Welcome back
+            # comes before she has read her removal
+            await _down(carol, proxy, refuse=True)
+            await group.remove(carol_acc.jid)
+            await _up(carol, proxy)
+            await until(lambda: old.suspended is not None, 30)
+            await group.add(carol_acc.jid)
+            await group.send("after the return")
+            await rc.wait("mls_joined", 2, timeout=60)
+            await until(lambda: "after the return" in rc.bodies(), 60)
+            new = carol.plugin["mls"].group(group.room)
+            assert new is not old and old.removed
+            await synced(group, new)
+        finally:
+            await close(alice, carol)
+
+
+def test_a_device_removed_and_added_again_while_away_comes_back(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    """The Welcome back into a group waits until the device has read its removal (from
+    the room archive) instead of being dropped as one for a group it is in already."""
+    _run(_readded(prosody, new_account("alice"), new_account("carol")))

@@ -137,3 +137,21 @@ def test_sqlite_outbox_rows_are_bound_to_their_place(tmp_path: Path) -> None:
     assert store.load_outbox(GID) == []
 
 
+
+
+def test_requeue_keeps_what_the_current_stream_took(tmp_path: Path) -> None:
+    """An archive read on the same stream (a heal) must not send a message twice: only
+    entries handed to an earlier stream (or loaded from the store) are queued again."""
+    store = MemoryStore()
+    box, wire = _outbox(store, []), Wire()
+    box.add("m0", b"zero")
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=wire.encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit, stream=1))
+    box.add("m1", b"one")
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=wire.encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit, stream=2))
+    assert box.requeue(2) == 1  # m0 went to stream 1, gone; m1 may still be on its way
+    assert [(i.message_id, i.state) for i in box.items] == [("m0", "queued"), ("m1", "sent")]
+    restarted = _outbox(store, [])
+    assert restarted.requeue(2) == 1  # another process: nothing of it is on this stream
+    assert [i.state for i in restarted.items] == ["queued", "queued"]
