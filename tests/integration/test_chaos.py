@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mls_xmpp.errors import MLSError
 from mls_xmpp.testing import Account, FaultProxy, ProsodyServer
 
@@ -199,7 +201,8 @@ class Child:
         return got
 
 
-async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> str:
+    """The run; its figures line when every check held (an AssertionError otherwise)."""
     alice_acc, bob_acc, carol_acc = accounts
     rng = random.Random(int(os.environ.get("MLS_XMPP_CHAOS_SEED", "7")))
     async with FaultProxy(server.host, server.c2s_port) as proxy:
@@ -340,9 +343,10 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
                         problems.append(f"{body}: read {len(got)} times by "
                                         f"{names.get(fp, fp)}")
             forks = len(final) - 1
-            print(f"\nchaos: {SECONDS:.0f} s, cuts {proxy.cuts}, kills {kills}, messages "
-                  f"{len(sent)}, commits {commits}, lost {lost}, duplicates {duplicates}, "
-                  f"forks {forks}, failed and reported {failed}")
+            figures = (f"chaos: {SECONDS:.0f} s, cuts {proxy.cuts}, kills {kills}, messages "
+                       f"{len(sent)}, commits {commits}, lost {lost}, duplicates {duplicates}, "
+                       f"forks {forks}, failed and reported {failed}")
+            print("\n" + figures)
             for line in problems[:40]:
                 print("  " + line)
             if problems or forks:
@@ -351,6 +355,7 @@ async def _chaos(server: ProsodyServer, accounts: list[Account], tmp: Path) -> N
             assert len(sent) > 50 and commits > 5
             assert forks == 0, final
             assert lost == 0 and duplicates == 0, problems[:40]
+            return figures
         finally:
             for d in devices:
                 d.stopping = True
@@ -386,7 +391,10 @@ async def _retry(call: Callable[[], Any], attempts: int = 10) -> None:
 
 def test_chaos_cuts_kills_and_still_one_group(prosody: ProsodyServer,
                                               new_account: Callable[[str], Account],
-                                              tmp_path: Path) -> None:
-    asyncio.run(asyncio.wait_for(
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    figures = asyncio.run(asyncio.wait_for(
         _chaos(prosody, [new_account("alice"), new_account("bob"), new_account("carol")],
                tmp_path), SECONDS + 600))
+    with capsys.disabled():  # the figures, in every run's output (CI's too)
+        print("\n" + figures)
