@@ -66,6 +66,12 @@ class Inbox:
         #: was removed and added again, and has not read its removal yet): group_id ->
         #: (envelope, sender), opened once the group ends (:meth:`group_ended`)
         self._deferred: dict[bytes, tuple[Envelope, str]] = {}
+        #: groups this device was removed from: group_id -> the last epoch it held. A
+        #: Welcome into that epoch or an earlier one is stale (sent again after a cut,
+        #: or replayed): opened, it would make the device read that epoch's
+        #: messages a second time (memory only; a restart forgets the KeyPackages
+        #: such a Welcome could be opened with, except the last-resort one)
+        self._ended: dict[bytes, int] = {}
 
     async def on_direct(self, msg: Any, archive_id: str | None = None) -> None:
         """A Welcome (or anything else) sent to this account directly; never raises MLSError.
@@ -145,9 +151,11 @@ class Inbox:
                  "removal (it is in epoch %d)", env.room, env.epoch, old.epoch)
         return True
 
-    def group_ended(self, group_id: bytes) -> None:
-        """This device's group ``group_id`` ended (it was removed): open a Welcome back
-        into it kept by :meth:`_defer`, if one."""
+    def group_ended(self, group_id: bytes, epoch: int) -> None:
+        """This device's group ``group_id`` ended in ``epoch`` (it was removed): open a
+        Welcome back into it kept by :meth:`_defer`, if one; refuse from now on any
+        Welcome into ``epoch`` or an earlier one."""
+        self._ended[group_id] = max(epoch, self._ended.get(group_id, -1))
         deferred = self._deferred.pop(group_id, None)
         if deferred is not None:
             asyncio.ensure_future(self._open_deferred(*deferred))
@@ -166,6 +174,10 @@ class Inbox:
         client = self.plugin.identity
         assert client is not None
         if any(s.group_id == env.group_id for s in self.plugin.sessions.values()):
+            return False
+        if env.epoch <= self._ended.get(env.group_id, -1):
+            log.info("a stale Welcome into %s (epoch %d) ignored: this device held the "
+                     "group until epoch %d", env.room, env.epoch, self._ended[env.group_id])
             return False
         refs = welcome_refs(env.mls_message)
         now = time.monotonic()
@@ -278,8 +290,14 @@ class Inbox:
             # sent by reference fetched, and only from the servers of the sender
             # and the room (docs/PROTOCOL.md §11.2)
             opened = client.open_welcome(env.mls_message)
-            if opened.group_info.group_context.group_id != env.group_id:
+            context = opened.group_info.group_context
+            if context.group_id != env.group_id:
                 raise EnvelopeError("Welcome envelope names another group")
+            if context.epoch <= self._ended.get(context.group_id, -1):
+                # the envelope's epoch lied: the Welcome itself is stale
+                raise EnvelopeError(
+                    f"a Welcome into epoch {context.epoch} of a group this device was "
+                    f"in until epoch {self._ended[context.group_id]}: stale, refused")
             tree = None
             if env.ratchet_tree is not None:
                 domains = [*room_server_domains(str(room)), jid_domain(sender) or ""]

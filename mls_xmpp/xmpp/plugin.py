@@ -851,7 +851,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
         # a Welcome back into the group that came before this removal was read
-        self.inbox.group_ended(session.group_id)
+        self.inbox.group_ended(session.group_id, session.epoch)
 
     # -- the room is not the group ----------------------------------------------------
 

@@ -307,3 +307,41 @@ def test_stranger_invitation_from_the_archive_is_dropped(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(_from_archive(prosody, new_account("alice"),
                                                new_account("mallory")), 120))
+
+
+async def _stale(server: ProsodyServer, alice_acc: Account, carol_acc: Account) -> None:
+    alice, _ = await mls_client(server, *alice_acc)
+    carol, rc = await mls_client(server, *carol_acc)
+    try:
+        await befriend(alice, carol)
+        welcomes = _record_welcomes(alice)
+        group = await alice.plugin["mls"].create_group(members=[carol_acc.jid])
+        joined = await _join(rc, group.room)
+        await synced(group, joined)
+        await group.send("before the removal")
+        await until(lambda: "before the removal" in rc.bodies())
+        await group.remove(carol_acc.jid)
+        await rc.wait("mls_removed")
+        # the first Welcome again, as an adder sends it after a cut (or a server
+        # replays it): its KeyPackage's keys are still at hand, but the device held
+        # that epoch already and must not read its messages a second time
+        first = welcomes[0]
+        await alice.plugin["mls"].delivery.send_welcome(carol_acc.jid, first)
+        # added again: the new Welcome comes behind the stale one on the same route
+        await group.add(carol_acc.jid)
+        await until(lambda: len(rc.events["mls_joined"]) == 2)
+        again = rc.events["mls_joined"][1]
+        assert again.epoch == group.epoch > first.epoch
+        await synced(group, again)
+        await group.send("after the return")
+        await until(lambda: "after the return" in rc.bodies())
+        assert rc.bodies() == ["before the removal", "after the return"]
+        assert [s.room for s in carol.plugin["mls"].groups] == [group.room]
+    finally:
+        await close(alice, carol)
+
+
+def test_stale_welcome_after_removal_is_not_joined_again(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_stale(prosody, new_account("alice"), new_account("carol")),
+                                 120))
