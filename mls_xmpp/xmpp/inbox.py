@@ -63,9 +63,11 @@ class Inbox:
         #: invitations waiting for the application: group_id -> (envelope, sender, timer)
         self._pending: dict[bytes, tuple[Envelope, str, asyncio.TimerHandle]] = {}
         #: Welcomes back into a group this device still holds in an earlier epoch (it
-        #: was removed and added again, and has not read its removal yet): group_id ->
-        #: (envelope, sender), opened once the group ends (:meth:`group_ended`)
-        self._deferred: dict[bytes, tuple[Envelope, str]] = {}
+        #: was removed and added again, perhaps several times, and has not read its
+        #: removal yet): group_id -> [(envelope, sender)] by epoch; the earliest is
+        #: opened once the group ends (:meth:`group_ended`), the next when that
+        #: membership ends in turn, so each stint's messages are read
+        self._deferred: dict[bytes, list[tuple[Envelope, str]]] = {}
         #: groups this device was removed from: group_id -> the last epoch it held. A
         #: Welcome into that epoch or an earlier one is stale (sent again after a cut,
         #: or replayed): opened, it would make the device read that epoch's
@@ -144,9 +146,14 @@ class Inbox:
             return False
         client = self.plugin.identity
         assert client is not None
-        if not any(r in client.key_packages for r in welcome_refs(env.mls_message)):
-            return False
-        self._deferred[env.group_id] = (env, sender)
+        if not any(r in client.key_packages or r in self._recent
+                   for r in welcome_refs(env.mls_message)):
+            return False  # for another device of this account
+        waiting = self._deferred.setdefault(env.group_id, [])
+        if any(e.epoch == env.epoch for e, _ in waiting):
+            return True  # the same Welcome again (live and from the archive)
+        waiting.append((env, sender))
+        waiting.sort(key=lambda item: item[0].epoch)
         log.info("a Welcome back into %s (epoch %d) waits until this device reads its "
                  "removal (it is in epoch %d)", env.room, env.epoch, old.epoch)
         return True
@@ -156,16 +163,31 @@ class Inbox:
         Welcome back into it kept by :meth:`_defer`, if one; refuse from now on any
         Welcome into ``epoch`` or an earlier one."""
         self._ended[group_id] = max(epoch, self._ended.get(group_id, -1))
-        deferred = self._deferred.pop(group_id, None)
-        if deferred is not None:
-            asyncio.ensure_future(self._open_deferred(*deferred))
+        waiting = [(e, s) for e, s in self._deferred.pop(group_id, [])
+                   if e.epoch > self._ended[group_id]]
+        if waiting:
+            if waiting[1:]:
+                self._deferred[group_id] = waiting[1:]  # for when this stint ends
+            asyncio.ensure_future(self._open_deferred(*waiting[0]))
 
     async def _open_deferred(self, env: Envelope, sender: str) -> None:
-        try:
-            async with self._lock:
-                await self._consider(env, sender)
-        except MLSError as e:
-            self.plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+        """Open a kept Welcome; when it joins nothing (refused, or not this device's
+        after all), the next kept one for the group is tried."""
+        while True:
+            try:
+                async with self._lock:
+                    await self._consider(env, sender)
+            except MLSError as e:
+                self.plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender,
+                                                error=e))
+            if any(s.group_id == env.group_id for s in self.plugin.sessions.values()):
+                return
+            waiting = self._deferred.pop(env.group_id, [])
+            if not waiting:
+                return
+            (env, sender), rest = waiting[0], waiting[1:]
+            if rest:
+                self._deferred[env.group_id] = rest
 
     def _for_this_device(self, env: Envelope) -> bool:
         """Whether a Welcome is for one of this device's KeyPackages (refs only: no key
