@@ -55,6 +55,7 @@ from typing import Any, Literal, TextIO, cast
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -90,9 +91,13 @@ PEP_MAX_ITEMS = 100
 STANZA_BUDGET = 200 * 1024
 #: The plugin uploads blobs in parts of this size: the upload limit must allow it.
 UPLOAD_PART_SIZE = 8 * 1024 * 1024
-#: Error conditions meaning "publish-options not accepted" (as in the plugin).
+#: Error conditions meaning "publish-options not accepted", as in the plugin's
+#: KeyPackage store: ``conflict`` (Prosody: node configured differently),
+#: ``resource-constraint`` (ejabberd 23.01: "Unknown field 'pubsub#max_items'"),
+#: ``bad-request``/``not-acceptable`` (a field refused), ``feature-not-implemented``.
 _OPTIONS_REFUSED = frozenset(
-    {"conflict", "bad-request", "not-acceptable", "feature-not-implemented"})
+    {"conflict", "bad-request", "not-acceptable", "resource-constraint",
+     "feature-not-implemented"})
 
 Result = Literal["pass", "fail", "skip"]
 
@@ -791,12 +796,18 @@ def _encrypted(client: slixmpp.ClientXMPP) -> bool:
 
 
 async def _disconnect(client: slixmpp.ClientXMPP, timeout: float = 5.0) -> None:
+    # slixmpp leaves its outgoing-filter task behind: end it here, or it is
+    # garbage-collected while pending ("Task was destroyed but it is pending!")
+    filters = getattr(client, "_run_out_filters", None)
     try:
         await asyncio.wait_for(client.disconnect(wait=timeout / 2), timeout)
     except (TimeoutError, Exception):  # noqa: BLE001 - closing is best effort
         pass
     finally:
         client.abort()
+    if isinstance(filters, asyncio.Future):
+        filters.cancel()
+        await asyncio.gather(filters, return_exceptions=True)
 
 
 def _advertised_limit(features: Sequence[ET.Element]) -> int | None:
@@ -820,15 +831,14 @@ def _mam_results(iq: Any) -> list[tuple[ET.Element, str]]:
     return out
 
 
-def _form(form_type: str, values: dict[str, str]) -> ET.Element:
-    """A submitted data form (XEP-0004) as XML."""
-    x = ET.Element("{jabber:x:data}x", type="submit")
-    for var, value in {"FORM_TYPE": form_type, **values}.items():
-        f = ET.SubElement(x, "{jabber:x:data}field", var=var)
-        if var == "FORM_TYPE":
-            f.set("type", "hidden")
-        ET.SubElement(f, "{jabber:x:data}value").text = value
-    return x
+def _form(form_type: str, values: dict[str, str]) -> Any:
+    """A submitted data form (XEP-0004; slixmpp's ``Form``, untyped)."""
+    form = cast(Any, Form)()
+    form["type"] = "submit"
+    form.add_field(var="FORM_TYPE", ftype="hidden", value=form_type)
+    for var, value in values.items():
+        form.add_field(var=var, value=value)
+    return form
 
 
 def _condition(error: IqError) -> str:
@@ -927,6 +937,11 @@ def run(options: DoctorOptions, stream: TextIO | None = None) -> int:
     async def go() -> tuple[list[CheckResult], list[str]]:
         doctor = Doctor(options)
         results = await doctor.run()
+        # end what slixmpp left running for the closed sessions before the loop closes
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
         return results, doctor.cleanup_notes
 
     results, notes = asyncio.run(go())
