@@ -577,7 +577,15 @@ class Doctor:
         lacking = [f for f in ("muc_membersonly", "muc_persistent") if f not in features]
         if lacking:
             raise _CheckFailed(f"configured, but the room reports no {', '.join(lacking)}")
-        return f"{self.room}: members-only, persistent"
+        # the plugin makes room affiliations follow group membership: grant one, read it
+        member = f"mls-doctor-{self.token}@{self.jid.domain}"
+        await self._iq(f"making {member} a member", muc.set_affiliation(
+            self.room, "member", jid=slixmpp.JID(member), timeout=timeout))
+        members = await self._iq("reading the member list", muc.get_affiliation_list(
+            self.room, "member", timeout=timeout))
+        if member not in {str(slixmpp.JID(j).bare) for j in members}:
+            raise _CheckFailed(f"{member} was made a member but is not on the member list")
+        return f"{self.room}: members-only, persistent; member affiliation set and listed"
 
     async def check_muc_mam(self) -> str:
         self._needs("muc-room")
@@ -744,10 +752,21 @@ class Doctor:
         if status != 200 or body != data:
             raise _CheckFailed(f"uploaded, but GET {url} returned {status} and "
                                f"{len(body)} bytes, not the 32 uploaded")
-        size = "no size limit announced" if limit is None else f"limit {_mib(limit)}"
+        size = f"limit {_mib(limit)}" if limit is not None else "no size limit announced"
         if limit is not None and limit < UPLOAD_PART_SIZE:
             raise _CheckFailed(f"{service}: {size}, below the plugin's part size "
                                f"{_mib(UPLOAD_PART_SIZE)}")
+        if limit is None:  # ask for (and leave unused) a slot of the plugin's part size
+            try:
+                await upload.request_slot(slixmpp.JID(service), "mls-doctor-part.bin",
+                                          UPLOAD_PART_SIZE, timeout=timeout)
+            except IqError as e:
+                raise _CheckFailed(f"{service}: {size}, and a slot for "
+                                   f"{_mib(UPLOAD_PART_SIZE)} was refused: {_describe(e)}"
+                                   ) from None
+            except IqTimeout:
+                raise _CheckFailed(f"{service}: no answer to a slot request") from None
+            size += f"; a slot for {_mib(UPLOAD_PART_SIZE)} was granted"
         self.cleanup_notes.append(f"a 32-byte upload stays at {url} until the server "
                                   "expires it")
         return f"{service}: {size}; upload and download round trip OK"
