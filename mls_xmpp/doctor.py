@@ -60,6 +60,15 @@ from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from mls_xmpp.xmpp.delivery import (
+    DEFAULT_PART_SIZE,
+    DEFAULT_STANZA_BUDGET,
+    FALLBACK_BODY,
+    join_muc,
+)
+from mls_xmpp.xmpp.errors import TransportError
+from mls_xmpp.xmpp.keystore import DEFAULT_MAX_ITEMS
+
 __all__ = [
     "CHECKS",
     "CheckResult",
@@ -84,13 +93,13 @@ _NS_CLIENT = "jabber:client"
 _NS_MUC = "http://jabber.org/protocol/muc"
 _PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 _NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
-_FALLBACK_BODY = "[This message is encrypted with MLS (urn:mls-xmpp:0).]"
+_FALLBACK_BODY = FALLBACK_BODY
 #: ``pubsub#max_items`` the plugin asks for on its KeyPackage node.
-PEP_MAX_ITEMS = 100
+PEP_MAX_ITEMS = DEFAULT_MAX_ITEMS
 #: The plugin's stanza budget (bytes): the largest stanza it sends.
-STANZA_BUDGET = 200 * 1024
+STANZA_BUDGET = DEFAULT_STANZA_BUDGET
 #: The plugin uploads blobs in parts of this size: the upload limit must allow it.
-UPLOAD_PART_SIZE = 8 * 1024 * 1024
+UPLOAD_PART_SIZE = DEFAULT_PART_SIZE
 #: Error conditions meaning "publish-options not accepted", as in the plugin's
 #: KeyPackage store: ``conflict`` (Prosody: node configured differently),
 #: ``resource-constraint`` (ejabberd 23.01: "Unknown field 'pubsub#max_items'"),
@@ -536,9 +545,6 @@ class Doctor:
 
     async def check_muc_room(self) -> str:
         self._needs("muc-service")
-        from mls_xmpp.xmpp.delivery import join_muc
-        from mls_xmpp.xmpp.errors import TransportError
-
         assert self.muc_service is not None
         client = self.main
         self.room = f"mls-doctor-{self.token}@{self.muc_service}"
