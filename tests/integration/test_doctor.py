@@ -30,6 +30,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 import mls_xmpp
+from mls_xmpp import doctor
 from mls_xmpp.cli import main
 from mls_xmpp.doctor import CHECKS
 from mls_xmpp.testing import Account, ProsodyServer, connect_client, disconnect_client
@@ -70,9 +71,9 @@ def server_without_room_archive(request: pytest.FixtureRequest) -> Iterator[Any]
         yield server
 
 
-def _args(server: Any, account: Account, *extra: str) -> list[str]:
+def _args(server: Any, account: Account, *extra: str, timeout: float = 15) -> list[str]:
     return ["doctor", "--server", f"{server.host}:{server.c2s_port}", "--account", account.jid,
-            "--password", account.password, "--plaintext", "--timeout", "15", *extra]
+            "--password", account.password, "--plaintext", "--timeout", str(timeout), *extra]
 
 
 def _doctor_json(server: Any, account: Account,
@@ -171,6 +172,36 @@ def test_doctor_without_room_archive_names_it_and_exits_1(
     assert "FAIL" in row.split() and "required" in row.split()
     assert 'Prosody:  under the MUC Component: modules_enabled = { "muc_mam" }' in out
     assert out.splitlines()[-1] == "doctor: FAILED (required: muc-mam)"
+
+
+def test_doctor_stanza_over_the_limit_fails_that_check_only(
+        complete_server: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe larger than the server's limit (Prosody and ejabberd: 256 KiB and 1 MiB
+    here) closes only the probe's own session: every other check still passes."""
+    monkeypatch.setattr(doctor, "STANZA_BUDGET", 1100 * 1024)
+    account = complete_server.create_account("doctor")
+    status, report = _doctor_json(complete_server, account, capsys)
+    checks = _by_name(report)
+    assert status == 1
+    assert {name for name, c in checks.items() if c["result"] != "pass"} == {"stanza-size"}
+    detail = checks["stanza-size"]["detail"]
+    assert f"a {1100 * 1024}-byte stanza was refused" in detail, detail
+    assert "policy-violation" in detail, detail
+
+
+def test_doctor_without_offline_storage_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with _running(lambda: ProsodyServer(without_modules=("offline",))) as server:
+        account = server.create_account("doctor")
+        status = main(_args(server, account, "--json", timeout=5))
+        report = json.loads(capsys.readouterr().out)
+    checks = _by_name(report)
+    assert status == 1
+    assert checks["offline-storage"]["result"] == "fail"
+    assert "was not delivered to its next session" in checks["offline-storage"]["detail"]
+    assert '"offline"' in checks["offline-storage"]["fix"]["prosody"]
+    required_failed = {n for n, c in checks.items() if c["required"] and c["result"] != "pass"}
+    assert required_failed == {"offline-storage"}
 
 
 def test_doctor_wrong_password_fails_login_and_skips_the_rest(
