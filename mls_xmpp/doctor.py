@@ -15,7 +15,8 @@ discovery alone:
 * ``account-archive`` -- that message is in the account's own MAM archive,
   where devices look for missed Welcomes (recommended);
 * ``muc-service`` -- a MUC service on the account's domain (or ``--muc-domain``);
-* ``muc-room`` -- a members-only, persistent room can be created and configured;
+* ``muc-room`` -- a members-only, persistent room can be created and configured,
+  and takes member affiliations (the plugin's room membership);
 * ``muc-mam`` -- a body-less payload with the store hint is reflected with a
   ``<stanza-id/>`` by the room, and the room's archive returns it under that id;
 * ``pep`` -- a PEP node can be published to with publish-options, or else by
@@ -24,7 +25,8 @@ discovery alone:
   several items (Prosody caps it at ``pep_max_items``, ejabberd's PEP nodes keep
   one item unless configured);
 * ``http-upload`` -- XEP-0363 upload service, a round trip of a small file, and
-  a size limit of at least the plugin's part size, 8 MiB (recommended).
+  a size limit of at least the plugin's part size, 8 MiB (announced, or else a
+  slot of that size granted) (recommended).
 
 Each failure comes with the server setting to change for Prosody and for
 ejabberd. What the doctor created is removed at the end: the room is destroyed,
