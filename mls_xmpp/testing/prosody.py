@@ -79,6 +79,9 @@ class ProsodyServer:
     :param without_modules: Prosody modules to leave out of the configuration
         (for example ``("muc_mam",)``: rooms without an archive), to test how
         clients and ``mls-xmpp doctor`` handle a server that lacks a feature.
+        They are dropped from every ``modules_enabled`` and put in
+        ``modules_disabled`` (so autoloaded ones like ``"offline"`` go too); a
+        module another one depends on (``"pep"``, needed by ``"vcard4"``) still loads.
     """
 
     #: The XMPP domain of the single virtual host.
