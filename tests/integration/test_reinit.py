@@ -88,8 +88,13 @@ async def _reinit(server: ProsodyServer, accounts: list[Account]) -> None:
         with pytest.raises(DowngradeError):
             await pair.reinit(1)
 
+        # carol is slow to read her room: her Welcome into the new group comes first
+        await gc.stop_worker()
         new = await group.reinit(3)
         assert new.group.state.suite.id == 3 and new.room != old_room
+        await until(lambda: old_id in carol.plugin["mls"].reinit.waiting)
+        assert ec == [] and new.room not in carol.plugin["mls"].sessions
+        gc.start(catch_up=False)  # the ReInit, then the Welcome that waited for it
         moved = [e for e in ea if e.stage == "moved"]
         assert [(e.new_group, e.stranded) for e in moved] == [
             (new, ((d_acc.jid, m[1]),)) for m in group.members if m[0] == d_acc.jid]
@@ -145,3 +150,52 @@ def test_reinit_moves_a_group_to_suite_3(prosody: ProsodyServer,
                                          new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob", "carol", "dave")]
     asyncio.run(asyncio.wait_for(_reinit(prosody, accounts), 240))
+
+
+async def _reinit_while_away(server: ProsodyServer, accounts: list[Account], db: Any) -> None:
+    a_acc, b_acc, c_acc = accounts
+    alice, ra = await mls_client(server, *a_acc, BOTH)
+    bob, rb = await mls_client(server, *b_acc, {**BOTH, "store": str(db)})
+    carol, rc = await mls_client(server, *c_acc, BOTH)
+    try:
+        await befriend(alice, bob, carol)
+        rules = DEFAULT_RULES.__class__(reinit=Who.MEMBERS)
+        group = await alice.plugin["mls"].create_group(
+            members=[b_acc.jid, c_acc.jid], rules=rules, suite=1)
+        (gb,) = await rb.wait("mls_joined")
+        (gc,) = await rc.wait("mls_joined")
+        await synced(group, gb, gc)
+        old_id = group.group_id
+        bob_keys = {s: c.signature_public_key
+                    for s, c in bob.plugin["mls"].identities.items()}
+        await close(bob)  # his identities (one per suite) and the group are on disk
+
+        new = await gc.reinit(3)  # carol, a member: the rules let members reinitialise
+        await new.send("while bob was away")
+
+        bob2, rb2 = await mls_client(server, *b_acc, {**BOTH, "store": str(db)})
+        eb = _reinit_events(bob2)
+        try:
+            assert {s: c.signature_public_key
+                    for s, c in bob2.plugin["mls"].identities.items()} == bob_keys
+            # he reads the ReInit from the old room's archive and the Welcome from his
+            # own (whichever comes first: the Welcome waits for the ReInit)
+            await until(lambda: any(e.stage == "followed" for e in eb), 60)
+            nb = bob2.plugin["mls"].group(new.room)
+            await synced(new, nb)
+            await until(lambda: "while bob was away" in rb2.bodies())
+            assert old_id not in _stored(bob2)
+            await nb.send("bob is back")
+            await until(lambda: "bob is back" in ra.bodies() and "bob is back" in rc.bodies())
+            assert rb2.events["mls_error"] == []
+        finally:
+            await close(bob2)
+    finally:
+        await close(alice, carol)
+
+
+def test_reinit_while_a_member_is_away(prosody: ProsodyServer, tmp_path: Any,
+                                       new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob", "carol")]
+    asyncio.run(asyncio.wait_for(_reinit_while_away(prosody, accounts, tmp_path / "b.db"),
+                                 240))
