@@ -263,9 +263,21 @@ class ReInitFlow:
             self._close(session)
             return
         self.closed[session.group_id] = session
+        asyncio.ensure_future(self._park(session))
         waiting = self.waiting.pop(session.group_id, None)
         if waiting is not None:
             asyncio.ensure_future(plugin.inbox.reconsider(*waiting))
+
+    async def _park(self, session: GroupSession) -> None:
+        """Take a closed group out of the live ones once the worker wrote its state
+        (under the group's lock): no room, no worker; kept stored for its PSK."""
+        plugin = self.plugin
+        async with session.group_lock:
+            if plugin.sessions.get(session.room) is not session:
+                return
+            del plugin.sessions[session.room]
+        plugin.delivery.leave_room(session.room, plugin.nick())
+        await session.stop()
 
     def follows(self, env: Envelope, sender: str, client: Client
                 ) -> GroupSession | None | bool:
@@ -338,10 +350,11 @@ class ReInitFlow:
         if client is not None and client.groups.get(session.group_id) is session.group:
             del client.groups[session.group_id]
         plugin.state_store.delete_group(session.group_id)
-        if plugin.sessions.get(session.room) is session:
+        live = plugin.sessions.get(session.room) is session
+        if live:
             del plugin.sessions[session.room]
+            plugin.delivery.leave_room(session.room, plugin.nick())
         asyncio.ensure_future(session.stop())
-        plugin.delivery.leave_room(session.room, plugin.nick())
         asyncio.ensure_future(plugin.registry.remove(session.room))
 
 
