@@ -377,7 +377,8 @@ class Inbox:
         """
         plugin = self.plugin
         assert plugin.identity is not None
-        bundles = list(plugin.identity.key_packages.values())
+        bundles = [b for c in (plugin.identities.values() or [plugin.identity])
+                   for b in c.key_packages.values()]
         if not bundles:
             return []  # nothing to be welcomed with
         oldest = min((lt.not_before for b in bundles
