@@ -72,6 +72,8 @@ __all__ = ["LINK_EXTENSION", "GroupLink", "ReInitFlow", "Successor", "link_of"]
 #: GroupContext (private use range, RFC 9420 §17.3).
 LINK_EXTENSION = 0xF0E2
 LINK_VERSION = 1
+#: Welcomes kept per closed group while its ReInit has not been read.
+MAX_WAITING = 8
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,9 @@ class ReInitFlow:
         #: handle (its state stays stored: its resumption PSK opens the Welcome)
         self.closed: dict[bytes, GroupSession] = {}
         #: Welcomes into a successor whose ReInit this device has not read yet:
-        #: old group_id -> (envelope, sender)
-        self.waiting: dict[bytes, tuple[Envelope, str]] = {}
+        #: old group_id -> [(envelope, sender)] (a few: a forged one must not push
+        #: out the real one)
+        self.waiting: dict[bytes, list[tuple[Envelope, str]]] = {}
 
     # -- the member that moves the group --------------------------------------------------
 
@@ -264,9 +267,8 @@ class ReInitFlow:
             return
         self.closed[session.group_id] = session
         asyncio.ensure_future(self._park(session))
-        waiting = self.waiting.pop(session.group_id, None)
-        if waiting is not None:
-            asyncio.ensure_future(plugin.inbox.reconsider(*waiting))
+        for env, sender in self.waiting.pop(session.group_id, []):
+            asyncio.ensure_future(plugin.inbox.reconsider(env, sender))
 
     async def _park(self, session: GroupSession) -> None:
         """Take a closed group out of the live ones once the worker wrote its state
@@ -299,7 +301,9 @@ class ReInitFlow:
             live = next((s for s in self.plugin.sessions.values() if s.group_id == old_id), None)
             if live is None or live.removed or live.epoch >= epoch:
                 return None  # not a group of ours (the core refuses it without the PSK)
-            self.waiting[old_id] = (env, sender)
+            waiting = self.waiting.setdefault(old_id, [])
+            if len(waiting) < MAX_WAITING:
+                waiting.append((env, sender))
             return True
         successor = session.successor
         assert successor is not None

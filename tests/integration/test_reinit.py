@@ -199,3 +199,61 @@ def test_reinit_while_a_member_is_away(prosody: ProsodyServer, tmp_path: Any,
     accounts = [new_account(n) for n in ("alice", "bob", "carol")]
     asyncio.run(asyncio.wait_for(_reinit_while_away(prosody, accounts, tmp_path / "b.db"),
                                  240))
+
+
+async def _reinit_read_then_away(server: ProsodyServer, accounts: list[Account],
+                                 db: Any) -> None:
+    a_acc, b_acc = accounts
+    alice, ra = await mls_client(server, *a_acc, BOTH)
+    bob, rb = await mls_client(server, *b_acc, {**BOTH, "store": str(db)})
+    eb = _reinit_events(bob)
+    try:
+        await befriend(alice, bob)
+        rules = DEFAULT_RULES.__class__(reinit=Who.ADMINS)
+        group = await alice.plugin["mls"].create_group(members=[b_acc.jid], rules=rules,
+                                                       suite=1)
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        old_id = group.group_id
+        # alice's new room waits until bob has read the ReInit and gone away
+        delivery = alice.plugin["mls"].delivery
+        real_create, go_on = delivery.create_room, asyncio.Event()
+
+        async def create_room(room: str, nick: str) -> None:
+            await go_on.wait()
+            await real_create(room, nick)
+
+        delivery.create_room = create_room
+        moving = asyncio.ensure_future(group.reinit(3))
+        await until(lambda: [e.stage for e in eb] == ["committed"])
+        await until(lambda: gb.room not in bob.plugin["mls"].sessions)  # parked, stored
+        assert old_id in _stored(bob)
+        await close(bob)
+        go_on.set()
+        new = await asyncio.wait_for(moving, TIMEOUT)
+        await new.send("hello in suite 3")
+
+        bob2, rb2 = await mls_client(server, *b_acc, {**BOTH, "store": str(db)})
+        eb2 = _reinit_events(bob2)
+        try:
+            # the closed group came back from the store, and its PSK opens the Welcome
+            await until(lambda: any(e.stage == "followed" for e in eb2), 60)
+            (followed,) = [e for e in eb2 if e.stage == "followed"]
+            assert followed.group.group_id == old_id and followed.new_group is not None
+            await synced(new, followed.new_group)
+            await until(lambda: "hello in suite 3" in rb2.bodies())
+            assert old_id not in _stored(bob2)
+            with pytest.raises(GroupClosedError):
+                await followed.group.send("old")
+            assert rb2.events["mls_error"] == []
+        finally:
+            await close(bob2)
+    finally:
+        await close(alice)
+
+
+def test_reinit_read_before_a_restart(prosody: ProsodyServer, tmp_path: Any,
+                                      new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_reinit_read_then_away(prosody, accounts, tmp_path / "b.db"),
+                                 240))
