@@ -257,3 +257,46 @@ def test_reinit_read_before_a_restart(prosody: ProsodyServer, tmp_path: Any,
     accounts = [new_account(n) for n in ("alice", "bob")]
     asyncio.run(asyncio.wait_for(_reinit_read_then_away(prosody, accounts, tmp_path / "b.db"),
                                  240))
+
+
+async def _suite3_state_loss(server: ProsodyServer, accounts: list[Account], db: Any) -> None:
+    a_acc, b_acc = accounts
+    phone = {**BOTH, "store": str(db), "device": "phone"}
+    alice, ra = await mls_client(server, *a_acc, BOTH)
+    bob, rb = await mls_client(server, *b_acc, phone)
+    try:
+        await befriend(alice, bob)
+        group = await alice.plugin["mls"].create_group(members=[b_acc.jid])
+        assert group.group.state.suite.id == 3
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        old = bob.plugin["mls"].identities[3].signature_public_key
+        await close(bob)
+        db.unlink()  # the phone is wiped
+
+        bob2, rb2 = await mls_client(server, *b_acc, phone)
+        try:
+            # it rejoins the suite-3 group with its new suite-3 identity
+            (gb2,) = await rb2.wait("mls_joined", timeout=60)
+            await synced(group, gb2)
+            assert gb2.group.state.suite.id == 3
+            keys = {m.signature_key for m in group.group.members}
+            assert old not in keys
+            assert bob2.plugin["mls"].identities[3].signature_public_key in keys
+            # its own KeyPackages of both suites stay published (not taken for stale ones)
+            for suite in (1, 3):
+                items = await bob2.plugin["mls"].keystores[suite].own_items()
+                assert any(i.usable for i in items)
+            await gb2.send("back")
+            await until(lambda: "back" in ra.bodies())
+        finally:
+            await close(bob2)
+    finally:
+        await close(alice)
+
+
+def test_suite3_member_rejoins_after_losing_its_store(
+        prosody: ProsodyServer, tmp_path: Any, new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_suite3_state_loss(prosody, accounts, tmp_path / "b.db"),
+                                 240))
