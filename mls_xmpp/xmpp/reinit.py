@@ -54,6 +54,7 @@ from .errors import (
     CannotFollowError,
     EnvelopeError,
     RulesError,
+    TransportError,
 )
 from .events import MLSErrorEvent, ReInitEvent
 from .rules import Who, rules_of
@@ -150,6 +151,10 @@ class ReInitFlow:
         #: old group_id -> [(envelope, sender)] (a few: a forged one must not push
         #: out the real one)
         self.waiting: dict[bytes, list[tuple[Envelope, str]]] = {}
+        #: ReInits this device committed whose successor is not made yet: old
+        #: group_id -> (ReInit, KeyPackages to add, stranded devices)
+        self.unfinished: dict[bytes, tuple[ReInit, list[KeyPackage],
+                                           list[tuple[str, str]]]] = {}
 
     # -- the member that moves the group --------------------------------------------------
 
@@ -157,9 +162,15 @@ class ReInitFlow:
                    require_all: bool = False) -> GroupSession:
         """Move ``session``'s group to cipher ``suite``: see :meth:`GroupSession.reinit`."""
         plugin = self.plugin
+        unfinished = self.unfinished.get(session.group_id)
+        if unfinished is not None and plugin.sessions.get(session.room) is session:
+            if unfinished[0].cipher_suite != suite:
+                raise session.closed_error()
+            plugin.require_connected()
+            return await self._finish(session, *unfinished)
         await session.ensure_usable()
         state = session.group.state
-        client = plugin.client_for(suite)
+        plugin.client_for(suite)  # UnsupportedCipherSuiteError before anything is sent
         check_move(plugin.suite_order, state.suite.id, suite, agreed=allow_downgrade)
         rules = rules_of(state.context.extensions)
         me = plugin.bare_jid.encode()
@@ -186,14 +197,30 @@ class ReInitFlow:
         reinit = ReInit(new_id, ProtocolVersion.MLS10, suite, extensions)
         # the old group's last Commit: it closes the group for every member alike
         await session.commit_proposals([reinit])
-        old = session.group
-        new = await self._create_successor(session, client, old, reinit, key_packages)
+        self.unfinished[session.group_id] = (reinit, key_packages, stranded)
+        return await self._finish(session, reinit, key_packages, stranded)
+
+    async def _finish(self, session: GroupSession, reinit: ReInit,
+                      key_packages: list[KeyPackage], stranded: list[tuple[str, str]]
+                      ) -> GroupSession:
+        """Make the successor of a group this device closed by ReInit; report."""
+        plugin = self.plugin
+        suite, new_room = reinit.cipher_suite, _successor(reinit).room
+        try:
+            new = await self._create_successor(session, plugin.client_for(suite),
+                                               session.group, reinit, key_packages)
+        except MLSError as e:
+            raise TransportError(
+                f"the ReInit closed the group of {session.room}, but its successor in "
+                f"{new_room} is not made yet ({e}): call reinit({suite}) on this handle "
+                "again to go on") from e
+        self.unfinished.pop(session.group_id, None)
         if stranded:
             err = _cannot_follow(stranded, suite)
             plugin.error(MLSErrorEvent(str(err), session, error=err))
         plugin.xmpp.event("mls_reinit", ReInitEvent(
-            session, "moved", new_id, new_room, suite, reinit.version, plugin.bare_jid, new,
-            tuple(stranded)))
+            session, "moved", reinit.group_id, new_room, suite, reinit.version,
+            plugin.bare_jid, new, tuple(stranded)))
         return new
 
     async def _create_successor(self, old_session: GroupSession, client: Client, old: Group,
@@ -206,17 +233,22 @@ class ReInitFlow:
         successor = _successor(reinit)
         epoch = old.epoch
         client.resumption_psks[(old.group_id, epoch)] = old.state.resumption_psks[epoch]
-        group = client.create_group(reinit.group_id, extensions=reinit.extensions)
-        await plugin.delivery.create_room(successor.room, plugin.nick())
-        session = GroupSession(plugin, group, successor.room)
-        session.predecessor = old_session.room
-        plugin.sessions[successor.room] = session
-        plugin.persist(session)
-        session.start(catch_up=False)
-        await plugin.record(session)
-        psk = PreSharedKeyID.resumption(ResumptionPSKUsage.REINIT, old.group_id, epoch,
-                                        client.config.rng(client.suite.hash_len))
-        await session.add_key_packages(key_packages, proposals=[PreSharedKey(psk)])
+        session = plugin.sessions.get(successor.room)
+        if session is None or session.group_id != reinit.group_id:  # not a second try
+            group = client.groups.get(reinit.group_id)
+            if group is None or group.epoch != 0:
+                group = client.create_group(reinit.group_id, extensions=reinit.extensions)
+            await plugin.delivery.create_room(successor.room, plugin.nick())
+            session = GroupSession(plugin, group, successor.room)
+            session.predecessor = old_session.room
+            plugin.sessions[successor.room] = session
+            plugin.persist(session)
+            session.start(catch_up=False)
+            await plugin.record(session)
+        if session.epoch == 0:  # the first Commit: the members and the reinit PSK
+            psk = PreSharedKeyID.resumption(ResumptionPSKUsage.REINIT, old.group_id, epoch,
+                                            client.config.rng(client.suite.hash_len))
+            await session.add_key_packages(key_packages, proposals=[PreSharedKey(psk)])
         self._close(old_session)
         return session
 

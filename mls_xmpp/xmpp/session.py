@@ -1145,6 +1145,9 @@ class GroupSession:
         :raises CannotFollowError: with ``require_all``, a member device has no
             KeyPackage of ``suite`` (nothing was sent).
         :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises TransportError: the ReInit closed the group but the new group is not
+            made yet (the room refused, the stream went down): call again with the
+            same ``suite`` to go on where it stopped.
         """
         return await self.plugin.reinit.move(self, suite, allow_downgrade=allow_downgrade,
                                              require_all=require_all)

@@ -300,3 +300,48 @@ def test_suite3_member_rejoins_after_losing_its_store(
     accounts = [new_account(n) for n in ("alice", "bob")]
     asyncio.run(asyncio.wait_for(_suite3_state_loss(prosody, accounts, tmp_path / "b.db"),
                                  240))
+
+
+async def _reinit_retried(server: ProsodyServer, accounts: list[Account]) -> None:
+    from mls_xmpp.errors import TransportError
+
+    a_acc, b_acc = accounts
+    alice, ra = await mls_client(server, *a_acc, BOTH)
+    bob, rb = await mls_client(server, *b_acc, BOTH)
+    eb = _reinit_events(bob)
+    try:
+        await befriend(alice, bob)
+        rules = DEFAULT_RULES.__class__(reinit=Who.ADMINS)
+        group = await alice.plugin["mls"].create_group(members=[b_acc.jid], rules=rules,
+                                                       suite=1)
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        # the server refuses the new room once: the ReInit is committed, the successor not
+        delivery = alice.plugin["mls"].delivery
+        real_create = delivery.create_room
+
+        async def refused(room: str, nick: str) -> None:
+            delivery.create_room = real_create
+            raise TransportError("the MUC service refused the room (injected)")
+
+        delivery.create_room = refused
+        with pytest.raises(TransportError, match="call reinit"):
+            await group.reinit(3)
+        with pytest.raises(GroupClosedError):
+            await group.send("closed")
+        await until(lambda: [e.stage for e in eb] == ["committed"])
+        new = await group.reinit(3)  # goes on where it stopped
+        await until(lambda: any(e.stage == "followed" for e in eb))
+        nb = bob.plugin["mls"].group(new.room)
+        await synced(new, nb)
+        await nb.send("made it")
+        await until(lambda: "made it" in ra.bodies())
+        assert rb.events["mls_error"] == []
+    finally:
+        await close(alice, bob)
+
+
+def test_reinit_successor_retried_after_a_failure(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_reinit_retried(prosody, accounts), 240))
