@@ -339,7 +339,11 @@ class ReInitFlow:
             return True
         successor = session.successor
         assert successor is not None
-        if env.group_id != successor.group_id or str(JID(env.room).bare) != successor.room:
+        try:
+            room = str(JID(env.room).bare)
+        except InvalidJID:
+            room = ""
+        if env.group_id != successor.group_id or room != successor.room:
             raise EnvelopeError("a Welcome continuing a closed group names another group or "
                                 "room than its ReInit")
         return session
