@@ -110,9 +110,12 @@ class Inbox:
     async def _consider(self, env: Envelope, sender: str) -> None:
         """Join, ask about, or refuse a Welcome (see :mod:`.invitations`).
 
-        The decision is made before anything of the Welcome is decrypted or
-        downloaded, and before a KeyPackage is touched: a refused Welcome
-        leaves this device as it was.
+        The decision is made before anything of the Welcome is downloaded or
+        opened, and before a KeyPackage is touched: a refused Welcome leaves
+        this device as it was. Only its GroupSecrets are decrypted first, to
+        tell a Welcome that continues a group of this device's by ReInit (its
+        reinit PSK, :mod:`.reinit`): that one needs no invitation, since the
+        device is in the group it continues.
 
         :raises InvitationRefusedError: the sender may not invite this device.
         :raises MLSError: the Welcome is invalid, or its tree could not be fetched.
