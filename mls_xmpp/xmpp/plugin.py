@@ -1213,7 +1213,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             c.groups = client.groups
             c.config = client.config
             c.device_id = client.device_id
-            c.supported_credentials = ()  # X.509 credentials: the first identity only
+            # an X.509 credential is the first identity's only; the others accept what it does
+            c.supported_credentials = client.supported_credentials
         self.identities = {client.suite_id: client, **identities}
         for c in self.identities.values():
             c.supported_extensions = tuple(dict.fromkeys(
