@@ -88,6 +88,11 @@ async def _reinit(server: ProsodyServer, accounts: list[Account]) -> None:
         with pytest.raises(DowngradeError):
             await pair.reinit(1)
 
+        # dave cannot follow: with require_all nothing is sent
+        epoch = group.epoch
+        with pytest.raises(CannotFollowError) as refused:
+            await group.reinit(3, require_all=True)
+        assert refused.value.jids == (d_acc.jid,) and group.epoch == epoch
         # carol is slow to read her room: her Welcome into the new group comes first
         await gc.stop_worker()
         new = await group.reinit(3)
