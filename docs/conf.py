@@ -45,7 +45,7 @@ extensions = [
 ]
 napoleon_use_ivar = True  # fields as :ivar: (autodoc documents the attributes themselves)
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "protocol-snippets"]  # drafts for PROTOCOL.md
 root_doc = "index"
 
 # Markdown: GitHub-style heading anchors, so that links like PROTOCOL.md#12-error-handling
@@ -78,7 +78,17 @@ OPTION_DOCS: dict[str, str] = {
     "client": "A ready :class:`~mls_xmpp.core.group.client.Client` (identity). ``None``: "
               "loaded from the store, or generated from the bound JID and saved.",
     "suite": "The MLS cipher suite (1-7, RFC 9420 §17.1) of a newly generated identity "
-             "and of the groups it creates.",
+             "(the device's first identity, whose key names it in rooms).",
+    "suites": "The cipher suites this device supports, best first (must include "
+              "``suite``). ``None``: ``(suite,)``. The device holds one identity (signature "
+              "key) per suite, publishes KeyPackages of each, lists all in its leaves' "
+              "capabilities and advertises ``urn:mls-xmpp:0:suite:N`` in disco. A new group "
+              "takes the first suite every invited device supports; a ReInit to a suite "
+              "later in this list than the group's is a downgrade (docs/protocol-snippets/"
+              "reinit.md).",
+    "accept_downgrade": "Follow another member's ReInit to a cipher suite ranked below the "
+                        "group's current one in ``suites``. ``False``: such a ReInit is "
+                        "reported (``mls_error``, ``DowngradeError``) and not followed.",
     "muc_domain": "The MUC service where group rooms are created. ``None``: "
                   "``conference.<domain of the JID>``.",
     "pool_size": "How many KeyPackages the device keeps published on its PEP node "
@@ -250,6 +260,13 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         "A message ``send()`` accepted changed state: ``queued`` (stored; offline, or the "
         "group is still reading the archive), ``sent`` (encrypted, handed to the stream), "
         "``reflected`` (the room has it: delivered) or ``failed`` (given up, with the error).",
+    ),
+    "mls_reinit": (
+        ":class:`~mls_xmpp.xmpp.events.ReInitEvent`",
+        "A group moves to a new cipher suite or version by ReInit: ``committed`` (the old "
+        "group is closed; its handle raises ``GroupClosedError``), ``moved`` (this device "
+        "made the new group; ``stranded`` lists devices that cannot follow), ``followed`` "
+        "(this device is in the new group; the old state is deleted).",
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",

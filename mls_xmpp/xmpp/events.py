@@ -229,3 +229,37 @@ class OutboxEvent:
     state: str
     stanza_id: str | None = None
     error: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ReInitEvent:
+    """``mls_reinit``: a group moves to a new group by ReInit (RFC 9420 §11.2).
+
+    Raised at each stage: ``committed`` (a ReInit Commit closed ``group``;
+    ``committer`` made it), ``moved`` (this device made the ReInit and the
+    new group, ``new_group``; ``stranded`` lists the ``(jid, fingerprint)`` of
+    member devices that cannot follow it -- no KeyPackage of the new suite),
+    ``followed`` (this device is in ``new_group``, the successor; the old
+    group's state is deleted).
+
+    Attributes:
+        group: the old, closed group (its handle raises ``GroupClosedError``).
+        stage: ``committed``, ``moved`` or ``followed``.
+        group_id: the new group's ID.
+        room: the new group's room.
+        cipher_suite: the new group's cipher suite.
+        version: the new group's MLS protocol version.
+        committer: bare JID of the member who committed the ReInit, if known.
+        new_group: the new group's handle, once this device is in it.
+        stranded: member devices that cannot follow (``moved`` only).
+    """
+
+    group: GroupSession
+    stage: str
+    group_id: bytes
+    room: str
+    cipher_suite: int
+    version: int
+    committer: str | None = None
+    new_group: GroupSession | None = None
+    stranded: tuple[tuple[str, str], ...] = ()

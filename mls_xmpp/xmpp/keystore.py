@@ -541,6 +541,10 @@ class KeyPackageStore:
         """Decode and check one item of ``owner``'s node; None (logged) if it fails."""
         try:
             kp, _ = decode_item(payload)
+            if kp.cipher_suite != suite.id:  # another suite of the device's (not an error)
+                log.debug("KeyPackage item %r of %s is for cipher suite %d, not %d", item_id,
+                          owner, kp.cipher_suite, suite.id)
+                return None
             validated = validate_key_package(suite, kp, now=now,
                                              credential_validator=self.credential_validator)
             if validated.ref.hex() != item_id:

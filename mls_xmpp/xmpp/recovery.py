@@ -239,6 +239,8 @@ async def retract_stale_device_items(plugin: XEP_MLS, device_id: bytes) -> int:
     client = plugin.identity
     if keystore is None or client is None:
         return 0
+    # this device's keys of every suite it supports (mls_xmpp.xmpp.suites) are its own
+    own = {c.signature_public_key for c in (client, *plugin.identities.values())}
     retracted = 0
     for item_id, payload in await keystore._get_items(plugin.bare_jid):
         try:
@@ -247,6 +249,6 @@ async def retract_stale_device_items(plugin: XEP_MLS, device_id: bytes) -> int:
             continue
         leaf = kp.leaf_node
         if (leaf_device_id(leaf) == device_id
-                and leaf.signature_key != client.signature_public_key):
+                and leaf.signature_key not in own):
             retracted += await keystore.retract(bytes.fromhex(item_id))
     return retracted
