@@ -1,0 +1,579 @@
+"""The poezio plugin ``mls``: MLS groups (RFC 9420) as poezio MUC tabs.
+
+Loaded by poezio (``/load mls``, or ``plugins_autoload = mls``) through the
+``poezio_plugins`` entry point ``mls``; requires poezio 0.18. It registers the
+``mls`` slixmpp plugin (:class:`mls_xmpp.xmpp.plugin.XEP_MLS`) on poezio's own
+client, so the MLS work -- keys, Commits, the room order, the archive, the
+outbox, worker processes for large groups -- is that plugin's, on poezio's event
+loop exactly as in any slixmpp program. This module only maps it to poezio:
+
+* a group is a MUC tab, opened (before the plugin enters the room) with the
+  device's room nick; encryption is always on there: what is typed goes to
+  ``group.send()`` and poezio's own plaintext stanza is never sent;
+* what the plugin decrypts (``mls_message``) is shown in the tab with the
+  sender's JID (from its MLS credential) and a trust marker; membership and key
+  changes (``mls_membership``, ``mls_trust``) are shown there too. poezio's
+  display of the raw stanzas (their fallback bodies) is suppressed;
+* commands ``/mls_create``, ``/mls_invite``, ``/mls_remove``, ``/mls_update``,
+  ``/mls_leave``, ``/mls_members``, ``/mls_fingerprints``, ``/mls_safety``,
+  ``/mls_verify``, ``/mls_distrust``, ``/mls_trust``, ``/mls_upload``,
+  ``/mls_save``, ``/mls_groups``.
+
+State: an SQLite store in poezio's data directory (``$XDG_DATA_HOME/poezio/mls/
+JID.db``), the device name ``poezio-<device_id>`` of the poezio profile (option
+``device`` overrides it). Options (section ``[mls]`` of ``plugins/mls.cfg``):
+``device``, ``store``, ``invitations`` (contacts, any, ask -> contacts here),
+``blind_trust``, ``refuse_send_to`` (distrusted, unverified, or empty),
+``rules_add`` and ``rules_remove`` (members or admins: who may add / remove in
+groups this device creates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from poezio import xdg
+from poezio.config import config as poezio_config
+from poezio.plugin_e2ee import E2EEPlugin
+from poezio.tabs import MucTab
+from poezio.ui.types import InfoMessage
+from poezio.ui.types import Message as UIMessage
+from slixmpp import JID
+from slixmpp.jid import InvalidJID
+
+import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
+from mls_xmpp.core.errors import MLSError
+from mls_xmpp.xmpp.rules import DEFAULT_RULES, Who
+from mls_xmpp.xmpp.stanza import NS
+from mls_xmpp.xmpp.trust import fingerprint as key_fingerprint
+
+log = logging.getLogger(__name__)
+
+#: Trust marker after a sender's name: verified, trusted (blindly), new, distrusted.
+MARKS = {"verified": "✔", "trusted": "~", "new": "?", "distrusted": "✘"}
+#: Seconds to wait for invitees to accept this account as a contact.
+CONTACT_WAIT = 5.0
+
+HELP = """MLS groups (each group is a MUC tab; in it everything typed is MLS-encrypted):
+/mls_create JID [JID ...]   create a group with these accounts and open its tab
+/mls_groups                 list your groups
+in a group tab:
+/mls_invite JID [JID ...]   add every device of each account
+/mls_remove JID [JID ...]   remove every device of each account
+/mls_update                 fresh keys for this device
+/mls_leave                  ask the others to remove this device
+/mls_members                member devices with fingerprints and trust
+/mls_upload PATH [TEXT]     share a file (encrypted, through HTTP upload)
+/mls_save N [DIR]           save received file N
+anywhere:
+/mls_fingerprints [JID]     devices seen, with fingerprint and trust state
+/mls_safety JID FP          the safety number to compare with that device's owner
+/mls_verify JID FP          mark a device verified (after comparing)
+/mls_distrust JID FP        mark a device distrusted;  /mls_trust JID FP undoes it
+FP: at least the first 8 hex digits of a fingerprint. Markers after a sender:
+✔ verified, ~ trusted (not verified), ? new, ✘ distrusted."""
+
+
+class _SentThroughMLS(Exception):
+    """Drops a stanza poezio meant to send in a group tab: its body went through MLS."""
+
+
+class Plugin(E2EEPlugin):  # type: ignore[misc]
+    """poezio's view of the ``mls`` slixmpp plugin (module documentation above)."""
+
+    encryption_name = "MLS"
+    encryption_short_name = "mls"
+    eme_ns = NS
+    encrypted_tags = [(NS, "mls")]
+    replace_body_with_eme = True
+    stanza_encryption = False
+    supported_tab_types = (MucTab,)
+    trust_states: dict[str, set[str]] = {"accepted": set(), "rejected": set()}
+    default_config = {"mls": {
+        "device": "",
+        "store": "",
+        "invitations": "contacts",
+        "blind_trust": True,
+        "refuse_send_to": "",
+        "rules_add": "members",
+        "rules_remove": "members",
+    }}
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def init(self) -> None:
+        super().init()
+        #: attachments received, numbered from 1 for /mls_save: (attachment, sender, room)
+        self.files: list[tuple[Any, str, str]] = []
+        xmpp = self.core.xmpp
+        xmpp.register_plugin("mls", self.mls_options())
+        self.mls: Any = xmpp.plugin["mls"]
+        self.mls.delivery.before_join.append(self.open_tab)
+        for name, handler in (
+            ("mls_ready", self.on_ready),
+            ("mls_message", self.on_message),
+            ("mls_membership", self.on_membership),
+            ("mls_joined", self.on_joined),
+            ("mls_removed", self.on_removed),
+            ("mls_trust", self.on_trust),
+            ("mls_error", self.on_error),
+        ):
+            self.api.add_slix_event_handler(name, handler)
+        self.api.add_event_handler("muc_say", self.on_say, priority=0)
+        self.add_commands()
+        # poezio loads plugins at session start: the slixmpp plugin missed that event
+        if xmpp.session_bind_event.is_set():
+            asyncio.get_running_loop().call_soon(self._start_now)
+
+    def _start_now(self) -> None:
+        if not self.mls._session_up:  # noqa: SLF001 - no public "started late" entry
+            asyncio.ensure_future(self.mls._on_session_start(None))  # noqa: SLF001
+
+    def mls_options(self) -> dict[str, Any]:
+        """The slixmpp plugin's options, from this plugin's config and poezio's profile."""
+        jid = str(JID(self.core.xmpp.boundjid.bare))
+        store = self.config.getstr("store") or str(xdg.DATA_HOME / "mls" / f"{jid}.db")
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        device = self.config.getstr("device") or f"poezio-{poezio_config.getstr('device_id')}"
+        invitations = self.config.getstr("invitations") or "contacts"
+        if invitations not in ("contacts", "any"):
+            invitations = "contacts"  # "ask" needs a prompt poezio has no place for
+        refuse = self.config.getstr("refuse_send_to") or None
+        rules = DEFAULT_RULES
+        for key in ("add", "remove"):
+            value = self.config.getstr(f"rules_{key}") or "members"
+            who = Who.ADMINS if value == "admins" else Who.MEMBERS
+            rules = _replace(rules, **{key: int(who)})
+        return {"store": store, "device": device, "invitations": invitations,
+                "blind_trust": self.config.getbool("blind_trust"),
+                "refuse_send_to": refuse, "rules": rules}
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        try:
+            self.mls.delivery.before_join.remove(self.open_tab)
+        except ValueError:
+            pass
+
+    def add_commands(self) -> None:
+        """The /mls_* commands (poezio removes them on /unload)."""
+        commands: list[tuple[str, Any, str, str]] = [
+            ("mls_help", self.cmd_help, "", "MLS commands"),
+            ("mls_create", self.cmd_create, "<jid> [jid ...]", "Create an MLS group"),
+            ("mls_groups", self.cmd_groups, "", "List your MLS groups"),
+            ("mls_invite", self.cmd_invite, "<jid> [jid ...]", "Add accounts to this group"),
+            ("mls_remove", self.cmd_remove, "<jid> [jid ...]",
+             "Remove accounts from this group"),
+            ("mls_update", self.cmd_update, "", "Fresh keys for this device"),
+            ("mls_leave", self.cmd_leave, "", "Leave this group"),
+            ("mls_members", self.cmd_members, "", "Members of this group"),
+            ("mls_fingerprints", self.cmd_fingerprints, "[jid]", "Devices seen"),
+            ("mls_safety", self.cmd_safety, "<jid> <fingerprint>", "Safety number"),
+            ("mls_verify", self.cmd_verify, "<jid> <fingerprint>", "Verify a device"),
+            ("mls_distrust", self.cmd_distrust, "<jid> <fingerprint>", "Distrust a device"),
+            ("mls_trust", self.cmd_trust, "<jid> <fingerprint>", "Trust a device again"),
+            ("mls_upload", self.cmd_upload, "<path> [text]", "Share a file in this group"),
+            ("mls_save", self.cmd_save, "<n> [dir]", "Save a received file"),
+        ]
+        for name, handler, usage, short in commands:
+            self.api.add_command(name, self._runner(handler), usage=usage, short=short,
+                                 help=HELP)
+
+    def _runner(self, handler: Any) -> Any:
+        async def run(line: str) -> None:
+            try:
+                await handler(line.split())
+            except (MLSError, _UsageError) as e:
+                self.api.information(f"mls: {e}", "Error")
+            except Exception as e:  # noqa: BLE001 - a command never takes poezio down
+                log.exception("mls command failed")
+                self.api.information(f"mls: {type(e).__name__}: {e}", "Error")
+        return run
+
+    # -- tabs ------------------------------------------------------------------------
+
+    def open_tab(self, room: str, nick: str) -> Any:
+        """The group's MUC tab, opened (unfocused) if needed, with encryption on.
+
+        Called before the slixmpp plugin enters the room, so that poezio knows
+        the room when its presences and messages arrive (poezio leaves rooms it
+        has no tab for); the plugin's join is the tab's join.
+        """
+        tab = self.core.tabs.by_name_and_class(room, MucTab)
+        if tab is None:
+            tab = self.core.open_new_room(JID(room), nick, focus=False)
+        elif not tab.joined:
+            tab.own_nick = nick
+        self._enabled_tabs[JID(room)] = self.encrypt
+        tab.e2e_encryption = self.encryption_name
+        return tab
+
+    def tab_of(self, room: str) -> Any:
+        """The tab of a group of this device (opened if it was closed)."""
+        tab = self.core.tabs.by_name_and_class(room, MucTab)
+        if tab is None:
+            tab = self.open_tab(room, self.mls.nick())
+        return tab
+
+    def show(self, room: str, message: Any) -> None:
+        """Add a line to a group's tab and redraw what needs it."""
+        tab = self.tab_of(room)
+        tab.add_message(message)
+        if tab is self.core.tabs.current_tab:
+            self.core.refresh_window()
+        else:
+            self.core.refresh_tab_win()
+
+    def note(self, room: str | None, text: str) -> None:
+        """An information line in a group's tab (or poezio's information buffer)."""
+        if room is None:
+            self.api.information(text, "Info")
+        else:
+            self.show(room, InfoMessage(f"mls: {text}"))
+
+    def current_session(self) -> Any:
+        """The group of the current tab."""
+        tab = self.api.current_tab()
+        session = self.mls.sessions.get(str(tab.jid.bare)) if isinstance(tab, MucTab) else None
+        if session is None or not session.group.active:
+            raise _UsageError("not in an MLS group tab (/mls_groups lists them)")
+        return session
+
+    def _toggle_tab(self, _input: str) -> None:
+        tab = self.api.current_tab()
+        if isinstance(tab, MucTab) and str(tab.jid.bare) in self.mls.sessions:
+            self.api.information("mls: encryption is always on in MLS group tabs", "Info")
+        else:
+            self.api.information("mls: this is not an MLS group; /mls_create makes one",
+                                 "Error")
+
+    # -- E2EEPlugin ------------------------------------------------------------------
+
+    def on_say(self, msg: Any, tab: Any) -> None:
+        """A line typed in a group tab: send it through the group, not as poezio's stanza."""
+        session = self.mls.sessions.get(str(tab.jid.bare)) if isinstance(tab, MucTab) else None
+        if session is None:
+            return
+        body = str(msg["body"])
+        msg["body"] = ""  # poezio sends nothing
+        if body:
+            asyncio.ensure_future(self._send(session, body))
+
+    async def _send(self, session: Any, body: str) -> None:
+        try:
+            await session.send(body)
+        except MLSError as e:
+            self.note(session.room, f"NOT SENT: {e}")
+            return
+        self.show(session.room, UIMessage(body, self._own_nick()))
+
+    async def encrypt(self, message: Any, jids: Any, tab: Any) -> None:
+        """A body poezio sends to a group room another way (not a typed line)."""
+        room = str(message["to"].bare)
+        session = self.mls.sessions.get(room)
+        if session is None:
+            raise MLSError(f"{room} is not an MLS group of this device: nothing sent")
+        body = str(message["body"])
+        if body:
+            asyncio.ensure_future(self._send(session, body))
+        raise _SentThroughMLS("sent through MLS instead")
+
+    async def decrypt(self, message: Any, jid: Any, tab: Any) -> None:
+        """A group stanza as poezio sees it: shown by :meth:`on_message` instead."""
+        message["body"] = ""
+
+    async def get_fingerprints(self, jid: Any) -> list[tuple[str, bool]]:
+        """``/mls_fingerprint [jid]``: the devices of an account seen, this one marked."""
+        bare = str(JID(jid).bare)
+        found = [(f"{d.fingerprint} [{d.state}]", False) for d in self.mls.devices(bare)]
+        if bare == self.mls.bare_jid:
+            found.insert(0, (f"{self.own_fingerprint()} (this device)", True))
+        return found
+
+    # -- the plugin's events -----------------------------------------------------------
+
+    def own_fingerprint(self) -> str:
+        """This device's fingerprint."""
+        client = self.mls.identity
+        return "?" if client is None else key_fingerprint(client.signature_public_key)
+
+    def _own_nick(self) -> str:
+        return str(JID(self.mls.bare_jid).user)
+
+    def sender_name(self, jid: str, device: str) -> str:
+        """A sender as shown: local part (the JID if on another domain) and trust marker."""
+        try:
+            sender = JID(jid)
+            own = JID(self.mls.bare_jid)
+            name = str(sender.user) if sender.domain == own.domain else str(sender.bare)
+        except InvalidJID:
+            name = jid
+        if jid == self.mls.bare_jid and device == self.own_fingerprint():
+            return name
+        state = self.mls.trust.state(jid, device)
+        return f"{name} {MARKS.get(str(state), '?')}"
+
+    def on_ready(self, _: Any) -> None:
+        groups = [s for s in self.mls.groups if s.group.active]
+        self.api.information(
+            f"mls: ready; this device {self.own_fingerprint()} "
+            f"({self.mls.config['device']}), {len(groups)} group(s)", "Info")
+
+    def on_message(self, event: Any) -> None:
+        lines = [str(event.body)] if event.body else []
+        for att in getattr(event.content, "attachments", ()) or ():
+            self.files.append((att, str(event.sender), event.group.room))
+            lines.append(f"[file {len(self.files)}] {att.name or 'unnamed'}, "
+                         f"{_size(att.size)}, {att.media_type} (/mls_save {len(self.files)})")
+        stamp = getattr(event.content, "timestamp_ms", 0) or 0
+        when = datetime.fromtimestamp(stamp / 1000) if stamp else None
+        self.show(event.group.room, UIMessage("\n".join(lines),
+                                              self.sender_name(event.sender, event.device),
+                                              time=when))
+
+    def on_membership(self, event: Any) -> None:
+        if event.own:
+            who = "you"
+        elif event.committer:
+            who = str(event.committer)
+        else:
+            who = "a new device (external join)"
+        parts = []
+        if event.added:
+            parts.append(f"added {_jids(event.added)}")
+        if event.removed:
+            parts.append(f"removed {_jids(event.removed)}")
+        if event.updated:
+            parts.append(f"updated the keys of {_jids(event.updated)}")
+        if not parts:
+            parts.append("updated " + ("your" if event.own else "their") + " keys")
+        self.note(event.group.room, f"{who} {'; '.join(parts)} (epoch {event.epoch})")
+
+    def on_joined(self, session: Any) -> None:
+        others = sorted(session.jids() - {self.mls.bare_jid})
+        self.note(session.room, f"you joined this group (epoch {session.epoch}, with "
+                                f"{_jids(others) or 'nobody else'})")
+        self.api.information(f"mls: joined group {session.room}", "Info")
+
+    def on_removed(self, session: Any) -> None:
+        self.note(session.room, "you are no longer a member of this group")
+
+    def on_trust(self, change: Any) -> None:
+        room = getattr(change.group, "room", None)
+        jid, fp = change.jid, change.fingerprint
+        if change.change == "changed":
+            self.note(room, f"WARNING: {jid}'s device has a NEW KEY {fp} (was "
+                            f"{change.previous}) [{change.state}]; /mls_safety {jid} {fp[:8]}")
+        elif change.change == "new":
+            if fp == self.own_fingerprint() or not change.others:
+                return
+            self.note(room, f"{jid} has a new device {fp} [{change.state}]; "
+                            f"/mls_safety {jid} {fp[:8]}")
+        else:
+            self.api.information(f"mls: {jid} [{fp}] is now {change.state}", "Info")
+
+    def on_error(self, event: Any) -> None:
+        room = getattr(event.group, "room", None)
+        if room is not None and self.core.tabs.by_name_and_class(room, MucTab) is not None:
+            self.note(room, f"error: {event.reason}")
+        else:
+            self.api.information(f"mls: {event.reason}", "Error")
+
+    # -- commands ----------------------------------------------------------------------
+
+    def _jid(self, text: str) -> str:
+        if "@" not in text:
+            text = f"{text}@{self.core.xmpp.boundjid.domain}"
+        try:
+            jid = JID(text)
+        except InvalidJID:
+            raise _UsageError(f"{text!r} is not a JID") from None
+        if not jid.user or jid.resource:
+            raise _UsageError(f"{text!r} is not an account JID user@domain")
+        return str(jid.bare)
+
+    async def _befriend(self, jids: Sequence[str]) -> None:
+        """Ask invitees that are not contacts for a subscription (their devices join
+        only contacts' groups by default); wait a little for their answer."""
+        strangers = [j for j in jids if not self.mls.is_mutual_contact(j)]
+        for jid in strangers:
+            self.core.xmpp.send_presence(pto=jid, ptype="subscribe")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONTACT_WAIT
+        while strangers and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            strangers = [j for j in strangers if not self.mls.is_mutual_contact(j)]
+        for jid in strangers:
+            self.api.information(f"mls: {jid} has not accepted you as a contact (yet): "
+                                 "their devices may not join", "Info")
+
+    async def cmd_help(self, args: list[str]) -> None:
+        self.api.information(HELP, "Info")
+
+    async def cmd_create(self, args: list[str]) -> None:
+        jids = list(dict.fromkeys(self._jid(a) for a in args))
+        if not jids:
+            raise _UsageError("usage: /mls_create JID [JID ...]")
+        await self._befriend([j for j in jids if j != self.mls.bare_jid])
+        session = await self.mls.create_group(members=jids)
+        tab = self.tab_of(session.room)
+        self.core.tabs.set_current_tab(tab)
+        self.note(session.room, f"created this group with {_jids(jids)} "
+                                f"(epoch {session.epoch}, {len(session.members)} devices)")
+
+    async def cmd_groups(self, args: list[str]) -> None:
+        groups = [s for s in self.mls.groups if s.group.active]
+        lines = [f"{s.room}: epoch {s.epoch}, {len(s.members)} device(s)" for s in groups]
+        self.api.information("mls: " + ("\n".join(lines) if lines else "no groups yet"), "Info")
+
+    async def cmd_invite(self, args: list[str]) -> None:
+        session = self.current_session()
+        jids = list(dict.fromkeys(self._jid(a) for a in args))
+        if not jids:
+            raise _UsageError("usage: /mls_invite JID [JID ...]")
+        await self._befriend([j for j in jids if j != self.mls.bare_jid])
+        await session.add(*jids)
+
+    async def cmd_remove(self, args: list[str]) -> None:
+        session = self.current_session()
+        jids = list(dict.fromkeys(self._jid(a) for a in args))
+        if not jids:
+            raise _UsageError("usage: /mls_remove JID [JID ...]")
+        await session.remove(*jids)
+
+    async def cmd_update(self, args: list[str]) -> None:
+        await self.current_session().update()
+
+    async def cmd_leave(self, args: list[str]) -> None:
+        session = self.current_session()
+        await session.leave()
+        self.note(session.room, "leave requested: another member's device will remove you")
+
+    async def cmd_members(self, args: list[str]) -> None:
+        session = self.current_session()
+        members = sorted(session.members, key=lambda m: m[2])
+        lines = [f"epoch {session.epoch}, {len(members)} member device(s):"]
+        mine = self.own_fingerprint()
+        for jid, fp, leaf in members:
+            if jid == self.mls.bare_jid and fp == mine:
+                note = "(this device)"
+            else:
+                note = f"[{self.mls.trust.state(jid, fp) or 'new'}]"
+            lines.append(f"leaf {leaf} {jid} {fp} {note}")
+        for line in lines:
+            self.note(session.room, line)
+
+    def _device(self, args: list[str], usage: str) -> tuple[str, str]:
+        if len(args) < 2:
+            raise _UsageError(f"usage: {usage}")
+        jid = self._jid(args[0])
+        wanted = "".join(args[1:]).lower()
+        if len(wanted) < 8 or not re.fullmatch(r"[0-9a-f]+", wanted):
+            raise _UsageError(f"usage: {usage} (at least 8 hex digits of the fingerprint)")
+        found = [d.fingerprint for d in self.mls.devices(jid)
+                 if d.fingerprint.replace(" ", "").startswith(wanted)]
+        if not found:
+            raise _UsageError(f"no device of {jid} with that fingerprint has been seen "
+                              "(/mls_fingerprints lists them)")
+        if len(found) > 1:
+            raise _UsageError(f"{len(found)} devices match; give more of the fingerprint")
+        return jid, found[0]
+
+    def _where(self) -> str | None:
+        tab = self.api.current_tab()
+        room = str(tab.jid.bare) if isinstance(tab, MucTab) else None
+        return room if room in self.mls.sessions else None
+
+    async def cmd_fingerprints(self, args: list[str]) -> None:
+        jid = self._jid(args[0]) if args else None
+        lines = [f"this device: {self.own_fingerprint()}"]
+        lines += [f"{d.jid} {d.fingerprint} {d.state} {d.device or '-'}"
+                  for d in self.mls.devices(jid)]
+        for line in lines:
+            self.note(self._where(), line)
+
+    async def cmd_safety(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/mls_safety JID FINGERPRINT")
+        number = self.mls.safety_number(jid, fp)
+        self.note(self._where(), f"safety number with {jid} [{fp}]: {number}; the same on "
+                                 f"their side? /mls_verify {jid} {fp[:8]}")
+
+    async def cmd_verify(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/mls_verify JID FINGERPRINT")
+        self.mls.verify(jid, fp)
+        self.note(self._where(), f"{jid} [{fp}] is verified")
+
+    async def cmd_distrust(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/mls_distrust JID FINGERPRINT")
+        self.mls.distrust(jid, fp)
+        self.note(self._where(), f"{jid} [{fp}] is distrusted")
+
+    async def cmd_trust(self, args: list[str]) -> None:
+        jid, fp = self._device(args, "/mls_trust JID FINGERPRINT")
+        self.mls.trust_device(jid, fp)
+        self.note(self._where(), f"{jid} [{fp}] is trusted")
+
+    async def cmd_upload(self, args: list[str]) -> None:
+        if not args:
+            raise _UsageError("usage: /mls_upload PATH [TEXT]")
+        session = self.current_session()
+        path = Path(args[0]).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise _UsageError(f"cannot read {args[0]}: {e.strerror or e}") from None
+        text = " ".join(args[1:])
+        await session.send_file(data, name=path.name, body=text)
+        self.show(session.room, UIMessage(
+            "\n".join([*([text] if text else []),
+                       f"[sent file] {path.name}, {_size(len(data))}"]), self._own_nick()))
+
+    async def cmd_save(self, args: list[str]) -> None:
+        if not args or len(args) > 2 or not args[0].isdigit():
+            raise _UsageError("usage: /mls_save N [DIR] (N as shown by [file N])")
+        index = int(args[0])
+        if not 1 <= index <= len(self.files):
+            raise _UsageError(f"no file {index}")
+        att, sender, room = self.files[index - 1]
+        folder = Path(args[1] if len(args) > 1 else xdg.DATA_HOME / "mls" / "files")
+        folder.mkdir(parents=True, exist_ok=True)
+        data = await self.mls.download(att, sender=sender, room=room)
+        name = Path(att.name or "file").name or "file"
+        target = folder / name
+        n = 0
+        while True:
+            try:  # never over an existing file or through a symlink
+                with open(target, "xb") as f:
+                    f.write(data)
+                break
+            except FileExistsError:
+                n += 1
+                target = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
+        self.note(room, f"saved file {index} ({_size(len(data))}) as {target}")
+
+
+class _UsageError(Exception):
+    """A command used wrongly: shown to the user, nothing changed."""
+
+
+def _replace(rules: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+    return replace(rules, **changes)
+
+
+def _jids(items: Sequence[str]) -> str:
+    return ", ".join(str(j) for j in items)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 / 1024:.1f} MiB"

@@ -1,0 +1,154 @@
+"""The poezio plugin as poezio users get it: real poezio processes in a pty.
+
+poezio (with ``plugins_autoload = mls``, the entry point of the installed
+package) runs in a pseudo-terminal against the session's Prosody; assertions
+are on its rendered screen (:mod:`.poezio_pty`). The other members are plugin
+clients (:func:`.mls_clients.mls_client`) on an event loop in a thread of
+their own, since the test thread waits on the screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.trust import fingerprint
+
+from .mls_clients import close, mls_client, until
+from .poezio_pty import Poezio, write_config
+
+T = TypeVar("T")
+WAIT = 60.0  #: seconds for one expected screen or event (a loaded 2-core machine)
+
+
+class Bots:
+    """Plugin clients on an asyncio loop in a thread: ``run(coro)`` waits for a result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.clients: list[Any] = []
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = WAIT) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def client(self, server: ProsodyServer, account: Account) -> tuple[Any, Any]:
+        """A started plugin client that joins anyone's groups."""
+        client, recorder = self.run(mls_client(server, account.jid, account.password,
+                                               {"invitations": "any"}))
+        self.clients.append(client)
+        return client, recorder
+
+    def stop(self) -> None:
+        try:
+            self.run(close(*self.clients), timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+@pytest.fixture
+def bots() -> Iterator[Bots]:
+    b = Bots()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def poezios() -> Iterator[list[Poezio]]:
+    started: list[Poezio] = []
+    yield started
+    for pz in started:
+        pz.quit()
+
+
+def start_poezio(started: list[Poezio], home: Path, server: ProsodyServer,
+                 account: Account) -> Poezio:
+    """poezio for ``account`` in ``home`` (kept across restarts), the plugin ready."""
+    cfg = home / "poezio.cfg"
+    if not cfg.exists():
+        write_config(home, account.jid, account.password, server.host, server.c2s_port,
+                     {"invitations": "any"})
+    pz = Poezio(home, cfg).start()
+    started.append(pz)
+    pz.wait_for("mls: ready", WAIT, flat=True)
+    return pz
+
+
+def local(jid: str) -> str:
+    return jid.split("@", 1)[0]
+
+
+def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_path: Path,
+                                bots: Bots, poezios: list[Poezio]) -> None:
+    """A poezio user creates a group with a bot, they talk both ways, the user adds a
+    third member, verifies the bot's key, restarts poezio and reads the group again."""
+    alice, bob, carol = new_account("alice"), new_account("bob"), new_account("carol")
+    bob_client, bob_events = bots.client(prosody, bob)
+    carol_client, carol_events = bots.client(prosody, carol)
+    home = tmp_path / "alice"
+    pz = start_poezio(poezios, home, prosody, alice)
+
+    # create: the group's tab opens, with encryption on ("mls" in the info bar)
+    pz.send_line(f"/mls_create {bob.jid}")
+    pz.wait_for(f"mls: created this group with {bob.jid}", WAIT)
+    bob_group = bots.run(bob_events.wait("mls_joined"))[0]
+    room = bob_group.room
+    pz.wait_for(re.compile(re.escape(f"[{room}]") + r".* mls"), WAIT)
+    pz.wait_for("You (alice", WAIT)  # the tab's join is the plugin's: same nick
+
+    # poezio -> bot: typed text is sent through MLS, the room never sees it in clear
+    pz.send_line("hello from poezio")
+    bots.run(bob_events.wait("mls_message"))
+    assert bob_events.bodies() == ["hello from poezio"]
+    assert bob_events.events["mls_message"][0].sender == alice.jid
+    pz.wait_for(re.compile(rf"\d\d:\d\d:\d\d {local(alice.jid)}> hello from poezio"))
+    # bot -> poezio: shown with the sender's JID and a trust marker (~ trusted, unverified)
+    bots.run(bob_group.send("hi from the bot"))
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ~> hi from the bot"), WAIT)
+    assert "encrypted with MLS" not in pz.text()  # fallback bodies are never shown
+
+    # a third member, added from poezio
+    pz.send_line(f"/mls_invite {carol.jid}")
+    carol_group = bots.run(carol_events.wait("mls_joined"))[0]
+    pz.wait_for(f"mls: you added {carol.jid}", WAIT, flat=True)
+    bots.run(until(lambda: bob_group.epoch == carol_group.epoch))
+    bots.run(carol_group.send("carol is here"))
+    pz.wait_for(re.compile(rf"{local(carol.jid)} ~> carol is here"), WAIT)
+    pz.send_line("welcome carol")
+    bots.run(carol_events.wait("mls_message"))
+    assert carol_events.bodies() == ["welcome carol"]
+
+    # members with fingerprints, then verify the bot's device
+    bob_fp = fingerprint(bob_client.plugin["mls"].identity.signature_public_key)
+    pz.send_line("/mls_members")
+    pz.wait_for(f"{bob.jid} {bob_fp} [trusted]", WAIT, flat=True)
+    pz.send_line(f"/mls_verify {bob.jid} {bob_fp.replace(' ', '')[:12]}")
+    pz.wait_for(f"mls: {bob.jid} [{bob_fp}] is verified", WAIT, flat=True)
+    bots.run(bob_group.send("now verified"))
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> now verified"), WAIT)
+    screen = pz.dump()
+
+    # restart: the group comes back from the store in poezio's data directory,
+    # with what was sent meanwhile (the room archive) and the trust decision
+    pz.quit()
+    assert (home / "data" / "poezio" / "mls" / f"{alice.jid}.db").exists()
+    bots.run(bob_group.send("sent while you were away"))
+    pz = start_poezio(poezios, home, prosody, alice)
+    pz.wait_for("[0|1]", WAIT)  # the group's tab is open again
+    pz.send_line("/win 1")
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> sent while you were away"), WAIT)
+    bots.run(carol_group.send("and after the restart"))
+    pz.wait_for(re.compile(rf"{local(carol.jid)} ~> and after the restart"), WAIT)
+    pz.send_line("back again")
+    bots.run(until(lambda: "back again" in bob_events.bodies()))
+    assert bob_events.bodies().count("back again") == 1
+    print("\n" + screen + "\n\nafter the restart:\n" + pz.dump())
