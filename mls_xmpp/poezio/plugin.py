@@ -49,6 +49,7 @@ from slixmpp.jid import InvalidJID
 
 import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 from mls_xmpp.core.errors import MLSError
+from mls_xmpp.xmpp.delivery import FALLBACK_BODY
 from mls_xmpp.xmpp.rules import DEFAULT_RULES, Who
 from mls_xmpp.xmpp.stanza import NS
 from mls_xmpp.xmpp.trust import fingerprint as key_fingerprint
@@ -212,6 +213,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
             tab.own_nick = nick
         self._enabled_tabs[JID(room)] = self.encrypt
         tab.e2e_encryption = self.encryption_name
+        _hide_archived_stanzas(tab)
         return tab
 
     def tab_of(self, room: str) -> Any:
@@ -560,6 +562,24 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
 
 class _UsageError(Exception):
     """A command used wrongly: shown to the user, nothing changed."""
+
+
+def _hide_archived_stanzas(tab: Any) -> None:
+    """Keep poezio's own history loading (the room archive, read when the tab joins
+    or scrolls up, and local logs filled from it) from showing a group's raw
+    stanzas: it bypasses decrypt() and would show their fallback bodies. The
+    plugin reads the archive itself and shows what it decrypts."""
+    buffer = tab._text_buffer  # noqa: SLF001 - poezio has no hook for history lines
+    if getattr(buffer, "mls_filtered", False):
+        return
+    add_history = buffer.add_history_messages
+
+    def add_history_messages(messages: Sequence[Any], gap: Any = None) -> None:
+        add_history([m for m in messages if FALLBACK_BODY not in str(getattr(m, "txt", ""))],
+                    gap=gap)
+
+    buffer.add_history_messages = add_history_messages
+    buffer.mls_filtered = True
 
 
 def _replace(rules: Any, **changes: Any) -> Any:

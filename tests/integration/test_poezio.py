@@ -10,6 +10,7 @@ their own, since the test thread waits on the screen.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import threading
 from collections.abc import Coroutine, Iterator
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from slixmpp.xmlstream import ET
 
 from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.testing.client import room_archive
 from mls_xmpp.xmpp.trust import fingerprint
 
 from .mls_clients import close, mls_client, until
@@ -51,8 +54,15 @@ class Bots:
         try:
             self.run(close(*self.clients), timeout=30)
         finally:
+            # the clients go while their loop runs (slixmpp's __del__ schedules on it)
+            self.clients.clear()
+            self.run(_collect())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+
+
+async def _collect() -> None:
+    gc.collect()
 
 
 @pytest.fixture
@@ -104,6 +114,8 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     room = bob_group.room
     pz.wait_for(re.compile(re.escape(f"[{room}]") + r".* mls"), WAIT)
     pz.wait_for("You (alice", WAIT)  # the tab's join is the plugin's: same nick
+    pz.send_line("/mls")  # the E2EE toggle: never off in a group tab
+    pz.wait_for("mls: encryption is always on in MLS group tabs", WAIT)
 
     # poezio -> bot: typed text is sent through MLS, the room never sees it in clear
     pz.send_line("hello from poezio")
@@ -127,6 +139,13 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     bots.run(carol_events.wait("mls_message"))
     assert carol_events.bodies() == ["welcome carol"]
 
+    # a wrong command is an error on screen and changes nothing
+    epoch = bob_group.epoch
+    pz.send_line("/mls_remove nobody@localhost")
+    pz.wait_for("nobody@localhost", WAIT, flat=True)
+    pz.wait_for("Error> mls:", WAIT)
+    assert bob_group.epoch == epoch
+
     # members with fingerprints, then verify the bot's device
     bob_fp = fingerprint(bob_client.plugin["mls"].identity.signature_public_key)
     pz.send_line("/mls_members")
@@ -146,9 +165,18 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     pz.wait_for("[0|1]", WAIT)  # the group's tab is open again
     pz.send_line("/win 1")
     pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> sent while you were away"), WAIT)
+    # poezio's own archive loading on join shows no raw stanzas (fallback bodies)
+    assert "encrypted with MLS" not in pz.text()
     bots.run(carol_group.send("and after the restart"))
     pz.wait_for(re.compile(rf"{local(carol.jid)} ~> and after the restart"), WAIT)
     pz.send_line("back again")
     bots.run(until(lambda: "back again" in bob_events.bodies()))
     assert bob_events.bodies().count("back again") == 1
+    # what the room got from poezio: MLS payloads only, never the typed text
+    archived = bots.run(room_archive(bob_client, room))
+    from_alice = [a for a in archived if f"/{local(alice.jid)}-" in a.sender]
+    assert len(from_alice) >= 4 and all(a.payload for a in from_alice)
+    raw = "".join(ET.tostring(a.message, encoding="unicode") for a in archived)
+    for typed in ("hello from poezio", "welcome carol", "back again"):
+        assert typed not in raw
     print("\n" + screen + "\n\nafter the restart:\n" + pz.dump())
