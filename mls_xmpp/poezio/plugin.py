@@ -36,7 +36,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from poezio import xdg
 from poezio.config import config as poezio_config
@@ -85,7 +85,8 @@ class _SentThroughMLS(Exception):
     """Drops a stanza poezio meant to send in a group tab: its body went through MLS."""
 
 
-class Plugin(E2EEPlugin):  # type: ignore[misc]
+# without poezio installed (mypy in an environment without the extra) E2EEPlugin is Any
+class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
     """poezio's view of the ``mls`` slixmpp plugin (module documentation above)."""
 
     encryption_name = "MLS"
@@ -112,9 +113,10 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
         super().init()
         #: attachments received, numbered from 1 for /mls_save: (attachment, sender, room)
         self.files: list[tuple[Any, str, str]] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
         xmpp = self.core.xmpp
         xmpp.register_plugin("mls", self.mls_options())
-        self.mls: Any = xmpp.plugin["mls"]
+        self.mls: Any = cast(Any, xmpp.plugin)["mls"]
         self.mls.delivery.before_join.append(self.open_tab)
         for name, handler in (
             ("mls_ready", self.on_ready),
@@ -128,13 +130,20 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
             self.api.add_slix_event_handler(name, handler)
         self.api.add_event_handler("muc_say", self.on_say, priority=0)
         self.add_commands()
+        self._guard_rooms()
         # poezio loads plugins at session start: the slixmpp plugin missed that event
         if xmpp.session_bind_event.is_set():
             asyncio.get_running_loop().call_soon(self._start_now)
 
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as a task, referenced until it ends (asyncio keeps weak ones)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _start_now(self) -> None:
         if not self.mls._session_up:  # noqa: SLF001 - no public "started late" entry
-            asyncio.ensure_future(self.mls._on_session_start(None))  # noqa: SLF001
+            self.spawn(self.mls._on_session_start(None))  # noqa: SLF001
 
     def mls_options(self) -> dict[str, Any]:
         """The slixmpp plugin's options, from this plugin's config and poezio's profile."""
@@ -161,6 +170,63 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
             self.mls.delivery.before_join.remove(self.open_tab)
         except ValueError:
             pass
+        from poezio import multiuserchat
+
+        for name, original in self._muc_originals.items():
+            setattr(multiuserchat, name, original)
+
+    def is_group(self, room: str) -> bool:
+        """Whether ``room`` is the room of a group this device is in."""
+        session = self.mls.sessions.get(room)
+        return session is not None and not session.removed
+
+    def _guard_rooms(self) -> None:
+        """Keep poezio's MUC code from moving this device in a group's room.
+
+        The device's occupant there is the slixmpp plugin's, under the nick the
+        protocol gives it: poezio joins a group's room only with that nick
+        (``/join`` re-attaches a tab), does not change it (``/nick``), and
+        does not leave the room (``/part``, ``/close``, or a message for a
+        room without a tab): the device stays a member until ``/mls_leave``.
+        """
+        from poezio import multiuserchat
+
+        self._muc_originals = {name: getattr(multiuserchat, name)
+                               for name in ("join_groupchat", "leave_groupchat", "change_nick")}
+        join = self._muc_originals["join_groupchat"]
+        leave = self._muc_originals["leave_groupchat"]
+        change_nick = self._muc_originals["change_nick"]
+
+        def join_groupchat(core: Any, jid: Any, nick: str, *args: Any, **kwargs: Any) -> None:
+            room = str(JID(jid).bare)
+            if self.is_group(room):
+                nick = self.mls.nick()
+                tab = kwargs.get("tab") or self.core.tabs.by_name_and_class(room, MucTab)
+                if tab is not None:
+                    tab.own_nick = nick
+                    self.open_tab(room, nick)
+            join(core, jid, nick, *args, **kwargs)
+
+        def leave_groupchat(xmpp: Any, jid: Any, own_nick: str, msg: str) -> None:
+            room = str(JID(jid).bare)
+            if self.is_group(room):
+                self.api.information(
+                    f"mls: this device stays in the room of group {room} while it is a "
+                    "member (/join reopens the tab; /mls_leave leaves the group)", "Info")
+                return
+            leave(xmpp, jid, own_nick, msg)
+
+        def guarded_change_nick(core: Any, jid: Any, nick: str, *args: Any,
+                                **kwargs: Any) -> None:
+            if self.is_group(str(JID(jid).bare)):
+                self.api.information("mls: a device's nick in a group's room is fixed "
+                                     "(section 9.1 of the protocol)", "Error")
+                return
+            change_nick(core, jid, nick, *args, **kwargs)
+
+        multiuserchat.join_groupchat = join_groupchat
+        multiuserchat.leave_groupchat = leave_groupchat
+        multiuserchat.change_nick = guarded_change_nick
 
     def add_commands(self) -> None:
         """The /mls_* commands (poezio removes them on /unload)."""
@@ -219,8 +285,11 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
     def tab_of(self, room: str) -> Any:
         """The tab of a group of this device (opened if it was closed)."""
         tab = self.core.tabs.by_name_and_class(room, MucTab)
-        if tab is None:
+        if tab is None:  # closed by the user: the room still has this device
+            from poezio import multiuserchat
+
             tab = self.open_tab(room, self.mls.nick())
+            multiuserchat.join_groupchat(self.core, JID(room), self.mls.nick(), tab=tab)
         return tab
 
     def show(self, room: str, message: Any) -> None:
@@ -265,7 +334,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
         body = str(msg["body"])
         msg["body"] = ""  # poezio sends nothing
         if body:
-            asyncio.ensure_future(self._send(session, body))
+            self.spawn(self._send(session, body))
 
     async def _send(self, session: Any, body: str) -> None:
         try:
@@ -283,7 +352,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc]
             raise MLSError(f"{room} is not an MLS group of this device: nothing sent")
         body = str(message["body"])
         if body:
-            asyncio.ensure_future(self._send(session, body))
+            self.spawn(self._send(session, body))
         raise _SentThroughMLS("sent through MLS instead")
 
     async def decrypt(self, message: Any, jid: Any, tab: Any) -> None:

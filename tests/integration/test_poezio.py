@@ -156,6 +156,24 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> now verified"), WAIT)
     screen = pz.dump()
 
+    # /part and /close detach the tab only: the device stays in the group's room
+    pz.send_line("/part")
+    pz.wait_for("this device stays in the room of group", WAIT, flat=True)
+    bots.run(bob_group.send("still here"))
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> still here"), WAIT)
+    pz.send_line(f"/join {room}")  # re-attaches the tab, with the device's nick
+    pz.wait_for(re.compile(r"You \(alice\S*\) joined the room(.|\n)*You \(alice\S*\) joined"),
+                WAIT)
+    pz.send_line("/close")
+    pz.wait_for(re.compile(r"^\[0\]$", re.MULTILINE), WAIT)
+    bots.run(bob_group.send("tab closed"))
+    pz.wait_for("[0|1]", WAIT)  # a message reopens the tab
+    pz.send_line("/win 1")
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> tab closed"), WAIT)
+    pz.wait_for("You (alice", WAIT)
+    pz.send_line("typed after reopening")
+    bots.run(until(lambda: "typed after reopening" in bob_events.bodies()))
+
     # restart: the group comes back from the store in poezio's data directory,
     # with what was sent meanwhile (the room archive) and the trust decision
     pz.quit()
