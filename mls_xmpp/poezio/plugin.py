@@ -131,6 +131,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         self.api.add_event_handler("muc_say", self.on_say, priority=0)
         self.add_commands()
         self._guard_rooms()
+        self._skip_direct_payloads()
         # poezio loads plugins at session start: the slixmpp plugin missed that event
         if xmpp.session_bind_event.is_set():
             asyncio.get_running_loop().call_soon(self._start_now)
@@ -174,6 +175,28 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
 
         for name, original in self._muc_originals.items():
             setattr(multiuserchat, name, original)
+        for event, original, wrapper in self._message_handlers:
+            self.core.xmpp.del_event_handler(event, wrapper)
+            self.core.xmpp.add_event_handler(event, original)
+
+    def _skip_direct_payloads(self) -> None:
+        """Keep poezio from opening a conversation tab for a stanza sent to this account
+        directly with an MLS payload (a Welcome, or its carbon copy): the slixmpp plugin
+        reads it, and the group it opens gets its own tab."""
+        xmpp = self.core.xmpp
+        handler = self.core.handler
+        self._message_handlers: list[tuple[str, Any, Any]] = []
+        for event, original in (("message", handler.on_message),
+                                ("carbon_received", handler.on_carbon_received),
+                                ("carbon_sent", handler.on_carbon_sent)):
+            async def skipping(msg: Any, original: Any = original) -> None:
+                if msg["type"] != "groupchat" and msg.xml.find(f".//{{{NS}}}mls") is not None:
+                    return
+                await original(msg)
+
+            xmpp.del_event_handler(event, original)
+            xmpp.add_event_handler(event, skipping)
+            self._message_handlers.append((event, original, skipping))
 
     def is_group(self, room: str) -> bool:
         """Whether ``room`` is the room of a group this device is in."""

@@ -198,3 +198,48 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     for typed in ("hello from poezio", "welcome carol", "back again"):
         assert typed not in raw
     print("\n" + screen + "\n\nafter the restart:\n" + pz.dump())
+
+
+def test_poezio_welcomed_and_files(prosody: ProsodyServer, new_account: Any,
+                                    tmp_path: Path, bots: Bots,
+                                    poezios: list[Poezio]) -> None:
+    """A bot's group appears in poezio as a tab (its Welcome opens no conversation tab);
+    files both ways (HTTP upload; saved with /mls_save)."""
+    alice, bob = new_account("alice"), new_account("bob")
+    bob_client, bob_events = bots.client(prosody, bob)
+    pz = start_poezio(poezios, tmp_path / "alice", prosody, alice)
+
+    group = bots.run(bob_client.plugin["mls"].create_group(members=[alice.jid]))
+    pz.wait_for("[0|1]", WAIT)  # welcomed: the group's tab, and no conversation tab
+    pz.wait_for("mls: joined group", WAIT)
+    pz.send_line("/win 1")
+    pz.wait_for(re.compile(re.escape(f"[{group.room}]") + r".* mls"), WAIT)  # encrypted
+    pz.wait_for(f"mls: you joined this group (epoch 1, with {bob.jid})", WAIT)
+    bots.run(group.send("welcome to my group"))
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ~> welcome to my group"), WAIT)
+
+    # bot -> poezio: a file, saved where the user says
+    bots.run(group.send_file(b"report contents\n" * 100, name="report.txt",
+                             media_type="text/plain", body="the report"))
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ~> the report"), WAIT)
+    pz.wait_for("[file 1] report.txt, 1.6 KiB, text/plain (/mls_save 1)", WAIT)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    pz.send_line(f"/mls_save 1 {saved}")
+    pz.wait_for("mls: saved file 1 (1.6 KiB) as", WAIT)
+    assert (saved / "report.txt").read_bytes() == b"report contents\n" * 100
+
+    # poezio -> bot: /mls_upload
+    photo = tmp_path / "photo.bin"
+    photo.write_bytes(bytes(range(256)) * 40)
+    pz.send_line(f"/mls_upload {photo} holiday")
+    pz.wait_for("[sent file] photo.bin, 10.0 KiB", WAIT)
+    event = bots.run(bob_events.wait("mls_message"))[-1]
+    assert event.body == "holiday" and event.sender == alice.jid
+    (attachment,) = event.content.attachments
+    assert attachment.name == "photo.bin"
+    data = bots.run(bob_client.plugin["mls"].download(attachment, sender=event.sender,
+                                                      room=group.room))
+    assert data == photo.read_bytes()
+    assert "encrypted with MLS" not in pz.text()
+    assert "[0|1|" not in pz.text()  # still one tab besides the roster: no conversation tab
