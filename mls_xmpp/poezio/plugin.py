@@ -312,7 +312,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
             from poezio import multiuserchat
 
             tab = self.open_tab(room, self.mls.nick())
-            multiuserchat.join_groupchat(self.core, JID(room), self.mls.nick(), tab=tab)
+            if self.is_group(room):  # not a group this device just left
+                multiuserchat.join_groupchat(self.core, JID(room), self.mls.nick(), tab=tab)
         return tab
 
     def show(self, room: str, message: Any) -> None:
@@ -372,6 +373,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         room = str(message["to"].bare)
         session = self.mls.sessions.get(room)
         if session is None:
+            self.api.information(f"mls: not sent: {room} is not a group of this device "
+                                 "(any more); nothing goes there in clear", "Error")
             raise MLSError(f"{room} is not an MLS group of this device: nothing sent")
         body = str(message["body"])
         if body:
