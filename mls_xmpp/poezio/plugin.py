@@ -22,7 +22,7 @@ loop exactly as in any slixmpp program. This module only maps it to poezio:
 State: an SQLite store in poezio's data directory (``$XDG_DATA_HOME/poezio/mls/
 JID.db``), the device name ``poezio-<device_id>`` of the poezio profile (option
 ``device`` overrides it). Options (section ``[mls]`` of ``plugins/mls.cfg``):
-``device``, ``store``, ``invitations`` (contacts, any, ask -> contacts here),
+``device``, ``store``, ``invitations`` (contacts, any, or ask: /mls_accept N),
 ``blind_trust``, ``refuse_send_to`` (distrusted, unverified, or empty),
 ``rules_add`` and ``rules_remove`` (members or admins: who may add / remove in
 groups this device creates).
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 MARKS = {"verified": "✔", "trusted": "~", "new": "?", "distrusted": "✘"}
 #: Seconds to wait for invitees to accept this account as a contact.
 CONTACT_WAIT = 5.0
+#: Additions of at least this many accounts or devices show their stages.
+PROGRESS_MIN = 8
 
 HELP = """MLS groups (each group is a MUC tab; in it everything typed is MLS-encrypted):
 /mls_create JID [JID ...]   create a group with these accounts and open its tab
@@ -72,6 +74,7 @@ in a group tab:
 /mls_members                member devices with fingerprints and trust
 /mls_upload PATH [TEXT]     share a file (encrypted, through HTTP upload)
 /mls_save N [DIR]           save received file N
+/mls_accept N, /mls_decline N   an invitation from a non-contact (invitations = ask)
 anywhere:
 /mls_fingerprints [JID]     devices seen, with fingerprint and trust state
 /mls_safety JID FP          the safety number to compare with that device's owner
@@ -114,6 +117,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         #: attachments received, numbered from 1 for /mls_save: (attachment, sender, room)
         self.files: list[tuple[Any, str, str]] = []
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: invitations waiting for /mls_accept or /mls_decline (option invitations=ask)
+        self.invitations: list[Any] = []
         xmpp = self.core.xmpp
         xmpp.register_plugin("mls", self.mls_options())
         self.mls: Any = cast(Any, xmpp.plugin)["mls"]
@@ -126,6 +131,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
             ("mls_removed", self.on_removed),
             ("mls_trust", self.on_trust),
             ("mls_error", self.on_error),
+            ("mls_invitation", self.on_invitation),
+            ("mls_progress", self.on_progress),
         ):
             self.api.add_slix_event_handler(name, handler)
         self.api.add_event_handler("muc_say", self.on_say, priority=0)
@@ -153,8 +160,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         Path(store).parent.mkdir(parents=True, exist_ok=True)
         device = self.config.getstr("device") or f"poezio-{poezio_config.getstr('device_id')}"
         invitations = self.config.getstr("invitations") or "contacts"
-        if invitations not in ("contacts", "any"):
-            invitations = "contacts"  # "ask" needs a prompt poezio has no place for
+        if invitations not in ("contacts", "any", "ask"):
+            invitations = "contacts"
         refuse = self.config.getstr("refuse_send_to") or None
         rules = DEFAULT_RULES
         for key in ("add", "remove"):
@@ -270,6 +277,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
             ("mls_trust", self.cmd_trust, "<jid> <fingerprint>", "Trust a device again"),
             ("mls_upload", self.cmd_upload, "<path> [text]", "Share a file in this group"),
             ("mls_save", self.cmd_save, "<n> [dir]", "Save a received file"),
+            ("mls_accept", self.cmd_accept, "<n>", "Join the group of invitation n"),
+            ("mls_decline", self.cmd_decline, "<n>", "Decline invitation n"),
         ]
         for name, handler, usage, short in commands:
             self.api.add_command(name, self._runner(handler), usage=usage, short=short,
@@ -475,6 +484,20 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         else:
             self.api.information(f"mls: {jid} [{fp}] is now {change.state}", "Info")
 
+    def on_invitation(self, event: Any) -> None:
+        self.invitations.append(event)
+        n = len(self.invitations)
+        self.api.information(
+            f"mls: {event.inviter} (not a contact) invites you into group {event.room}: "
+            f"/mls_accept {n} joins, /mls_decline {n} declines (within "
+            f"{event.expires_in / 60:.0f} min)", "Info")
+
+    def on_progress(self, event: Any) -> None:
+        if event.total >= PROGRESS_MIN and event.done in (0, event.total):
+            batch = f" (Commit {event.batch} of {event.batches})" if event.batches > 1 else ""
+            self.api.information(f"mls: adding: {event.stage} {event.done}/{event.total}"
+                                 f"{batch}", "Info")
+
     def on_error(self, event: Any) -> None:
         room = getattr(event.group, "room", None)
         if room is not None and self.core.tabs.by_name_and_class(room, MucTab) is not None:
@@ -630,6 +653,27 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         self.show(session.room, UIMessage(
             "\n".join([*([text] if text else []),
                        f"[sent file] {path.name}, {_size(len(data))}"]), self._own_nick()))
+
+    def _invitation(self, args: list[str], usage: str) -> Any:
+        if len(args) != 1 or not args[0].isdigit():
+            raise _UsageError(f"usage: {usage}")
+        index = int(args[0])
+        if not 1 <= index <= len(self.invitations) or self.invitations[index - 1] is None:
+            raise _UsageError(f"no open invitation {index}")
+        event = self.invitations[index - 1]
+        self.invitations[index - 1] = None  # numbers stay as shown
+        return event
+
+    async def cmd_accept(self, args: list[str]) -> None:
+        event = self._invitation(args, "/mls_accept N")
+        session = await event.accept()
+        self.core.tabs.set_current_tab(self.tab_of(session.room))
+        self.core.refresh_window()
+
+    async def cmd_decline(self, args: list[str]) -> None:
+        event = self._invitation(args, "/mls_decline N")
+        await event.decline()
+        self.api.information(f"mls: declined {event.inviter}'s invitation", "Info")
 
     async def cmd_save(self, args: list[str]) -> None:
         if not args or len(args) > 2 or not args[0].isdigit():

@@ -81,12 +81,12 @@ def poezios() -> Iterator[list[Poezio]]:
 
 
 def start_poezio(started: list[Poezio], home: Path, server: ProsodyServer,
-                 account: Account) -> Poezio:
+                 account: Account, invitations: str = "any") -> Poezio:
     """poezio for ``account`` in ``home`` (kept across restarts), the plugin ready."""
     cfg = home / "poezio.cfg"
     if not cfg.exists():
         write_config(home, account.jid, account.password, server.host, server.c2s_port,
-                     {"invitations": "any"})
+                     {"invitations": invitations})
     pz = Poezio(home, cfg).start()
     started.append(pz)
     pz.wait_for("mls: ready", WAIT, flat=True)
@@ -243,3 +243,32 @@ def test_poezio_welcomed_and_files(prosody: ProsodyServer, new_account: Any,
     assert data == photo.read_bytes()
     assert "encrypted with MLS" not in pz.text()
     assert "[0|1|" not in pz.text()  # still one tab besides the roster: no conversation tab
+
+
+def test_poezio_invitations_from_strangers(prosody: ProsodyServer, new_account: Any,
+                                           tmp_path: Path, bots: Bots,
+                                           poezios: list[Poezio]) -> None:
+    """With ``invitations = ask`` a stranger's Welcome waits for /mls_accept or
+    /mls_decline; accepting opens the group's tab."""
+    alice, bob = new_account("alice"), new_account("bob")
+    bob_client, _ = bots.client(prosody, bob)
+    pz = start_poezio(poezios, tmp_path / "alice", prosody, alice, invitations="ask")
+    mls = bob_client.plugin["mls"]
+
+    first = bots.run(mls.create_group(members=[alice.jid]))
+    # (the roster tab's info pane wraps the room JID anywhere: its parts are matched)
+    pz.wait_for(f"{bob.jid} (not a contact) invites you into group", WAIT, flat=True)
+    pz.wait_for("/mls_accept 1 joins, /mls_decline 1 declines", WAIT, flat=True)
+    bots.run(mls.create_group(members=[alice.jid]))
+    pz.wait_for("/mls_decline 2 declines", WAIT, flat=True)
+    assert pz.lines()[-2] == "[0]"  # nothing joined yet
+    pz.send_line("/mls_decline 2")
+    pz.wait_for(f"mls: declined {bob.jid}'s invitation", WAIT, flat=True)
+    pz.send_line("/mls_accept 1")
+    pz.wait_for(re.compile(re.escape(f"[{first.room}]") + r".* mls"), WAIT)
+    pz.wait_for(f"mls: you joined this group (epoch 1, with {bob.jid})", WAIT)
+    bots.run(first.send("glad you came"))
+    pz.wait_for(re.compile(rf"{local(bob.jid)} ~> glad you came"), WAIT)
+    pz.send_line("/mls_accept 2")  # declined: gone
+    pz.wait_for("mls: no open invitation 2", WAIT)
+    assert pz.lines()[-2] == "[0|1]"  # one group tab: the declined group has none
