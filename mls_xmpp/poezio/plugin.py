@@ -136,6 +136,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         ):
             self.api.add_slix_event_handler(name, handler)
         self.api.add_event_handler("muc_say", self.on_say, priority=0)
+        self.api.add_event_handler("private_say", self.on_private_say, priority=0)
         self.add_commands()
         self._guard_rooms()
         self._skip_direct_payloads()
@@ -368,6 +369,13 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         msg["body"] = ""  # poezio sends nothing
         if body:
             self.spawn(self._send(session, body))
+
+    def on_private_say(self, msg: Any, tab: Any) -> None:
+        """A private message to an occupant of a group's room would go in clear: refused."""
+        if self.is_group(str(tab.jid.bare)) and msg["body"]:
+            msg["body"] = ""
+            self.api.information("mls: not sent: private messages in a group's room are not "
+                                 "encrypted; write in the group tab", "Error")
 
     async def _send(self, session: Any, body: str) -> None:
         try:

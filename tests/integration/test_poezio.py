@@ -22,6 +22,7 @@ from slixmpp.xmlstream import ET
 
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.testing.client import room_archive
+from mls_xmpp.xmpp.plugin import nick_of
 from mls_xmpp.xmpp.trust import fingerprint
 
 from .mls_clients import close, mls_client, until
@@ -243,6 +244,12 @@ def test_poezio_welcomed_and_files(prosody: ProsodyServer, new_account: Any,
     assert data == photo.read_bytes()
     assert "encrypted with MLS" not in pz.text()
     assert "[0|1|" not in pz.text()  # still one tab besides the roster: no conversation tab
+
+    # a private message to an occupant of the group's room would go in clear: refused
+    bob_nick = nick_of(bob.jid, bob_client.plugin["mls"].identity.signature_public_key)
+    pz.send_line(f"/query {bob_nick} a private word")
+    pz.wait_for("mls: not sent: private messages in a group's room are not encrypted",
+                WAIT, flat=True)
 
 
 def test_poezio_invitations_from_strangers(prosody: ProsodyServer, new_account: Any,
