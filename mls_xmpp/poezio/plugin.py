@@ -573,6 +573,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         jids = list(dict.fromkeys(self._jid(a) for a in args))
         if not jids:
             raise _UsageError("usage: /mls_remove JID [JID ...]")
+        if self.mls.bare_jid in jids:
+            raise _UsageError("you cannot remove yourself: /mls_leave asks the others to")
         await session.remove(*jids)
 
     async def cmd_update(self, args: list[str]) -> None:
@@ -580,6 +582,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
 
     async def cmd_leave(self, args: list[str]) -> None:
         session = self.current_session()
+        if len(session.members) < 2:
+            raise _UsageError("you are the only member: nobody could commit your removal")
         await session.leave()
         self.note(session.room, "leave requested: another member's device will remove you")
 
