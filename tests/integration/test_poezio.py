@@ -140,6 +140,11 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     bots.run(carol_events.wait("mls_message"))
     assert carol_events.bodies() == ["welcome carol"]
 
+    # fresh keys for the poezio device: a Commit the others process
+    pz.send_line("/mls_update")
+    pz.wait_for("mls: you updated your keys (epoch 3)", WAIT)
+    bots.run(until(lambda: bob_group.epoch == carol_group.epoch == 3))
+
     # a wrong command is an error on screen and changes nothing
     epoch = bob_group.epoch
     pz.send_line("/mls_remove nobody@localhost")
