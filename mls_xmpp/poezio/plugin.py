@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 MARKS = {"verified": "✔", "trusted": "~", "new": "?", "distrusted": "✘"}
 #: Seconds to wait for invitees to accept this account as a contact.
 CONTACT_WAIT = 5.0
+#: Seconds poezio's own room joins wait, at start, for the plugin to read its groups.
+KNOWN_WAIT = 60.0
 #: Additions of at least this many accounts or devices show their stages.
 PROGRESS_MIN = 8
 
@@ -117,6 +119,9 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         #: attachments received, numbered from 1 for /mls_save: (attachment, sender, room)
         self.files: list[tuple[Any, str, str]] = []
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: set once the slixmpp plugin has read its groups (first ``mls_ready``)
+        self._known = asyncio.Event()
+        self.groups_known = False
         #: invitations waiting for /mls_accept or /mls_decline (option invitations=ask)
         self.invitations: list[Any] = []
         xmpp = self.core.xmpp
@@ -206,6 +211,15 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
             xmpp.add_event_handler(event, skipping)
             self._message_handlers.append((event, original, skipping))
 
+    async def _join_when_known(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await asyncio.wait_for(self._known.wait(), KNOWN_WAIT)
+        except TimeoutError:
+            self.api.information("mls: the groups were not read in time; joining anyway",
+                                 "Error")
+            self.groups_known = True
+        self._guarded_join(*args, **kwargs)
+
     def is_group(self, room: str) -> bool:
         """Whether ``room`` is the room of a group this device is in."""
         session = self.mls.sessions.get(room)
@@ -230,6 +244,12 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
 
         def join_groupchat(core: Any, jid: Any, nick: str, *args: Any, **kwargs: Any) -> None:
             room = str(JID(jid).bare)
+            if not self.groups_known:
+                # poezio joins bookmarked rooms at session start, before the slixmpp
+                # plugin has read its groups: a group's room must not be entered
+                # under poezio's nick first (that would rename the device's occupant)
+                self.spawn(self._join_when_known(core, jid, nick, *args, **kwargs))
+                return
             if self.is_group(room):
                 nick = self.mls.nick()
                 tab = kwargs.get("tab") or self.core.tabs.by_name_and_class(room, MucTab)
@@ -255,6 +275,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
                 return
             change_nick(core, jid, nick, *args, **kwargs)
 
+        self._guarded_join = join_groupchat
         multiuserchat.join_groupchat = join_groupchat
         multiuserchat.leave_groupchat = leave_groupchat
         multiuserchat.change_nick = guarded_change_nick
@@ -434,6 +455,8 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         return f"{name} {MARKS.get(str(state), '?')}"
 
     def on_ready(self, _: Any) -> None:
+        self.groups_known = True
+        self._known.set()
         groups = [s for s in self.mls.groups if s.group.active]
         self.api.information(
             f"mls: ready; this device {self.own_fingerprint()} "
@@ -507,6 +530,9 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
                                  f"{batch}", "Info")
 
     def on_error(self, event: Any) -> None:
+        if not self.groups_known and self.mls._start_error is not None:  # noqa: SLF001
+            self.groups_known = True  # start-up failed: poezio's rooms wait no longer
+            self._known.set()
         room = getattr(event.group, "room", None)
         if room is not None and self.core.tabs.by_name_and_class(room, MucTab) is not None:
             self.note(room, f"error: {event.reason}")

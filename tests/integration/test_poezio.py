@@ -185,12 +185,19 @@ def test_poezio_group_with_bots(prosody: ProsodyServer, new_account: Any, tmp_pa
     pz.quit()
     assert (home / "data" / "poezio" / "mls" / f"{alice.jid}.db").exists()
     bots.run(bob_group.send("sent while you were away"))
+    # a bookmark poezio autojoins at start, under poezio's nick: the device's nick wins
+    cfg = home / "poezio.cfg"
+    cfg.write_text(cfg.read_text().replace("[Poezio]\n",
+                                           f"[Poezio]\nrooms = {room}/{local(alice.jid)}\n", 1))
     pz = start_poezio(poezios, home, prosody, alice)
     pz.wait_for("[0|1]", WAIT)  # the group's tab is open again
     pz.send_line("/win 1")
     pz.wait_for(re.compile(rf"{local(bob.jid)} ✔> sent while you were away"), WAIT)
     # poezio's own archive loading on join shows no raw stanzas (fallback bodies)
     assert "encrypted with MLS" not in pz.text()
+    joined = re.findall(r"You \((\S+)\) joined the room", pz.text())
+    assert joined and all(re.fullmatch(rf"{local(alice.jid)}-[0-9a-f]{{8}}", n) for n in joined)
+    assert "is now known as" not in pz.text()
     bots.run(carol_group.send("and after the restart"))
     pz.wait_for(re.compile(rf"{local(carol.jid)} ~> and after the restart"), WAIT)
     pz.send_line("back again")
