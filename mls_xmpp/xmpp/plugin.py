@@ -934,8 +934,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if session is None or session.removed:
             return
         if 110 in codes or presence["from"].resource == self.nick():
-            self.suspend(session, f"the room took this device out (status "
-                                  f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
+            reason = (f"the room took this device out (status "
+                      f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
+            # after what the room sent before (the Commit that removed this device,
+            # if that is why): that Commit ends the group instead
+            session.in_room_order(lambda: self.suspend(session, reason))
         elif codes & AFFILIATION_CODES:
             real = presence["muc"]["jid"]
             jid = _bare(str(real)) if real else ""

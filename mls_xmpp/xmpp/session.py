@@ -90,6 +90,8 @@ WELCOME_ATTEMPTS = 5
 WELCOME_WAIT = 120.0
 #: Seconds each member waits after the one before it to repair a lost affiliation.
 REPAIR_DELAY = 2.0
+#: a queue item that is a call to run in room order (:meth:`GroupSession.in_room_order`)
+_CALL = object()
 
 
 def member_jid(member: Member) -> str:
@@ -446,6 +448,17 @@ class GroupSession:
         """Queue a live room message (and its room stanza-id) for the worker."""
         self._queue.put_nowait((msg, stanza_id))
 
+    def in_room_order(self, call: Callable[[], None]) -> None:
+        """Run ``call`` once the worker has processed every room message queued before
+        it (at once when no worker runs). The room's word about this device (it was
+        taken out) comes after the messages the room sent before it, e.g. the Commit
+        that removed this device: acted on earlier, it would hide that Commit."""
+        worker = self._worker
+        if worker is None or worker.done():
+            call()
+        else:
+            self._queue.put_nowait((_CALL, call))
+
     @property
     def stored_position(self) -> str | None:
         """The archive position to store: the last message processed, but never past a
@@ -485,6 +498,9 @@ class GroupSession:
             self.kick_outbox()
             while True:
                 msg, sid = await self._queue.get()
+                if msg is _CALL:
+                    sid()
+                    continue
                 await self._handle_safely(msg, sid)
         except asyncio.CancelledError:
             raise
