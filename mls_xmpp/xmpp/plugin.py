@@ -79,6 +79,7 @@ from .errors import (
     UnknownGroupError,
 )
 from .events import MLSErrorEvent
+from .freshness import Freshness
 from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
@@ -144,6 +145,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "invitations": "contacts",  # whose Welcomes are joined: "contacts", "any" or "ask"
         "invitation_limit": 20,     # Welcomes per inviter per hour (own account excepted)
         "invitation_timeout": 3600.0,  # seconds an "ask" invitation waits for a decision
+        # post-compromise security and retention (mls_xmpp.xmpp.freshness)
+        "clock": None,  # a callable: seconds since the Unix epoch (default time.time)
+        "update_after_join": True,  # update soon after joining (always after a last resort)
+        "update_join_delay": 30.0,  # the update after a join waits up to this (random)
+        "update_interval": 7 * 86400.0,  # seconds without an update before one is sent
+        "idle_timeout": 90 * 86400.0,  # seconds without an update before removal; 0: never
+        "freshness_interval": 3600.0,  # seconds between checks of the above
+        "past_epoch_lifetime": 86400.0,  # seconds a past epoch's keys are kept at most
+        "retired_key_lifetime": 86400.0,  # seconds a retired last resort's keys are kept
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -192,6 +202,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.x509_anchors: TrustAnchors | None = load_trust_anchors(cfg["x509_trust_anchors"])
         #: this account's device trust store (config ``blind_trust``), kept in the state store
         self.trust = TrustStore(self.state_store, blind_trust=bool(cfg["blind_trust"]))
+        #: automatic updates, idle-device removal, retention bounds (:mod:`.freshness`)
+        self.freshness = Freshness(self)
         self._upkeep: asyncio.Future[None] | None = None
         #: the XEP-0410 self-pings of every group's room (a silent drop suspends the group)
         self._room_pings: asyncio.Future[None] | None = None
@@ -309,6 +321,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self._room_pings is not None:
             self._room_pings.cancel()
             self._room_pings = None
+        self.freshness.stop()
         self._ready.clear()
         for session in list(self.sessions.values()):
             await session.pause()
@@ -359,6 +372,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 session.resume()
         if self.config["publish_key_packages"] and self._upkeep is None:
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        self.freshness.start()
         self._ready.set()
         self.xmpp.event("mls_ready", self)
 
@@ -426,6 +440,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if interval > 0 and self._room_pings is None:
             self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
         self._started = True
+        self.freshness.start()
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
@@ -843,6 +858,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.event("mls_removed", session)
         # its secrets are of no more use: forget the group (forward secrecy on disk)
         self.state_store.delete_group(session.group_id)
+        self.freshness.forget(session.group_id)
         self.sessions.pop(session.room, None)
         asyncio.ensure_future(session.stop())
         # out of the room too: an account that stays affiliated through another
@@ -985,6 +1001,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         progress.group = session
         self.sessions[room] = session
         self.persist(session)
+        self.freshness.created(session)
         session.start(catch_up=False)
         await self.record(session)
         unique = list({kp.leaf_node.signature_key: kp for kp in wanted}.values())

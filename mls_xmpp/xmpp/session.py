@@ -601,12 +601,14 @@ class GroupSession:
         event = self.group.process(data)
         return event, encode_group_parts(self.group)
 
-    def _commit_and_encode(self, add: list[KeyPackage], remove: list[int]
+    def _commit_and_encode(self, add: list[KeyPackage], remove: list[int],
+                           authenticated_data: bytes = b""
                            ) -> tuple[PendingCommit, tuple[bytes, bytes]]:
         """``group.commit`` and the state's encoding (run in a worker thread)."""
         from ..core.group.serialize import encode_group_parts
 
-        pending = self.group.commit(add=add, remove=remove)
+        pending = self.group.commit(add=add, remove=remove,
+                                    authenticated_data=authenticated_data)
         return pending, encode_group_parts(self.group)
 
     def _heavy(self, added: int = 0) -> bool:
@@ -799,6 +801,7 @@ class GroupSession:
                 tuple(sorted({member_jid(m) for m in event.updated})), event.own,
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.added),
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.removed)))
+            self.plugin.freshness.commit_applied(self, event)  # leaf ages, idle notices
             if not event.self_removed:
                 # keys that are new to this group: added devices, updated leaves, and
                 # the committer's leaf (its UpdatePath may carry a new signature key)
@@ -1093,6 +1096,17 @@ class GroupSession:
         await self._usable()
         await self._commit()
 
+    async def remove_idle(self, signature_keys: list[bytes], notice: bytes) -> None:
+        """Remove devices by signature key with a reason in the Commit's
+        authenticated_data (:mod:`.freshness`: idle devices).
+
+        :raises RulesError: the group rules do not allow this device to remove them.
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        """
+        await self._usable()
+        await self._commit(remove_keys=signature_keys, authenticated_data=notice)
+
     async def leave(self) -> None:
         """Propose this device's removal; another member commits it.
 
@@ -1121,7 +1135,8 @@ class GroupSession:
 
     async def _commit(self, *, add: list[KeyPackage] | None = None,
                       remove_keys: list[bytes] | None = None,
-                      attempts: int = 4, progress: Progress | None = None) -> CommitApplied:
+                      attempts: int = 4, progress: Progress | None = None,
+                      authenticated_data: bytes = b"") -> CommitApplied:
         """Commit (with pending proposals), wait for the room, rebuild if another won.
 
         Removals are named by signature key, so a retry after another Commit
@@ -1152,9 +1167,10 @@ class GroupSession:
                     try:
                         if self._heavy(len(add)):
                             pending, parts = await _in_thread(self._commit_and_encode, add,
-                                                              remove)
+                                                              remove, authenticated_data)
                         else:
-                            pending = self.group.commit(add=add, remove=remove)
+                            pending = self.group.commit(add=add, remove=remove,
+                                                        authenticated_data=authenticated_data)
                     except PolicyError as e:  # nothing was sent; the group is unchanged
                         raise RulesError(f"the group's rules refuse this change: {e}") from e
                     if progress is not None:
