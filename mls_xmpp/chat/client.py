@@ -55,6 +55,7 @@ class Chat:
         self.online = False
         self.ever_ready = False
         self.quitting = False
+        self.store_encrypted = False  #: the store is encrypted at rest (:mod:`.storekey`)
         self._ready: asyncio.Future[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._connecting = 0  #: counts slixmpp's "connecting" events
@@ -163,8 +164,12 @@ class Chat:
         import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
         from mls_xmpp.storage import SQLiteStore
 
+        from .storekey import store_key
+
         opts = self.options
-        store = SQLiteStore(str(opts.store))
+        key = store_key(opts.store, opts.password, encrypt=opts.encrypt_store)
+        self.store_encrypted = key is not None
+        store = SQLiteStore(str(opts.store), key=key)
         client = slixmpp.ClientXMPP(opts.jid, opts.password)
         if opts.plaintext:
             client.enable_direct_tls = False
@@ -762,7 +767,11 @@ class Chat:
         try:
             self.xmpp = self.build_client()
         except MLSError as e:
-            raise ChatError(f"cannot open the store {self.options.store}: {e}") from None
+            hint = ("" if "wrong storage key" not in str(e) else
+                    " (the store is encrypted with the account's password, or "
+                    "$MLS_XMPP_STORE_PASSPHRASE: after a password change, set that variable "
+                    "to the old password)")
+            raise ChatError(f"cannot open the store {self.options.store}: {e}{hint}") from None
         self._connect()
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.options.timeout)
@@ -792,7 +801,9 @@ class Chat:
         groups = self.active_groups()
         self.notice(f"logged in as {self.me}, device {self.own_fingerprint()}"
                     + (f" ({self.options.device})" if self.options.device else ""))
-        self.notice(f"store {self.options.store}; {len(groups)} group(s)")
+        self.notice(f"store {self.options.store} ("
+                    f"{'encrypted' if self.store_encrypted else 'NOT encrypted'}); "
+                    f"{len(groups)} group(s)")
         if len(groups) == 1 and self.current is None:
             self.current = groups[0].room
             self.notice(f"selected group {groups[0].room}")
