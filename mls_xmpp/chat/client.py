@@ -56,6 +56,7 @@ class Chat:
         self.ever_ready = False
         self.quitting = False
         self.store_encrypted = False  #: the store is encrypted at rest (:mod:`.storekey`)
+        self._new_store = False  #: this run created the store
         self._ready: asyncio.Future[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._connecting = 0  #: counts slixmpp's "connecting" events
@@ -167,6 +168,7 @@ class Chat:
         from .storekey import store_key
 
         opts = self.options
+        self._new_store = not opts.store.exists()
         key = store_key(opts.store, opts.password, encrypt=opts.encrypt_store)
         self.store_encrypted = key is not None
         store = SQLiteStore(str(opts.store), key=key)
@@ -769,17 +771,39 @@ class Chat:
         except MLSError as e:
             hint = ("" if "wrong storage key" not in str(e) else
                     " (the store is encrypted with the account's password, or "
-                    "$MLS_XMPP_STORE_PASSPHRASE: after a password change, set that variable "
-                    "to the old password)")
+                    "$MLS_XMPP_STORE_PASSPHRASE: a wrong password? after a password change, "
+                    "set that variable to the old password)")
             raise ChatError(f"cannot open the store {self.options.store}: {e}{hint}") from None
         self._connect()
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.options.timeout)
         except TimeoutError:
             problems = "; ".join(dict.fromkeys(list(self._problems)[-3:]))
+            self._discard_new_store()
             raise ChatError(f"not logged in within {self.options.timeout:g} s"
                             + (f" ({problems})" if problems else "")) from None
+        except ChatError:
+            self._discard_new_store()
+            raise
         self.ever_ready = True
+
+    def _discard_new_store(self) -> None:
+        """The first login with a new store failed: delete the store (and its salt), so
+        that a mistyped password does not become the key of the store the next run uses.
+        It holds only an identity that was never published."""
+        if not self._new_store or self.ever_ready or self.xmpp is None:
+            return
+        from .storekey import salt_path
+
+        try:
+            self.mls.state_store.close()
+        except Exception:  # noqa: BLE001 - deleting it anyway
+            pass
+        for path in (self.options.store, salt_path(self.options.store)):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     async def logout(self) -> None:
         """Close the stream (abort it when the server does not answer)."""

@@ -171,3 +171,15 @@ def test_idle_device_removed_by_admin(prosody: ProsodyServer,
                                       tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(_idle(prosody, [new_account("alice"), new_account("bob"),
                                                  new_account("carol")], tmp_path), 240))
+
+
+def test_retention_room_archive_expiry_configured(prosody: ProsodyServer) -> None:
+    """The archives' expiry is a server setting (XEP-0045 and XEP-0313 define no room
+    field for it): the project's Prosody writes it out, and a deployment can set it."""
+    assert prosody.config_value("conference.localhost", "muc_log_expires_after") == '"1w"'
+    assert prosody.config_value("localhost", "archive_expires_after") == '"1w"'
+    with ProsodyServer(storage="memory", archive_expires="2d") as short:
+        assert short.config_value("conference.localhost", "muc_log_expires_after") == '"2d"'
+        assert short.config_value("localhost", "archive_expires_after") == '"2d"'
+        # the muc_mam module took it (it logs an error for a value it cannot parse)
+        assert "muc_log_expires_after" not in short.log_text()
