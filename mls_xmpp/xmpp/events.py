@@ -248,6 +248,10 @@ class IdleRemovalEvent:
             removed device, as the committer recorded them.
         self_removed: this device is one of them (it is out of the group;
             ``mls_removed`` follows).
+        disputed: fingerprints of removed devices that this device saw
+            updated in a later epoch than the notice says: the committer's
+            record (or its honesty) is in doubt. Local knowledge: a warning,
+            the removal stands.
     """
 
     group: GroupSession
@@ -255,3 +259,4 @@ class IdleRemovalEvent:
     committer: str | None
     removed: tuple[tuple[str, str, int, int], ...]
     self_removed: bool = False
+    disputed: tuple[str, ...] = ()

@@ -301,8 +301,13 @@ class Freshness:
             for m in event.removed if m.leaf_index in by_index)
         if not removed:
             return
+        rec = self.record(session)
+        disputed = tuple(
+            fingerprint(m.signature_key) for m in event.removed
+            if m.leaf_index in by_index and m.leaf_index in rec.leaves
+            and rec.leaves[m.leaf_index].epoch > by_index[m.leaf_index].last_update_epoch)
         self.plugin.xmpp.event("mls_idle_removed", IdleRemovalEvent(
-            session, event.epoch, committer, removed, event.self_removed))
+            session, event.epoch, committer, removed, event.self_removed, disputed))
 
     # -- the periodic check --------------------------------------------------------------
 

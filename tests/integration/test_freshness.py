@@ -144,6 +144,7 @@ async def _idle(server: ProsodyServer, accounts: list[Account], tmp: Path) -> No
         ((jid, _, last_epoch, seconds),) = event.removed
         assert jid == carol_jid and last_epoch == join_epoch and seconds > 90 * DAY
         assert not idle["alice"][0].self_removed and not idle["bob"][0].self_removed
+        assert all(e[0].disputed == () for e in idle.values())  # the records agree
         assert rb.events["mls_removed"] == [] and ra.events["mls_removed"] == []
 
         # retention: no past epoch outlives past_epoch_lifetime, in memory or on disk

@@ -152,3 +152,128 @@ def test_chat_store_encrypted_by_default(tmp_path: Path,
     salt_path(tmp_path / "bad.db").write_bytes(b"short")
     with pytest.raises(ChatError):
         store_key(tmp_path / "bad.db", "password")
+
+
+# -- the records and decisions of mls_xmpp.xmpp.freshness, on real core groups --------
+
+
+class _Plugin:
+    """What :class:`Freshness` uses of the plugin: its options, store and events."""
+
+    def __init__(self, clock: list[float], **config: object) -> None:
+        from mls_xmpp.xmpp.plugin import XEP_MLS
+
+        self.config = {**XEP_MLS.default_config, "clock": lambda: clock[0], **config}
+        self.state_store = MemoryStore()
+        self.sessions: dict[str, object] = {}
+        self.identity = None
+        self.events: list[tuple[str, object]] = []
+        self.errors: list[object] = []
+        self.xmpp = self
+        self.connected = True
+
+    def event(self, name: str, payload: object) -> None:
+        self.events.append((name, payload))
+
+    def error(self, event: object) -> None:
+        self.errors.append(event)
+
+
+class _Session:
+    def __init__(self, group: object) -> None:
+        self.group = group
+        self.room = "g@muc"
+        self.removed = False
+
+    @property
+    def group_id(self) -> bytes:
+        return self.group.group_id  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def epoch(self) -> int:
+        return self.group.epoch  # type: ignore[attr-defined, no-any-return]
+
+
+def _three(admins: tuple[str, ...]) -> tuple[list[object], list[_Session]]:
+    from mls_xmpp.xmpp.rules import DEFAULT_RULES, RULES_EXTENSION, rules_extension
+
+    clients = []
+    for name in ("a", "b", "c"):
+        c = Client.generate(f"{name}@x".encode())
+        c.supported_extensions = (RULES_EXTENSION,)
+        clients.append(c)
+    rules = DEFAULT_RULES.with_admins(*admins)
+    a = clients[0].create_group(b"G" * 16, extensions=(rules_extension(rules),))
+    p = a.commit(add=[c.make_key_package() for c in clients[1:]])
+    a.merge_pending_commit()
+    groups = [a] + [c.join(p.welcome) for c in clients[1:]]  # type: ignore[arg-type]
+    return clients, [_Session(g) for g in groups]
+
+
+def test_idle_leaves_and_the_designated_remover() -> None:
+    from mls_xmpp.xmpp.freshness import Freshness
+
+    clock = [1000.0]
+    _, sessions = _three(admins=("a@x", "b@x"))
+    plugins = [_Plugin(clock, idle_timeout=100.0) for _ in sessions]
+    fresh = [Freshness(p) for p in plugins]  # type: ignore[arg-type]
+    for f, s in zip(fresh, sessions, strict=True):
+        f.created(s)  # type: ignore[arg-type]
+    clock[0] += 50
+    a, b, c = sessions
+    # b updates (a Commit with a path): every member notes it
+    p = b.group.commit()  # type: ignore[attr-defined]
+    ev_b = b.group.merge_pending_commit()  # type: ignore[attr-defined]
+    assert ev_b.path
+    fresh[1].commit_applied(b, ev_b)  # type: ignore[arg-type]
+    for f, s in ((fresh[0], a), (fresh[2], c)):
+        ev = s.group.process(p.message)  # type: ignore[attr-defined]
+        assert ev.path and not ev.own
+        f.commit_applied(s, ev)  # type: ignore[arg-type]
+    clock[0] += 60  # a and c idle for 110 s, b for 60 s
+    assert set(fresh[1].idle_leaves(b)) == {0, 2}  # type: ignore[arg-type]
+    assert fresh[0].idle_leaves(a) == fresh[1].idle_leaves(b)  # type: ignore[arg-type]
+    # admin a has the lowest leaf but is idle: admin b removes; a and c (no admin) do not
+    idle = fresh[1].idle_leaves(b)  # type: ignore[arg-type]
+    assert fresh[1].is_designated_remover(b, idle)  # type: ignore[arg-type]
+    assert not fresh[0].is_designated_remover(a, idle)  # type: ignore[arg-type]
+    assert not fresh[2].is_designated_remover(c, idle)  # type: ignore[arg-type]
+    assert fresh[1].record(b).own_updated_at == 1050.0  # type: ignore[arg-type]
+    # without idle leaves, the lowest admin leaf (a) would be the one
+    assert fresh[0].is_designated_remover(a, {})  # type: ignore[arg-type]
+
+
+def test_idle_notice_reported_on_every_member_and_disputed() -> None:
+    from mls_xmpp.xmpp.freshness import Freshness
+
+    clock = [1000.0]
+    _, sessions = _three(admins=("a@x",))
+    a, b, c = sessions
+    plugins = [_Plugin(clock) for _ in sessions]
+    fresh = [Freshness(p) for p in plugins]  # type: ignore[arg-type]
+    for f, s in zip(fresh, sessions, strict=True):
+        f.created(s)  # type: ignore[arg-type]
+    c_key = [m.signature_key for m in c.group.members  # type: ignore[attr-defined]
+             if m.leaf_index == 2][0]
+    # the notice claims c's last update was in epoch 0; every member recorded epoch 1
+    notice = RemovalNotice(leaves=(RemovedLeaf(2, 0, 123),)).encode()
+    p = a.group.commit(remove=[2], authenticated_data=notice)  # type: ignore[attr-defined]
+    fresh[0].commit_applied(a, a.group.merge_pending_commit())  # type: ignore[arg-type, attr-defined]
+    for f, s in ((fresh[1], b), (fresh[2], c)):
+        ev = s.group.process(p.message)  # type: ignore[attr-defined]
+        assert ev.authenticated_data == notice
+        f.commit_applied(s, ev)  # type: ignore[arg-type]
+    for plugin, self_removed in zip(plugins, (False, False, True), strict=True):
+        ((name, event),) = [(n, e) for n, e in plugin.events if n == "mls_idle_removed"]
+        assert event.committer == "a@x" and event.self_removed == self_removed
+        ((jid, fp, last_epoch, seconds),) = event.removed
+        assert jid == "c@x" and last_epoch == 0 and seconds == 123
+        assert event.disputed == (fp,)  # each saw c's leaf come in epoch 1
+        from mls_xmpp.xmpp.trust import fingerprint
+        assert fp == fingerprint(c_key)
+    # an ordinary removal (no notice) raises no such event
+    before = len(plugins[1].events)
+    plain = a.group.commit(remove=[1])  # type: ignore[attr-defined]
+    fresh[0].commit_applied(a, a.group.merge_pending_commit())  # type: ignore[arg-type, attr-defined]
+    fresh[1].commit_applied(b, b.group.process(plain.message))  # type: ignore[arg-type, attr-defined]
+    assert not [n for n, _ in plugins[1].events[before:] if n == "mls_idle_removed"]
