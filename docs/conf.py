@@ -45,7 +45,7 @@ extensions = [
 ]
 napoleon_use_ivar = True  # fields as :ivar: (autodoc documents the attributes themselves)
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "protocol-snippets"]  # snippets: folded into PROTOCOL.md by hand
 root_doc = "index"
 
 # Markdown: GitHub-style heading anchors, so that links like PROTOCOL.md#12-error-handling
