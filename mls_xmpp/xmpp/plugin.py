@@ -22,7 +22,12 @@ many members), ``mls_invitation`` (:class:`InvitationEvent`: someone who is not
 a contact invites this device; with ``invitations="ask"``), ``mls_resynced``
 (:class:`ResyncEvent`: this device had fallen behind its group and caught up again,
 from the archive or by external Commit), ``mls_outbox`` (:class:`OutboxEvent`: a sent
-message queued, sent, reflected by the room, or failed).
+message queued, sent, reflected by the room, or failed), ``mls_idle_removed``
+(:class:`IdleRemovalEvent`: devices removed for not updating their keys, and why).
+
+Post-compromise security by default (:mod:`.freshness`): each device updates its
+keys soon after joining and after ``update_interval`` without an update; one admin
+device removes devices idle for ``idle_timeout``; every kept secret has a time limit.
 
 Who may put this device into a group (option ``invitations``): by default only
 roster contacts with a mutual subscription and this account's own devices;
