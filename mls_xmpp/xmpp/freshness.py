@@ -242,7 +242,8 @@ class Freshness:
             self.save(session)
 
     def created(self, session: GroupSession) -> None:
-        """This device created ``session`` (its leaf is fresh)."""
+        """This device created ``session``, or rejoined it by external Commit: its
+        leaf is fresh, and what it knew of the others' leaves starts anew."""
         self._records.pop(session.group_id, None)
         self.record(session)
         self.save(session)

@@ -601,6 +601,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 ok = False
             if ok:
                 await session.save()
+                self.freshness.created(session)  # a new leaf: its keys are fresh
                 self.xmpp.event("mls_joined", session)
                 await session.publish_group_info()
                 return session

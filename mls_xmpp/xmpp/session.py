@@ -753,6 +753,7 @@ class GroupSession:
             ok = False
         if ok:
             await self.save()
+            self.plugin.freshness.created(self)  # a new leaf: its keys are fresh
             await self.publish_group_info()
             return True
         # void: another Commit came first; back to the old state (still behind)
