@@ -184,3 +184,34 @@ def test_retention_room_archive_expiry_configured(prosody: ProsodyServer) -> Non
         assert short.config_value("localhost", "archive_expires_after") == '"2d"'
         # the muc_mam module took it (it logs an error for a value it cannot parse)
         assert "muc_log_expires_after" not in short.log_text()
+
+
+async def _ordinary_join(server: ProsodyServer, accounts: list[Account]) -> None:
+    clock = Clock()
+    alice, ra = await mls_client(server, *accounts[0], config=_config(clock))
+    # carol: the default (update after every join); dave turned it off
+    carol, rc = await mls_client(server, *accounts[1], config=_config(clock))
+    dave, rd = await mls_client(server, *accounts[2], config=_config(
+        clock, update_after_join=False))
+    try:
+        await befriend(alice, carol, dave)
+        group = await alice.plugin["mls"].create_group(
+            members=[accounts[1].jid, accounts[2].jid])
+        (gc,) = await rc.wait("mls_joined")
+        (gd,) = await rd.wait("mls_joined")
+        # dave's join scheduled no update (decided when the Welcome was joined)
+        assert dave.plugin["mls"].freshness.record(gd).update_due is None
+        await until(lambda: any(e.committer == accounts[1].jid
+                                for e in ra.events["mls_membership"]))
+        await synced(group, gc, gd)
+        assert carol.plugin["mls"].freshness.record(gc).update_due is None  # done
+        assert _leaf(group, accounts[1].jid).leaf_node_source == LeafNodeSource.COMMIT
+        assert _leaf(group, accounts[2].jid).leaf_node_source == LeafNodeSource.KEY_PACKAGE
+    finally:
+        await close(alice, carol, dave)
+
+
+def test_auto_update_after_ordinary_join_configurable(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_ordinary_join(prosody, [
+        new_account("alice"), new_account("carol"), new_account("dave")]), 120))
