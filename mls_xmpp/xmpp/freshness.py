@@ -41,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,7 +126,7 @@ class LeafSeen:
 
     epoch: int
     seen_at: float
-    key: str  # the leaf's signature key, hex (a new device at the same index resets)
+    key: bytes  # 8 bytes of the leaf's signature key (another device there: reset)
 
 
 @dataclass
@@ -140,27 +142,56 @@ class GroupFreshness:
     epochs_ended: dict[int, float] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        """JSON, for the state store."""
-        return json.dumps({
-            "leaves": {str(i): [s.epoch, s.seen_at, s.key] for i, s in self.leaves.items()},
-            "own": self.own_updated_at, "due": self.update_due,
-            "ended": {str(e): t for e, t in self.epochs_ended.items()},
-        }, sort_keys=True).encode()
+        """The stored form: compact and fast, since it is written after every Commit
+        (28 bytes a leaf: 1.4 MB for 50,000 members)::
+
+            "MXF1" f64 own_updated_at f64 update_due      (NaN: none)
+            u32 n  n * (u64 epoch, f64 ended_at)
+            u32 m  m * (u32 leaf, u64 epoch, f64 seen_at, 8 bytes key)
+        """
+        nan = float("nan")
+        head = _HEAD.pack(_MAGIC, nan if self.own_updated_at is None else self.own_updated_at,
+                          nan if self.update_due is None else self.update_due,
+                          len(self.epochs_ended))
+        ended = b"".join(_ENDED.pack(e, t) for e, t in self.epochs_ended.items())
+        pack = _LEAF.pack
+        leaves = b"".join(pack(i, s.epoch, s.seen_at, s.key)
+                          for i, s in self.leaves.items())
+        return head + ended + _COUNT.pack(len(self.leaves)) + leaves
 
     @classmethod
     def decode(cls, data: bytes) -> GroupFreshness:
         """The inverse of :meth:`encode`; :class:`ValueError` when malformed."""
-        raw = json.loads(data)
-        return cls(
-            leaves={int(i): LeafSeen(int(v[0]), float(v[1]), str(v[2]))
-                    for i, v in raw["leaves"].items()},
-            own_updated_at=None if raw["own"] is None else float(raw["own"]),
-            update_due=None if raw["due"] is None else float(raw["due"]),
-            epochs_ended={int(e): float(t) for e, t in raw["ended"].items()})
+        try:
+            magic, own, due, n = _HEAD.unpack_from(data, 0)
+            if magic != _MAGIC:
+                raise ValueError("not a freshness record")
+            pos = _HEAD.size
+            ended = {e: t for e, t in _ENDED.iter_unpack(data[pos:pos + n * _ENDED.size])}
+            pos += n * _ENDED.size
+            (m,) = _COUNT.unpack_from(data, pos)
+            pos += _COUNT.size
+            body = data[pos:]
+            if len(body) != m * _LEAF.size or len(ended) != n:
+                raise ValueError("a freshness record of the wrong length")
+            leaves = {i: LeafSeen(epoch, seen, key)
+                      for i, epoch, seen, key in _LEAF.iter_unpack(body)}
+        except struct.error as e:
+            raise ValueError(f"a truncated freshness record: {e}") from None
+        return cls(leaves=leaves, own_updated_at=None if math.isnan(own) else own,
+                   update_due=None if math.isnan(due) else due, epochs_ended=ended)
 
 
-def _key(signature_key: bytes) -> str:
-    return signature_key[:16].hex()
+_MAGIC = b"MXF1"
+_HEAD = struct.Struct(">4sddI")
+_ENDED = struct.Struct(">Qd")
+_COUNT = struct.Struct(">I")
+_LEAF = struct.Struct(">IQd8s")
+
+
+def _key(signature_key: bytes) -> bytes:
+    """What tells a leaf's device from another at the same index (8 bytes of its key)."""
+    return bytes(signature_key[:8])
 
 
 class Freshness:
@@ -266,10 +297,6 @@ class Freshness:
             fresh += [m for m in session.group.members if m.leaf_index == event.committer.index]
         for m in fresh:
             rec.leaves[m.leaf_index] = LeafSeen(event.epoch, now, _key(m.signature_key))
-        for m in session.group.members:  # a leaf this record missed: seen from now on
-            seen = rec.leaves.get(m.leaf_index)
-            if seen is None or seen.key != _key(m.signature_key):
-                rec.leaves[m.leaf_index] = LeafSeen(event.epoch, now, _key(m.signature_key))
         own = session.group.own_leaf_index
         if event.path and (event.own or (event.committer.sender_type == 1
                                          and event.committer.index == own)):
@@ -413,8 +440,26 @@ class Freshness:
             return {}
         now = self.now() if now is None else now
         rec = self.record(session)
+        self._reconcile(session, rec, now)
         return {i: now - s.seen_at for i, s in rec.leaves.items()
                 if now - s.seen_at > timeout}
+
+    def _reconcile(self, session: GroupSession, rec: GroupFreshness, now: float) -> None:
+        """Bring the record in line with the tree (a leaf it missed counts as seen now,
+        a leaf no longer there is dropped): once per check, not per Commit, since it
+        walks every leaf."""
+        members = {m.leaf_index: _key(m.signature_key) for m in session.group.members}
+        changed = False
+        for i in [i for i in rec.leaves if i not in members]:
+            del rec.leaves[i]
+            changed = True
+        for i, key in members.items():
+            seen = rec.leaves.get(i)
+            if seen is None or seen.key != key:
+                rec.leaves[i] = LeafSeen(session.epoch, now, key)
+                changed = True
+        if changed:
+            self.save(session)
 
     def is_designated_remover(self, session: GroupSession, idle: dict[int, float]) -> bool:
         """Whether this device is the one to remove idle leaves (see the module doc)."""

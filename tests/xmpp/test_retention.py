@@ -71,11 +71,14 @@ def test_removal_notice_round_trip_and_foreign_data() -> None:
 
 
 def test_group_freshness_record_round_trip() -> None:
-    rec = GroupFreshness({0: LeafSeen(3, 1.5, "ab"), 4: LeafSeen(7, 2.0, "cd")}, 9.0, None,
-                         {5: 10.0})
-    assert GroupFreshness.decode(rec.encode()) == rec
-    with pytest.raises((ValueError, KeyError)):
-        GroupFreshness.decode(b"{}")
+    rec = GroupFreshness({0: LeafSeen(3, 1.5, b"a" * 8), 4: LeafSeen(7, 2.0, b"c" * 8)},
+                         9.0, None, {5: 10.0})
+    data = rec.encode()
+    assert GroupFreshness.decode(data) == rec
+    assert GroupFreshness.decode(GroupFreshness().encode()) == GroupFreshness()
+    for bad in (b"", b"{}", data[:-1], data + b"x", b"MXF2" + data[4:]):
+        with pytest.raises(ValueError):
+            GroupFreshness.decode(bad)
 
 
 @pytest.mark.parametrize("key", [None, os.urandom(32)])
