@@ -11,6 +11,7 @@
 --   MLS_XMPP_SMACKS    "1": offer XEP-0198 stream management (default "0")
 --   MLS_XMPP_WITHOUT   modules to leave out, comma-separated (e.g. "muc_mam"): a server
 --                      lacking a feature, for tests of `mls-xmpp doctor`
+--   MLS_XMPP_ARCHIVE_EXPIRES how long archives keep stanzas (default "1w", see Retention)
 --
 -- Server limits that matter to MLS are left at Prosody's DEFAULTS, as a real deployment
 -- has them, so tests see what users see: c2s_stanza_size_limit (256 KiB),
@@ -71,11 +72,17 @@ network_settings = { nagle = false }     -- TCP_NODELAY: no 40 ms delayed-ACK st
 authentication = "internal_hashed"
 storage = ENV_MLS_XMPP_STORAGE or "internal"
 default_archive_policy = true            -- user MAM on (the default is also true in 0.12)
+-- Retention (docs/PROTOCOL.md): the accounts' archives (Welcomes) and the rooms'
+-- archives (the group's handshake and application messages) expire after this;
+-- Prosody's default, written out so a deployment sees the knob.
+-- MLS_XMPP_ARCHIVE_EXPIRES overrides it (Prosody's syntax: "1w", "3d", "12h").
+archive_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"
 
 VirtualHost "localhost"
 
 Component "conference.localhost" "muc"
   modules_enabled = without({ "muc_mam" })  -- XEP-0313 on rooms; muc_log_by_default is true
+  muc_log_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"  -- see above
 
 Component "upload.localhost" "http_file_share"
   -- XEP-0363 slots for users of "localhost". upload.localhost need not resolve:

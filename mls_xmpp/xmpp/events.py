@@ -263,3 +263,34 @@ class ReInitEvent:
     committer: str | None = None
     new_group: GroupSession | None = None
     stranded: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class IdleRemovalEvent:
+    """``mls_idle_removed``: a Commit removed devices whose keys had not changed for a
+    long time (:mod:`.freshness`); raised on every member, the removed devices too.
+
+    The reason comes from the Commit's authenticated_data, which its committer
+    wrote; the Commit itself was valid because the group rules allow its
+    committer to remove others, whatever the reason says.
+
+    Attributes:
+        group: the group.
+        epoch: the epoch the Commit began.
+        committer: the bare JID of the device that removed them.
+        removed: ``(jid, fingerprint, last_update_epoch, idle_seconds)`` of each
+            removed device, as the committer recorded them.
+        self_removed: this device is one of them (it is out of the group;
+            ``mls_removed`` follows).
+        disputed: fingerprints of removed devices that this device saw
+            updated in a later epoch than the notice says: the committer's
+            record (or its honesty) is in doubt. Local knowledge: a warning,
+            the removal stands.
+    """
+
+    group: GroupSession
+    epoch: int
+    committer: str | None
+    removed: tuple[tuple[str, str, int, int], ...]
+    self_removed: bool = False
+    disputed: tuple[str, ...] = ()

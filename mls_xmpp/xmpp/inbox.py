@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -236,11 +235,19 @@ class Inbox:
                      "group until epoch %d", env.room, env.epoch, self._ended[env.group_id])
             return False
         refs = welcome_refs(env.mls_message)
-        now = time.monotonic()
-        self._recent = {r: (b, t) for r, (b, t) in self._recent.items()
-                        if now - t < REUSE_GRACE}
+        self.expire_recent()
         client = self._client(refs)
         return any(r in client.key_packages or r in self._recent for r in refs)
+
+    def expire_recent(self) -> int:
+        """Forget the used KeyPackages' keys kept over :data:`REUSE_GRACE` (by the
+        plugin's clock); run before each Welcome and by the periodic check.
+        Returns how many were forgotten."""
+        now = self.plugin.freshness.now()
+        before = len(self._recent)
+        self._recent = {r: (b, t) for r, (b, t) in self._recent.items()
+                        if now - t < REUSE_GRACE}
+        return before - len(self._recent)
 
     def _ask(self, env: Envelope, sender: str, inviter: str) -> None:
         """Put an invitation to the application (``mls_invitation``), expiring later."""
@@ -309,7 +316,7 @@ class Inbox:
         inviter = _bare(sender)
         refs = welcome_refs(env.mls_message)
         client = self._client(refs)
-        now = time.monotonic()
+        now = self.plugin.freshness.now()
         reused = [r for r in refs if r in self._recent and r not in client.key_packages]
         if not reused and not any(r in client.key_packages for r in refs):
             return None  # for another device of this account, or used long ago
@@ -380,6 +387,7 @@ class Inbox:
             await plugin.delivery.join_room(session.room, plugin.nick())
         except TransportError as e:
             plugin.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
+        plugin.freshness.joined(session, last_resort=bool(last_resort))
         session.start(catch_up=True)
         await plugin.record(session)
         if plugin.keystore is not None:
@@ -440,6 +448,7 @@ class Inbox:
         assert keystore is not None
         try:
             if last_resort_used is not None:
+                plugin.freshness.retired(last_resort_used)  # its keys go after a while
                 await keystore.retire(last_resort_used)
             await keystore.sync_used()
             await keystore.top_up(int(plugin.config["pool_size"]))

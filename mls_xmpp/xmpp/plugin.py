@@ -22,7 +22,12 @@ many members), ``mls_invitation`` (:class:`InvitationEvent`: someone who is not
 a contact invites this device; with ``invitations="ask"``), ``mls_resynced``
 (:class:`ResyncEvent`: this device had fallen behind its group and caught up again,
 from the archive or by external Commit), ``mls_outbox`` (:class:`OutboxEvent`: a sent
-message queued, sent, reflected by the room, or failed).
+message queued, sent, reflected by the room, or failed), ``mls_idle_removed``
+(:class:`IdleRemovalEvent`: devices removed for not updating their keys, and why).
+
+Post-compromise security by default (:mod:`.freshness`): each device updates its
+keys soon after joining and after ``update_interval`` without an update; one admin
+device removes devices idle for ``idle_timeout``; every kept secret has a time limit.
 
 Who may put this device into a group (option ``invitations``): by default only
 roster contacts with a mutual subscription and this account's own devices;
@@ -85,6 +90,7 @@ from .errors import (
     UnknownGroupError,
 )
 from .events import MLSErrorEvent
+from .freshness import Freshness
 from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
@@ -154,6 +160,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "invitations": "contacts",  # whose Welcomes are joined: "contacts", "any" or "ask"
         "invitation_limit": 20,     # Welcomes per inviter per hour (own account excepted)
         "invitation_timeout": 3600.0,  # seconds an "ask" invitation waits for a decision
+        # post-compromise security and retention (mls_xmpp.xmpp.freshness)
+        "clock": None,  # a callable: seconds since the Unix epoch (default time.time)
+        "update_after_join": True,  # update soon after joining (always after a last resort)
+        "update_join_delay": 30.0,  # the update after a join waits up to this (random)
+        "update_interval": 7 * 86400.0,  # seconds without an update before one is sent
+        "idle_timeout": 90 * 86400.0,  # seconds without an update before removal; 0: never
+        "freshness_interval": 3600.0,  # seconds between checks of the above
+        "past_epoch_lifetime": 86400.0,  # seconds a past epoch's keys are kept at most
+        "retired_key_lifetime": 86400.0,  # seconds a retired last resort's keys are kept
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -211,6 +226,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.x509_anchors: TrustAnchors | None = load_trust_anchors(cfg["x509_trust_anchors"])
         #: this account's device trust store (config ``blind_trust``), kept in the state store
         self.trust = TrustStore(self.state_store, blind_trust=bool(cfg["blind_trust"]))
+        #: automatic updates, idle-device removal, retention bounds (:mod:`.freshness`)
+        self.freshness = Freshness(self)
         self._upkeep: asyncio.Future[None] | None = None
         #: the XEP-0410 self-pings of every group's room (a silent drop suspends the group)
         self._room_pings: asyncio.Future[None] | None = None
@@ -229,6 +246,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     def plugin_end(self) -> None:
         self.inbox.drop_pending()
+        self.freshness.stop()
         self.xmpp.remove_handler("mls payload")
         self.xmpp.del_event_handler("groupchat_presence", self._on_room_presence)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
@@ -330,6 +348,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self._room_pings is not None:
             self._room_pings.cancel()
             self._room_pings = None
+        self.freshness.stop()
         self._ready.clear()
         for session in list(self.sessions.values()):
             await session.pause()
@@ -380,6 +399,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 session.resume()
         if self.config["publish_key_packages"] and self._upkeep is None:
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        self.freshness.start()
         self._ready.set()
         self.xmpp.event("mls_ready", self)
 
@@ -452,6 +472,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if interval > 0 and self._room_pings is None:
             self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
         self._started = True
+        self.freshness.start()
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
@@ -608,6 +629,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 ok = False
             if ok:
                 await session.save()
+                self.freshness.created(session)  # a new leaf: its keys are fresh
                 self.xmpp.event("mls_joined", session)
                 await session.publish_group_info()
                 return session
@@ -869,6 +891,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.event("mls_removed", session)
         # its secrets are of no more use: forget the group (forward secrecy on disk)
         self.state_store.delete_group(session.group_id)
+        self.freshness.forget(session.group_id)
         self.sessions.pop(session.room, None)
         asyncio.ensure_future(session.stop())
         # out of the room too: an account that stays affiliated through another
@@ -1027,6 +1050,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         progress.group = session
         self.sessions[room] = session
         self.persist(session)
+        self.freshness.created(session)
         session.start(catch_up=False)
         await self.record(session)
         unique = list({kp.leaf_node.signature_key: kp for kp in wanted}.values())

@@ -792,6 +792,7 @@ class GroupSession:
             ok = False
         if ok:
             await self.save()
+            self.plugin.freshness.created(self)  # a new leaf: its keys are fresh
             await self.publish_group_info()
             return True
         # void: another Commit came first; back to the old state (still behind)
@@ -840,6 +841,7 @@ class GroupSession:
                 tuple(sorted({member_jid(m) for m in event.updated})), event.own,
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.added),
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.removed)))
+            self.plugin.freshness.commit_applied(self, event)  # leaf ages, idle notices
             if not event.self_removed:
                 # keys that are new to this group: added devices, updated leaves, and
                 # the committer's leaf (its UpdatePath may carry a new signature key)
@@ -1177,6 +1179,17 @@ class GroupSession:
         await self._usable()
         await self._commit()
 
+    async def remove_idle(self, signature_keys: list[bytes], notice: bytes) -> None:
+        """Remove devices by signature key with a reason in the Commit's
+        authenticated_data (:mod:`.freshness`: idle devices).
+
+        :raises RulesError: the group rules do not allow this device to remove them.
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        """
+        await self._usable()
+        await self._commit(remove_keys=signature_keys, authenticated_data=notice)
+
     async def leave(self) -> None:
         """Propose this device's removal; another member commits it.
 
@@ -1208,7 +1221,8 @@ class GroupSession:
                       attempts: int = 4, progress: Progress | None = None,
                       proposals: list[Proposal] | None = None,
                       include_pending: bool = True,
-                      reinitialising: bool = False) -> CommitApplied:
+                      reinitialising: bool = False,
+                      authenticated_data: bytes = b"") -> CommitApplied:
         """Commit (with pending proposals), wait for the room, rebuild if another won.
 
         Removals are named by signature key, so a retry after another Commit
@@ -1220,6 +1234,8 @@ class GroupSession:
         if proposals or not include_pending or reinitialising:
             more = {"proposals": list(proposals or []), "include_pending": include_pending,
                     "reinitialising": reinitialising}
+        if authenticated_data:
+            more["authenticated_data"] = authenticated_data
         await self._usable()
         async with self._op_lock:
             add = list(add or [])
