@@ -3,6 +3,9 @@
 * :class:`ProsodyServer` -- start/stop a loopback Prosody (Debian package) with
   the project's config (``prosody.cfg.lua``, shipped with the package), create
   accounts.
+* :class:`EjabberdServer` -- the same for ejabberd 23.01 (Debian package) with
+  ``ejabberd.yml.in``; :class:`EjabberdCluster` -- two or more ejabberd nodes
+  serving one domain as an Erlang cluster.
 * :class:`Federation` -- two federating Prosody servers (``a.test`` and
   ``b.test`` on loopback, s2s with dialback; ``federation.cfg.lua``), each a
   :class:`FederatedProsody`.
@@ -31,18 +34,24 @@ from .client import (
     send_payload,
     stanza_id,
 )
+from .ejabberd import EJABBERD_CONFIG_PATH, EjabberdCluster, EjabberdError, EjabberdServer
 from .federation import FEDERATION_CONFIG_PATH, FederatedProsody, Federation, Peer
 from .prosody import CONFIG_PATH, Account, ProsodyError, ProsodyServer
 from .proxy import FaultProxy
+from .server import XmppServer
 
 __all__ = [
     "CONFIG_PATH",
+    "EJABBERD_CONFIG_PATH",
     "FEDERATION_CONFIG_PATH",
     "NS_PAYLOAD",
     "Account",
     "FaultProxy",
     "ArchivedMessage",
     "ClientError",
+    "EjabberdCluster",
+    "EjabberdError",
+    "EjabberdServer",
     "FederatedProsody",
     "Federation",
     "PayloadInbox",
@@ -57,4 +66,5 @@ __all__ = [
     "room_archive",
     "send_payload",
     "stanza_id",
+    "XmppServer",
 ]

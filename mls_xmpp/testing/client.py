@@ -1,4 +1,4 @@
-"""slixmpp clients for a :class:`~mls_xmpp.testing.prosody.ProsodyServer`.
+"""slixmpp clients for a test server (:class:`~mls_xmpp.testing.server.XmppServer`).
 
 Helpers used by the integration tests and ``mls-xmpp demo``; every wait has a
 timeout so a broken server fails fast instead of hanging.
@@ -34,7 +34,7 @@ from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from .prosody import ProsodyServer
+from .server import XmppServer
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -92,7 +92,7 @@ def _plugin(client: slixmpp.ClientXMPP, name: str) -> Any:
 
 
 async def connect_client(
-    server: ProsodyServer,
+    server: XmppServer,
     jid: str,
     password: str,
     *,
