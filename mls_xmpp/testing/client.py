@@ -200,7 +200,7 @@ async def create_room(
 ) -> None:
     """Create (join) ``room`` and submit its configuration, which unlocks it.
 
-    Prosody locks a new room until its owner submits the form; persistence keeps
+    Prosody and ejabberd lock a new room until its owner submits the form; persistence keeps
     the room (and its archive) when the last occupant leaves.
     """
     await join_room(client, room, nick, timeout=timeout)
@@ -211,6 +211,8 @@ async def create_room(
         values: dict[str, Any] = {"muc#roomconfig_persistentroom": persistent}
         if "muc#roomconfig_enablearchiving" in fields:
             values["muc#roomconfig_enablearchiving"] = archived
+        elif "mam" in fields:  # ejabberd's name for it
+            values["mam"] = archived
         elif archived:
             raise ClientError(f"{room}: the room offers no archiving option")
         for var, value in values.items():

@@ -1,4 +1,4 @@
-"""Sharing files in a group over a real Prosody (HTTP File Upload, XEP-0363).
+"""Sharing files in a group on real servers (Prosody, ejabberd) (HTTP File Upload, XEP-0363).
 
 The file is encrypted before it is uploaded; members download, check and
 decrypt it; what the server stores is ciphertext; a tampered description is
@@ -15,22 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.testing import Account, EjabberdServer, ProsodyServer, XmppServer
 from mls_xmpp.xmpp.errors import EnvelopeError, TransportError
 
 from .mls_clients import befriend, close, mls_client, synced, until
 
 
-def _stored_files(server: ProsodyServer) -> list[bytes]:
-    """Everything Prosody's file share keeps on disk."""
-    out = []
-    for path in Path(server.directory, "data").rglob("*"):
-        if path.is_file() and "http_file_share" in str(path):
-            out.append(path.read_bytes())
-    return out
+def _stored_files(server: XmppServer) -> list[bytes]:
+    """Everything the server's upload service keeps on disk."""
+    if isinstance(server, EjabberdServer):
+        root, part = Path(server.directory, "upload"), ""  # mod_http_upload's docroot
+    else:
+        assert isinstance(server, ProsodyServer)
+        root, part = Path(server.directory, "data"), "http_file_share"
+    return [path.read_bytes() for path in root.rglob("*")
+            if path.is_file() and part in str(path)]
 
 
-async def _share(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+async def _share(server: XmppServer, alice_acc: Account, bob_acc: Account) -> None:
     alice, ra = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
     try:
@@ -62,7 +64,8 @@ async def _share(server: ProsodyServer, alice_acc: Account, bob_acc: Account) ->
         await until(lambda: "thanks" in ra.bodies())
         reply = next(e for e in ra.events["mls_message"] if e.body == "thanks")
         assert reply.content.reply_to == message_id
-        # over the server's upload limit (10 MiB by default): a clean error, nothing sent
+        # over the server's upload limit (10 MiB: Prosody's default, the ejabberd
+        # fixture's): a clean error, nothing sent
         with pytest.raises(TransportError):
             await group.send_file(bytes(11 * 1024 * 1024), name="big.bin")
         await asyncio.sleep(0.3)
@@ -72,7 +75,7 @@ async def _share(server: ProsodyServer, alice_acc: Account, bob_acc: Account) ->
         await close(alice, bob)
 
 
-def test_file_shared_encrypted(prosody: ProsodyServer,
+def test_file_shared_encrypted(server: XmppServer,
                                new_account: Callable[[str], Account]) -> None:
-    asyncio.run(asyncio.wait_for(_share(prosody, new_account("alice"), new_account("bob")),
+    asyncio.run(asyncio.wait_for(_share(server, new_account("alice"), new_account("bob")),
                                  120))
