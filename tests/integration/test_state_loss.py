@@ -8,8 +8,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from slixmpp.exceptions import IqError
+
 from mls_xmpp.testing import Account, XmppServer
-from mls_xmpp.xmpp.recovery import latest_group_info
+from mls_xmpp.xmpp.recovery import GROUPS_NODE, latest_group_info
 
 from .mls_clients import TIMEOUT, befriend, close, mls_client, synced
 
@@ -28,6 +31,10 @@ async def _state_loss(server: XmppServer, accounts: list[Account], tmp: Path) ->
         await asyncio.wait_for(asyncio.gather(gb.ready.wait(), gc.ready.wait()), TIMEOUT)
         await gb.send("bob before the loss")
         await ra.wait("mls_message", 1)
+        # the account's list of its groups is private: a contact cannot read it
+        with pytest.raises(IqError):
+            await carol.plugin["xep_0060"].get_items(alice_acc.jid, GROUPS_NODE,
+                                                     timeout=TIMEOUT)
         old_key = bob.plugin["mls"].identity.signature_public_key
         await close(bob)
 
