@@ -1,8 +1,10 @@
-"""Sharing files in a group on real servers (Prosody, ejabberd) (HTTP File Upload, XEP-0363).
+"""HTTP File Upload (XEP-0363) in groups, on Prosody and on ejabberd.
 
-The file is encrypted before it is uploaded; members download, check and
+Files: the file is encrypted before it is uploaded; members download, check and
 decrypt it; what the server stores is ciphertext; a tampered description is
 refused; a file over the server's limit fails cleanly on the sender's side.
+Trees: a ratchet tree too large for a Welcome is uploaded, and the new member
+fetches it from the server's upload service.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mls_xmpp.testing import Account, EjabberdServer, ProsodyServer, XmppServer
+from mls_xmpp.xmpp import session as session_module
 from mls_xmpp.xmpp.errors import EnvelopeError, TransportError
 
 from .mls_clients import befriend, close, mls_client, synced, until
@@ -79,3 +82,31 @@ def test_file_shared_encrypted(server: XmppServer,
                                new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(_share(server, new_account("alice"), new_account("bob")),
                                  120))
+
+
+async def _tree_by_upload(server: XmppServer, alice_acc: Account, bob_acc: Account) -> None:
+    alice, ra = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        await befriend(alice, bob)
+        before = len(_stored_files(server))
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        gb = (await rb.wait("mls_joined"))[0]
+        await synced(group, gb)
+        # the tree went by upload: the server holds it (not encrypted: public data)
+        tree = group.group.ratchet_tree()
+        assert len(_stored_files(server)) > before
+        assert any(f == tree for f in _stored_files(server))
+        await gb.send("joined with an uploaded tree")
+        await until(lambda: "joined with an uploaded tree" in ra.bodies())
+        assert ra.events["mls_error"] == [] and rb.events["mls_error"] == []
+    finally:
+        await close(alice, bob)
+
+
+def test_welcome_tree_by_upload(server: XmppServer, new_account: Callable[[str], Account],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # every ratchet tree goes by URL (as a large group's would)
+    monkeypatch.setattr(session_module, "TREE_INLINE_LIMIT", 0)
+    asyncio.run(asyncio.wait_for(
+        _tree_by_upload(server, new_account("alice"), new_account("bob")), 120))
