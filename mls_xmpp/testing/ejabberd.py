@@ -322,7 +322,7 @@ class EjabberdServer:
                 body = reply.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")
-            raise EjabberdError(f"{command} {args!r}: HTTP {e.code}: {detail}") from None
+            raise EjabberdError(f"{command}: HTTP {e.code}: {detail}") from None
         except OSError as e:
             raise EjabberdError(f"{command}: {e}") from None
         try:
