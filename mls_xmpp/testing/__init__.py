@@ -9,6 +9,8 @@
 * :class:`Federation` -- two federating Prosody servers (``a.test`` and
   ``b.test`` on loopback, s2s with dialback; ``federation.cfg.lua``), each a
   :class:`FederatedProsody`.
+* :class:`MixedFederation` -- an ejabberd domain (``e.test``) and a Prosody
+  domain (``p.test``) federating: a group across implementations.
 * :class:`FaultProxy` -- a loopback TCP proxy a test controls (cut, stall, refuse).
 * :func:`connect_client` / :func:`disconnect_client` and the room, payload and
   archive helpers in :mod:`mls_xmpp.testing.client` -- slixmpp clients set up
@@ -36,6 +38,7 @@ from .client import (
 )
 from .ejabberd import EJABBERD_CONFIG_PATH, EjabberdCluster, EjabberdError, EjabberdServer
 from .federation import FEDERATION_CONFIG_PATH, FederatedProsody, Federation, Peer
+from .mixed_federation import MixedFederation
 from .prosody import CONFIG_PATH, Account, ProsodyError, ProsodyServer
 from .proxy import FaultProxy
 from .server import XmppServer
@@ -53,6 +56,7 @@ __all__ = [
     "EjabberdError",
     "EjabberdServer",
     "FederatedProsody",
+    "MixedFederation",
     "Federation",
     "PayloadInbox",
     "Peer",
