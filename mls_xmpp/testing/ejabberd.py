@@ -19,8 +19,10 @@ How ejabberd is driven (``ejabberdctl`` of the Debian package):
   server, so it reads *our* ``ejabberdctl.cfg``, ``ejabberd.yml`` and ``inetrc``
   (the system's ``/etc/ejabberd/ejabberdctl.cfg`` would force the system config);
 * run as root, ``ejabberdctl`` re-executes itself as the ``ejabberd`` user, so the
-  state directory is made with :func:`tempfile.mkdtemp` under /tmp (pytest's
-  ``tmp_path`` is not traversable by that user) and handed to it;
+  state directory is made with :func:`tempfile.mkdtemp` in the temp directory
+  (/tmp when ``$TMPDIR`` is not reachable for that user; pytest's ``tmp_path``
+  is not) and handed to it. ``ejabberdctl`` refuses other users: run as root
+  (CI does) or as ``ejabberd``;
 * a single node runs without ``epmd`` (Erlang distribution on a fixed free port,
   ``ERL_DIST_PORT``); a cluster's nodes register with an ``epmd`` the cluster
   starts on a free port (``ERL_EPMD_PORT``) and stops by PID. The system
@@ -238,7 +240,8 @@ class EjabberdServer:
         fresh = self._directory is None
         try:
             if fresh:
-                self._directory = Path(tempfile.mkdtemp(prefix="mls-xmpp-ejabberd-"))
+                self._directory = Path(tempfile.mkdtemp(prefix="mls-xmpp-ejabberd-",
+                                                        dir=_state_parent()))
                 for sub in ("etc", "spool", "log", "upload"):
                     (self._directory / sub).mkdir()
             for attempt in itertools.count(1):
@@ -570,6 +573,15 @@ def _known(value: _T | None, what: str) -> _T:
     if value is None:
         raise EjabberdError(f"{what} is only known after start()")
     return value
+
+
+def _state_parent() -> str:
+    """Where state directories go: the temp directory when the ``ejabberd`` user can
+    reach it (every parent searchable by others), else /tmp."""
+    parent = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in (parent, *parent.parents)):
+        return str(parent)
+    return "/tmp"
 
 
 def _alive(pid: int) -> bool:
