@@ -126,9 +126,11 @@ _OPTIONS_REFUSED = frozenset(
      "feature-not-implemented"}
 )
 #: Error conditions on reading a node that mean "no KeyPackages there": the
-#: node does not exist, or (Prosody, for a missing node of a non-contact) we
-#: may not see it.
-_NO_NODE = frozenset({"item-not-found", "forbidden"})
+#: node does not exist, or we may not see it (Prosody: ``forbidden`` for a
+#: missing node of a non-contact; XEP-0060 §6.5.9: ``not-allowed`` +
+#: ``closed-node`` for a whitelist node, as ejabberd answers, ``not-authorized``
+#: for presence or roster access).
+_NO_NODE = frozenset({"item-not-found", "forbidden", "not-allowed", "not-authorized"})
 #: Publishes in flight at once after the first one of a batch.
 _CONCURRENCY = 8
 
