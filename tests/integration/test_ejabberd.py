@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,16 @@ def test_cluster_catch_up_from_the_archive_through_the_other_node(
         _catch_up(cluster, *accounts, tmp_path / "bob.db"), SCENARIO_TIMEOUT))
 
 
+def _cluster_is(cluster: EjabberdCluster, via: EjabberdServer, nodes: list[str]) -> bool:
+    """Whether ``via`` soon sees exactly ``nodes`` running (mnesia notices a node going
+    or coming within moments)."""
+    for _ in range(40):
+        if sorted(cluster.running_nodes(via)) == sorted(nodes):
+            return True
+        time.sleep(0.25)
+    return False
+
+
 async def _node_restart(cluster: EjabberdCluster, alice_acc: Account, bob_acc: Account,
                         carol_acc: Account, db: Path) -> None:
     a, b = cluster.nodes
@@ -218,7 +229,7 @@ async def _node_restart(cluster: EjabberdCluster, alice_acc: Account, bob_acc: A
         # node b goes down under bob in the middle of the conversation
         await asyncio.to_thread(b.stop_process)
         await close(bob)
-        assert sorted(cluster.running_nodes(a)) == [a.node]
+        assert await asyncio.to_thread(_cluster_is, cluster, a, [a.node])
         await group.send("during 1")
         await gc.send("during 2")
         await gc.update()
@@ -226,7 +237,7 @@ async def _node_restart(cluster: EjabberdCluster, alice_acc: Account, bob_acc: A
         await ra.wait("mls_message", 2)
 
         await asyncio.to_thread(b.start)  # on its spool: it rejoins the cluster by itself
-        assert sorted(cluster.running_nodes(b)) == sorted([a.node, b.node])
+        assert await asyncio.to_thread(_cluster_is, cluster, b, [a.node, b.node])
         bob2, rb2 = await mls_client(b, *bob_acc, config={"store": str(db)})
         try:
             await rb2.wait("mls_message", 3)
