@@ -6,7 +6,10 @@ rooms, archives and PEP; a room is one process reachable from both nodes).
 Members of one group connect to different nodes; the tests check what a user
 of a cluster gets: one order of messages and Commits for everyone, catch-up
 from the room archive through the other node, and a node stopped and
-restarted in the middle of a conversation without a message lost or doubled.
+restarted in the middle of a conversation without a message lost or doubled:
+a member's node, or the node the room's process lives on (its occupants on the
+other node are told "system shutdown", status 332: their groups are suspended
+and resume when the room, restarted on the node that is up, takes them again).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from mls_xmpp.core.errors import WrongEpochError
+from mls_xmpp.errors import GroupSuspendedError
 from mls_xmpp.testing import (
     Account,
     ClientError,
@@ -209,55 +213,89 @@ def _cluster_is(cluster: EjabberdCluster, via: EjabberdServer, nodes: list[str])
     return False
 
 
-async def _node_restart(cluster: EjabberdCluster, alice_acc: Account, bob_acc: Account,
-                        carol_acc: Account, db: Path) -> None:
-    a, b = cluster.nodes
-    alice, ra = await mls_client(a, *alice_acc)
-    carol, rc = await mls_client(a, *carol_acc)
-    bob, rb = await mls_client(b, *bob_acc, config={"store": str(db)})
+async def _node_restart(cluster: EjabberdCluster, accounts: dict[str, Account],
+                        stopped: int, tmp: Path) -> None:
+    """Node ``stopped`` goes down mid-conversation and comes back on its spool.
+
+    alice creates the group (and its room) through node a; bob is on node b;
+    carol is on the node that stays up. The member on the stopped node loses
+    the connection and, once the node is back, starts again from its store on
+    it; the other two talk meanwhile.
+    """
+    nodes = cluster.nodes
+    up = nodes[1 - stopped]
+    home = {"alice": nodes[0], "bob": nodes[1], "carol": up}
+    leaver = "alice" if stopped == 0 else "bob"
+    stayers = [n for n in ("alice", "bob", "carol") if n != leaver]
+    stores = {n: {"store": str(tmp / f"{n}.db")} for n in ("alice", "bob")}
+    clients: dict[str, tuple[Any, Recorder]] = {}
+    for name in ("alice", "bob", "carol"):
+        clients[name] = await mls_client(home[name], *accounts[name],
+                                         config=stores.get(name))
     try:
-        await befriend(alice, bob, carol)
-        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid, carol_acc.jid])
-        (gb,) = await rb.wait("mls_joined")
-        (gc,) = await rc.wait("mls_joined")
-        await synced(group, gb, gc)
-        await group.send("before 1")
-        await gb.send("before 2")
-        await rb.wait("mls_message", 1)
-        await rc.wait("mls_message", 2)
+        await befriend(*(c for c, _ in clients.values()))
+        group = await clients["alice"][0].plugin["mls"].create_group(
+            members=[accounts["bob"].jid, accounts["carol"].jid])
+        sessions = {"alice": group}
+        for name in ("bob", "carol"):
+            (sessions[name],) = await clients[name][1].wait("mls_joined")
+        await synced(*sessions.values())
+        # each message is sent once the previous one was read (so the room's order
+        # is the order sent)
+        await sessions["alice"].send("before 1")
+        await clients["bob"][1].wait("mls_message", 1)
+        await sessions["bob"].send("before 2")
+        await clients["carol"][1].wait("mls_message", 2)
 
-        # node b goes down under bob in the middle of the conversation
-        await asyncio.to_thread(b.stop_process)
-        await close(bob)
-        assert await asyncio.to_thread(_cluster_is, cluster, a, [a.node])
-        await group.send("during 1")
-        await gc.send("during 2")
-        await gc.update()
-        await group.send("during 3")
-        await ra.wait("mls_message", 2)
+        # the node goes down under one member in the middle of the conversation
+        await asyncio.to_thread(nodes[stopped].stop_process)
+        await close(clients.pop(leaver)[0])
+        assert await asyncio.to_thread(_cluster_is, cluster, up, [up.node])
+        if stopped == 0:
+            # the room's process lived on the stopped node: it told its occupants
+            # (status 332, system shutdown); their groups are suspended, and resume
+            # when the room, restarted on the node that is up, takes them again
+            for name in stayers:
+                await clients[name][1].wait("mls_error")
+            await until(lambda: all(sessions[n].suspended is None and sessions[n].ready.is_set()
+                                    for n in stayers), 60)
+        s1, s2 = stayers
+        await sessions[s1].send("during 1")
+        await until(lambda: "during 1" in clients[s2][1].bodies())
+        await sessions[s2].send("during 2")
+        await sessions[s2].update()
+        await sessions[s1].send("during 3")
+        await until(lambda: "during 2" in clients[s1][1].bodies())
 
-        await asyncio.to_thread(b.start)  # on its spool: it rejoins the cluster by itself
-        assert await asyncio.to_thread(_cluster_is, cluster, b, [a.node, b.node])
-        bob2, rb2 = await mls_client(b, *bob_acc, config={"store": str(db)})
-        try:
-            await rb2.wait("mls_message", 3)
-            assert rb2.bodies() == ["during 1", "during 2", "during 3"]  # none lost or twice
-            (gb2,) = bob2.plugin["mls"].groups
-            await synced(group, gb2, gc)
-            await gb2.send("after")
-            await ra.wait("mls_message", 3)
-            await rc.wait("mls_message", 3)
-            assert ra.bodies() == ["before 2", "during 2", "after"]
-            assert rc.bodies() == ["before 1", "before 2", "during 1", "during 3", "after"]
-            assert ra.events["mls_error"] == [] and rc.events["mls_error"] == []
-        finally:
-            await close(bob2)
+        await asyncio.to_thread(nodes[stopped].start)  # its spool: it rejoins by itself
+        assert await asyncio.to_thread(_cluster_is, cluster, up, [n.node for n in nodes])
+        back, rback = await mls_client(home[leaver], *accounts[leaver],
+                                       config=stores[leaver])
+        clients[leaver] = (back, rback)
+        await rback.wait("mls_message", 3)
+        assert rback.bodies() == ["during 1", "during 2", "during 3"]  # none lost or twice
+        (sessions[leaver],) = back.plugin["mls"].groups
+        await synced(*sessions.values())
+        await sessions[leaver].send("after")
+        for name in stayers:
+            await until(lambda r=clients[name][1]: "after" in r.bodies())
+        everything = ["before 1", "before 2", "during 1", "during 2", "during 3", "after"]
+        for name in stayers:
+            mine = {"alice": {"before 1"}, "bob": {"before 2"}, "carol": set()}[name]
+            mine |= {"during 1"} if name == s1 else set()
+            mine |= {"during 2"} if name == s2 else set()
+            mine |= {"during 3"} if name == s1 else set()
+            assert clients[name][1].bodies() == [m for m in everything if m not in mine], name
+            errors = clients[name][1].events["mls_error"]
+            assert all(isinstance(e.error, GroupSuspendedError) and "332" in e.reason
+                       for e in errors) and len(errors) == (1 if stopped == 0 else 0)
     finally:
-        await close(alice, carol)
+        await close(*(c for c, _ in clients.values()))
 
 
+@pytest.mark.parametrize("stopped", [1, 0], ids=["member-node", "room-creator-node"])
 def test_cluster_node_restarted_mid_conversation_loses_nothing(
-        cluster: EjabberdCluster, tmp_path: Path) -> None:
-    accounts = [cluster.first.create_account(n) for n in ("alice", "bob", "carol")]
+        cluster: EjabberdCluster, tmp_path: Path, stopped: int) -> None:
+    accounts = {n: cluster.first.create_account(n) for n in ("alice", "bob", "carol")}
     asyncio.run(asyncio.wait_for(
-        _node_restart(cluster, *accounts, tmp_path / "bob.db"), SCENARIO_TIMEOUT))
+        _node_restart(cluster, accounts, stopped, tmp_path), SCENARIO_TIMEOUT))
