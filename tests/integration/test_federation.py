@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -337,6 +338,35 @@ def test_federation_lifecycle() -> None:
         with pytest.raises(ProcessLookupError):
             _signal0(pid)
         assert not directory.exists()
+
+
+def test_federation_lifecycle_ejabberd_prosody() -> None:
+    """The mixed pair: both servers gone (by PID) afterwards, directories removed, the
+    DNS responder for ejabberd stopped."""
+    fed = MixedFederation()
+    with fed:
+        pids = [s.pid for s in fed.servers]
+        dirs = [s.directory for s in fed.servers]
+        assert fed.running
+        assert fed.server_of("x@conference.e.test") is fed.a
+        assert fed.server_of("y@p.test") is fed.b
+        assert fed.ping_seconds is not None
+        threads = [t for t in threading.enumerate() if t.name == "mixed-federation-dns"]
+        assert len(threads) == 1
+    assert not fed.running
+    assert not threads[0].is_alive()
+    for pid, directory in zip(pids, dirs, strict=True):
+        assert not _alive(pid)
+        assert not directory.exists()
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (ejabberd's node is not our child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _signal0(pid: int) -> None:
