@@ -36,7 +36,13 @@ from .client import (
     send_payload,
     stanza_id,
 )
-from .ejabberd import EJABBERD_CONFIG_PATH, EjabberdCluster, EjabberdError, EjabberdServer
+from .ejabberd import (
+    EJABBERD_CONFIG_PATH,
+    EjabberdCluster,
+    EjabberdError,
+    EjabberdServer,
+    find_ejabberdctl,
+)
 from .federation import FEDERATION_CONFIG_PATH, FederatedProsody, Federation, Peer
 from .mixed_federation import MixedFederation
 from .prosody import CONFIG_PATH, Account, ProsodyError, ProsodyServer
@@ -65,6 +71,7 @@ __all__ = [
     "connect_client",
     "create_room",
     "disconnect_client",
+    "find_ejabberdctl",
     "join_room",
     "payload_of",
     "room_archive",

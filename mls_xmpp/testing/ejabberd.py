@@ -21,8 +21,9 @@ How ejabberd is driven (``ejabberdctl`` of the Debian package):
 * run as root, ``ejabberdctl`` re-executes itself as the ``ejabberd`` user, so the
   state directory is made with :func:`tempfile.mkdtemp` in the temp directory
   (/tmp when ``$TMPDIR`` is not reachable for that user; pytest's ``tmp_path``
-  is not) and handed to it. ``ejabberdctl`` refuses other users: run as root
-  (CI does) or as ``ejabberd``;
+  is not) and handed to it. As any other user, the packaged ``ejabberdctl``
+  refuses to run: the server then uses a copy of it in its state directory
+  that runs the node as that user;
 * a single node runs without ``epmd`` (Erlang distribution on a fixed free port,
   ``ERL_DIST_PORT``); a cluster's nodes register with an ``epmd`` the cluster
   starts on a free port (``ERL_EPMD_PORT``) and stops by PID. The system
@@ -44,6 +45,8 @@ import atexit
 import itertools
 import json
 import os
+import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -63,6 +66,7 @@ __all__ = [
     "EjabberdCluster",
     "EjabberdError",
     "EjabberdServer",
+    "find_ejabberdctl",
 ]
 
 #: The project's ejabberd configuration template, shipped as package data.
@@ -231,7 +235,7 @@ class EjabberdServer:
         """
         if self.running:
             raise EjabberdError("this EjabberdServer is already running")
-        if shutil.which(self.ejabberdctl) is None:
+        if find_ejabberdctl(self.ejabberdctl) is None:
             raise EjabberdError(
                 f"{self.ejabberdctl!r} not found on PATH; install the Debian package "
                 "'ejabberd' (bin/setup does)"
@@ -373,8 +377,27 @@ class EjabberdServer:
 
     def _ctl_base(self) -> list[str]:
         d = self.directory
-        return [self.ejabberdctl, "--config-dir", str(d / "etc"), "--spool", str(d / "spool"),
+        own = d / "etc" / "ejabberdctl"
+        ctl = str(own) if own.is_file() else (find_ejabberdctl(self.ejabberdctl)
+                                               or self.ejabberdctl)
+        return [ctl, "--config-dir", str(d / "etc"), "--spool", str(d / "spool"),
                 "--logs", str(d / "log"), "--node", self.node]
+
+    def _install_ctl(self) -> None:
+        """As a user other than root and ``ejabberd``: a copy of ``ejabberdctl`` that
+        runs the node as this user (the packaged one refuses everybody else)."""
+        if os.geteuid() == 0 or _user_name() == _EJABBERD_USER:
+            return
+        found = find_ejabberdctl(self.ejabberdctl)
+        if found is None:
+            raise EjabberdError(f"{self.ejabberdctl!r} not found on PATH")
+        text = Path(found).read_text(encoding="utf-8")
+        patched = re.sub(r"(?m)^INSTALLUSER=.*$", "INSTALLUSER=", text)
+        if patched == text:
+            raise EjabberdError(f"{found}: no INSTALLUSER line; cannot run it as this user")
+        own = self.directory / "etc" / "ejabberdctl"
+        own.write_text(patched, encoding="utf-8")
+        own.chmod(0o755)
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -409,6 +432,7 @@ class EjabberdServer:
         if self.inetrc:
             inetrc.append(self.inetrc.strip())
         (d / "etc" / "inetrc").write_text("\n".join(inetrc) + "\n", encoding="utf-8")
+        self._install_ctl()
         if os.geteuid() == 0:  # ejabberdctl runs the node as the ejabberd user
             shutil.chown(d, _EJABBERD_USER, _EJABBERD_USER)
             for root, dirs, files in os.walk(d):
@@ -573,6 +597,18 @@ def _known(value: _T | None, what: str) -> _T:
     if value is None:
         raise EjabberdError(f"{what} is only known after start()")
     return value
+
+
+def find_ejabberdctl(name: str = "ejabberdctl") -> str | None:
+    """Path of ``ejabberdctl``: on PATH, or in /usr/sbin (not on a user's PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return ""
 
 
 def _state_parent() -> str:

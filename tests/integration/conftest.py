@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from mls_xmpp.testing import Account, EjabberdServer, ProsodyServer, XmppServer
+from mls_xmpp.testing import (
+    Account,
+    EjabberdServer,
+    ProsodyServer,
+    XmppServer,
+    find_ejabberdctl,
+)
 
 HERE = Path(__file__).parent
 
@@ -45,7 +51,7 @@ def prosody() -> Iterator[ProsodyServer]:
 @pytest.fixture(scope="session")
 def ejabberd() -> Iterator[EjabberdServer]:
     """A running ejabberd shared by the session, stopped (by PID) at its end."""
-    if shutil.which("ejabberdctl") is None:
+    if find_ejabberdctl() is None:
         pytest.fail("ejabberd is not installed: run bin/setup (Debian package 'ejabberd')")
     with EjabberdServer() as server:
         print(f"\nejabberd started in {server.start_seconds:.2f} s")

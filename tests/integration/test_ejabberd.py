@@ -15,7 +15,6 @@ and resume when the room, restarted on the node that is up, takes them again).
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from mls_xmpp.testing import (
     EjabberdServer,
     connect_client,
     disconnect_client,
+    find_ejabberdctl,
 )
 
 from .mls_clients import TIMEOUT, Recorder, befriend, close, mls_client, synced, until
@@ -81,7 +81,7 @@ def test_ejabberd_server_lifecycle(ejabberd: EjabberdServer) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[EjabberdCluster]:
     """Two ejabberd nodes joined in a cluster; stopped (by PID) with their epmd at the end."""
-    if shutil.which("ejabberdctl") is None:
+    if find_ejabberdctl() is None:
         pytest.fail("ejabberd is not installed: run bin/setup (Debian package 'ejabberd')")
     with EjabberdCluster() as c:
         print(f"\ncluster: nodes started in "

@@ -31,7 +31,7 @@ import pytest
 
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.storage import MemoryStore
-from mls_xmpp.testing import Account, Federation, MixedFederation
+from mls_xmpp.testing import Account, Federation, MixedFederation, find_ejabberdctl
 
 from .mls_clients import TIMEOUT, Recorder, befriend, close, mls_client
 
@@ -50,7 +50,7 @@ def federation(request: pytest.FixtureRequest) -> Iterator[Federation | MixedFed
         with Federation() as fed:
             yield fed
         return
-    if shutil.which("ejabberdctl") is None:
+    if find_ejabberdctl() is None:
         pytest.fail("ejabberd is not installed: run bin/setup (Debian package 'ejabberd')")
     with MixedFederation() as mixed:
         yield mixed
