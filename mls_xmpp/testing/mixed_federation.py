@@ -81,6 +81,12 @@ class MixedFederation:
         self.ping_seconds: tuple[float, ...] | None = None
 
     @property
+    def dns_port(self) -> int:
+        """UDP port (127.0.0.1) of the DNS responder ejabberd resolves p.test with;
+        its thread is named ``mixed-federation-dns-<port>``."""
+        return self._dns.port
+
+    @property
     def running(self) -> bool:
         """True while both servers run."""
         return all(s.running for s in self.servers)
@@ -166,8 +172,8 @@ class _SrvResponder:
 
     def start(self, server: FederatedProsody) -> None:
         self._server = server
-        self._thread = threading.Thread(target=self._serve, name="mixed-federation-dns",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._serve,
+                                        name=f"mixed-federation-dns-{self.port}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -351,7 +351,8 @@ def test_federation_lifecycle_ejabberd_prosody() -> None:
         assert fed.server_of("x@conference.e.test") is fed.a
         assert fed.server_of("y@p.test") is fed.b
         assert fed.ping_seconds is not None
-        threads = [t for t in threading.enumerate() if t.name == "mixed-federation-dns"]
+        name = f"mixed-federation-dns-{fed.dns_port}"
+        threads = [t for t in threading.enumerate() if t.name == name]
         assert len(threads) == 1
     assert not fed.running
     assert not threads[0].is_alive()
