@@ -300,6 +300,7 @@ class Delivery:
                 "muc#roomconfig_membersonly": True,
                 "muc#roomconfig_persistentroom": True,
                 "muc#roomconfig_enablearchiving": True,
+                "mam": True,  # ejabberd's field for archiving
                 "muc#roomconfig_whois": "anyone",
                 "muc#roomconfig_publicroom": False,
             }
