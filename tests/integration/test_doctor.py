@@ -33,7 +33,13 @@ import mls_xmpp
 from mls_xmpp import doctor
 from mls_xmpp.cli import main
 from mls_xmpp.doctor import CHECKS
-from mls_xmpp.testing import Account, ProsodyServer, connect_client, disconnect_client
+from mls_xmpp.testing import (
+    Account,
+    EjabberdServer,
+    ProsodyServer,
+    connect_client,
+    disconnect_client,
+)
 
 #: where the package under test was imported from (a checkout, or an installed wheel)
 PACKAGE_HOME = Path(mls_xmpp.__file__).parents[1]
@@ -42,6 +48,7 @@ TIMEOUT = 120
 #: Servers with every feature the doctor checks (stream management included).
 COMPLETE_SERVERS: dict[str, Callable[[], Any]] = {
     "prosody": lambda: ProsodyServer(smacks=True),
+    "ejabberd": lambda: EjabberdServer(),
 }
 #: Servers whose rooms have no archive (MAM); everything else is there.
 SERVERS_WITHOUT_ROOM_ARCHIVE: dict[str, Callable[[], Any]] = {
