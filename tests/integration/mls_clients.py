@@ -58,7 +58,10 @@ async def mls_client(server: ProsodyServer, jid: str, password: str,
     client.enable_plaintext = True
     client.plugin["feature_mechanisms"].unencrypted_scram = True
     client.register_plugin("xep_0199")
-    client.register_plugin("mls", dict(config or {}))
+    # the random update after each join (option update_after_join, on for users) is
+    # off unless a test asks for it: tests count epochs; tests/integration/
+    # test_freshness.py tests that option
+    client.register_plugin("mls", {"update_after_join": False, **(config or {})})
     recorder = Recorder(client)
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     client.add_event_handler("mls_ready", lambda _: started.done() or started.set_result(None))

@@ -48,7 +48,8 @@ def _lost_race(event: Any) -> bool:
 
 
 def _config(clock: Clock, **extra: Any) -> dict[str, Any]:
-    return {"clock": clock, "freshness_interval": 0.1, "update_join_delay": 0.0, **extra}
+    return {"clock": clock, "freshness_interval": 0.1, "update_join_delay": 0.0,
+            "update_after_join": True, **extra}  # the default (mls_client turns it off)
 
 
 async def _auto_update(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
