@@ -133,7 +133,7 @@ async def _idle(server: ProsodyServer, accounts: list[Account], tmp: Path) -> No
             clock.now += 31 * DAY
             if step < 2:
                 await until(lambda: group.epoch >= epoch + 2  # noqa: B023 - awaited here and gb.epoch == group.epoch
-                            and gc.epoch == group.epoch)
+                            and gc.epoch == group.epoch, 90)
                 assert carol_jid in group.jids()
         await rc.wait("mls_removed")
         await until(lambda: carol_jid not in group.jids() and carol_jid not in gb.jids())
