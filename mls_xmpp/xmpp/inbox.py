@@ -30,8 +30,9 @@ from ..core.messages.leaf_node import LeafNode
 from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, InvitationRefusedError, TransportError
-from .events import InvitationEvent, MLSErrorEvent
+from .events import InvitationEvent, JoinedEvent, MLSErrorEvent
 from .invitations import MAX_PENDING, InvitationGate, Verdict
+from .removal import on_removal_notice
 from .session import GroupSession, _bare, _jid_of
 
 if TYPE_CHECKING:
@@ -83,24 +84,30 @@ class Inbox:
         """
         plugin = self.plugin
         sender = str(msg["from"])
+        env: Envelope | None = None
         try:
             env = plugin.delivery.envelope_of(msg, sender)
             if env is None:
                 return
-            if env.kind != Kind.WELCOME:
+            if env.kind not in (Kind.WELCOME, Kind.COMMIT):
                 raise EnvelopeError(f"unexpected {env.kind.name} sent directly")
+            what = "Welcome" if env.kind == Kind.WELCOME else "removal notice"
             try:
                 await plugin.wait_ready()
             except TimeoutError:
                 # not handled: the position stays, and the archive read at the next
                 # start finds the message again
-                plugin.error(MLSErrorEvent("Welcome left for later: the device is not ready",
+                plugin.error(MLSErrorEvent(f"{what} left for later: the device is not ready",
                                            sender=sender))
                 return
-            async with self._lock:
-                await self._consider(env, sender)
+            if env.kind == Kind.COMMIT:  # see mls_xmpp.xmpp.removal
+                await on_removal_notice(plugin, env, sender)
+            else:
+                async with self._lock:
+                    await self._consider(env, sender)
         except MLSError as e:  # refused for good
-            plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+            what = "removal notice" if env is not None and env.kind == Kind.COMMIT else "Welcome"
+            plugin.error(MLSErrorEvent(f"{what} refused: {e}", sender=sender, error=e))
         position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
         if position is not None:
             plugin.state_store.save_inbox_position(position)
@@ -328,7 +335,7 @@ class Inbox:
         await plugin.record(session)
         if plugin.keystore is not None:
             asyncio.ensure_future(self._after_join(next(iter(last_resort), None)))
-        plugin.xmpp.event("mls_joined", session)
+        plugin.xmpp.event("mls_joined", JoinedEvent(session, "welcome", inviter))
         return session
 
     async def fetch(self) -> list[GroupSession]:

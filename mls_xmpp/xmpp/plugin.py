@@ -12,8 +12,9 @@
     await group.send("hello")
 
 Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``
-(:class:`MembershipEvent`), ``mls_joined`` (a :class:`GroupSession` this device
-was welcomed into), ``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
+(:class:`MembershipEvent`), ``mls_joined`` (:class:`JoinedEvent`: ``group``, the
+:class:`GroupSession` this device was welcomed or rejoined into),
+``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
 input dropped, group state unchanged; or a group suspended because its room
 refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
 ``mls_ready`` (KeyPackages published,
@@ -78,11 +79,12 @@ from .errors import (
     UnknownDeviceError,
     UnknownGroupError,
 )
-from .events import MLSErrorEvent
+from .events import JoinedEvent, MLSErrorEvent
 from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
 from .keystore import KeyPackageStore
+from .params import DEFAULT_PAD_TO, PARAMS_EXTENSION, params_extension
 from .recovery import (
     GroupRegistry,
     NoGroupInfo,
@@ -138,6 +140,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "archive_max_pages": ARCHIVE_MAX_PAGES,  # pages one archive read may take
         "archive_timeout": ARCHIVE_TIMEOUT,  # seconds one archive read may take
         "room_ping_interval": 300.0,  # seconds between XEP-0410 self-pings of each room
+        "group_info_grace": 10.0,  # seconds a committer has to publish its GroupInfo
         "x509_trust_anchors": None,  # CA certificates (PEM bundle path, PEM/DER, list):
                                      # judge X.509 credentials; advertise x509 only with them
         "x509_credential": None,  # (certificates, private_key): this device's X.509 credential
@@ -373,7 +376,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         # the mapping's rules bind every group of this device, whatever config it came with
         client.config = self._workers_pool.attach(mapping_config(client.config))
         client.supported_extensions = tuple(dict.fromkeys(
-            (*client.supported_extensions, RULES_EXTENSION)))
+            (*client.supported_extensions, RULES_EXTENSION, PARAMS_EXTENSION)))
         # x509 is advertised only with anchors to judge certificates by (RFC 9420 §7.3
         # then keeps x509 leaves out of every group this device's leaf is in)
         client.supported_credentials = (
@@ -581,7 +584,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 ok = False
             if ok:
                 await session.save()
-                self.xmpp.event("mls_joined", session)
+                self.xmpp.event("mls_joined", JoinedEvent(session, "external commit"))
                 await session.publish_group_info()
                 return session
             await session.stop()
@@ -944,13 +947,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     async def create_group(self, *, members: list[str] | None = None,
                            group_id: bytes | None = None,
                            key_packages: list[KeyPackage] | None = None,
-                           rules: GroupRules | None = None) -> GroupSession:
+                           rules: GroupRules | None = None,
+                           pad_to: int | None = None) -> GroupSession:
         """Create an MLS group and its room, then add ``members`` (every device of each).
 
         ``rules`` (default: the ``rules`` option, else :data:`.DEFAULT_RULES`
         with this account as the only admin) are the group's
         :class:`~mls_xmpp.xmpp.rules.GroupRules`, carried in its GroupContext
-        and enforced by every member alike.
+        and enforced by every member alike. ``pad_to`` (1 to 65536) sets the
+        multiple every member pads messages to, carried in the group as well
+        (:mod:`~mls_xmpp.xmpp.params`); default 32, and no extension.
 
         The account's other devices (those with KeyPackages on its node) are
         added too: every device is its own leaf. ``key_packages`` adds devices
@@ -977,8 +983,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         rules = rules or self.config["rules"] or DEFAULT_RULES
         if not rules.admins:
             rules = rules.with_admins(self.bare_jid)
+        extensions = [rules_extension(rules)]
+        if pad_to is not None and pad_to != DEFAULT_PAD_TO:
+            extensions.append(params_extension(pad_to))  # PolicyError: out of range
         group = self.identity.create_group(group_id or os.urandom(16),
-                                           extensions=(rules_extension(rules),))
+                                           extensions=tuple(extensions))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
         await self.delivery.create_room(room, self.nick())
         session = GroupSession(self, group, room)

@@ -67,6 +67,8 @@ class PendingCommit:
     by_value: list[Proposal] = field(default_factory=list)
     added: list[tuple[int, KeyPackage]] = field(default_factory=list)
     removed: list[tuple[int, LeafNode]] = field(default_factory=list)
+    #: the Commit carries an UpdatePath (the committer's leaf changes)
+    has_path: bool = True
 
     @property
     def welcomes(self) -> Mapping[bytes, bytes]:
@@ -190,7 +192,8 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
                            path_secrets, config.batch_crypto)
     public_info = make_group_info(new_state, with_tree=False)
     return PendingCommit(message, welcome, MLSMessage(public_info).encode(), new_state,
-                         proposals, values, outcome.added, outcome.removed)
+                         proposals, values, outcome.added, outcome.removed,
+                         has_path=path is not None)
 
 
 def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,

@@ -44,7 +44,9 @@ class CommitApplied:
 
     ``own`` is true when it was this member's pending commit; ``lost`` holds
     what this member had proposed or wanted to commit and that the winning
-    Commit did not include (for the caller to propose again).
+    Commit did not include (for the caller to propose again). ``path`` is
+    true when the Commit carried an UpdatePath, which replaced the
+    committer's leaf (RFC 9420 §12.4.2).
     """
 
     epoch: int
@@ -59,6 +61,7 @@ class CommitApplied:
     lost: tuple[Proposal, ...] = field(default_factory=tuple)
     #: every proposal the Commit applied, in order
     proposals: tuple[Proposal, ...] = field(default_factory=tuple)
+    path: bool = False
 
 
 Event = ApplicationMessage | ProposalReceived | CommitApplied

@@ -238,7 +238,7 @@ class Group:
                           for i, leaf in p.removed),
             updated=(), psks=sum(isinstance(x, PreSharedKey) for x, _ in p.proposals),
             reinit=p.new_state.reinit if isinstance(p.new_state.reinit, ReInit) else None,
-            own=True)
+            own=True, path=p.has_path)
         self._last_own_commit = (p.message, event)
         return event
 

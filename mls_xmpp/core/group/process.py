@@ -316,5 +316,5 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
                       for i, leaf in outcome.removed),
         updated=tuple(member(tree, i) for i in outcome.updated),
         psks=len(outcome.psks), reinit=outcome.reinit,
-        proposals=tuple(p for p, _ in proposals))
+        proposals=tuple(p for p, _ in proposals), path=commit.path is not None)
     return new_state, event

@@ -1,0 +1,83 @@
+"""Removal notices: a device whose account was removed while it was away learns it.
+
+The room is not the group: a removed account loses its room affiliation
+(docs/PROTOCOL.md §9.5), so a device of it that was offline when the Commit
+came can no longer read that Commit from the room's archive. The committer
+therefore also sends the Commit (the same MLSMessage, kind COMMIT) directly to
+the bare JID of every account it removed entirely, as it sends Welcomes
+(offline storage and the account's archive keep it).
+
+A device that receives such a *removal notice* for a group it holds processes
+the Commit on a copy of the group as last stored. Only if MLS accepts the
+Commit (it is a valid Commit of that epoch, protected with that epoch's keys
+by a member) *and* it removes this device does the device leave the group, as
+if it had read the Commit in the room. Anything else is reported and changes
+nothing: the copy is thrown away, so a notice can never move the group to
+another epoch than the room's order does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.errors import MLSError
+from ..core.group.events import CommitApplied
+from .envelope import Envelope, Kind
+from .errors import EnvelopeError, TransportError
+from .events import MLSErrorEvent
+
+if TYPE_CHECKING:
+    from ..core.group.commit import PendingCommit
+    from .plugin import XEP_MLS
+    from .session import GroupSession
+
+__all__ = ["on_removal_notice", "send_removal_notices"]
+
+
+async def send_removal_notices(session: GroupSession, pending: PendingCommit,
+                               stanza_id: str | None, accounts: set[str]) -> None:
+    """Send this device's reflected Commit ``pending`` to each of ``accounts``
+    (bare JIDs it removed entirely). Failures are reported; the Commit stands."""
+    if not accounts:
+        return
+    env = Envelope(kind=Kind.COMMIT, group_id=session.group_id,
+                   epoch=int(pending.new_state.epoch) - 1, mls_message=pending.message,
+                   room=session.room, after_stanza_id=stanza_id or "")
+    for jid in sorted(accounts):
+        try:
+            await session.plugin.delivery.send_welcome(jid, env)
+        except (TransportError, ValueError) as e:
+            session.plugin.error(MLSErrorEvent(f"removal notice to {jid}: {e}", session,
+                                               error=e))
+
+
+async def on_removal_notice(plugin: XEP_MLS, env: Envelope, sender: str) -> None:
+    """Handle a COMMIT envelope sent to this account directly.
+
+    :raises EnvelopeError: the notice names a room other than the group's.
+    :raises MLSError: the Commit does not process in the stored epoch, or does
+        not remove this device.
+    """
+    session = next((s for s in plugin.sessions.values() if s.group_id == env.group_id), None)
+    if session is None or session.removed:
+        return  # not (or no longer) in that group: nothing to learn
+    if env.room and env.room != session.room:
+        raise EnvelopeError("removal notice names another room than the group's")
+    async with session.group_lock:
+        stored = plugin._stored(session.group_id)
+        if stored is None:
+            raise EnvelopeError("removal notice for a group that is not stored")
+        copy, _ = stored
+        from .session import member_jid
+
+        me = plugin.bare_jid
+        before = {m.leaf_index: m for m in copy.members}
+        try:
+            event = copy.process(env.mls_message)
+        except MLSError as e:
+            raise type(e)(f"removal notice: {e}") from e
+        if not isinstance(event, CommitApplied) or not event.self_removed:
+            raise EnvelopeError("removal notice whose Commit does not remove this device")
+        gone = {m.leaf_index for m in event.removed}
+        others = any(member_jid(m) == me for i, m in before.items() if i not in gone)
+    plugin.group_removed(session, account_still_in=others)
