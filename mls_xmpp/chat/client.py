@@ -317,7 +317,8 @@ class Chat:
         else:
             self.notice(f"{jid} [{fp}] is now {change.state}")
 
-    def on_joined(self, session: Any) -> None:  # GroupSession
+    def on_joined(self, event: Any) -> None:  # JoinedEvent
+        session = event.group
         room = session.room
         others = sorted(session.jids() - {self.me})
         if not others:

@@ -52,7 +52,8 @@ async def _events(server: ProsodyServer, a: Account, b: Account) -> None:
     try:
         await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[b.jid])
-        (joined,) = await rb.wait("mls_joined")
+        await rb.wait("mls_joined")
+        (joined,) = rb.events["mls_joined_event"]
         assert isinstance(joined, JoinedEvent) and isinstance(joined.group, GroupSession)
         assert joined.how == "welcome" and joined.inviter == a.jid
         assert joined.epoch == group.epoch == joined.group.epoch  # the handle's, as before
@@ -84,14 +85,14 @@ async def _public(server: ProsodyServer, a: Account, b: Account, c: Account) -> 
         await befriend(alice, bob, carol)
         group = await alice.plugin["mls"].create_group(members=[b.jid, c.jid])
         (gb,), (gc,) = await rb.wait("mls_joined"), await rc.wait("mls_joined")
-        await synced(group, gb.group, gc.group)
-        await gb.group.update()
-        await synced(group, gb.group, gc.group)  # alice and carol merged bob's Commit
-        assert gb.epoch == 2 and gb.group.epoch == 2
+        await synced(group, gb, gc)
+        await gb.update()
+        await synced(group, gb, gc)  # alice and carol merged bob's Commit
+        assert gb.epoch == 2
         commits = [MLSMessage.decode(e.mls_message).body for e in wire.of(Kind.COMMIT)]
         assert isinstance(commits[-1], PublicMessage)
         assert all(isinstance(x, PrivateMessage) for x in commits[:-1])
-        await gb.group.leave()  # now a PublicMessage proposal, committed by alice
+        await gb.leave()  # now a PublicMessage proposal, committed by alice
         await until(lambda: b.jid not in group.jids(), TIMEOUT)
         props = [MLSMessage.decode(e.mls_message).body for e in wire.of(Kind.PROPOSAL)]
         assert isinstance(props[-1], PublicMessage)
@@ -114,15 +115,15 @@ async def _pad(server: ProsodyServer, a: Account, b: Account) -> None:
         await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[b.jid], pad_to=256)
         (gb,) = await rb.wait("mls_joined")
-        await synced(group, gb.group)
-        await gb.group.send("hi")  # bob learnt pad_to from his Welcome's GroupContext
+        await synced(group, gb)
+        await gb.send("hi")  # bob learnt pad_to from his Welcome's GroupContext
         await until(lambda: bool(wire.of(Kind.APPLICATION)))
         (env,) = wire.of(Kind.APPLICATION)
         body = MLSMessage.decode(env.mls_message).body
         assert isinstance(body, PrivateMessage)
         # the PrivateMessageContent, padded to 256, plus the AEAD tag (16)
         assert (len(body.ciphertext) - 16) % 256 == 0
-        assert gb.group.group.config.pad_to == 256 and len(body.ciphertext) > 32
+        assert gb.group.config.pad_to == 256 and len(body.ciphertext) > 32
     finally:
         await close(alice, bob)
 
@@ -142,18 +143,18 @@ async def _stand_in(server: ProsodyServer, a: Account, b: Account, c: Account) -
         await befriend(alice, bob, carol)
         group = await alice.plugin["mls"].create_group(members=[b.jid, c.jid])
         (gb,), (gc,) = await rb.wait("mls_joined"), await rc.wait("mls_joined")
-        await synced(group, gb.group, gc.group)
+        await synced(group, gb, gc)
 
         async def silent() -> None:  # alice's implementation cannot publish GroupInfos
             return None
         group.publish_group_info = silent
         await group.update()
-        await synced(group, gb.group, gc.group)
+        await synced(group, gb, gc)
         epoch = group.epoch
-        await until(lambda: gc.group.group_info_epoch == epoch, TIMEOUT)
+        await until(lambda: gc.group_info_epoch == epoch, TIMEOUT)
         infos = [e for e in wire.of(Kind.GROUP_INFO) if e.epoch == epoch]
         signers = {_signer(e) for e in infos}
-        assert signers == {gb.group.group.own_leaf_index}  # bob, leaf 1, stood in
+        assert signers == {gb.group.own_leaf_index}  # bob, leaf 1, stood in
         assert gb.group_info_epoch == epoch
     finally:
         await close(alice, bob, carol)
@@ -179,7 +180,7 @@ async def _removed(server: ProsodyServer, a: Account, b: Account, db: Path) -> N
         await befriend(alice, bob)
         group = await alice.plugin["mls"].create_group(members=[b.jid])
         (gb,) = await rb.wait("mls_joined")
-        await synced(group, gb.group)
+        await synced(group, gb)
         await close(bob)
         await group.remove(b.jid)  # while bob is away; the room lets his account go
         bob2, rb2 = await mls_client(server, *b, config={"store": str(db)})
