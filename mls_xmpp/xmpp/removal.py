@@ -63,7 +63,16 @@ async def on_removal_notice(plugin: XEP_MLS, env: Envelope, sender: str) -> None
         return  # not (or no longer) in that group: nothing to learn
     if env.room and env.room != session.room:
         raise EnvelopeError("removal notice names another room than the group's")
+    # cheap checks first: anyone can send one, and reading the stored group costs
+    if _bare(sender) not in session.jids():
+        raise EnvelopeError("removal notice from an account that is not in the group")
+    if env.epoch != session.epoch or _header(env.mls_message) != (session.group_id,
+                                                                   session.epoch):
+        raise EnvelopeError(f"removal notice for another epoch than this device's "
+                            f"({session.epoch}): it cannot be checked")
     async with session.group_lock:
+        if session.removed:
+            return  # the room's copy of the Commit came first
         stored = plugin._stored(session.group_id)
         if stored is None:
             raise EnvelopeError("removal notice for a group that is not stored")
@@ -80,4 +89,27 @@ async def on_removal_notice(plugin: XEP_MLS, env: Envelope, sender: str) -> None
             raise EnvelopeError("removal notice whose Commit does not remove this device")
         gone = {m.leaf_index for m in event.removed}
         others = any(member_jid(m) == me for i, m in before.items() if i not in gone)
+        # the copy, now inactive, is the group: as if the room's copy had been read
+        assert plugin.identity is not None
+        plugin.identity.groups[copy.group_id] = copy
+        session.group = copy
     plugin.group_removed(session, account_still_in=others)
+
+
+def _bare(jid: str) -> str:
+    return jid.split("/", 1)[0]
+
+
+def _header(data: bytes) -> tuple[bytes, int] | None:
+    """The (group_id, epoch) in a PublicMessage's or PrivateMessage's header."""
+    from ..core.messages.framing import MLSMessage, PrivateMessage, PublicMessage
+
+    try:
+        body = MLSMessage.decode(data).body
+    except MLSError:
+        return None
+    if isinstance(body, PrivateMessage):
+        return body.group_id, body.epoch
+    if isinstance(body, PublicMessage):
+        return body.content.group_id, body.content.epoch
+    return None

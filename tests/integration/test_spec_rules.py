@@ -200,3 +200,46 @@ def test_account_removed_while_away_learns_its_removal(
         prosody: ProsodyServer, tmp_path: Path, new_account: Callable[[str], Account]) -> None:
     _run(_removed(prosody, new_account("alice"), new_account("bob"), tmp_path / "bob.db"))
 
+
+
+async def _forged_notices(server: ProsodyServer, a: Account, b: Account, c: Account,
+                          m: Account) -> None:
+    from mls_xmpp.testing import send_payload
+
+    alice, _ = await mls_client(server, *a)
+    bob, rb = await mls_client(server, *b)
+    carol, rc = await mls_client(server, *c)
+    mallory, _ = await mls_client(server, *m)
+    wire = Wire(bob)
+    try:
+        await befriend(alice, bob, carol)
+        group = await alice.plugin["mls"].create_group(members=[b.jid, c.jid])
+        (gb,), (gc,) = await rb.wait("mls_joined"), await rc.wait("mls_joined")
+        await group.update()
+        await synced(group, gb, gc)
+        before = (gb.epoch, gb.group.epoch_authenticator)
+        old = wire.of(Kind.COMMIT)[-1]  # the update, already applied: a replay
+        for sender, epoch in ((mallory, gb.epoch), (carol, old.epoch), (carol, gb.epoch)):
+            notice = Envelope(kind=Kind.COMMIT, group_id=group.group_id, epoch=epoch,
+                              mls_message=old.mls_message, room=group.room)
+            send_payload(sender, b.jid, notice.to_bytes(), mtype="chat")
+
+        def refused() -> list[str]:
+            return [e.reason for e in rb.events["mls_error"]
+                    if "removal notice refused" in e.reason]
+        await until(lambda: len(refused()) == 3)
+        # stanzas of different senders may arrive in any order
+        assert sorted("not in the group" in r for r in refused()) == [False, False, True]
+        assert sum("another epoch" in r for r in refused()) == 2
+        assert (gb.epoch, gb.group.epoch_authenticator) == before
+        assert bob.plugin["mls"].groups == [gb] and not rb.events["mls_removed"]
+        await group.send("still here")
+        await rb.wait("mls_message")
+    finally:
+        await close(alice, bob, carol, mallory)
+
+
+def test_forged_removal_notices_change_nothing(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    _run(_forged_notices(prosody, new_account("alice"), new_account("bob"),
+                         new_account("carol"), new_account("mallory")))
