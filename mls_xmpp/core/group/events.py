@@ -44,9 +44,7 @@ class CommitApplied:
 
     ``own`` is true when it was this member's pending commit; ``lost`` holds
     what this member had proposed or wanted to commit and that the winning
-    Commit did not include (for the caller to propose again). ``path`` is
-    true when the Commit carried an UpdatePath, which replaced the
-    committer's leaf (RFC 9420 §12.4.2).
+    Commit did not include (for the caller to propose again).
     """
 
     epoch: int
@@ -61,7 +59,13 @@ class CommitApplied:
     lost: tuple[Proposal, ...] = field(default_factory=tuple)
     #: every proposal the Commit applied, in order
     proposals: tuple[Proposal, ...] = field(default_factory=tuple)
-    path: bool = False
+    #: the Commit's authenticated_data (RFC 9420 §6): the committer's, unencrypted
+    #: in a PublicMessage, authenticated either way. Informative (not compared; an
+    #: own Commit restored from storage before its echo has ``b""``)
+    authenticated_data: bytes = field(default=b"", compare=False)
+    #: whether the Commit carried an UpdatePath: the committer's leaf got fresh keys
+    #: (informative, not compared; ``False`` for an own Commit restored from storage)
+    path: bool = field(default=False, compare=False)
 
 
 Event = ApplicationMessage | ProposalReceived | CommitApplied

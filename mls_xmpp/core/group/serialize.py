@@ -823,9 +823,7 @@ def _last_own_from(rec: _LastOwnCommitRecord | None) -> tuple[bytes, CommitAppli
     return rec.message, CommitApplied(
         e.epoch, e.committer, added=_members_from(e.added), removed=_members_from(e.removed),
         updated=_members_from(e.updated), psks=e.psks, reinit=e.reinit, own=e.own,
-        # not stored (the record's format is unchanged): an own Commit carries an
-        # UpdatePath unless Group.commit(path=False) was asked, which the plugin never does
-        self_removed=e.self_removed, lost=e.lost, path=True)
+        self_removed=e.self_removed, lost=e.lost)
 
 
 def _group_record(group: Group) -> _GroupRecord:
