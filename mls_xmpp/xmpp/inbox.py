@@ -182,6 +182,10 @@ class Inbox:
                  "removal (it is in epoch %d)", env.room, env.epoch, old.epoch)
         return True
 
+    def waiting(self, group_id: bytes) -> bool:
+        """Whether a Welcome back into group ``group_id`` waits (:meth:`_defer`)."""
+        return bool(self._deferred.get(group_id))
+
     def group_ended(self, group_id: bytes, epoch: int) -> None:
         """This device's group ``group_id`` ended in ``epoch`` (it was removed): open a
         Welcome back into it kept by :meth:`_defer`, if one; refuse from now on any

@@ -105,6 +105,7 @@ from .recovery import (
     retract_stale_device_items,
 )
 from .reinit import LINK_EXTENSION, ReInitFlow, negotiate
+from .removal import apply_removal_notice
 from .room import AFFILIATION_CODES, LOST_CODES
 from .rules import DEFAULT_RULES, RULES_EXTENSION, GroupRules, mapping_config, rules_extension
 from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices, member_jid
@@ -939,6 +940,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             try:
                 await self.delivery.join_room(session.room, self.nick())
             except TransportError as e:
+                if await apply_removal_notice(self, session):
+                    return  # it cannot read its removal in the room: the notice ended it
                 log.info("%s still refuses this account (%s); next try in %.0f s",
                          session.room, e, min(delay * 2, ceiling))
                 delay = min(delay * 2, ceiling)

@@ -7,17 +7,22 @@ therefore also sends the Commit (the same MLSMessage, kind COMMIT) directly to
 the bare JID of every account it removed entirely, as it sends Welcomes
 (offline storage and the account's archive keep it).
 
-A device that receives such a *removal notice* for a group it holds processes
-the Commit on a copy of the group as last stored. Only if MLS accepts the
-Commit (it is a valid Commit of that epoch, protected with that epoch's keys
-by a member) *and* it removes this device does the device leave the group, as
-if it had read the Commit in the room. Anything else is reported and changes
-nothing: the copy is thrown away, so a notice can never move the group to
-another epoch than the room's order does.
+A device that receives such a *removal notice* for a group it holds keeps it
+(after cheap checks: a member account sent it, for the device's epoch). When
+the room refuses the device again afterwards -- so that it cannot read the
+Commit there -- and no Welcome back into the group waits (an account added
+again is let in again, and reads its removal in room order, with what came
+before it), the device processes the Commit on a copy of the group as last
+stored. Only if MLS accepts the Commit (a valid Commit of that epoch,
+protected with that epoch's keys by a member) *and* it removes this device
+does the device leave the group, as if it had read the Commit in the room.
+Anything else is reported and changes nothing: the copy is thrown away, so a
+notice can never move the group to another epoch than the room's order does.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..core.errors import MLSError
@@ -31,7 +36,9 @@ if TYPE_CHECKING:
     from .plugin import XEP_MLS
     from .session import GroupSession
 
-__all__ = ["on_removal_notice", "send_removal_notices"]
+__all__ = ["apply_removal_notice", "on_removal_notice", "send_removal_notices"]
+
+log = logging.getLogger(__name__)
 
 
 async def send_removal_notices(session: GroupSession, pending: PendingCommit,
@@ -52,33 +59,58 @@ async def send_removal_notices(session: GroupSession, pending: PendingCommit,
 
 
 async def on_removal_notice(plugin: XEP_MLS, env: Envelope, sender: str) -> None:
-    """Handle a COMMIT envelope sent to this account directly.
+    """Keep a COMMIT envelope sent to this account directly, for :func:`apply_removal_notice`.
 
-    :raises EnvelopeError: the notice names a room other than the group's.
-    :raises MLSError: the Commit does not process in the stored epoch, or does
-        not remove this device.
+    Only cheap checks are made now (anyone can send one): the room, the sender
+    (a member account), the epoch in the envelope and the MLS header.
+
+    :raises EnvelopeError: the notice cannot be for this device's group as it is.
     """
     session = next((s for s in plugin.sessions.values() if s.group_id == env.group_id), None)
     if session is None or session.removed:
         return  # not (or no longer) in that group: nothing to learn
     if env.room and env.room != session.room:
         raise EnvelopeError("removal notice names another room than the group's")
-    # cheap checks first: anyone can send one, and reading the stored group costs
     if _bare(sender) not in session.jids():
         raise EnvelopeError("removal notice from an account that is not in the group")
     if env.epoch != session.epoch or _header(env.mls_message) != (session.group_id,
                                                                    session.epoch):
         raise EnvelopeError(f"removal notice for another epoch than this device's "
                             f"({session.epoch}): it cannot be checked")
+    session.removal_notice = env
+    log.info("a removal notice for %s (epoch %d) waits until the room refuses this device "
+             "again", session.room, env.epoch)
+
+
+async def apply_removal_notice(plugin: XEP_MLS, session: GroupSession) -> bool:
+    """The room refused this device again: act on its kept removal notice, if any.
+
+    Not while a Welcome back into the group waits (the account was added again:
+    the room will take the device, which then reads its removal and what came
+    before it in room order). ``True`` when the notice ended the group; a
+    notice that does not is reported and dropped.
+    """
+    env = session.removal_notice
+    if env is None or session.removed or plugin.inbox.waiting(session.group_id):
+        return False
+    session.removal_notice = None
+    try:
+        return await _apply(plugin, session, env)
+    except MLSError as e:
+        plugin.error(MLSErrorEvent(f"removal notice refused: {e}", session, error=e))
+        return False
+
+
+async def _apply(plugin: XEP_MLS, session: GroupSession, env: Envelope) -> bool:
+    from .session import member_jid
+
     async with session.group_lock:
         if session.removed:
-            return  # the room's copy of the Commit came first
+            return False  # the room's copy of the Commit came first
         stored = plugin._stored(session.group_id)
         if stored is None:
             raise EnvelopeError("removal notice for a group that is not stored")
         copy, _ = stored
-        from .session import member_jid
-
         me = plugin.bare_jid
         before = {m.leaf_index: m for m in copy.members}
         try:
@@ -94,6 +126,7 @@ async def on_removal_notice(plugin: XEP_MLS, env: Envelope, sender: str) -> None
         plugin.identity.groups[copy.group_id] = copy
         session.group = copy
     plugin.group_removed(session, account_still_in=others)
+    return True
 
 
 def _bare(jid: str) -> str:

@@ -254,6 +254,8 @@ class GroupSession:
         self.suspended: str | None = None
         #: the task re-entering the room while suspended
         self.room_retry: asyncio.Future[None] | None = None
+        #: a removal notice kept for when the room refuses this device (:mod:`.removal`)
+        self.removal_notice: Envelope | None = None
         #: early messages, epoch gaps and their healing (:mod:`.healing`)
         self.healer = Healer(self)
         #: what send() accepted and the room has not reflected yet (see :mod:`.outbox`)
