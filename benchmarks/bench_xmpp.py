@@ -188,8 +188,8 @@ class Sink:
         self.errors.append(event)
         log(f"  ! mls_error at {self.client.boundjid.bare}: {event.reason}")
 
-    def _on_joined(self, session: Any) -> None:
-        self.joined.append(session)
+    def _on_joined(self, event: Any) -> None:
+        self.joined.append(event.group)
         self._joined_event.set()
 
     def expect(self, body: str) -> asyncio.Future[float]:

@@ -144,6 +144,10 @@ OPTION_DOCS: dict[str, str] = {
                          "ArchiveBudgetError, and a group that could not catch up is "
                          "healed from the room's latest GroupInfo.",
     "archive_timeout": "Seconds one read of an archive may take, all its pages together.",
+    "group_info_grace": "Seconds a committer has to publish its new epoch's GroupInfo in "
+                        "the room. When none arrives, the first two other members by "
+                        "leaf index publish it instead, after one and two times this "
+                        "delay (docs/PROTOCOL.md, GroupInfo publication).",
     "room_ping_interval": "Seconds between XEP-0410 self-pings of each group's room: a "
                           "room that dropped this device without telling it suspends the "
                           "group, which re-enters the room and reads what it missed. "
@@ -235,13 +239,16 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
     ),
     "mls_membership": (
         ":class:`~mls_xmpp.xmpp.events.MembershipEvent`",
-        "A Commit was merged: members added, removed or keys updated (also for this "
+        "A Commit was merged: members added, removed or keys updated -- ``updated`` "
+        "includes the committer when its Commit carried an UpdatePath (also for this "
         "device's own Commits, ``own=True``).",
     ),
     "mls_joined": (
-        ":class:`~mls_xmpp.xmpp.session.GroupSession`",
-        "This device is now in a group: welcomed by a member, or rejoined by external "
-        "Commit after its state was lost.",
+        ":class:`~mls_xmpp.xmpp.events.JoinedEvent`",
+        "This device is now in a group (``group``): welcomed by a member (``how`` "
+        "``welcome``, ``inviter``), or rejoined by external Commit after its state was "
+        "lost (``external commit``). The event also answers the group handle's "
+        "attributes (it used to be the handle).",
     ),
     "mls_removed": (
         ":class:`~mls_xmpp.xmpp.session.GroupSession`",

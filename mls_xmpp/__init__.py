@@ -23,6 +23,7 @@ from slixmpp.plugins.base import register_plugin
 from . import errors as _errors
 from .errors import *  # noqa: F403 - the whole error tree, see mls_xmpp.errors
 from .xmpp.events import (
+    JoinedEvent,
     MembershipEvent,
     MLSErrorEvent,
     MLSMessageEvent,
@@ -42,6 +43,7 @@ __all__ = [
     "ExternalJoin",
     "GroupRules",
     "GroupSession",
+    "JoinedEvent",
     "MLSErrorEvent",
     "MLSMessageEvent",
     "MembershipEvent",

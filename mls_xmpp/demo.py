@@ -614,7 +614,8 @@ class Demo:
         t0 = time.monotonic()
         self.group["alice"] = await alice.mls.create_group(members=[bob.jid, charlie.jid])
         for d in (bob, charlie):
-            (session,) = await d.events.wait("mls_joined", 1, f"{d.name} joining", self.timeout)
+            (joined,) = await d.events.wait("mls_joined", 1, f"{d.name} joining", self.timeout)
+            session = joined.group
             await asyncio.wait_for(session.ready.wait(), self.timeout)
             self.group[d.name] = session
         ga = self.group["alice"]
@@ -765,8 +766,9 @@ class Demo:
 
         t0 = time.monotonic()
         await self.connect(dave)
-        (gd,) = await dave.events.wait("mls_joined", 1, "dave joining from his Welcome",
-                                       self.timeout)
+        (joined,) = await dave.events.wait("mls_joined", 1, "dave joining from his Welcome",
+                                           self.timeout)
+        gd = joined.group
         await asyncio.wait_for(gd.ready.wait(), self.timeout)
         self.group["dave"] = gd
         await dave.events.wait("mls_message", len(self._dave_meant),
@@ -799,7 +801,8 @@ class Demo:
         await self._send_and_deliver("alice", "Is bob still there?", ["dave"])
         t0 = time.monotonic()
         await self.connect(bob)
-        (gb,) = await bob.events.wait("mls_joined", 1, "bob rejoining", self.timeout)
+        (joined,) = await bob.events.wait("mls_joined", 1, "bob rejoining", self.timeout)
+        gb = joined.group
         await asyncio.wait_for(gb.ready.wait(), self.timeout)
         self.group["bob"] = gb
         bob.core = bob.mls.identity

@@ -291,8 +291,10 @@ class Chat:
             parts.append(f"added {_jids(event.added)}")
         if event.removed:
             parts.append(f"removed {_jids(event.removed)}")
-        if event.updated:
-            parts.append(f"updated the keys of {_jids(event.updated)}")
+        # the committer's own new keys (its UpdatePath) go without saying, below
+        updated = tuple(j for j in event.updated if j != event.committer)
+        if updated:
+            parts.append(f"updated the keys of {_jids(updated)}")
         if not parts:
             parts.append("updated " + ("your" if event.own else "their") + " keys")
         self.group_line(event.group.room, "*", f"{who} {'; '.join(parts)} (epoch {event.epoch})")
@@ -324,7 +326,8 @@ class Chat:
         else:
             self.notice(f"{jid} [{fp}] is now {change.state}")
 
-    def on_joined(self, session: Any) -> None:  # GroupSession
+    def on_joined(self, event: Any) -> None:  # JoinedEvent
+        session = event.group
         room = session.room
         others = sorted(session.jids() - {self.me})
         if not others:

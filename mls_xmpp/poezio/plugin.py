@@ -486,13 +486,16 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
             parts.append(f"added {_jids(event.added)}")
         if event.removed:
             parts.append(f"removed {_jids(event.removed)}")
-        if event.updated:
-            parts.append(f"updated the keys of {_jids(event.updated)}")
+        # the committer's own new keys (its UpdatePath) go without saying, below
+        updated = tuple(j for j in event.updated if j != event.committer)
+        if updated:
+            parts.append(f"updated the keys of {_jids(updated)}")
         if not parts:
             parts.append("updated " + ("your" if event.own else "their") + " keys")
         self.note(event.group.room, f"{who} {'; '.join(parts)} (epoch {event.epoch})")
 
-    def on_joined(self, session: Any) -> None:
+    def on_joined(self, event: Any) -> None:  # JoinedEvent
+        session = event.group
         others = sorted(session.jids() - {self.mls.bare_jid})
         self.note(session.room, f"you joined this group (epoch {session.epoch}, with "
                                 f"{_jids(others) or 'nobody else'})")

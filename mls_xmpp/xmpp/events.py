@@ -56,7 +56,9 @@ class MembershipEvent:
             an external Commit); ``None`` when unknown.
         added: bare JIDs with a device added.
         removed: bare JIDs with a device removed.
-        updated: bare JIDs whose device updated its keys.
+        updated: bare JIDs whose device changed its leaf: by an Update
+            proposal, or as the committer whose Commit carried an UpdatePath
+            (every Commit of this implementation does; also for ``own``).
         own: the Commit was this device's.
         added_devices: ``(jid, fingerprint)`` of every added device.
         removed_devices: ``(jid, fingerprint)`` of every removed device.
@@ -71,6 +73,37 @@ class MembershipEvent:
     own: bool = False
     added_devices: tuple[tuple[str, str], ...] = ()
     removed_devices: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class JoinedEvent:
+    """``mls_joined``: this device is now a member of a group.
+
+    Like the other events it names the group in ``group``. For backwards
+    compatibility (the event used to be the group handle itself) every other
+    attribute is looked up on ``group``, so ``event.send(...)`` and
+    ``event.room`` still work; new code uses ``event.group``.
+
+    The event has no field that the handle also has (``epoch`` is the
+    group's current epoch, as before).
+
+    Attributes:
+        group: the group joined (its handle).
+        how: ``"welcome"`` (added by a member) or ``"external commit"``
+            (rejoined after losing its state, docs/PROTOCOL.md §10.1).
+        inviter: bare JID of the member whose Welcome it was (``None`` for an
+            external Commit).
+    """
+
+    group: GroupSession
+    how: str = "welcome"
+    inviter: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names the event does not have: the old payload's attributes
+        if name.startswith("__") or name == "group":
+            raise AttributeError(name)
+        return getattr(self.group, name)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from ..core.messages.leaf_node import LeafNode
 from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, InvitationRefusedError, TransportError
-from .events import InvitationEvent, MLSErrorEvent
+from .events import InvitationEvent, JoinedEvent, MLSErrorEvent
 from .invitations import MAX_PENDING, InvitationGate, Verdict
+from .removal import on_removal_notice
 from .session import GroupSession, _bare, _jid_of
 from .suites import check_move
 
@@ -86,24 +87,30 @@ class Inbox:
         """
         plugin = self.plugin
         sender = str(msg["from"])
+        env: Envelope | None = None
         try:
             env = plugin.delivery.envelope_of(msg, sender)
             if env is None:
                 return
-            if env.kind != Kind.WELCOME:
+            if env.kind not in (Kind.WELCOME, Kind.COMMIT):
                 raise EnvelopeError(f"unexpected {env.kind.name} sent directly")
+            what = "Welcome" if env.kind == Kind.WELCOME else "removal notice"
             try:
                 await plugin.wait_ready()
             except TimeoutError:
                 # not handled: the position stays, and the archive read at the next
                 # start finds the message again
-                plugin.error(MLSErrorEvent("Welcome left for later: the device is not ready",
+                plugin.error(MLSErrorEvent(f"{what} left for later: the device is not ready",
                                            sender=sender))
                 return
-            async with self._lock:
-                await self._consider(env, sender)
+            if env.kind == Kind.COMMIT:  # see mls_xmpp.xmpp.removal
+                await on_removal_notice(plugin, env, sender)
+            else:
+                async with self._lock:
+                    await self._consider(env, sender)
         except MLSError as e:  # refused for good
-            plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+            what = "removal notice" if env is not None and env.kind == Kind.COMMIT else "Welcome"
+            plugin.error(MLSErrorEvent(f"{what} refused: {e}", sender=sender, error=e))
         position = archive_id or plugin.delivery.own_stanza_id(msg, plugin.bare_jid)
         if position is not None:
             plugin.state_store.save_inbox_position(position)
@@ -174,6 +181,10 @@ class Inbox:
         log.info("a Welcome back into %s (epoch %d) waits until this device reads its "
                  "removal (it is in epoch %d)", env.room, env.epoch, old.epoch)
         return True
+
+    def waiting(self, group_id: bytes) -> bool:
+        """Whether a Welcome back into group ``group_id`` waits (:meth:`_defer`)."""
+        return bool(self._deferred.get(group_id))
 
     def group_ended(self, group_id: bytes, epoch: int) -> None:
         """This device's group ``group_id`` ended in ``epoch`` (it was removed): open a
@@ -393,7 +404,7 @@ class Inbox:
         if plugin.keystore is not None:
             asyncio.ensure_future(self._after_join(next(iter(last_resort), None),
                                                    client.suite_id))
-        plugin.xmpp.event("mls_joined", session)
+        plugin.xmpp.event("mls_joined", JoinedEvent(session, "welcome", inviter))
         return session
 
     async def fetch(self) -> list[GroupSession]:

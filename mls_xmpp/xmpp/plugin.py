@@ -12,8 +12,9 @@
     await group.send("hello")
 
 Events: ``mls_message`` (:class:`MLSMessageEvent`), ``mls_membership``
-(:class:`MembershipEvent`), ``mls_joined`` (a :class:`GroupSession` this device
-was welcomed into), ``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
+(:class:`MembershipEvent`), ``mls_joined`` (:class:`JoinedEvent`: ``group``, the
+:class:`GroupSession` this device was welcomed or rejoined into),
+``mls_removed``, ``mls_error`` (:class:`MLSErrorEvent`:
 input dropped, group state unchanged; or a group suspended because its room
 refused or dropped this account, its ``error`` a :class:`GroupSuspendedError`),
 ``mls_ready`` (KeyPackages published,
@@ -89,12 +90,13 @@ from .errors import (
     UnknownDeviceError,
     UnknownGroupError,
 )
-from .events import MLSErrorEvent
+from .events import JoinedEvent, MLSErrorEvent
 from .freshness import Freshness
 from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
 from .keystore import KeyPackageStore
+from .params import DEFAULT_PAD_TO, PARAMS_EXTENSION, params_extension
 from .recovery import (
     GroupRegistry,
     NoGroupInfo,
@@ -103,6 +105,7 @@ from .recovery import (
     retract_stale_device_items,
 )
 from .reinit import LINK_EXTENSION, ReInitFlow, negotiate
+from .removal import apply_removal_notice
 from .room import AFFILIATION_CODES, LOST_CODES
 from .rules import DEFAULT_RULES, RULES_EXTENSION, GroupRules, mapping_config, rules_extension
 from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices, member_jid
@@ -154,6 +157,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "archive_max_pages": ARCHIVE_MAX_PAGES,  # pages one archive read may take
         "archive_timeout": ARCHIVE_TIMEOUT,  # seconds one archive read may take
         "room_ping_interval": 300.0,  # seconds between XEP-0410 self-pings of each room
+        "group_info_grace": 10.0,  # seconds a committer has to publish its GroupInfo
         "x509_trust_anchors": None,  # CA certificates (PEM bundle path, PEM/DER, list):
                                      # judge X.509 credentials; advertise x509 only with them
         "x509_credential": None,  # (certificates, private_key): this device's X.509 credential
@@ -414,7 +418,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         # the mapping's rules bind every group of this device, whatever config it came with
         client.config = self._workers_pool.attach(mapping_config(client.config))
         client.supported_extensions = tuple(dict.fromkeys(
-            (*client.supported_extensions, RULES_EXTENSION)))
+            (*client.supported_extensions, RULES_EXTENSION, PARAMS_EXTENSION)))
         # x509 is advertised only with anchors to judge certificates by (RFC 9420 §7.3
         # then keeps x509 leaves out of every group this device's leaf is in)
         client.supported_credentials = (
@@ -630,7 +634,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             if ok:
                 await session.save()
                 self.freshness.created(session)  # a new leaf: its keys are fresh
-                self.xmpp.event("mls_joined", session)
+                self.xmpp.event("mls_joined", JoinedEvent(session, "external commit"))
                 await session.publish_group_info()
                 return session
             await session.stop()
@@ -936,6 +940,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             try:
                 await self.delivery.join_room(session.room, self.nick())
             except TransportError as e:
+                if await apply_removal_notice(self, session):
+                    return  # it cannot read its removal in the room: the notice ended it
                 log.info("%s still refuses this account (%s); next try in %.0f s",
                          session.room, e, min(delay * 2, ceiling))
                 delay = min(delay * 2, ceiling)
@@ -999,13 +1005,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                            group_id: bytes | None = None,
                            key_packages: list[KeyPackage] | None = None,
                            rules: GroupRules | None = None,
-                           suite: int | None = None) -> GroupSession:
+                           suite: int | None = None,
+                           pad_to: int | None = None) -> GroupSession:
         """Create an MLS group and its room, then add ``members`` (every device of each).
 
         ``rules`` (default: the ``rules`` option, else :data:`.DEFAULT_RULES`
         with this account as the only admin) are the group's
         :class:`~mls_xmpp.xmpp.rules.GroupRules`, carried in its GroupContext
-        and enforced by every member alike.
+        and enforced by every member alike. ``pad_to`` (1 to 65536) sets the
+        multiple every member pads messages to, carried in the group as well
+        (:mod:`~mls_xmpp.xmpp.params`); default 32, and no extension.
 
         The account's other devices (those with KeyPackages on its node) are
         added too: every device is its own leaf. ``key_packages`` adds devices
@@ -1042,8 +1051,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         rules = rules or self.config["rules"] or DEFAULT_RULES
         if not rules.admins:
             rules = rules.with_admins(self.bare_jid)
+        extensions = [rules_extension(rules)]
+        if pad_to is not None and pad_to != DEFAULT_PAD_TO:
+            extensions.append(params_extension(pad_to))  # PolicyError: out of range
         group = client.create_group(group_id or os.urandom(16),
-                                    extensions=(rules_extension(rules),))
+                                    extensions=tuple(extensions))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
         await self.delivery.create_room(room, self.nick())
         session = GroupSession(self, group, room)

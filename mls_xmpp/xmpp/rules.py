@@ -59,6 +59,7 @@ from ..core.messages.proposals import (
     Remove,
     Update,
 )
+from .params import pad_to_of
 
 __all__ = ["DEFAULT_RULES", "RULES_EXTENSION", "ExternalJoin", "GroupRules", "RulesPolicy",
            "Who", "rules_extension", "rules_of"]
@@ -221,6 +222,7 @@ class RulesPolicy(Policy):
                 raise PolicyError("the group rules do not allow this member to change the "
                                   "group's extensions")
             rules_of(proposal.extensions)  # new rules must be well-formed
+            pad_to_of(proposal.extensions)  # and new parameters (mls_xmpp.xmpp.params)
         elif not isinstance(proposal, (Update, PreSharedKey)):
             raise PolicyError(f"the group rules do not allow {type(proposal).__name__}")
 

@@ -52,6 +52,9 @@ from .errors import (
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, OutboxEvent, ProgressEvent
 from .healing import Healer
 from .outbox import FAILED, Outbox, OutboxItem
+from .params import follow_parameters
+from .publication import watch_publication
+from .removal import send_removal_notices
 from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 
@@ -234,6 +237,8 @@ class GroupSession:
         self._worker: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.latest_group_info: Envelope | None = None
+        #: the epoch of :attr:`latest_group_info` (one a member signed for that epoch)
+        self.group_info_epoch: int | None = None
         self._inline_tree = True
         #: the epoch this device joined in: earlier room traffic was never meant for it
         self.first_epoch = first_epoch
@@ -249,6 +254,8 @@ class GroupSession:
         self.suspended: str | None = None
         #: the task re-entering the room while suspended
         self.room_retry: asyncio.Future[None] | None = None
+        #: a removal notice kept for when the room refuses this device (:mod:`.removal`)
+        self.removal_notice: Envelope | None = None
         #: early messages, epoch gaps and their healing (:mod:`.healing`)
         self.healer = Healer(self)
         #: what send() accepted and the room has not reflected yet (see :mod:`.outbox`)
@@ -648,6 +655,7 @@ class GroupSession:
         """``group.commit`` and the state's encoding (run in a worker thread)."""
         from ..core.group.serialize import encode_group_parts
 
+        follow_parameters(self.group)  # pad as the group says
         pending = self.group.commit(add=add, remove=remove, **more)
         return pending, encode_group_parts(self.group)
 
@@ -726,7 +734,7 @@ class GroupSession:
         if signer is None:
             raise ValidationError("GroupInfo signed by a blank leaf")
         body.verify_signature(state.suite, signer.signature_key)
-        self.latest_group_info = env
+        self.latest_group_info, self.group_info_epoch = env, state.epoch
         return False
 
     # -- healing (see mls_xmpp.xmpp.healing) -----------------------------------------------
@@ -834,11 +842,14 @@ class GroupSession:
                 committer = None if leaf is None else _jid_of(leaf.credential)
             elif event.committer.sender_type == 4 and event.added:  # an external joiner
                 committer = member_jid(event.added[-1])
+            updated = {member_jid(m) for m in event.updated}
+            if event.path and event.committer.sender_type == 1 and committer is not None:
+                updated.add(committer)  # its UpdatePath replaced its leaf (§12.4.2)
             self.plugin.xmpp.event("mls_membership", MembershipEvent(
                 self, event.epoch, committer,
                 tuple(sorted({member_jid(m) for m in event.added})),
                 tuple(sorted({member_jid(m) for m in event.removed})),
-                tuple(sorted({member_jid(m) for m in event.updated})), event.own,
+                tuple(sorted(updated)), event.own,
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.added),
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.removed)))
             self.plugin.freshness.commit_applied(self, event)  # leaf ages, idle notices
@@ -850,6 +861,11 @@ class GroupSession:
                     seen += [m for m in self.group.members
                              if m.leaf_index == event.committer.index]
                 self._observe(seen)
+            if not event.own and not event.self_removed:
+                # the committer MUST publish the epoch's GroupInfo; if it does not
+                committer_leaf = (event.committer.index if event.committer.sender_type == 1
+                          else event.added[-1].leaf_index if event.added else None)
+                watch_publication(self, committer_leaf)
             if self._leave_attempts is not None and not event.self_removed:
                 # the epoch ended without our removal: the proposal died with it
                 asyncio.ensure_future(self._retry_leave())
@@ -938,7 +954,7 @@ class GroupSession:
         content = encode_content(body, attachments=attachments, thread_id=thread_id,
                                  reply_to=reply_to, message_id=message_id,
                                  timestamp_ms=int(time.time() * 1000),
-                                 pad_to=self.group.config.pad_to)
+                                 pad_to=follow_parameters(self.group))
         if len(content) > MAX_MESSAGE_SIZE:
             raise TooLargeError(
                 f"the message is {len(content)} bytes encoded, over the limit of "
@@ -1012,6 +1028,7 @@ class GroupSession:
                         f"this device is no longer in the group of {self.room}")
                 if not self._can_send():
                     raise NotConnectedError("the stream went down")
+                follow_parameters(self.group)  # pad as the group says
                 data = self.group.encrypt(content)  # in the epoch of this moment
                 epoch = self.epoch
                 self.plugin.persist_ratchets(self)
@@ -1210,6 +1227,7 @@ class GroupSession:
             return
         self._leave_attempts = attempts + 1
         async with self._group_lock:
+            follow_parameters(self.group)  # pad as the group says
             data = self.group.propose_leave()
             self._remember_sent(data)
             self.plugin.persist(self)
@@ -1263,6 +1281,7 @@ class GroupSession:
                             pending, parts = await _in_thread(self._commit_and_encode, add,
                                                               remove, **more)
                         else:
+                            follow_parameters(self.group)
                             pending = self.group.commit(add=add, remove=remove, **more)
                     except PolicyError as e:  # nothing was sent; the group is unchanged
                         raise RulesError(f"the group's rules refuse this change: {e}") from e
@@ -1317,6 +1336,8 @@ class GroupSession:
         now_jids = self.jids()
         added = {_jid_of(kp.leaf_node.credential) for _, kp in pending.added}
         removed = {_jid_of(leaf.credential) for _, leaf in pending.removed}
+        # before the room lets them go: devices of theirs that were away learn it
+        await send_removal_notices(self, pending, stanza_id, removed - now_jids)
         await self.reconcile_room(added=added, revoke=removed - now_jids, progress=progress)
         tree_ref = None
         if pending.welcomes and not self._inline_tree:
@@ -1494,7 +1515,7 @@ class GroupSession:
             inline = len(tree) <= TREE_INLINE_LIMIT
             env = Envelope(kind=Kind.GROUP_INFO, group_id=self.group_id, epoch=self.epoch,
                            mls_message=self.group.group_info(with_tree=inline))
-        self.latest_group_info = env
+        self.latest_group_info, self.group_info_epoch = env, env.epoch
         await self.plugin.delivery.send_room(self.room, env,
                                              ratchet_tree=None if inline else tree)
 

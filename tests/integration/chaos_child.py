@@ -59,8 +59,8 @@ def main() -> None:
     client.add_event_handler("mls_membership", state)
     client.add_event_handler("mls_resynced", state)
 
-    async def joined(session: Any) -> None:
-        await session.ready.wait()
+    async def joined(event: Any) -> None:
+        await event.group.ready.wait()
         state()
 
     async def ready(_: Any) -> None:

@@ -41,8 +41,8 @@ def main() -> None:
 
     client.add_event_handler("session_start", lambda _: client.send_presence())
     client.add_event_handler("mls_message", lambda e: write(f"msg {e.stanza_id} {e.body}"))
-    async def joined(session: Any) -> None:
-        await session.ready.wait()
+    async def joined(event: Any) -> None:
+        await event.group.ready.wait()
         write("joined")
         status()
 

@@ -14,7 +14,11 @@ TIMEOUT = 30
 
 
 class Recorder:
-    """Collects the plugin's events of one client, with waits."""
+    """Collects the plugin's events of one client, with waits.
+
+    ``mls_joined`` records the group handle (``event.group``); the
+    :class:`~mls_xmpp.xmpp.events.JoinedEvent` itself is in ``mls_joined_event``.
+    """
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -27,6 +31,9 @@ class Recorder:
     def _make(self, name: str) -> Any:
         async def handler(event: Any) -> None:
             async with self._cond:
+                if name == "mls_joined":  # tests use the group: keep the event aside
+                    self.events["mls_joined_event"].append(event)
+                    event = event.group
                 self.events[name].append(event)
                 self._cond.notify_all()
         return handler

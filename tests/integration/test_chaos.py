@@ -126,7 +126,8 @@ class Device:
         else:
             self.trace.append(f"{time.monotonic():.1f} {line}")
 
-    def _joined(self, group: Any) -> None:
+    def _joined(self, event: Any) -> None:
+        group = event.group
         self._snapshot(group)
         self.note(f"joined in epoch {group.epoch}")
 

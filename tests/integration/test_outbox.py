@@ -404,6 +404,7 @@ async def _readded(server: ProsodyServer, alice_acc: Account, carol_acc: Account
             await _down(carol, proxy, refuse=True)
             await group.remove(carol_acc.jid)
             await _up(carol, proxy)
+            # the room refuses her: suspended (the removal notice waits, section 9.5)
             await until(lambda: old.suspended is not None, 30)
             await group.add(carol_acc.jid)
             await group.send("after the return")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import TIMEOUT, befriend, close, mls_client
+from .mls_clients import TIMEOUT, befriend, close, mls_client, until
 
 
 async def _restart(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
@@ -64,12 +64,16 @@ async def _removed_while_away(server: ProsodyServer, alice_acc: Account, bob_acc
         (gb,) = await rb.wait("mls_joined")
         await asyncio.wait_for(gb.ready.wait(), TIMEOUT)
         await close(bob)
-        await group.remove(bob_acc.jid)  # while bob is away
+        await group.update()  # while bob is away: he misses this Commit ...
+        await group.remove(bob_acc.jid)  # ... so the removal notice comes an epoch late
         bob2, rb2 = await mls_client(server, *bob_acc, config={"store": str(db)})
         try:  # bob starts at once (mls_client waited for mls_ready) ...
-            # ... the room refuses him, but only a Commit he can read ends his group: it
-            # is suspended (reported, retried), not deleted, until the application
-            # forgets it
+            # ... the room refuses him, and the Commit that removed him (sent to him
+            # directly) is not of his epoch: only a Commit he can read ends his group,
+            # so it is suspended (reported, retried), not deleted, until the
+            # application forgets it
+            await until(lambda: any("removal notice refused" in e.reason
+                                    for e in rb2.events["mls_error"]))
             (suspended,) = bob2.plugin["mls"].groups
             assert suspended.suspended is not None
             assert any(isinstance(e.error, GroupSuspendedError)
