@@ -71,7 +71,7 @@ __all__ = ["LINK_EXTENSION", "GroupLink", "ReInitFlow", "Successor", "link_of"]
 
 #: The extension type of :class:`GroupLink` in a ReInit and the new group's
 #: GroupContext (private use range, RFC 9420 §17.3).
-LINK_EXTENSION = 0xF0E2
+LINK_EXTENSION = 0xF0E3
 LINK_VERSION = 1
 #: Welcomes kept per closed group while its ReInit has not been read.
 MAX_WAITING = 8
