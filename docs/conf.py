@@ -163,6 +163,13 @@ OPTION_DOCS: dict[str, str] = {
                         "the rest are dropped and reported.",
     "invitation_timeout": "Seconds an ``mls_invitation`` waits for ``accept()`` or "
                           "``decline()``; then it is dropped and reported.",
+    "device_list": "Announce this device on its account's device list (PEP node "
+                   "``urn:mls-xmpp:0:devices``) and follow the lists of the accounts in "
+                   "its groups: a new device of a member account is added to the shared "
+                   "groups by one member (after the trust checks and the group rules), a "
+                   "device taken off its list is removed (RFC 9750 §6.7).",
+    "device_add_delay": "Seconds each fallback member waits, after the one before it, "
+                        "before adding (or removing) a device the first choice did not.",
 }
 
 
@@ -233,6 +240,12 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",
         "How far adding members has come (KeyPackages fetched, Commit built, accepted "
         "by the room, affiliations, Welcomes sent).",
+    ),
+    "mls_device": (
+        ":class:`~mls_xmpp.xmpp.devices.DeviceEvent`",
+        "A member account's device list changed and this device acted: ``added`` its new "
+        "device, ``removed`` a device taken off the list, or ``held`` a new device back "
+        "(``reason``: a trust check) for the user to decide.",
     ),
     "mls_trust": (
         ":class:`~mls_xmpp.xmpp.trust.TrustChange`",

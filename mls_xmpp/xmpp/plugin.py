@@ -67,6 +67,7 @@ from .delivery import (
     Delivery,
     RoomRefused,
 )
+from .devices import DeviceWatch
 from .envelope import Attachment, Envelope, Kind
 from .errors import (
     AuthenticationError,
@@ -144,6 +145,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "invitations": "contacts",  # whose Welcomes are joined: "contacts", "any" or "ask"
         "invitation_limit": 20,     # Welcomes per inviter per hour (own account excepted)
         "invitation_timeout": 3600.0,  # seconds an "ask" invitation waits for a decision
+        "device_list": True,  # announce this device on the account's device list; add the
+                              # new devices (and remove the unlisted ones) of member accounts
+        "device_add_delay": 5.0,  # seconds each fallback adder waits after the one before
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -207,9 +211,17 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.add_event_handler("connection_failed", self._on_connection_failed)
         self.xmpp.add_event_handler("connected", self._on_connected)
         self.xmpp.add_event_handler("groupchat_presence", self._on_room_presence)
+        #: the device lists of this account and of its groups' accounts (:mod:`.devices`)
+        self.device_watch = DeviceWatch(self)
+        self.device_watch.register()
+        self.xmpp.add_event_handler("mls_membership", self._watch_devices)
+        self.xmpp.add_event_handler("mls_joined", self._watch_devices)
 
     def plugin_end(self) -> None:
         self.inbox.drop_pending()
+        self.device_watch.unregister()
+        self.xmpp.del_event_handler("mls_membership", self._watch_devices)
+        self.xmpp.del_event_handler("mls_joined", self._watch_devices)
         self.xmpp.remove_handler("mls payload")
         self.xmpp.del_event_handler("groupchat_presence", self._on_room_presence)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
@@ -330,7 +342,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._link_error = err
         self.error(MLSErrorEvent(str(err), error=err))
 
+    def _watch_devices(self, _: Any) -> None:
+        """Follow the device lists of the accounts of this device's groups (new ones too)."""
+        if self._started and self.connected:
+            self.device_watch.watch_groups()
+
     async def _on_session_start(self, _: Any) -> None:
+        self.device_watch.stream_started()
         self.stream += 1
         self._session_up = True
         self._start_error = None
@@ -422,6 +440,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             # a failure is reported, not fatal: the groups work, and upkeep retries
             await self.renew_key_packages()
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        if self.config["device_list"]:
+            asyncio.ensure_future(self._devices_up())
         interval = float(self.config["room_ping_interval"] or 0)
         if interval > 0 and self._room_pings is None:
             self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
@@ -433,6 +453,22 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             # in the background: a slow or vanished room must not hold up the device
             asyncio.ensure_future(self.recover())
         self.xmpp.event("mls_ready", self)
+
+    async def _devices_up(self) -> None:
+        """Announce this device (after its KeyPackages) and follow the groups' accounts."""
+        if self.config["publish_key_packages"]:
+            await self.device_watch.announce()
+        self.device_watch.watch_groups()
+
+    async def unlink_device(self, fingerprint: str) -> bool:
+        """Take a device of this account off its device list (a lost or retired phone);
+        members then remove it from every group it shares with them (:mod:`.devices`).
+
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :returns: whether the device was listed.
+        """
+        self.require_connected()
+        return await self.device_watch.unlink(fingerprint)
 
     async def _enter(self, session: GroupSession) -> None:
         """Enter a group's room and start its worker (reading the archive it missed)."""

@@ -1,0 +1,98 @@
+"""New and removed devices of member accounts over a real Prosody (RFC 9750 §6.7).
+
+A device announces itself on its account's device list (PEP); members
+subscribed to that list add it to the groups they share with the account, one
+member per group (:mod:`mls_xmpp.xmpp.devices`); a device taken off the list is
+removed from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from mls_xmpp.storage import MemoryStore
+from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.devices import DeviceEvent
+from mls_xmpp.xmpp.keystore import device_fingerprint
+from mls_xmpp.xmpp.session import GroupSession
+from mls_xmpp.xmpp.trust import fingerprint
+
+from .mls_clients import Recorder, befriend, close, mls_client, synced, until
+
+
+def _device(name: str, **more: Any) -> dict[str, Any]:
+    # recover=False: a new device is brought in by the members, not by its own rejoin
+    return {"device": name, "store": MemoryStore(), "recover": False,
+            "device_add_delay": 1.0, **more}
+
+
+def _device_events(*clients: Any) -> list[DeviceEvent]:
+    return [e for c in clients for e in getattr(c, "_device_events", [])]
+
+
+def _record_devices(client: Any) -> None:
+    client._device_events = []
+    client.add_event_handler("mls_device", client._device_events.append)
+
+
+def _joined(recorder: Recorder, room: str) -> GroupSession | None:
+    return next((s for s in recorder.events["mls_joined"] if s.room == room), None)
+
+
+async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                      carol_acc: Account) -> None:
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    bob, rb = await mls_client(server, *bob_acc, config=_device("desktop"))
+    carol, rc = await mls_client(server, *carol_acc, config=_device("phone"))
+    tablet = None
+    for c in (laptop, bob, carol):
+        _record_devices(c)
+    try:
+        await befriend(laptop, bob, carol)
+        group = await bob.plugin["mls"].create_group(members=[alice_acc.jid, carol_acc.jid])
+        await until(lambda: _joined(rl, group.room) is not None
+                    and _joined(rc, group.room) is not None)
+        gl, gc = _joined(rl, group.room), _joined(rc, group.room)
+        assert gl is not None and gc is not None
+        await synced(group, gl, gc)
+        assert len(group.members) == 3
+        epoch = group.epoch
+
+        # alice's new tablet: its KeyPackages, then its item on alice's device list
+        tablet, rt = await mls_client(server, *alice_acc, config=_device("tablet"))
+        key = tablet.plugin["mls"].identity.signature_public_key
+        await until(lambda: _joined(rt, group.room) is not None, 60)
+        gt = _joined(rt, group.room)
+        assert gt is not None
+        await synced(group, gl, gc, gt)
+        assert fingerprint(key) in [fp for _, fp, _ in group.members]
+        # exactly one Commit added it, made by alice's other device (her account first)
+        assert group.epoch == epoch + 1
+        added = [e for e in _device_events(laptop, bob, carol) if e.action == "added"]
+        assert [(e.group.plugin.bare_jid, e.fingerprint) for e in added] == \
+            [(alice_acc.jid, fingerprint(key))]
+        await group.send("hello, tablet")
+        await until(lambda: "hello, tablet" in rt.bodies())
+
+        # the laptop takes the tablet off alice's list: it leaves the group
+        assert await laptop.plugin["mls"].unlink_device(fingerprint(key))
+        await until(lambda: _joined(rt, group.room) in rt.events["mls_removed"], 60)
+        await until(lambda: fingerprint(key) not in [fp for _, fp, _ in group.members])
+        await synced(group, gl, gc)
+        assert len(group.members) == 3
+        removed = [e for e in _device_events(laptop, bob, carol) if e.action == "removed"]
+        assert len(removed) == 1 and removed[0].fingerprint == fingerprint(key)
+        listed = await bob.plugin["mls"].device_watch.listed(alice_acc.jid)
+        assert listed is not None and device_fingerprint(key) not in listed
+        for r in (rl, rb, rc):
+            assert r.events["mls_error"] == [], [e.reason for e in r.events["mls_error"]]
+    finally:
+        await close(*(c for c in (laptop, bob, carol, tablet) if c is not None))
+
+
+def test_new_device_added_and_removed_device_removed(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    accounts = new_account("alice"), new_account("bob"), new_account("carol")
+    asyncio.run(asyncio.wait_for(_new_device(prosody, *accounts), 240))
