@@ -440,7 +440,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             # a failure is reported, not fatal: the groups work, and upkeep retries
             await self.renew_key_packages()
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
-        if self.config["device_list"]:
+        rejoining = fresh and bool(self.config["recover"])
+        if self.config["device_list"] and not rejoining:
             asyncio.ensure_future(self._devices_up())
         interval = float(self.config["room_ping_interval"] or 0)
         if interval > 0 and self._room_pings is None:
@@ -449,10 +450,19 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
-        if fresh and self.config["recover"]:
+        if rejoining:
             # in the background: a slow or vanished room must not hold up the device
-            asyncio.ensure_future(self.recover())
+            asyncio.ensure_future(self._recover_then_announce())
         self.xmpp.event("mls_ready", self)
+
+    async def _recover_then_announce(self) -> None:
+        """A fresh device rejoins the account's groups first, then goes on the device
+        list: members would otherwise add it while it joins by external Commit."""
+        try:
+            await self.recover()
+        finally:
+            if self.config["device_list"] and self.connected:
+                await self._devices_up()
 
     async def _devices_up(self) -> None:
         """Announce this device (after its KeyPackages) and follow the groups' accounts."""
