@@ -170,6 +170,15 @@ OPTION_DOCS: dict[str, str] = {
                    "device taken off its list is removed (RFC 9750 §6.7).",
     "device_add_delay": "Seconds each fallback member waits, after the one before it, "
                         "before adding (or removing) a device the first choice did not.",
+    "pad_envelopes": "Pad every envelope this device sends (protobuf field ``padding``) so "
+                     "that its size is a bucket: a power of two from 256 bytes to 16 KiB, "
+                     "then a multiple of 16 KiB. The server learns buckets, not sizes.",
+    "recovery_key": "Bytes the application keeps outside the server (e.g. derived from a "
+                    "recovery passphrase): the GroupInfo keys recorded in the account's "
+                    "private group registry are sealed under it, so a device that lost its "
+                    "state can open the room's sealed GroupInfos and the server cannot. "
+                    "``None``: recorded in the clear in that private node (the account's "
+                    "server can read them; the rooms' occupants and archive cannot).",
 }
 
 

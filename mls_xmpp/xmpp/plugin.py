@@ -84,6 +84,7 @@ from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
 from .keystore import KeyPackageStore
+from .privacy import group_info_key, group_info_key_extension, room_nick
 from .recovery import (
     GroupRegistry,
     NoGroupInfo,
@@ -148,6 +149,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "device_list": True,  # announce this device on the account's device list; add the
                               # new devices (and remove the unlisted ones) of member accounts
         "device_add_delay": 5.0,  # seconds each fallback adder waits after the one before
+        "pad_envelopes": True,  # pad every envelope sent to a size bucket
+        "recovery_key": None,  # bytes the application keeps: seals the GroupInfo keys in
+                               # the account's registry (else the server can read them)
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -173,7 +177,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity is not None:
             self.identity.config = self._workers_pool.attach(self.identity.config)
         self.delivery = Delivery(self.xmpp, cfg, part_size=int(cfg["upload_part_size"]))
-        self.registry = GroupRegistry(self.xmpp)
+        self.registry = GroupRegistry(self.xmpp, recovery_key=cfg["recovery_key"])
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
         #: True between ``session_start`` and ``disconnected``
@@ -483,7 +487,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     async def _enter(self, session: GroupSession) -> None:
         """Enter a group's room and start its worker (reading the archive it missed)."""
         try:
-            await self.delivery.join_room(session.room, self.nick())
+            await self.delivery.join_room(session.room, self.nick(session.room))
         except TransportError as e:
             # The room is not the group: a refusal (registration-required,
             # forbidden, not-authorized) or no answer suspends the group; only a
@@ -544,9 +548,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         device name (option ``device``) nothing is rejoined and that is
         reported: the old leaf could not be told from the account's other devices.
         """
-        async def one(room: str, group_id: bytes | None) -> GroupSession | None:
+        async def one(room: str, group_id: bytes | None,
+                      key: bytes | None) -> GroupSession | None:
             try:
-                return await self.rejoin(room, group_id=group_id)
+                return await self.rejoin(room, group_id=group_id, group_info_key=key)
             except NoGroupInfo as e:  # the room is gone or never held this group
                 self.error(MLSErrorEvent(f"not rejoining {room}: {e}", error=e))
                 await self.registry.remove(room)
@@ -560,7 +565,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 await retract_stale_device_items(self, device_id)
             except (MLSError, ValueError) as e:
                 self.error(MLSErrorEvent(f"retracting stale KeyPackages failed: {e}", error=e))
-        entries = {r: g for r, g in (await self.registry.entries()).items()
+        entries = {r: g for r, g in (await self.registry.records()).items()
                    if r not in self.sessions}
         if entries and device_id is None:
             err = LocalUsageError(_NO_DEVICE)
@@ -568,15 +573,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                                      f"account: {err}", error=err))
             return []
         # concurrently: a slow or vanished room must not hold up the others
-        done = await asyncio.gather(*(one(r, g) for r, g in entries.items()))
+        done = await asyncio.gather(*(one(r, g, k) for r, (g, k) in entries.items()))
         return [s for s in done if s is not None]
 
     async def rejoin(self, room: str, *, group_id: bytes | None = None,
-                     attempts: int = 3) -> GroupSession:
+                     group_info_key: bytes | None = None, attempts: int = 3) -> GroupSession:
         """Rejoin one room's group from its latest GroupInfo (external Commit).
 
         ``group_id`` is the group the account's registry recorded for the room
-        (read from the registry when not given); a GroupInfo of any other group
+        (read from the registry when not given, with ``group_info_key``, the key
+        that opens the room's sealed GroupInfos); a GroupInfo of any other group
         is never joined.
 
         :raises LocalUsageError: no device name is configured (option ``device``).
@@ -591,20 +597,21 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity.device_id is None:
             raise LocalUsageError(_NO_DEVICE)
         if group_id is None:
-            group_id = (await self.registry.entries()).get(room)
+            group_id, group_info_key = (await self.registry.records()).get(room, (None, None))
             if group_id is None:
                 raise WrongGroupError(f"this account's group registry records no group_id "
                                       f"for {room}: not rejoining")
-        await self.delivery.join_room(room, self.nick())
+        await self.delivery.join_room(room, self.nick(room))
         last: Exception | None = None
         for _ in range(attempts):
             try:
-                info, tree, stanza_id = await latest_group_info(self, room, group_id)
+                info, tree, stanza_id = await latest_group_info(self, room, group_id,
+                                                                group_info_key)
             except MLSError:
-                self.delivery.leave_room(room, self.nick())
+                self.delivery.leave_room(room, self.nick(room))
                 raise
             if info.group_context.group_id != group_id:  # latest_group_info filtered it
-                self.delivery.leave_room(room, self.nick())
+                self.delivery.leave_room(room, self.nick(room))
                 raise WrongGroupError(f"{room}'s GroupInfo names another group than the "
                                       "registry's: not rejoining")
             resync = old_leaf(info, tree, self.bare_jid, self.identity.device_id)
@@ -725,10 +732,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """Wait until :meth:`start` finished (KeyPackages published, groups resumed)."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    def nick(self) -> str:
-        """This device's nick in its rooms (section 9.1 of the protocol)."""
+    def nick(self, room: str) -> str:
+        """This device's nick in ``room``: opaque, the same on every start, different in
+        every room (:func:`.privacy.room_nick`; it reveals no key)."""
         assert self.identity is not None
-        return nick_of(self.bare_jid, self.identity.signature_public_key)
+        return room_nick(self.identity.signature_private_key, _bare(room))
 
     # -- persistence and events -------------------------------------------------------
 
@@ -893,7 +901,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         asyncio.ensure_future(session.stop())
         # out of the room too: an account that stays affiliated through another
         # device would otherwise keep this one an occupant, fed traffic it cannot read
-        self.delivery.leave_room(session.room, self.nick())
+        self.delivery.leave_room(session.room, self.nick(session.room))
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
         # a Welcome back into the group that came before this removal was read
@@ -931,7 +939,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             if self.sessions.get(session.room) is not session or session.removed:
                 return
             try:
-                await self.delivery.join_room(session.room, self.nick())
+                await self.delivery.join_room(session.room, self.nick(session.room))
             except TransportError as e:
                 log.info("%s still refuses this account (%s); next try in %.0f s",
                          session.room, e, min(delay * 2, ceiling))
@@ -953,7 +961,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         session = self.sessions.get(str(presence["from"].bare))
         if session is None or session.removed:
             return
-        if 110 in codes or presence["from"].resource == self.nick():
+        if 110 in codes or presence["from"].resource == self.nick(session.room):
             self.suspend(session, f"the room took this device out (status "
                                   f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
         elif codes & AFFILIATION_CODES:
@@ -976,12 +984,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.state_store.delete_group(session.group_id)
         self.sessions.pop(session.room, None)
         await session.stop()
-        self.delivery.leave_room(session.room, self.nick())
+        self.delivery.leave_room(session.room, self.nick(session.room))
         await self.registry.remove(session.room)
 
     async def record(self, session: GroupSession) -> None:
         try:
-            await self.registry.add(session.room, session.group_id)
+            await self.registry.add(session.room, session.group_id,
+                                    group_info_key(session.group.state.context.extensions))
         except TransportError as e:
             self.error(MLSErrorEvent(f"recording the group failed: {e}", session, error=e))
 
@@ -1024,9 +1033,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if not rules.admins:
             rules = rules.with_admins(self.bare_jid)
         group = self.identity.create_group(group_id or os.urandom(16),
-                                           extensions=(rules_extension(rules),))
+                                           extensions=(rules_extension(rules),
+                                                       group_info_key_extension()))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
-        await self.delivery.create_room(room, self.nick())
+        await self.delivery.create_room(room, self.nick(room))
         session = GroupSession(self, group, room)
         progress.group = session
         self.sessions[room] = session
@@ -1204,11 +1214,6 @@ _STORAGE = "its state could not be stored: "
 _NO_DEVICE = ("automatic recovery needs a device name: set the device option (e.g. "
               "register_plugin('mls', {'device': 'phone'})), so that a rejoin replaces "
               "exactly this device's old leaf and no other device of the account")
-
-
-def nick_of(jid: str, signature_key: bytes) -> str:
-    """The nick of a member device in its rooms: localpart and signature key prefix."""
-    return f"{JID(jid).user}-{signature_key[:4].hex()}"
 
 
 def _bare(jid: str) -> str:

@@ -82,8 +82,11 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         await until(lambda: fingerprint(key) not in [fp for _, fp, _ in group.members])
         await synced(group, gl, gc)
         assert len(group.members) == 3
-        removed = [e for e in _device_events(laptop, bob, carol) if e.action == "removed"]
-        assert len(removed) == 1 and removed[0].fingerprint == fingerprint(key)
+        def removed() -> list[DeviceEvent]:
+            return [e for e in _device_events(laptop, bob, carol) if e.action == "removed"]
+        await until(lambda: removed() != [])
+        assert [(e.group.plugin.bare_jid, e.fingerprint) for e in removed()] == \
+            [(alice_acc.jid, fingerprint(key))]
         listed = await bob.plugin["mls"].device_watch.listed(alice_acc.jid)
         assert listed is not None and device_fingerprint(key) not in listed
         for r in (rl, rb, rc):

@@ -8,8 +8,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from mls_xmpp.testing import Account, ProsodyServer
-from mls_xmpp.xmpp.recovery import latest_group_info
+from mls_xmpp.xmpp.privacy import group_info_key
+from mls_xmpp.xmpp.recovery import NoGroupInfo, latest_group_info
 
 from .mls_clients import TIMEOUT, befriend, close, mls_client, synced
 
@@ -83,7 +86,11 @@ async def _newest_group_info(server: ProsodyServer, alice_acc: Account,
         for i in range(120):  # several archive pages after the newest GroupInfo
             await group.send(f"filler {i}")
         await rb.wait("mls_message", 120)
-        info, _, stanza_id = await latest_group_info(bob.plugin["mls"], group.room)
+        # sealed: without the group's GroupInfo key none opens (only members have it)
+        with pytest.raises(NoGroupInfo):
+            await latest_group_info(bob.plugin["mls"], group.room)
+        key = group_info_key(group.group.state.context.extensions)
+        info, _, stanza_id = await latest_group_info(bob.plugin["mls"], group.room, key=key)
         assert info.group_context.epoch == group.epoch == 4
         assert stanza_id is not None
     finally:
