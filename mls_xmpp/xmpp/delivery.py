@@ -300,7 +300,10 @@ class Delivery:
                 "muc#roomconfig_membersonly": True,
                 "muc#roomconfig_persistentroom": True,
                 "muc#roomconfig_enablearchiving": True,
-                "muc#roomconfig_whois": "anyone",
+                # real JIDs only to moderators (owner and admins): the accounts that
+                # manage affiliations need them (a member that lost its affiliation is
+                # known by its real JID); plain members and the archive's readers do not
+                "muc#roomconfig_whois": "moderators",
                 "muc#roomconfig_publicroom": False,
             }
             fields = form.get_fields()

@@ -1296,6 +1296,10 @@ class GroupSession:
         device's Commit removed); ``only`` limits the changes to those accounts.
         Failures are reported; the MLS change stands.
         """
+        if self._own_room_affiliation() in ("member", "none"):
+            # it can change no affiliation; and a room that shows real JIDs only to
+            # moderators (.delivery.create_room) does not give a member the lists
+            return
         members = self.jids()
         try:
             current = await self.plugin.delivery.affiliations(self.room)
