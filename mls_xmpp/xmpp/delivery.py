@@ -300,10 +300,10 @@ class Delivery:
                 "muc#roomconfig_membersonly": True,
                 "muc#roomconfig_persistentroom": True,
                 "muc#roomconfig_enablearchiving": True,
-                # real JIDs only to moderators (owner and admins): the accounts that
-                # manage affiliations need them (a member that lost its affiliation is
-                # known by its real JID); plain members and the archive's readers do not
-                "muc#roomconfig_whois": "moderators",
+                # real JIDs to the occupants: members reconcile affiliations, and a
+                # room gives its affiliation lists to members that are not owners only
+                # when whois is "anyone" (Prosody; docs/protocol-snippets/devices-metadata.md)
+                "muc#roomconfig_whois": "anyone",
                 "muc#roomconfig_publicroom": False,
             }
             fields = form.get_fields()

@@ -1297,9 +1297,7 @@ class GroupSession:
         Failures are reported; the MLS change stands.
         """
         if self._own_room_affiliation() in ("member", "none"):
-            # it can change no affiliation; and a room that shows real JIDs only to
-            # moderators (.delivery.create_room) does not give a member the lists
-            return
+            return  # it can change no affiliation: no need to read the lists
         members = self.jids()
         try:
             current = await self.plugin.delivery.affiliations(self.room)
