@@ -147,12 +147,22 @@ class DeviceWatch:
     async def listed(self, jid: str) -> set[str] | None:
         """The device fingerprints (item ids) on ``jid``'s list; ``None`` when the list
         cannot be read (no node, or an error: nothing is decided from it)."""
+        items = await self._items(jid)
+        return None if items is None else set(items)
+
+    async def _items(self, jid: str) -> dict[str, str] | None:
+        """``jid``'s list: fingerprint -> device name (``""`` without one)."""
         try:
             reply = await self._pubsub.get_items(jid, DEVICES_NODE, timeout=self.timeout)
         except (IqError, IqTimeout) as e:
             log.info("reading the device list of %s: %s", jid, e)
             return None
-        return {str(item["id"]).lower() for item in reply["pubsub"]["items"]}
+        out = {}
+        for item in reply["pubsub"]["items"]:
+            payload = item["payload"]
+            name = "" if payload is None else str(payload.get("name") or "")
+            out[str(item["id"]).lower()] = name
+        return out
 
     async def announce(self) -> None:
         """Put this device on its account's list, unless it is there already."""
@@ -161,13 +171,19 @@ class DeviceWatch:
             return
         own = self.plugin.bare_jid
         fp = device_fingerprint(identity.signature_public_key)
-        listed = await self.listed(own)
-        if listed is not None and fp in listed:
+        name = (identity.device_id or b"").decode("utf-8", "replace")
+        listed = await self._items(own) or {}
+        if name:  # an earlier incarnation of this device (its state was lost): unlisted,
+            # so members remove its leaf where it is still one (as its KeyPackages are
+            # retracted, recovery.retract_stale_device_items)
+            for old, old_name in sorted(listed.items()):
+                if old != fp and old_name == name:
+                    await self._retract(old)
+        if fp in listed:
             return
         payload = ET.Element(f"{{{NS}}}device")
-        name = identity.device_id
         if name:
-            payload.set("name", name.decode("utf-8", "replace"))
+            payload.set("name", name)
         options = _form(_PUBLISH_OPTIONS, {"pubsub#access_model": "open",
                                            "pubsub#max_items": "max"})
         try:
@@ -193,14 +209,18 @@ class DeviceWatch:
         listed = await self.listed(self.plugin.bare_jid) or set()
         gone = False
         for item_id in sorted(listed):
-            if item_id.startswith(want):
-                try:
-                    await self._pubsub.retract(self.plugin.bare_jid, DEVICES_NODE, item_id,
-                                               notify=True, timeout=self.timeout)
-                    gone = True
-                except (IqError, IqTimeout) as e:
-                    log.info("retracting device %s: %s", item_id, e)
+            if want and item_id.startswith(want):
+                gone = await self._retract(item_id) or gone
         return gone
+
+    async def _retract(self, item_id: str) -> bool:
+        try:
+            await self._pubsub.retract(self.plugin.bare_jid, DEVICES_NODE, item_id,
+                                       notify=True, timeout=self.timeout)
+        except (IqError, IqTimeout) as e:
+            log.info("retracting device %s: %s", item_id, e)
+            return False
+        return True
 
     # -- following the others --------------------------------------------------------
 

@@ -177,7 +177,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity is not None:
             self.identity.config = self._workers_pool.attach(self.identity.config)
         self.delivery = Delivery(self.xmpp, cfg, part_size=int(cfg["upload_part_size"]))
-        self.registry = GroupRegistry(self.xmpp, recovery_key=cfg["recovery_key"])
+        recovery_key = cfg["recovery_key"]  # a passphrase given as text is its UTF-8
+        self.registry = GroupRegistry(self.xmpp, recovery_key=(
+            recovery_key.encode() if isinstance(recovery_key, str) else recovery_key))
         self.keystore: KeyPackageStore | None = None
         self._ready = asyncio.Event()
         #: True between ``session_start`` and ``disconnected``

@@ -21,7 +21,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream import ET
 
-from ..core.errors import MLSError, WrongGroupError
+from ..core.errors import LocalUsageError, MLSError, WrongGroupError
 from ..core.group.client import leaf_device_id
 from ..core.group.join import tree_from_group_info
 from ..core.messages.credentials import credential_identity
@@ -32,7 +32,7 @@ from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
 from .events import MLSErrorEvent
-from .privacy import open_group_info, open_registry_key, seal_registry_key
+from .privacy import is_sealed, open_group_info, open_registry_key, seal_registry_key
 from .stanza import NS
 
 if TYPE_CHECKING:
@@ -155,18 +155,28 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
 
     :raises NoGroupInfo: the archive holds no GroupInfo at all.
     :raises WrongGroupError: it holds GroupInfos, but none of ``group_id``.
+    :raises LocalUsageError: it holds sealed GroupInfos of the group, and ``key``
+        does not open them (missing, or sealed under another ``recovery_key``):
+        nothing is decided about the room.
     """
     foreign = 0
+    unopened = 0
 
     def newest(batch: list[tuple[Any, str | None]]
                ) -> tuple[Envelope, GroupInfo, str | None, str] | None:
-        nonlocal foreign
+        nonlocal foreign, unopened
         found = None
         for msg, stanza_id in batch:  # oldest first: keep the last
             try:
                 env = plugin.delivery.envelope_of(msg, str(msg["from"]))
                 if env is None or env.kind != Kind.GROUP_INFO:
                     continue
+                if is_sealed(env.mls_message) and group_id in (None, env.group_id):
+                    try:
+                        open_group_info(key, env.group_id, env.epoch, env.mls_message)
+                    except EnvelopeError:
+                        unopened += 1
+                        continue
                 body = MLSMessage.decode(open_group_info(key, env.group_id, env.epoch,
                                                          env.mls_message)).body
                 if not isinstance(body, GroupInfo):
@@ -189,7 +199,7 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
     if found is None:
         # slixmpp's backward pager ends quietly on an error: read forward, where a
         # failure raises TransportError instead of looking like an empty archive
-        foreign = 0
+        foreign = unopened = 0
         found = newest(await plugin.delivery.fetch_archive(room))
     if foreign:
         plugin.error(MLSErrorEvent(
@@ -197,6 +207,11 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
             "this account recorded for it: ignored", error=WrongGroupError(
                 "GroupInfo of another group in the room")))
     if found is None:
+        if unopened:
+            raise LocalUsageError(
+                f"{room} holds {unopened} sealed GroupInfo(s) of the group this device cannot "
+                "open: the account's registry has no GroupInfo key for it, or one sealed "
+                "under another recovery_key (option)")
         if foreign:
             raise WrongGroupError(f"{room} holds no GroupInfo of the group this account "
                                   "recorded for it, only of others: not rejoining")

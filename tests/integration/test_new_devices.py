@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mls_xmpp.storage import MemoryStore
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.devices import DeviceEvent
 from mls_xmpp.xmpp.keystore import device_fingerprint
+from mls_xmpp.xmpp.rules import DEFAULT_RULES, Who
 from mls_xmpp.xmpp.session import GroupSession
 from mls_xmpp.xmpp.trust import fingerprint
 
@@ -99,3 +101,41 @@ def test_new_device_added_and_removed_device_removed(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     accounts = new_account("alice"), new_account("bob"), new_account("carol")
     asyncio.run(asyncio.wait_for(_new_device(prosody, *accounts), 240))
+
+
+async def _held(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
+    bob, rb = await mls_client(server, *bob_acc, config=_device("desktop"))
+    tablet = None
+    _record_devices(bob)
+    try:
+        await befriend(laptop, bob)
+        # only bob may add; and bob has verified alice's laptop
+        rules = replace(DEFAULT_RULES.with_admins(bob_acc.jid), add=Who.ADMINS)
+        group = await bob.plugin["mls"].create_group(members=[alice_acc.jid], rules=rules)
+        await until(lambda: _joined(rl, group.room) is not None)
+        gl = _joined(rl, group.room)
+        await synced(group, gl)
+        laptop_fp = fingerprint(laptop.plugin["mls"].identity.signature_public_key)
+        bob.plugin["mls"].verify(alice_acc.jid, laptop_fp)
+        epoch = group.epoch
+
+        # alice's new tablet is unverified while another device of hers is: held
+        tablet, rt = await mls_client(server, *alice_acc, config=_device("tablet"))
+        key = tablet.plugin["mls"].identity.signature_public_key
+        await until(lambda: any(e.action == "held" for e in _device_events(bob)), 60)
+        held = _device_events(bob)[0]
+        assert (held.jid, held.fingerprint, held.group) == (alice_acc.jid, fingerprint(key),
+                                                            group)
+        assert "verified" in held.reason
+        # nobody else may add: the group is as it was
+        assert group.epoch == epoch and len(group.members) == 2
+        assert rt.events["mls_joined"] == []
+    finally:
+        await close(*(c for c in (laptop, bob, tablet) if c is not None))
+
+
+def test_new_device_held_by_the_trust_checks(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    accounts = new_account("alice"), new_account("bob")
+    asyncio.run(asyncio.wait_for(_held(prosody, *accounts), 180))
