@@ -235,8 +235,10 @@ class DeviceWatch:
                 await self._pubsub.subscribe(jid, DEVICES_NODE, subscribee=own,
                                              timeout=self.timeout)
             except (IqError, IqTimeout) as e:
-                # no list yet (a client without this feature, or not started yet):
-                # tried again on the next stream
+                # no list yet (Prosody answers "forbidden" for a missing node: a client
+                # without this feature, or not started yet): tried again at the next
+                # membership change, KeyPackage upkeep or stream
+                self._subscribed.discard(jid)
                 log.info("subscribing to the device list of %s: %s", jid, e)
 
     def watch_groups(self) -> None:

@@ -1198,6 +1198,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         while True:
             await asyncio.sleep(interval)
             await self.renew_key_packages()
+            if self.config["device_list"]:
+                self.device_watch.watch_groups()  # lists that could not be followed yet
 
     async def renew_key_packages(self) -> None:
         """One KeyPackage upkeep round (:meth:`KeyPackageStore.renew`); errors are reported."""
