@@ -27,7 +27,9 @@ presence-based ``+notify`` would need a presence subscription and entity caps.
 * An item retracted from an account's list removes that device from every
   shared group, by the same choice of one remover (rules: ``remove``), after
   reading the list again: a stale or forged retraction of a device still listed
-  changes nothing.
+  changes nothing. Every member that sees the device unlisted also marks its key
+  ``distrusted`` in its trust store (``mls_trust``), so that the device, should
+  it announce itself again (a stolen phone keeps its state), is held, not added.
 
 The server can forge both (it runs PEP): a forged new device still needs a valid
 KeyPackage whose credential names the account, and it is shown to users as a
@@ -282,14 +284,34 @@ class DeviceWatch:
 
     async def _unlisted_device(self, jid: str, fp: str) -> None:
         """``jid`` took device ``fp`` off its list: remove it, once the list confirms it."""
+        identity = self.plugin.identity
+        if identity is not None and fp == device_fingerprint(identity.signature_public_key):
+            return  # this device: the others remove it
         if not any(_has(s, fp) is not None for s in self._shared(jid)):
             return
         listed = await self.listed(jid)
         if listed is None or fp in listed:
             return  # unreadable, or listed again: nothing is decided
+        self._distrust(jid, fp)
         for session in self._shared(jid):
             if _has(session, fp) is not None:
                 self._spawn(self._one(session, jid, fp, add=False))
+
+    def _distrust(self, jid: str, fp: str) -> None:
+        """The account took the device off its list: its key is distrusted here, so that
+        it is not added again if it announces itself anew (a stolen phone keeps its
+        state; only the members' memory keeps it out). Local data, as any trust decision."""
+        trust = self.plugin.trust
+        short = short_fingerprint(fp)
+        record = trust.record(jid, short)
+        if record is None or record.state == TrustState.DISTRUSTED:
+            return
+        try:
+            change = trust.distrust(jid, short)
+        except (KeyError, MLSError) as e:
+            log.info("distrusting unlisted device %s of %s: %s", short, jid, e)
+            return
+        self.plugin.xmpp.event("mls_trust", change)
 
     def _held(self, jid: str, fp: str) -> str | None:
         """Why the local trust checks hold a new device back, or ``None``."""

@@ -19,7 +19,7 @@ from mls_xmpp.xmpp.devices import DeviceEvent
 from mls_xmpp.xmpp.keystore import device_fingerprint
 from mls_xmpp.xmpp.rules import DEFAULT_RULES, Who
 from mls_xmpp.xmpp.session import GroupSession
-from mls_xmpp.xmpp.trust import fingerprint
+from mls_xmpp.xmpp.trust import TrustState, fingerprint
 
 from .mls_clients import Recorder, befriend, close, mls_client, synced, until
 
@@ -63,7 +63,8 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         epoch = group.epoch
 
         # alice's new tablet: its KeyPackages, then its item on alice's device list
-        tablet, rt = await mls_client(server, *alice_acc, config=_device("tablet"))
+        tablet_config = _device("tablet")
+        tablet, rt = await mls_client(server, *alice_acc, config=tablet_config)
         key = tablet.plugin["mls"].identity.signature_public_key
         await until(lambda: _joined(rt, group.room) is not None, 60)
         gt = _joined(rt, group.room)
@@ -91,6 +92,23 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
             [(alice_acc.jid, fingerprint(key))]
         listed = await bob.plugin["mls"].device_watch.listed(alice_acc.jid)
         assert listed is not None and device_fingerprint(key) not in listed
+        for c in (laptop, bob, carol):  # every member now distrusts the unlisted key
+            await until(lambda c=c: c.plugin["mls"].trust.state(
+                alice_acc.jid, fingerprint(key)) == TrustState.DISTRUSTED)
+
+        # the unlisted tablet (its state kept, like a stolen phone) announces itself
+        # again: every member holds it back, nobody adds it
+        await close(tablet)
+        epoch = group.epoch
+        tablet, rt = await mls_client(server, *alice_acc, config=tablet_config)
+        assert tablet.plugin["mls"].identity.signature_public_key == key
+        await until(lambda: {e.group.plugin.bare_jid for e in _device_events(laptop, bob, carol)
+                             if e.action == "held"} >= {alice_acc.jid}, 60)
+        held = [e for e in _device_events(laptop, bob, carol) if e.action == "held"]
+        assert all(e.fingerprint == fingerprint(key) and "distrusts" in e.reason
+                   for e in held)
+        await synced(group, gl, gc)
+        assert group.epoch == epoch and rt.events["mls_joined"] == []
         for r in (rl, rb, rc):
             assert r.events["mls_error"] == [], [e.reason for e in r.events["mls_error"]]
     finally:
