@@ -120,6 +120,7 @@ def test_metadata_the_server_stores_and_sees() -> None:
             shutil.rmtree(directory, ignore_errors=True)
     assert seen["errors"] == []
     envelopes = _envelopes(stored)
+    assert b"Authenticated as" in stored  # the log is read too (debug level)
     kinds = {env.kind for env, _ in envelopes}
     # the archive and offline store hold the traffic: every kind the scenario sent
     assert {Kind.APPLICATION, Kind.COMMIT, Kind.GROUP_INFO, Kind.WELCOME} <= kinds, kinds
@@ -145,6 +146,9 @@ def test_metadata_the_server_stores_and_sees() -> None:
             for n in (3, 4, 8):
                 assert key[:n].hex() not in nick1 and key[:n].hex() not in nick2
         assert f"/{nick1}".encode() in stored  # the server did see it (the archive)
+    for jid in seen["nicks"]:  # the former form (localpart-key prefix), anywhere: none
+        for key in seen["keys"]:
+            assert f"{jid.split('@')[0]}-{key[:4].hex()}".encode() not in stored
 
     # 3. only bucketed sizes, though the bodies ranged from 2 to 20,000 characters
     sizes = sorted({size for _, size in envelopes})
