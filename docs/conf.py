@@ -45,7 +45,7 @@ extensions = [
 ]
 napoleon_use_ivar = True  # fields as :ivar: (autodoc documents the attributes themselves)
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "protocol-snippets"]  # snippets: folded into PROTOCOL.md by hand
 root_doc = "index"
 
 # Markdown: GitHub-style heading anchors, so that links like PROTOCOL.md#12-error-handling
@@ -78,7 +78,17 @@ OPTION_DOCS: dict[str, str] = {
     "client": "A ready :class:`~mls_xmpp.core.group.client.Client` (identity). ``None``: "
               "loaded from the store, or generated from the bound JID and saved.",
     "suite": "The MLS cipher suite (1-7, RFC 9420 §17.1) of a newly generated identity "
-             "and of the groups it creates.",
+             "(the device's first identity, whose key names it in rooms).",
+    "suites": "The cipher suites this device supports, best first (must include "
+              "``suite``). ``None``: ``(suite,)``. The device holds one identity (signature "
+              "key) per suite, publishes KeyPackages of each, lists all in its leaves' "
+              "capabilities and advertises ``urn:mls-xmpp:0:suite:N`` in disco. A new group "
+              "takes the first suite every invited device supports; a ReInit to a suite "
+              "later in this list than the group's is a downgrade (docs/protocol-snippets/"
+              "reinit.md).",
+    "accept_downgrade": "Follow another member's ReInit to a cipher suite ranked below the "
+                        "group's current one in ``suites``. ``False``: such a ReInit is "
+                        "reported (``mls_error``, ``DowngradeError``) and not followed.",
     "muc_domain": "The MUC service where group rooms are created. ``None``: "
                   "``conference.<domain of the JID>``.",
     "pool_size": "How many KeyPackages the device keeps published on its PEP node "
@@ -163,6 +173,26 @@ OPTION_DOCS: dict[str, str] = {
                         "the rest are dropped and reported.",
     "invitation_timeout": "Seconds an ``mls_invitation`` waits for ``accept()`` or "
                           "``decline()``; then it is dropped and reported.",
+    "clock": "A callable giving the time in seconds since the Unix epoch, for automatic "
+             "updates, idle devices and retention (default ``time.time``; tests inject one).",
+    "update_after_join": "Send an update (an empty Commit with a path) soon after joining a "
+                         "group by Welcome. A join with the last-resort KeyPackage always "
+                         "updates, whatever this says.",
+    "update_join_delay": "The update after a join waits a random time up to this many "
+                         "seconds, so that many new members do not all commit at once.",
+    "update_interval": "Seconds without an update of this device's leaf before it sends one "
+                       "(a week); ``0`` or ``None``: never.",
+    "idle_timeout": "Seconds a member device's leaf may go without an update before one admin "
+                    "device removes it (90 days), telling why (``mls_idle_removed``); ``0`` or "
+                    "``None``: never.",
+    "freshness_interval": "Seconds between the checks of updates due, idle devices and "
+                          "retention bounds; the time bounds hold to within this.",
+    "past_epoch_lifetime": "Seconds a past epoch's keys are kept for late messages at most "
+                           "(besides the count in the group config's ``past_epochs``); then "
+                           "deleted from memory and from the store.",
+    "retired_key_lifetime": "Seconds the private keys of a used, retired last-resort "
+                            "KeyPackage are kept (for a second Welcome made from it) before "
+                            "they are deleted.",
     "device_list": "Announce this device on its account's device list (PEP node "
                    "``urn:mls-xmpp:0:devices``) and follow the lists of the accounts in "
                    "its groups: a new device of a member account is added to the shared "
@@ -267,11 +297,24 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         "into a group. Nothing is opened or used until ``await event.accept()``; "
         "``decline()`` drops it.",
     ),
+    "mls_idle_removed": (
+        ":class:`~mls_xmpp.xmpp.events.IdleRemovalEvent`",
+        "A Commit removed devices whose keys had not changed for ``idle_timeout``; raised on "
+        "every member, the removed devices too (then ``mls_removed`` follows). The reason "
+        "comes from the Commit's authenticated_data.",
+    ),
     "mls_outbox": (
         ":class:`~mls_xmpp.xmpp.events.OutboxEvent`",
         "A message ``send()`` accepted changed state: ``queued`` (stored; offline, or the "
         "group is still reading the archive), ``sent`` (encrypted, handed to the stream), "
         "``reflected`` (the room has it: delivered) or ``failed`` (given up, with the error).",
+    ),
+    "mls_reinit": (
+        ":class:`~mls_xmpp.xmpp.events.ReInitEvent`",
+        "A group moves to a new cipher suite or version by ReInit: ``committed`` (the old "
+        "group is closed; its handle raises ``GroupClosedError``), ``moved`` (this device "
+        "made the new group; ``stranded`` lists devices that cannot follow), ``followed`` "
+        "(this device is in the new group; the old state is deleted).",
     ),
     "mls_proposal": (
         ":class:`~mls_xmpp.core.group.events.ProposalReceived` (a core event)",

@@ -12,6 +12,10 @@ Subcommands:
   (same as ``python -m mls_xmpp.vectors``).
 * ``chat JID [options]`` -- a terminal chat client for MLS groups on any XMPP
   server (:mod:`mls_xmpp.chat`; ``mls-xmpp chat --help``).
+* ``doctor --server HOST[:PORT] --account JID --password PW`` -- check that an
+  XMPP server provides what the mapping needs, by using it
+  (:mod:`mls_xmpp.doctor`): a table of checks, the server setting to change
+  for each failure, exit status 1 when a required feature is missing.
 * ``server [--accounts alice,bob]`` -- a throw-away Prosody on loopback to try
   the plugin on: creates the accounts, prints their JIDs and passwords (as the
   settings of the README's examples) and serves until Ctrl-C, then deletes
@@ -106,6 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.add_argument("--accounts", default="alice,bob", metavar="NAME,NAME...",
                         help="local parts of the accounts to create (default: alice,bob)")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check that an XMPP server provides what the mapping needs",
+        description="Log in to an existing account and check, by using them, the server "
+        "features MLS over XMPP needs: members-only persistent rooms, MAM on rooms, PEP, "
+        "offline storage, the stanza size limit, HTTP upload, stream management.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from mls_xmpp.doctor import DOCTOR_EPILOG, build_parser
+
+    doctor.epilog = DOCTOR_EPILOG
+    build_parser(doctor)
     sub.add_parser(
         "vectors",
         help="run mlswg test-vector files: vectors [--type T] [-q] [-v] PATH...",
@@ -123,6 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not names or len(set(names)) != len(names):
             server.error("--accounts: give distinct names, e.g. alice,bob")
         return serve(names)
+    if ns.command == "doctor":
+        from mls_xmpp.doctor import options_from, run
+
+        try:
+            doctor_options = options_from(ns)
+        except ValueError as e:
+            doctor.error(str(e))
+        return run(doctor_options)
     if ns.command == "demo":
         # imported here so that `mls-xmpp vectors` does not load slixmpp
         from mls_xmpp import demo as demo_module

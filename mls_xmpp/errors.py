@@ -15,6 +15,9 @@ The three branches under the root say whose fault a failure is::
     ├── LocalUsageError         the caller misused the API
     │   ├── GroupStateError     the group cannot do this now (pending Commit, ...)
     │   │   └── NotInGroupError this device was removed from the group, or left it
+    │   │       └── GroupClosedError  the group moved to a new one by ReInit
+    │   │                             (``.successor_room``)
+    │   ├── DowngradeError      a move to a cipher suite this device ranks lower
     │   ├── UnknownGroupError   ``xmpp.plugin["mls"].group(x)``: no such group (a LookupError)
     │   ├── UnknownMemberError  a JID that is not a member (a LookupError)
     │   │   └── UnknownDeviceError   a device fingerprint not in the group
@@ -27,6 +30,8 @@ The three branches under the root say whose fault a failure is::
         │   ├── AuthenticationError  the server refused the credentials
         │   └── ServerFeatureError   the server lacks MUC+MAM or PEP (``.feature``)
         ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+        │   ├── NoCommonSuiteError  no cipher suite every invited device supports
+        │   └── CannotFollowError   devices cannot follow a ReInit's new suite
         ├── GroupSuspendedError the room refused or dropped this account, or its state
         │                       could not be written: the group is kept (rolled back
         │                       to its last stored epoch) and retried (``.reason``)
@@ -83,9 +88,13 @@ from .xmpp.errors import (
     ArchiveBudgetError,
     AuthenticationError,
     BlobRefusedError,
+    CannotFollowError,
+    DowngradeError,
     EnvelopeError,
+    GroupClosedError,
     GroupSuspendedError,
     InvitationRefusedError,
+    NoCommonSuiteError,
     NoKeyPackageError,
     NotConnectedError,
     NotInGroupError,
@@ -103,11 +112,14 @@ __all__ = [
     "ArchiveBudgetError",
     "AuthenticationError",
     "BlobRefusedError",
+    "CannotFollowError",
     "CredentialError",
     "CryptoError",
     "DecodeError",
     "DecryptionError",
+    "DowngradeError",
     "EnvelopeError",
+    "GroupClosedError",
     "GroupStateError",
     "GroupSuspendedError",
     "IdentityError",
@@ -116,6 +128,7 @@ __all__ = [
     "LocalUsageError",
     "MLSError",
     "MissingProposalError",
+    "NoCommonSuiteError",
     "NoKeyPackageError",
     "NotConnectedError",
     "NotInGroupError",

@@ -98,6 +98,7 @@ def test_files_read_at_run_time_are_shipped() -> None:
     assert (PACKAGE / "py.typed").is_file()
     assert CONFIG_PATH.is_file() and CONFIG_PATH.parent == PACKAGE / "testing"
     assert (PACKAGE / "testing" / "federation.cfg.lua").is_file()
+    assert (PACKAGE / "testing" / "ejabberd.yml.in").is_file()
     stubs = sorted(p.name for p in (PACKAGE / "_proto").rglob("*_pb2.pyi"))
     assert stubs == ["content_pb2.pyi", "envelope_pb2.pyi", "keypackage_pb2.pyi"]
 

@@ -55,6 +55,8 @@ class Chat:
         self.online = False
         self.ever_ready = False
         self.quitting = False
+        self.store_encrypted = False  #: the store is encrypted at rest (:mod:`.storekey`)
+        self._new_store = False  #: this run created the store
         self._ready: asyncio.Future[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._connecting = 0  #: counts slixmpp's "connecting" events
@@ -163,8 +165,13 @@ class Chat:
         import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
         from mls_xmpp.storage import SQLiteStore
 
+        from .storekey import store_key
+
         opts = self.options
-        store = SQLiteStore(str(opts.store))
+        self._new_store = not opts.store.exists()
+        key = store_key(opts.store, opts.password, encrypt=opts.encrypt_store)
+        self.store_encrypted = key is not None
+        store = SQLiteStore(str(opts.store), key=key)
         client = slixmpp.ClientXMPP(opts.jid, opts.password)
         if opts.plaintext:
             client.enable_direct_tls = False
@@ -762,15 +769,41 @@ class Chat:
         try:
             self.xmpp = self.build_client()
         except MLSError as e:
-            raise ChatError(f"cannot open the store {self.options.store}: {e}") from None
+            hint = ("" if "wrong storage key" not in str(e) else
+                    " (the store is encrypted with the account's password, or "
+                    "$MLS_XMPP_STORE_PASSPHRASE: a wrong password? after a password change, "
+                    "set that variable to the old password)")
+            raise ChatError(f"cannot open the store {self.options.store}: {e}{hint}") from None
         self._connect()
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.options.timeout)
         except TimeoutError:
             problems = "; ".join(dict.fromkeys(list(self._problems)[-3:]))
+            self._discard_new_store()
             raise ChatError(f"not logged in within {self.options.timeout:g} s"
                             + (f" ({problems})" if problems else "")) from None
+        except ChatError:
+            self._discard_new_store()
+            raise
         self.ever_ready = True
+
+    def _discard_new_store(self) -> None:
+        """The first login with a new store failed: delete the store (and its salt), so
+        that a mistyped password does not become the key of the store the next run uses.
+        It holds only an identity that was never published."""
+        if not self._new_store or self.ever_ready or self.xmpp is None:
+            return
+        from .storekey import salt_path
+
+        try:
+            self.mls.state_store.close()
+        except Exception:  # noqa: BLE001 - deleting it anyway
+            pass
+        for path in (self.options.store, salt_path(self.options.store)):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     async def logout(self) -> None:
         """Close the stream (abort it when the server does not answer)."""
@@ -792,7 +825,9 @@ class Chat:
         groups = self.active_groups()
         self.notice(f"logged in as {self.me}, device {self.own_fingerprint()}"
                     + (f" ({self.options.device})" if self.options.device else ""))
-        self.notice(f"store {self.options.store}; {len(groups)} group(s)")
+        self.notice(f"store {self.options.store} ("
+                    f"{'encrypted' if self.store_encrypted else 'NOT encrypted'}); "
+                    f"{len(groups)} group(s)")
         if len(groups) == 1 and self.current is None:
             self.current = groups[0].room
             self.notice(f"selected group {groups[0].room}")

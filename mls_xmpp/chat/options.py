@@ -30,6 +30,8 @@ class ChatOptions:
     device: str | None = None
     timeout: float = 30.0
     verbose: bool = False
+    #: encrypt a new store (see :mod:`.storekey`)
+    encrypt_store: bool = True
 
 
 def parse_server(value: str) -> tuple[str, int]:
@@ -79,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="PATH",
                    help="SQLite file for this device's keys and groups "
                    "(default: ~/.local/share/mls-xmpp/<jid>.db)")
+    p.add_argument("--unencrypted-store", action="store_true",
+                   help="make a new store without encryption (by default it is encrypted "
+                   "with a key derived from $MLS_XMPP_STORE_PASSPHRASE, else the password)")
     p.add_argument("--device", metavar="NAME",
                    help="a stable name for this device; with it, a device whose store was "
                    "lost replaces its old leaf when it rejoins its groups")
@@ -131,4 +136,5 @@ def _options(argv: Sequence[str]) -> ChatOptions:
     return ChatOptions(jid=str(jid), password=password, store=store, server=server,
                        plaintext=ns.plaintext, tls_verify=not ns.no_tls_verify,
                        device=ns.device.strip() if ns.device else None,
-                       timeout=ns.timeout, verbose=ns.verbose)
+                       timeout=ns.timeout, verbose=ns.verbose,
+                       encrypt_store=not ns.unencrypted_store)

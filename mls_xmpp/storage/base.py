@@ -113,7 +113,15 @@ class StateStore(Protocol):
         """
 
     def delete_group(self, group_id: bytes) -> None:
-        """Forget a group (left, removed, or replaced by a rejoin) and its outbox."""
+        """Forget a group (left, removed, or replaced by a rejoin), its outbox and its
+        extra records."""
+
+    def load_extra(self, owner: bytes, name: str) -> bytes | None:
+        """A small record another module keeps (``owner``: a group ID, whose records
+        :meth:`delete_group` deletes, or ``b""`` for the account), or ``None``."""
+
+    def save_extra(self, owner: bytes, name: str, value: bytes | None) -> None:
+        """Insert or replace a small record; ``None`` deletes it (from the file too)."""
 
     def load_inbox_position(self) -> str | None:
         """The last message of the account's own archive read for Welcomes, or ``None``."""

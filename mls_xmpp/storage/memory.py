@@ -17,6 +17,7 @@ class MemoryStore:
         self._inbox: str | None = None
         self._trust: dict[tuple[str, str], TrustRecord] = {}
         self._outbox: dict[tuple[bytes, int], OutboxRecord] = {}
+        self._extra: dict[tuple[bytes, str], bytes] = {}
 
     def load_identity(self) -> bytes | None:
         """The stored identity, if any."""
@@ -60,6 +61,19 @@ class MemoryStore:
         self._groups.pop(group_id, None)
         for key in [k for k in self._outbox if k[0] == group_id]:
             del self._outbox[key]
+        for xkey in [k for k in self._extra if k[0] == group_id]:
+            del self._extra[xkey]
+
+    def load_extra(self, owner: bytes, name: str) -> bytes | None:
+        """A small record of another module, or ``None``."""
+        return self._extra.get((bytes(owner), name))
+
+    def save_extra(self, owner: bytes, name: str, value: bytes | None) -> None:
+        """Insert, replace or (``None``) delete a small record."""
+        if value is None:
+            self._extra.pop((bytes(owner), name), None)
+        else:
+            self._extra[(bytes(owner), name)] = bytes(value)
 
     def load_inbox_position(self) -> str | None:
         """How far the account's archive was read for Welcomes."""

@@ -7,7 +7,7 @@
         ...
         store.save_group(GroupRecord(group_id, room, encode_group(group), stanza_id))
 
-Schema (version 4)::
+Schema (version 5)::
 
     meta     (name TEXT PRIMARY KEY, value BLOB)        encryption mode, key check,
                                                         inbox position (UTF-8)
@@ -24,6 +24,9 @@ Schema (version 4)::
     outbox   (group_id BLOB, seq INTEGER,               messages send() accepted that
               message_id TEXT, content BLOB,            the room has not reflected yet
               sent_digest BLOB, updated_at INTEGER)     (plaintext Content: sealed)
+    extra    (owner BLOB, name TEXT, value BLOB,       small records of other modules
+              updated_at INTEGER)                       (owner: a group ID, or b"" for
+                                                        the account; value sealed)
 
 A group is stored either whole (``state`` from ``encode_group``, ``ratchets``
 NULL) or in two parts (``state`` the base from ``encode_group_parts``,
@@ -174,6 +177,12 @@ def _locked(method: _F) -> _F:
 
 
 _OUTBOX = "outbox"
+_EXTRA = "extra"
+
+
+def _extra_pk(owner: bytes, name: str) -> bytes:
+    """The primary key of an ``extra`` row in the AEAD's associated data."""
+    return bytes(owner) + b"\x00" + name.encode("utf-8")
 
 
 def _outbox_pk(group_id: bytes, seq: int) -> bytes:
@@ -236,6 +245,16 @@ def _migration_4_outbox(db: sqlite3.Connection) -> None:
                " PRIMARY KEY (group_id, seq))")
 
 
+def _migration_5_extra(db: sqlite3.Connection) -> None:
+    """Version 4 -> 5: small records of other modules, per group or for the account."""
+    db.execute("CREATE TABLE extra ("
+               " owner BLOB NOT NULL,"
+               " name TEXT NOT NULL,"
+               " value BLOB NOT NULL,"
+               " updated_at INTEGER NOT NULL,"
+               " PRIMARY KEY (owner, name))")
+
+
 #: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
 #: Append new ones; never edit or reorder a released one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -243,6 +262,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_2_progress,
     _migration_3_trust,
     _migration_4_outbox,
+    _migration_5_extra,
 ]
 
 #: The schema version this code writes.
@@ -567,6 +587,7 @@ class SQLiteStore:
             db.execute("DELETE FROM groups WHERE group_id = ?", (bytes(group_id),))
             db.execute("DELETE FROM progress WHERE group_id = ?", (bytes(group_id),))
             db.execute("DELETE FROM outbox WHERE group_id = ?", (bytes(group_id),))
+            db.execute("DELETE FROM extra WHERE owner = ?", (bytes(group_id),))
 
     @_locked
     def load_outbox(self, group_id: bytes) -> list[OutboxRecord]:
@@ -608,6 +629,29 @@ class SQLiteStore:
         with self._transaction("cannot delete the outbox entry") as db:
             db.execute("DELETE FROM outbox WHERE group_id = ? AND seq = ?",
                        (bytes(group_id), int(seq)))
+
+    @_locked
+    def load_extra(self, owner: bytes, name: str) -> bytes | None:
+        """A small record of another module (see :meth:`StateStore.load_extra`)."""
+        with _sql_errors("cannot read a record"):
+            row = self._conn().execute("SELECT value FROM extra WHERE owner = ? AND name = ?",
+                                       (bytes(owner), name)).fetchone()
+        if row is None:
+            return None
+        return self._open(row[0], _EXTRA, _extra_pk(owner, name))
+
+    def save_extra(self, owner: bytes, name: str, value: bytes | None) -> None:
+        """Insert, replace or (``None``) delete a small record, its value sealed."""
+        with self._transaction("cannot save a record") as db:
+            if value is None:
+                db.execute("DELETE FROM extra WHERE owner = ? AND name = ?",
+                           (bytes(owner), name))
+                return
+            db.execute("INSERT INTO extra (owner, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT (owner, name) DO UPDATE SET value = excluded.value,"
+                       " updated_at = excluded.updated_at",
+                       (bytes(owner), name, self._seal(value, _EXTRA, _extra_pk(owner, name)),
+                        int(time.time())))
 
     @_locked
     def load_inbox_position(self) -> str | None:

@@ -1,4 +1,4 @@
-"""slixmpp clients for a :class:`~mls_xmpp.testing.prosody.ProsodyServer`.
+"""slixmpp clients for a test server (:class:`~mls_xmpp.testing.server.XmppServer`).
 
 Helpers used by the integration tests and ``mls-xmpp demo``; every wait has a
 timeout so a broken server fails fast instead of hanging.
@@ -34,7 +34,7 @@ from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from .prosody import ProsodyServer
+from .server import XmppServer
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -92,7 +92,7 @@ def _plugin(client: slixmpp.ClientXMPP, name: str) -> Any:
 
 
 async def connect_client(
-    server: ProsodyServer,
+    server: XmppServer,
     jid: str,
     password: str,
     *,
@@ -200,7 +200,7 @@ async def create_room(
 ) -> None:
     """Create (join) ``room`` and submit its configuration, which unlocks it.
 
-    Prosody locks a new room until its owner submits the form; persistence keeps
+    Prosody and ejabberd lock a new room until its owner submits the form; persistence keeps
     the room (and its archive) when the last occupant leaves.
     """
     await join_room(client, room, nick, timeout=timeout)
@@ -211,6 +211,8 @@ async def create_room(
         values: dict[str, Any] = {"muc#roomconfig_persistentroom": persistent}
         if "muc#roomconfig_enablearchiving" in fields:
             values["muc#roomconfig_enablearchiving"] = archived
+        elif "mam" in fields:  # ejabberd's name for it
+            values["mam"] = archived
         elif archived:
             raise ClientError(f"{room}: the room offers no archiving option")
         for var, value in values.items():

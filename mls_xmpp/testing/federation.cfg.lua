@@ -92,11 +92,13 @@ network_settings = { nagle = false }     -- TCP_NODELAY: with Nagle an s2s hop c
 authentication = "internal_hashed"
 storage = ENV_MLS_XMPP_STORAGE or "internal"
 default_archive_policy = true
+archive_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"  -- retention: see prosody.cfg.lua
 
 VirtualHost (domain)
 
 Component ("conference." .. domain) "muc"
   modules_enabled = { "muc_mam" }        -- XEP-0313 on rooms; muc_log_by_default is true
+  muc_log_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"  -- as in prosody.cfg.lua
 
 Component ("upload." .. domain) "http_file_share"
   -- XEP-0363 for users of <domain>; URLs use the IP, which needs no name resolution.

@@ -9,6 +9,9 @@
 --   MLS_XMPP_STORAGE   "internal" (files, default) | "memory" (faster, nothing persists)
 --   MLS_XMPP_LOG_LEVEL "info" (default) | "debug" | ...
 --   MLS_XMPP_SMACKS    "1": offer XEP-0198 stream management (default "0")
+--   MLS_XMPP_WITHOUT   modules to leave out, comma-separated (e.g. "muc_mam"): a server
+--                      lacking a feature, for tests of `mls-xmpp doctor`
+--   MLS_XMPP_ARCHIVE_EXPIRES how long archives keep stanzas (default "1w", see Retention)
 --
 -- Server limits that matter to MLS are left at Prosody's DEFAULTS, as a real deployment
 -- has them, so tests see what users see: c2s_stanza_size_limit (256 KiB),
@@ -19,6 +22,15 @@
 local base = assert(ENV_MLS_XMPP_DIR, "set MLS_XMPP_DIR")
 local c2s_port = tonumber(ENV_MLS_XMPP_C2S_PORT) or 15222
 local http_port = tonumber(ENV_MLS_XMPP_HTTP_PORT) or 15280
+local left_out = {}
+for name in string.gmatch(ENV_MLS_XMPP_WITHOUT or "", "[^,%s]+") do left_out[name] = true end
+local function without(list)             -- `list` minus the modules in MLS_XMPP_WITHOUT
+  local kept = {}
+  for _, name in ipairs(list) do
+    if not left_out[name] then kept[#kept + 1] = name end
+  end
+  return kept
+end
 
 run_as_root = true                       -- CI runs as root; mod_posix refuses otherwise
 pidfile = base .. "/prosody.pid"
@@ -45,8 +57,10 @@ local enabled = {
 if ENV_MLS_XMPP_SMACKS == "1" then        -- XEP-0198: resumption and acks (mod_smacks)
   enabled[#enabled + 1] = "smacks"
 end
-modules_enabled = enabled
-modules_disabled = { "s2s" }             -- no federation listener in tests
+modules_enabled = without(enabled)
+local disabled = { "s2s" }               -- no federation listener in tests
+for name in pairs(left_out) do disabled[#disabled + 1] = name end  -- e.g. autoloaded "offline"
+modules_disabled = disabled
 
 -- Loopback only: no "tls" module, so no STARTTLS is offered and SCRAM-SHA-1 runs in
 -- the clear (slixmpp needs unencrypted_scram = True, see mls_xmpp.testing.connect_client).
@@ -58,11 +72,17 @@ network_settings = { nagle = false }     -- TCP_NODELAY: no 40 ms delayed-ACK st
 authentication = "internal_hashed"
 storage = ENV_MLS_XMPP_STORAGE or "internal"
 default_archive_policy = true            -- user MAM on (the default is also true in 0.12)
+-- Retention (docs/PROTOCOL.md): the accounts' archives (Welcomes) and the rooms'
+-- archives (the group's handshake and application messages) expire after this;
+-- Prosody's default, written out so a deployment sees the knob.
+-- MLS_XMPP_ARCHIVE_EXPIRES overrides it (Prosody's syntax: "1w", "3d", "12h").
+archive_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"
 
 VirtualHost "localhost"
 
 Component "conference.localhost" "muc"
-  modules_enabled = { "muc_mam" }        -- XEP-0313 on rooms; muc_log_by_default is true
+  modules_enabled = without({ "muc_mam" })  -- XEP-0313 on rooms; muc_log_by_default is true
+  muc_log_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"  -- see above
 
 Component "upload.localhost" "http_file_share"
   -- XEP-0363 slots for users of "localhost". upload.localhost need not resolve:

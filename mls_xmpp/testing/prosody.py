@@ -29,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, NamedTuple, TypeVar
@@ -44,6 +45,7 @@ __all__ = [
 CONFIG_PATH = Path(__file__).with_name("prosody.cfg.lua")
 
 _LOCALPART_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+_MODULE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 _unique = itertools.count(1)
 _T = TypeVar("_T")
 
@@ -74,6 +76,12 @@ class ProsodyServer:
     :param keep_directory: leave the state directory (and log) after stop.
     :param smacks: offer XEP-0198 stream management (Prosody's mod_smacks): streams
         are resumed after a cut, and stanzas acknowledged.
+    :param without_modules: Prosody modules to leave out of the configuration
+        (for example ``("muc_mam",)``: rooms without an archive), to test how
+        clients and ``mls-xmpp doctor`` handle a server that lacks a feature.
+        They are dropped from every ``modules_enabled`` and put in
+        ``modules_disabled`` (so autoloaded ones like ``"offline"`` go too); a
+        module another one depends on (``"pep"``, needed by ``"vcard4"``) still loads.
     """
 
     #: The XMPP domain of the single virtual host.
@@ -95,6 +103,8 @@ class ProsodyServer:
         prosodyctl: str = "prosodyctl",
         config_path: Path = CONFIG_PATH,
         smacks: bool = False,
+        without_modules: Iterable[str] = (),
+        archive_expires: str = "1w",
     ) -> None:
         if storage not in ("internal", "memory"):
             raise ValueError(f"storage must be 'internal' or 'memory', not {storage!r}")
@@ -107,6 +117,13 @@ class ProsodyServer:
         self.prosodyctl = prosodyctl
         self.config_path = config_path
         self.smacks = smacks
+        self.without_modules = tuple(without_modules)
+        for name in self.without_modules:
+            if not name or not set(name) <= _MODULE_CHARS:
+                raise ValueError(f"not a Prosody module name: {name!r}")
+        #: how long the rooms' and accounts' archives keep stanzas (Prosody's syntax:
+        #: "1w", "3d", "12h"); ``muc_log_expires_after`` and ``archive_expires_after``
+        self.archive_expires = archive_expires
         self._process: subprocess.Popen[bytes] | None = None
         self._stdout: IO[bytes] | None = None
         self._directory: Path | None = None
@@ -170,6 +187,8 @@ class ProsodyServer:
             MLS_XMPP_STORAGE=self.storage,
             MLS_XMPP_LOG_LEVEL=self.log_level,
             MLS_XMPP_SMACKS="1" if self.smacks else "0",
+            MLS_XMPP_WITHOUT=",".join(self.without_modules),
+            MLS_XMPP_ARCHIVE_EXPIRES=self.archive_expires,
         )
         return env
 
@@ -272,6 +291,25 @@ class ProsodyServer:
             )
             raise ProsodyError(f"creating {jid} failed (exit {proc.returncode}): {output}")
         return Account(jid, password)
+
+    def config_value(self, host: str, key: str) -> str:
+        """A setting as the running server has it (``prosodyctl shell config get``),
+        in Lua syntax (a string comes quoted).
+
+        :raises ProsodyError: the server is not running, or refused.
+        """
+        if not self.running:
+            raise ProsodyError("Prosody is not running")
+        proc = subprocess.run(
+            [self.prosodyctl, "--config", str(self.config_path), "shell", "config", "get",
+             host, key],
+            env=self.environment, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=30, check=False)
+        out = proc.stdout.strip()
+        if proc.returncode != 0 or not out.startswith("OK: "):
+            raise ProsodyError(f"reading {key} of {host} failed (exit {proc.returncode}): "
+                               f"{out} {proc.stderr.strip()}")
+        return out[4:]
 
     def create_account(self, prefix: str = "user") -> Account:
         """Create an account with a unique name ``<prefix>-<n>-<random>`` and password."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
@@ -99,6 +99,9 @@ class Delivery:
         self.reassembler = Reassembler()
         #: where blobs may be fetched from, and the fetching (docs/PROTOCOL.md §11.2)
         self.blobs = Blobs(self.xmpp, config, iq_timeout=min(timeout, 10.0))
+        #: called with ``(room, nick)`` before this client enters a room: a client UI
+        #: whose own MUC code must know the room first (the poezio plugin opens its tab)
+        self.before_join: list[Callable[[str, str], None]] = []
 
     # -- building stanzas ----------------------------------------------------------
 
@@ -300,6 +303,7 @@ class Delivery:
                 "muc#roomconfig_membersonly": True,
                 "muc#roomconfig_persistentroom": True,
                 "muc#roomconfig_enablearchiving": True,
+                "mam": True,  # ejabberd's field for archiving
                 # real JIDs to the occupants: members reconcile affiliations, and a
                 # room gives its affiliation lists to members that are not owners only
                 # when whois is "anyone" (Prosody; docs/protocol-snippets/devices-metadata.md)
@@ -319,6 +323,8 @@ class Delivery:
 
     async def join_room(self, room: str, nick: str) -> None:
         """Enter the room (no history: the archive is read separately)."""
+        for hook in self.before_join:
+            hook(room, nick)
         await join_muc(self.xmpp, room, nick, timeout=self.timeout)
 
     def leave_room(self, room: str, nick: str) -> None:

@@ -15,6 +15,11 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
       need (MUC rooms with an archive, PEP).
   * :class:`NoKeyPackageError` -- an account has no usable KeyPackage on its
     PEP node, so none of its devices can be added.
+
+    * :class:`NoCommonSuiteError` -- no cipher suite of this device's
+      preference is supported by every invited device (``.suites``).
+    * :class:`CannotFollowError` -- devices of a group cannot follow it to the
+      cipher suite of a ReInit (no KeyPackage, or no support, for it).
   * :class:`GroupSuspendedError` -- the group's room refused this account or
     dropped it, or its state could not be written; the group's MLS state is
     kept (rolled back to the last stored epoch) and the group is retried.
@@ -36,8 +41,10 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
 * The caller's misuse (:class:`~mls_xmpp.core.errors.LocalUsageError`):
   :class:`NotInGroupError` (this device was removed or left),
   :class:`UnknownGroupError`, :class:`UnknownMemberError`,
-  :class:`UnknownDeviceError`, :class:`RulesError`, :class:`UntrustedDeviceError`
-  and :class:`TooLargeError`.
+  :class:`UnknownDeviceError`, :class:`RulesError`, :class:`UntrustedDeviceError`,
+  :class:`TooLargeError`, :class:`GroupClosedError` (the group was moved to a
+  new one by ReInit: ``.successor_room``) and :class:`DowngradeError` (a move
+  to a cipher suite this device ranks lower, which it did not agree to).
 """
 
 from __future__ import annotations
@@ -48,9 +55,13 @@ __all__ = [
     "ArchiveBudgetError",
     "AuthenticationError",
     "BlobRefusedError",
+    "CannotFollowError",
+    "DowngradeError",
     "EnvelopeError",
+    "GroupClosedError",
     "GroupSuspendedError",
     "InvitationRefusedError",
+    "NoCommonSuiteError",
     "NoKeyPackageError",
     "NotConnectedError",
     "NotInGroupError",
@@ -111,6 +122,36 @@ class NoKeyPackageError(TransportError):
         self.jids = jids
 
 
+class NoCommonSuiteError(NoKeyPackageError):
+    """No cipher suite of this device's ``suites`` is supported by every invited device.
+
+    ``jids`` names the accounts that keep each suite out; ``suites`` the suites
+    tried, in preference order. Nothing was created.
+    """
+
+    def __init__(self, message: str, jids: tuple[str, ...] = (),
+                 suites: tuple[int, ...] = ()) -> None:
+        super().__init__(message, jids)
+        #: the cipher suites tried, best first
+        self.suites = suites
+
+
+class CannotFollowError(NoKeyPackageError):
+    """Devices cannot follow their group to a ReInit's cipher suite.
+
+    ``jids`` names the accounts (``devices``: ``(jid, fingerprint)`` of each
+    device) with no KeyPackage of the new suite, or -- reported by the device
+    itself -- this device, which does not support it. They stay behind in the
+    closed old group: reported, never dropped silently.
+    """
+
+    def __init__(self, message: str, jids: tuple[str, ...] = (),
+                 devices: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message, jids)
+        #: ``(jid, fingerprint)`` of each device that cannot follow
+        self.devices = devices
+
+
 class GroupSuspendedError(TransportError):
     """The group is suspended: its room refused this account or dropped it.
 
@@ -160,6 +201,32 @@ class InvitationRefusedError(RemoteProtocolError):
 
 class NotInGroupError(GroupStateError):
     """This device is no longer in the group: it was removed, or it left."""
+
+
+class GroupClosedError(NotInGroupError):
+    """The group was closed by a ReInit (RFC 9420 §11.2): nothing more is sent in it.
+
+    ``successor_room`` and ``successor_group_id`` name the group that replaces
+    it (``xmpp.plugin["mls"].group(e.successor_room)`` once this device is in it).
+    """
+
+    def __init__(self, message: str, successor_room: str = "",
+                 successor_group_id: bytes = b"") -> None:
+        super().__init__(message)
+        #: the room of the group that replaces this one
+        self.successor_room = successor_room
+        #: the MLS group ID of the group that replaces this one
+        self.successor_group_id = successor_group_id
+
+
+class DowngradeError(LocalUsageError):
+    """A move to a cipher suite this device ranks below the group's current one
+    (option ``suites``), which it did not agree to: refused.
+
+    Raised by :meth:`GroupSession.reinit` without ``allow_downgrade``; reported
+    (``mls_error``) for another member's ReInit or a Welcome into such a group
+    unless the option ``accept_downgrade`` is set.
+    """
 
 
 class UnknownGroupError(LocalUsageError, LookupError):

@@ -229,3 +229,68 @@ class OutboxEvent:
     state: str
     stanza_id: str | None = None
     error: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ReInitEvent:
+    """``mls_reinit``: a group moves to a new group by ReInit (RFC 9420 §11.2).
+
+    Raised at each stage: ``committed`` (a ReInit Commit closed ``group``;
+    ``committer`` made it), ``moved`` (this device made the ReInit and the
+    new group, ``new_group``; ``stranded`` lists the ``(jid, fingerprint)`` of
+    member devices that cannot follow it -- no KeyPackage of the new suite),
+    ``followed`` (this device is in ``new_group``, the successor; the old
+    group's state is deleted).
+
+    Attributes:
+        group: the old, closed group (its handle raises ``GroupClosedError``).
+        stage: ``committed``, ``moved`` or ``followed``.
+        group_id: the new group's ID.
+        room: the new group's room.
+        cipher_suite: the new group's cipher suite.
+        version: the new group's MLS protocol version.
+        committer: bare JID of the member who committed the ReInit, if known.
+        new_group: the new group's handle, once this device is in it.
+        stranded: member devices that cannot follow (``moved`` only).
+    """
+
+    group: GroupSession
+    stage: str
+    group_id: bytes
+    room: str
+    cipher_suite: int
+    version: int
+    committer: str | None = None
+    new_group: GroupSession | None = None
+    stranded: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class IdleRemovalEvent:
+    """``mls_idle_removed``: a Commit removed devices whose keys had not changed for a
+    long time (:mod:`.freshness`); raised on every member, the removed devices too.
+
+    The reason comes from the Commit's authenticated_data, which its committer
+    wrote; the Commit itself was valid because the group rules allow its
+    committer to remove others, whatever the reason says.
+
+    Attributes:
+        group: the group.
+        epoch: the epoch the Commit began.
+        committer: the bare JID of the device that removed them.
+        removed: ``(jid, fingerprint, last_update_epoch, idle_seconds)`` of each
+            removed device, as the committer recorded them.
+        self_removed: this device is one of them (it is out of the group;
+            ``mls_removed`` follows).
+        disputed: fingerprints of removed devices that this device saw
+            updated in a later epoch than the notice says: the committer's
+            record (or its honesty) is in doubt. Local knowledge: a warning,
+            the removal stands.
+    """
+
+    group: GroupSession
+    epoch: int
+    committer: str | None
+    removed: tuple[tuple[str, str, int, int], ...]
+    self_removed: bool = False
+    disputed: tuple[str, ...] = ()

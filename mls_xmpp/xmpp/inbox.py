@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,10 @@ from .errors import EnvelopeError, InvitationRefusedError, TransportError
 from .events import InvitationEvent, MLSErrorEvent
 from .invitations import MAX_PENDING, InvitationGate, Verdict
 from .session import GroupSession, _bare, _jid_of
+from .suites import check_move
 
 if TYPE_CHECKING:
+    from ..core.group.client import Client
     from .plugin import XEP_MLS
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,11 @@ class Inbox:
         #: invitations waiting for the application: group_id -> (envelope, sender, timer)
         self._pending: dict[bytes, tuple[Envelope, str, asyncio.TimerHandle]] = {}
         #: Welcomes back into a group this device still holds in an earlier epoch (it
-        #: was removed and added again, and has not read its removal yet): group_id ->
-        #: (envelope, sender), opened once the group ends (:meth:`group_ended`)
-        self._deferred: dict[bytes, tuple[Envelope, str]] = {}
+        #: was removed and added again, perhaps several times, and has not read its
+        #: removal yet): group_id -> [(envelope, sender)] by epoch; the earliest is
+        #: opened once the group ends (:meth:`group_ended`), the next when that
+        #: membership ends in turn, so each stint's messages are read
+        self._deferred: dict[bytes, list[tuple[Envelope, str]]] = {}
         #: groups this device was removed from: group_id -> the last epoch it held. A
         #: Welcome into that epoch or an earlier one is stale (sent again after a cut,
         #: or replayed): opened, it would make the device read that epoch's
@@ -108,14 +111,32 @@ class Inbox:
     async def _consider(self, env: Envelope, sender: str) -> None:
         """Join, ask about, or refuse a Welcome (see :mod:`.invitations`).
 
-        The decision is made before anything of the Welcome is decrypted or
-        downloaded, and before a KeyPackage is touched: a refused Welcome
-        leaves this device as it was.
+        The decision is made before anything of the Welcome is downloaded or
+        opened, and before a KeyPackage is touched: a refused Welcome leaves
+        this device as it was. Only its GroupSecrets are decrypted first, to
+        tell a Welcome that continues a group of this device's by ReInit (its
+        reinit PSK, :mod:`.reinit`): that one needs no invitation, since the
+        device is in the group it continues.
 
         :raises InvitationRefusedError: the sender may not invite this device.
         :raises MLSError: the Welcome is invalid, or its tree could not be fetched.
         """
         if self._defer(env, sender) or not self._for_this_device(env):
+            return
+        client = self._client(welcome_refs(env.mls_message))
+        follows = self.plugin.reinit.follows(env, sender, client)
+        if follows is True:
+            log.info("a Welcome into %s continues a group whose ReInit this device has not "
+                     "read yet: it waits", env.room)
+            return
+        if follows:  # the successor of a group of ours (docs/protocol-snippets/reinit.md)
+            assert isinstance(follows, GroupSession)
+            check_move(self.plugin.suite_order, follows.group.state.suite.id,
+                       welcome_suite(env.mls_message),
+                       agreed=bool(self.plugin.config["accept_downgrade"]))
+            session = await self._join(env, sender)
+            if session is not None:
+                await self.plugin.reinit.followed(follows, session)
             return
         inviter = _bare(sender)
         verdict = self.gate.check(inviter)
@@ -142,11 +163,14 @@ class Inbox:
                     if s.group_id == env.group_id), None)
         if old is None or old.removed or env.epoch <= old.epoch:
             return False
-        client = self.plugin.identity
-        assert client is not None
-        if not any(r in client.key_packages for r in welcome_refs(env.mls_message)):
-            return False
-        self._deferred[env.group_id] = (env, sender)
+        refs = welcome_refs(env.mls_message)
+        if not any(r in self._client(refs).key_packages or r in self._recent for r in refs):
+            return False  # for another device of this account
+        waiting = self._deferred.setdefault(env.group_id, [])
+        if any(e.epoch == env.epoch for e, _ in waiting):
+            return True  # the same Welcome again (live and from the archive)
+        waiting.append((env, sender))
+        waiting.sort(key=lambda item: item[0].epoch)
         log.info("a Welcome back into %s (epoch %d) waits until this device reads its "
                  "removal (it is in epoch %d)", env.room, env.epoch, old.epoch)
         return True
@@ -156,23 +180,54 @@ class Inbox:
         Welcome back into it kept by :meth:`_defer`, if one; refuse from now on any
         Welcome into ``epoch`` or an earlier one."""
         self._ended[group_id] = max(epoch, self._ended.get(group_id, -1))
-        deferred = self._deferred.pop(group_id, None)
-        if deferred is not None:
-            asyncio.ensure_future(self._open_deferred(*deferred))
+        waiting = [(e, s) for e, s in self._deferred.pop(group_id, [])
+                   if e.epoch > self._ended[group_id]]
+        if waiting:
+            if waiting[1:]:
+                self._deferred[group_id] = waiting[1:]  # for when this stint ends
+            asyncio.ensure_future(self._open_deferred(*waiting[0]))
+
+    async def reconsider(self, env: Envelope, sender: str) -> None:
+        """Take up a Welcome that waited (for the ReInit of the group it continues)."""
+        await self._open_deferred(env, sender)
+
+    def _client(self, refs: set[bytes]) -> Client:
+        """The identity (of one cipher suite) that holds one of ``refs``' KeyPackages."""
+        plugin = self.plugin
+        for client in plugin.identities.values():
+            if any(r in client.key_packages for r in refs):
+                return client
+        for r in refs:
+            if r in self._recent:
+                suite = self._recent[r][0].key_package.cipher_suite
+                if suite in plugin.identities:
+                    return plugin.identities[suite]
+        assert plugin.identity is not None
+        return plugin.identity
 
     async def _open_deferred(self, env: Envelope, sender: str) -> None:
-        try:
-            async with self._lock:
-                await self._consider(env, sender)
-        except MLSError as e:
-            self.plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender, error=e))
+        """Open a kept Welcome; when it joins nothing (refused, or not this device's
+        after all), the next kept one for the group is tried."""
+        while True:
+            try:
+                async with self._lock:
+                    await self._consider(env, sender)
+            except MLSError as e:
+                self.plugin.error(MLSErrorEvent(f"Welcome refused: {e}", sender=sender,
+                                                error=e))
+            if any(s.group_id == env.group_id for s in self.plugin.sessions.values()):
+                return
+            waiting = self._deferred.pop(env.group_id, [])
+            if not waiting:
+                return
+            (env, sender), rest = waiting[0], waiting[1:]
+            if rest:
+                self._deferred[env.group_id] = rest
 
     def _for_this_device(self, env: Envelope) -> bool:
         """Whether a Welcome is for one of this device's KeyPackages (refs only: no key
         is used) and for a group it is not in yet (one Welcome may be read twice: live
         and from the archive)."""
-        client = self.plugin.identity
-        assert client is not None
         if any(s.group_id == env.group_id for s in self.plugin.sessions.values()):
             return False
         if env.epoch <= self._ended.get(env.group_id, -1):
@@ -180,10 +235,19 @@ class Inbox:
                      "group until epoch %d", env.room, env.epoch, self._ended[env.group_id])
             return False
         refs = welcome_refs(env.mls_message)
-        now = time.monotonic()
+        self.expire_recent()
+        client = self._client(refs)
+        return any(r in client.key_packages or r in self._recent for r in refs)
+
+    def expire_recent(self) -> int:
+        """Forget the used KeyPackages' keys kept over :data:`REUSE_GRACE` (by the
+        plugin's clock); run before each Welcome and by the periodic check.
+        Returns how many were forgotten."""
+        now = self.plugin.freshness.now()
+        before = len(self._recent)
         self._recent = {r: (b, t) for r, (b, t) in self._recent.items()
                         if now - t < REUSE_GRACE}
-        return any(r in client.key_packages or r in self._recent for r in refs)
+        return before - len(self._recent)
 
     def _ask(self, env: Envelope, sender: str, inviter: str) -> None:
         """Put an invitation to the application (``mls_invitation``), expiring later."""
@@ -249,11 +313,10 @@ class Inbox:
         :raises MLSError: the Welcome is refused (nothing joined).
         """
         plugin = self.plugin
-        client = plugin.identity
-        assert client is not None
         inviter = _bare(sender)
         refs = welcome_refs(env.mls_message)
-        now = time.monotonic()
+        client = self._client(refs)
+        now = self.plugin.freshness.now()
         reused = [r for r in refs if r in self._recent and r not in client.key_packages]
         if not reused and not any(r in client.key_packages for r in refs):
             return None  # for another device of this account, or used long ago
@@ -324,10 +387,12 @@ class Inbox:
             await plugin.delivery.join_room(session.room, plugin.nick(session.room))
         except TransportError as e:
             plugin.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
+        plugin.freshness.joined(session, last_resort=bool(last_resort))
         session.start(catch_up=True)
         await plugin.record(session)
         if plugin.keystore is not None:
-            asyncio.ensure_future(self._after_join(next(iter(last_resort), None)))
+            asyncio.ensure_future(self._after_join(next(iter(last_resort), None),
+                                                   client.suite_id))
         plugin.xmpp.event("mls_joined", session)
         return session
 
@@ -344,7 +409,8 @@ class Inbox:
         """
         plugin = self.plugin
         assert plugin.identity is not None
-        bundles = list(plugin.identity.key_packages.values())
+        bundles = [b for c in (plugin.identities.values() or [plugin.identity])
+                   for b in c.key_packages.values()]
         if not bundles:
             return []  # nothing to be welcomed with
         oldest = min((lt.not_before for b in bundles
@@ -374,13 +440,15 @@ class Inbox:
                 raise _PositionUnknown(str(e)) from e
             raise
 
-    async def _after_join(self, last_resort_used: bytes | None = None) -> None:
+    async def _after_join(self, last_resort_used: bytes | None = None,
+                          suite: int | None = None) -> None:
         """Retract KeyPackages that were used (retire a used last resort) and top up."""
         plugin = self.plugin
-        keystore = plugin.keystore
+        keystore = plugin.keystores.get(suite or 0, plugin.keystore)
         assert keystore is not None
         try:
             if last_resort_used is not None:
+                plugin.freshness.retired(last_resort_used)  # its keys go after a while
                 await keystore.retire(last_resort_used)
             await keystore.sync_used()
             await keystore.top_up(int(plugin.config["pool_size"]))
@@ -402,3 +470,14 @@ def welcome_refs(data: bytes) -> set[bytes]:
     if not isinstance(msg.body, Welcome):
         raise EnvelopeError("Welcome envelope without a Welcome")
     return {e.new_member for e in msg.body.secrets}
+
+
+def welcome_suite(data: bytes) -> int:
+    """The cipher suite of a Welcome (an MLSMessage; see :func:`welcome_refs`)."""
+    from ..core.messages.framing import MLSMessage
+    from ..core.messages.welcome import Welcome
+
+    msg = MLSMessage.decode(data)
+    if not isinstance(msg.body, Welcome):
+        raise EnvelopeError("Welcome envelope without a Welcome")
+    return int(msg.body.cipher_suite)

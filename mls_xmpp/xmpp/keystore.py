@@ -23,7 +23,8 @@ trust only the signed KeyPackage.
 Publishing. Items are published with publish-options (``access_model``,
 ``max_items``). Servers treat those as preconditions on an existing node
 (Prosody 0.12 answers ``conflict`` + ``precondition-not-met`` when the node's
-configuration differs) or reject them outright; then the store configures the
+configuration differs) or reject them outright (ejabberd 23.01 refuses
+``pubsub#max_items`` with ``resource-constraint``); then the store configures the
 node itself (creating it if needed), keeping a larger ``max_items`` it finds,
 and publishes again, without options if the server still refuses them.
 
@@ -116,14 +117,20 @@ _NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
 #: accepted" rather than "publishing failed": the store then configures the
 #: node itself. ``conflict``/``precondition-not-met``: Prosody, node configured
 #: differently; ``bad-request``/``not-acceptable``: servers that reject a field;
-#: ``feature-not-implemented``: no publish-options support.
+#: ``resource-constraint``: ejabberd 23.01, which knows no ``pubsub#max_items``
+#: publish-option ("Unknown field"); ``feature-not-implemented``: no
+#: publish-options support. Should the plain publish after that fail too, its
+#: error is raised.
 _OPTIONS_REFUSED = frozenset(
-    {"conflict", "bad-request", "not-acceptable", "feature-not-implemented"}
+    {"conflict", "bad-request", "not-acceptable", "resource-constraint",
+     "feature-not-implemented"}
 )
 #: Error conditions on reading a node that mean "no KeyPackages there": the
-#: node does not exist, or (Prosody, for a missing node of a non-contact) we
-#: may not see it.
-_NO_NODE = frozenset({"item-not-found", "forbidden"})
+#: node does not exist, or we may not see it (Prosody: ``forbidden`` for a
+#: missing node of a non-contact; XEP-0060 §6.5.9: ``not-allowed`` +
+#: ``closed-node`` for a whitelist node, as ejabberd answers, ``not-authorized``
+#: for presence or roster access).
+_NO_NODE = frozenset({"item-not-found", "forbidden", "not-allowed", "not-authorized"})
 #: Publishes in flight at once after the first one of a batch.
 _CONCURRENCY = 8
 
@@ -541,6 +548,10 @@ class KeyPackageStore:
         """Decode and check one item of ``owner``'s node; None (logged) if it fails."""
         try:
             kp, _ = decode_item(payload)
+            if kp.cipher_suite != suite.id:  # another suite of the device's (not an error)
+                log.debug("KeyPackage item %r of %s is for cipher suite %d, not %d", item_id,
+                          owner, kp.cipher_suite, suite.id)
+                return None
             validated = validate_key_package(suite, kp, now=now,
                                              credential_validator=self.credential_validator)
             if validated.ref.hex() != item_id:

@@ -22,7 +22,12 @@ many members), ``mls_invitation`` (:class:`InvitationEvent`: someone who is not
 a contact invites this device; with ``invitations="ask"``), ``mls_resynced``
 (:class:`ResyncEvent`: this device had fallen behind its group and caught up again,
 from the archive or by external Commit), ``mls_outbox`` (:class:`OutboxEvent`: a sent
-message queued, sent, reflected by the room, or failed).
+message queued, sent, reflected by the room, or failed), ``mls_idle_removed``
+(:class:`IdleRemovalEvent`: devices removed for not updating their keys, and why).
+
+Post-compromise security by default (:mod:`.freshness`): each device updates its
+keys soon after joining and after ``update_interval`` without an update; one admin
+device removes devices idle for ``idle_timeout``; every kept secret has a time limit.
 
 Who may put this device into a group (option ``invitations``): by default only
 roster contacts with a mutual subscription and this account's own devices;
@@ -48,7 +53,13 @@ from slixmpp.plugins import BasePlugin
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from ..core.errors import LocalUsageError, MLSError, UntrustedCredentialError, WrongGroupError
+from ..core.errors import (
+    LocalUsageError,
+    MLSError,
+    UnsupportedCipherSuiteError,
+    UntrustedCredentialError,
+    WrongGroupError,
+)
 from ..core.group.client import Client
 from ..core.group.config import GroupConfig
 from ..core.messages.common import CredentialType
@@ -80,6 +91,7 @@ from .errors import (
     UnknownGroupError,
 )
 from .events import MLSErrorEvent
+from .freshness import Freshness
 from .healing import self_ping_rooms
 from .inbox import Inbox
 from .invitations import InvitationGate
@@ -92,10 +104,12 @@ from .recovery import (
     old_leaf,
     retract_stale_device_items,
 )
+from .reinit import LINK_EXTENSION, ReInitFlow, negotiate
 from .room import AFFILIATION_CODES, LOST_CODES
 from .rules import DEFAULT_RULES, RULES_EXTENSION, GroupRules, mapping_config, rules_extension
 from .session import MAX_ADDS_PER_COMMIT, GroupSession, Progress, fetch_devices, member_jid
 from .stanza import NS, register_stanzas
+from .suites import decode_identities, encode_identities, preference, suite_feature
 from .trust import DeviceRecord, TrustChange, TrustStore, safety_number
 from .trust import fingerprint as trust_fingerprint
 from .x509 import load_trust_anchors, load_x509_credential
@@ -116,6 +130,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "store_key": None,        # 32 bytes: encrypt the SQLite store at rest
         "client": None,           # a core Client; generated from the JID by default
         "suite": 1,
+        "suites": None,           # supported cipher suites, best first; default (suite,)
+        "accept_downgrade": False,  # follow a ReInit to a suite ranked below the group's
         "muc_domain": None,       # default: conference.<domain>
         "pool_size": 5,           # KeyPackages kept on PEP
         "group_config": None,     # core GroupConfig
@@ -146,6 +162,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "invitations": "contacts",  # whose Welcomes are joined: "contacts", "any" or "ask"
         "invitation_limit": 20,     # Welcomes per inviter per hour (own account excepted)
         "invitation_timeout": 3600.0,  # seconds an "ask" invitation waits for a decision
+        # post-compromise security and retention (mls_xmpp.xmpp.freshness)
+        "clock": None,  # a callable: seconds since the Unix epoch (default time.time)
+        "update_after_join": True,  # update soon after joining (always after a last resort)
+        "update_join_delay": 30.0,  # the update after a join waits up to this (random)
+        "update_interval": 7 * 86400.0,  # seconds without an update before one is sent
+        "idle_timeout": 90 * 86400.0,  # seconds without an update before removal; 0: never
+        "freshness_interval": 3600.0,  # seconds between checks of the above
+        "past_epoch_lifetime": 86400.0,  # seconds a past epoch's keys are kept at most
+        "retired_key_lifetime": 86400.0,  # seconds a retired last resort's keys are kept
         "device_list": True,  # announce this device on the account's device list; add the
                               # new devices (and remove the unlisted ones) of member accounts
         "device_add_delay": 5.0,  # seconds each fallback adder waits after the one before
@@ -181,6 +206,15 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.registry = GroupRegistry(self.xmpp, recovery_key=(
             recovery_key.encode() if isinstance(recovery_key, str) else recovery_key))
         self.keystore: KeyPackageStore | None = None
+        #: this device's identity per cipher suite it supports (option ``suites``;
+        #: :mod:`.suites`), :attr:`identity` among them; they share one group table
+        self.identities: dict[int, Client] = {}
+        #: the KeyPackage store of each suite's identity (:attr:`keystore` among them)
+        self.keystores: dict[int, KeyPackageStore] = {}
+        #: the suites this device supports, best first (option ``suites``)
+        self.suite_order: tuple[int, ...] = ()
+        #: groups moving to a new suite or version by ReInit (:mod:`.reinit`)
+        self.reinit = ReInitFlow(self)
         self._ready = asyncio.Event()
         #: True between ``session_start`` and ``disconnected``
         self._session_up = False
@@ -202,6 +236,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.x509_anchors: TrustAnchors | None = load_trust_anchors(cfg["x509_trust_anchors"])
         #: this account's device trust store (config ``blind_trust``), kept in the state store
         self.trust = TrustStore(self.state_store, blind_trust=bool(cfg["blind_trust"]))
+        #: automatic updates, idle-device removal, retention bounds (:mod:`.freshness`)
+        self.freshness = Freshness(self)
         self._upkeep: asyncio.Future[None] | None = None
         #: the XEP-0410 self-pings of every group's room (a silent drop suspends the group)
         self._room_pings: asyncio.Future[None] | None = None
@@ -225,6 +261,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     def plugin_end(self) -> None:
         self.inbox.drop_pending()
+        self.freshness.stop()
         self.device_watch.unregister()
         self.xmpp.del_event_handler("mls_membership", self._watch_devices)
         self.xmpp.del_event_handler("mls_joined", self._watch_devices)
@@ -237,6 +274,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.del_event_handler("connection_failed", self._on_connection_failed)
         self.xmpp.del_event_handler("connected", self._on_connected)
         self.xmpp.plugin["xep_0030"].del_feature(feature=NS)
+        for suite in self.suite_order:
+            self.xmpp.plugin["xep_0030"].del_feature(feature=suite_feature(suite))
         for session in list(self.sessions.values()):
             asyncio.ensure_future(session.stop())
         if self._owns_workers_pool:
@@ -327,6 +366,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self._room_pings is not None:
             self._room_pings.cancel()
             self._room_pings = None
+        self.freshness.stop()
         self._ready.clear()
         for session in list(self.sessions.values()):
             await session.pause()
@@ -383,6 +423,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 session.resume()
         if self.config["publish_key_packages"] and self._upkeep is None:
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        self.freshness.start()
         self._ready.set()
         self.xmpp.event("mls_ready", self)
 
@@ -405,7 +446,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         device = self.config["device"]
         if device:
             client.device_id = str(device).encode()
-        self.keystore = KeyPackageStore(self.xmpp, client, anchors=self.x509_anchors)
+        self._setup_suites(client)
         if self.config["invitations"] != "any":
             await self._load_roster()
         from ..core.group.serialize import decode_group, decode_group_parts
@@ -430,7 +471,12 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             except MLSError as e:
                 unreadable(record.group_id, record.room, e)
                 continue
-            if not group.active:  # removed (or reinitialised) while we were away
+            if group.state.reinit is not None and group.state.active:
+                # closed by a ReInit: kept (its PSK opens the successor's Welcome)
+                client.groups[group.group_id] = group
+                self.reinit.restore(group, record)
+                continue
+            if not group.active:  # removed while we were away
                 self.state_store.delete_group(record.group_id)
                 continue
             client.groups[group.group_id] = group
@@ -453,6 +499,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if interval > 0 and self._room_pings is None:
             self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
         self._started = True
+        self.freshness.start()
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
@@ -618,8 +665,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                                       "registry's: not rejoining")
             resync = old_leaf(info, tree, self.bare_jid, self.identity.device_id)
             self.identity.groups.pop(info.group_context.group_id, None)
-            group, commit = self.identity.join_external(MLSMessage(info).encode(),
-                                                      ratchet_tree=tree, resync_leaf=resync)
+            client = self.client_for(info.group_context.cipher_suite)
+            group, commit = client.join_external(MLSMessage(info).encode(),
+                                                 ratchet_tree=tree, resync_leaf=resync)
             session = GroupSession(self, group, room, stanza_id,
                                    first_epoch=info.group_context.epoch + 1)
             session.expect_echo = commit
@@ -636,6 +684,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 ok = False
             if ok:
                 await session.save()
+                self.freshness.created(session)  # a new leaf: its keys are fresh
                 self.xmpp.event("mls_joined", session)
                 await session.publish_group_info()
                 return session
@@ -670,17 +719,17 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     def _load_identity(self) -> Client:
         """This device's identity from the store, or a new one (saved at once)."""
-        from ..core.group.client_state import decode_client
-
         data = self.state_store.load_identity()
         if data is not None:
             try:
-                client = decode_client(data, self._group_config())
+                client, *others = decode_identities(data, self._group_config())
             except MLSError as e:
                 raise LocalUsageError(f"the stored identity is unreadable (wrong store or "
                                       f"store_key?): {e}") from e
-            if credential_identity(client.credential) != self.bare_jid.encode():
+            if any(credential_identity(c.credential) != self.bare_jid.encode()
+                   for c in (client, *others)):
                 raise LocalUsageError("the stored identity belongs to another account")
+            self.identities = {c.suite_id: c for c in others}
             x509 = self._x509_credential(client.suite_id)
             if x509 is not None and x509[0] != client.credential:
                 if x509[1] != client.signature_private_key:
@@ -725,10 +774,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     def save_identity(self) -> None:
         """Write the identity and its KeyPackage private keys (after every change)."""
-        from ..core.group.client_state import encode_client
-
         if self.identity is not None:
-            self.state_store.save_identity(encode_client(self.identity))
+            others = [c for s, c in self.identities.items() if s != self.identity.suite_id]
+            self.state_store.save_identity(encode_identities([self.identity, *others]))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until :meth:`start` finished (KeyPackages published, groups resumed)."""
@@ -899,6 +947,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.event("mls_removed", session)
         # its secrets are of no more use: forget the group (forward secrecy on disk)
         self.state_store.delete_group(session.group_id)
+        self.freshness.forget(session.group_id)
         self.sessions.pop(session.room, None)
         asyncio.ensure_future(session.stop())
         # out of the room too: an account that stays affiliated through another
@@ -964,8 +1013,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if session is None or session.removed:
             return
         if 110 in codes or presence["from"].resource == self.nick(session.room):
-            self.suspend(session, f"the room took this device out (status "
-                                  f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
+            reason = (f"the room took this device out (status "
+                      f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
+            # after what the room sent before (the Commit that removed this device,
+            # if that is why): that Commit ends the group instead
+            session.in_room_order(lambda: self.suspend(session, reason))
         elif codes & AFFILIATION_CODES:
             real = presence["muc"]["jid"]
             jid = _bare(str(real)) if real else ""
@@ -982,6 +1034,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
         :raises UnknownGroupError: this device is in no such group.
         """
+        if isinstance(room_or_id, str) and self.reinit.forget(_bare(room_or_id)):
+            return  # a group closed by ReInit, kept for its successor's Welcome
         session = self.group(room_or_id)
         self.state_store.delete_group(session.group_id)
         self.sessions.pop(session.room, None)
@@ -1001,7 +1055,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
     async def create_group(self, *, members: list[str] | None = None,
                            group_id: bytes | None = None,
                            key_packages: list[KeyPackage] | None = None,
-                           rules: GroupRules | None = None) -> GroupSession:
+                           rules: GroupRules | None = None,
+                           suite: int | None = None) -> GroupSession:
         """Create an MLS group and its room, then add ``members`` (every device of each).
 
         ``rules`` (default: the ``rules`` option, else :data:`.DEFAULT_RULES`
@@ -1014,35 +1069,46 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         whose KeyPackages the caller fetched already. Adding many members
         reports its stages as ``mls_progress`` events.
 
+        ``suite`` is the group's cipher suite; by default the first of this
+        device's ``suites`` that every invited device supports (:mod:`.suites`).
+
         :raises NotConnectedError: there is no XMPP session (raised at once).
         :raises NoKeyPackageError: a member has no usable KeyPackage (checked
             before anything is created).
+        :raises NoCommonSuiteError: no suite of this device's is supported by every
+            invited device (nothing is created).
+        :raises UnsupportedCipherSuiteError: this device does not support ``suite``.
         :raises TransportError: the server refused the room, or did not answer.
         """
         await self.ensure_ready()
         assert self.identity is not None and self.keystore is not None
         members = [m for m in dict.fromkeys(members or []) if _bare(m) != self.bare_jid]
+        if suite is None:
+            suite = await negotiate(self, members)
+        client = self.client_for(suite)
         progress = Progress(self, None, "add")
         wanted = list(key_packages or [])
         if members:
-            devices = await fetch_devices(self, members, progress)
+            devices = await fetch_devices(self, members, progress, suite_id=suite)
             wanted += [kp for kps in devices.values() for kp in kps]
         try:  # this account's other devices (exclude_own: not this one)
-            wanted += [f.key_package for f in await self.keystore.fetch(self.bare_jid)]
+            wanted += [f.key_package
+                       for f in await self.keystores[suite].fetch(self.bare_jid)]
         except TransportError as e:
             self.error(MLSErrorEvent(f"fetching this account's devices failed: {e}", error=e))
         rules = rules or self.config["rules"] or DEFAULT_RULES
         if not rules.admins:
             rules = rules.with_admins(self.bare_jid)
-        group = self.identity.create_group(group_id or os.urandom(16),
-                                           extensions=(rules_extension(rules),
-                                                       group_info_key_extension()))
+        group = client.create_group(group_id or os.urandom(16),
+                                    extensions=(rules_extension(rules),
+                                                group_info_key_extension()))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
         await self.delivery.create_room(room, self.nick(room))
         session = GroupSession(self, group, room)
         progress.group = session
         self.sessions[room] = session
         self.persist(session)
+        self.freshness.created(session)
         session.start(catch_up=False)
         await self.record(session)
         unique = list({kp.leaf_node.signature_key: kp for kp in wanted}.values())
@@ -1104,8 +1170,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             for m in session.group.members:
                 if (member_jid(m) == _bare(jid)
                         and "".join(trust_fingerprint(m.signature_key).split()) == want):
-                    return safety_number(self.bare_jid, self.identity.signature_public_key,
-                                         member_jid(m), m.signature_key)
+                    own = session.group.state.tree.leaf(session.group.own_leaf_index)
+                    mine = (self.identity.signature_public_key if own is None
+                            else own.signature_key)  # this device's key of that suite
+                    return safety_number(self.bare_jid, mine, member_jid(m), m.signature_key)
         raise UnknownDeviceError(f"no device of {jid} with fingerprint {fingerprint} is in "
                                  "any group of this device")
 
@@ -1202,14 +1270,66 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.device_watch.watch_groups()  # lists that could not be followed yet
 
     async def renew_key_packages(self) -> None:
-        """One KeyPackage upkeep round (:meth:`KeyPackageStore.renew`); errors are reported."""
-        if self.keystore is None:
-            return
-        try:
-            await self.keystore.renew(int(self.config["pool_size"]))
+        """One KeyPackage upkeep round (:meth:`KeyPackageStore.renew`) for each suite's
+        identity; errors are reported."""
+        for store in self.keystores.values() or ([self.keystore] if self.keystore else []):
+            try:
+                await store.renew(int(self.config["pool_size"]))
+                self.save_identity()
+            except MLSError as e:
+                self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+    # -- cipher suites (see mls_xmpp.xmpp.suites) ------------------------------------------
+
+    def _setup_suites(self, client: Client) -> None:
+        """One identity and KeyPackage store per supported suite (option ``suites``);
+        the disco features that advertise them."""
+        order = preference(self.config["suites"], client.suite_id)
+        self.suite_order = order
+        fresh = False
+        identities = {s: c for s, c in self.identities.items() if s != client.suite_id}
+        for s in order:
+            if s != client.suite_id and s not in identities:
+                identities[s] = Client.generate(self.bare_jid.encode(), s,
+                                                config=client.config)
+                fresh = True
+        psks = client.resumption_psks
+        for c in identities.values():  # one group table and PSK store for all suites
+            psks.update(c.resumption_psks)
+            c.resumption_psks = psks
+            c.groups = client.groups
+            c.config = client.config
+            c.device_id = client.device_id
+            # an X.509 credential is the first identity's only; the others accept what it does
+            c.supported_credentials = client.supported_credentials
+        self.identities = {client.suite_id: client, **identities}
+        for c in self.identities.values():
+            c.supported_extensions = tuple(dict.fromkeys(
+                (*client.supported_extensions, LINK_EXTENSION)))
+            c.supported_suites = tuple(s for s in order if s != c.suite_id)
+        self.keystore = KeyPackageStore(self.xmpp, client, anchors=self.x509_anchors)
+        self.keystores = {s: (self.keystore if s == client.suite_id else
+                              KeyPackageStore(self.xmpp, self.identities[s],
+                                              anchors=self.x509_anchors))
+                          for s in order}
+        disco = self.xmpp.plugin["xep_0030"]
+        for s in order:
+            disco.add_feature(suite_feature(s))
+        if fresh:
             self.save_identity()
-        except MLSError as e:
-            self.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+    def client_for(self, suite: int) -> Client:
+        """This device's identity of cipher ``suite``.
+
+        :raises UnsupportedCipherSuiteError: the device does not support it (option
+            ``suites``).
+        """
+        client = self.identities.get(suite)
+        if client is None:
+            raise UnsupportedCipherSuiteError(
+                f"this device has no identity of cipher suite {suite} (option suites: "
+                f"{self.suite_order})")
+        return client
 
 
 #: How the reason of a group suspended by a failed write begins.

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GROUPS_NODE = "urn:mls-xmpp:0:groups"
+_PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
+_NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
+#: ``max_items`` asked for when a server refuses "max" in the node configuration.
+_MAX_ITEMS_FALLBACK = "256"
 
 
 class NoGroupInfo(TransportError):
@@ -66,18 +70,23 @@ class GroupRegistry:
     def _pubsub(self) -> Any:
         return cast(Any, self.xmpp.plugin)["xep_0060"]
 
-    def _options(self) -> Any:
+    def _options(self, form_type: str = _PUBLISH_OPTIONS) -> Any:
         form = cast(Any, Form)()
         form["type"] = "submit"
-        form.add_field(var="FORM_TYPE", ftype="hidden",
-                       value="http://jabber.org/protocol/pubsub#publish-options")
+        form.add_field(var="FORM_TYPE", ftype="hidden", value=form_type)
         form.add_field(var="pubsub#access_model", value="whitelist")
         form.add_field(var="pubsub#max_items", value="max")
         return form
 
     async def add(self, room: str, group_id: bytes, key: bytes | None = None) -> None:
         """Record a room this account is in, with its group's GroupInfo key (``key``,
-        sealed under the recovery key when there is one: :mod:`.privacy`)."""
+        sealed under the recovery key when there is one: :mod:`.privacy`).
+
+        Published with publish-options (whitelist, ``max_items`` max); a server
+        that refuses them (ejabberd 23.01 knows no ``pubsub#max_items`` option)
+        gets the node created or configured that way first, then the item
+        without options.
+        """
         el = ET.Element(f"{{{NS}}}group")
         el.set("room", room)
         el.set("group-id", group_id.hex())
@@ -88,14 +97,39 @@ class GroupRegistry:
         try:
             await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el,
                                  options=self._options(), timeout=self.timeout)
-        except IqError:
-            try:  # servers that refuse the options: the node's defaults
-                await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el,
-                                     timeout=self.timeout)
-            except (IqError, IqTimeout) as e:
-                raise TransportError(f"recording {room} failed: {e}") from e
+            return
+        except IqError as e:
+            log.info("publish-options for %s refused (%s); configuring the node",
+                     GROUPS_NODE, e.condition)
         except IqTimeout as e:
             raise TransportError(f"recording {room} failed: {e}") from e
+        await self._configure()
+        try:
+            await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el, timeout=self.timeout)
+        except (IqError, IqTimeout) as e:
+            raise TransportError(f"recording {room} failed: {e}") from e
+
+    async def _configure(self) -> None:
+        """Create the node whitelisted with room for every group, or configure it so.
+
+        Best effort: what fails is logged, and the publish that follows decides.
+        """
+        pubsub = self._pubsub
+        for max_items in ("max", _MAX_ITEMS_FALLBACK):
+            form = self._options(_NODE_CONFIG)
+            form.field["pubsub#max_items"]["value"] = max_items
+            try:
+                try:
+                    await pubsub.create_node(self._own, GROUPS_NODE, config=form,
+                                             timeout=self.timeout)
+                except IqError as e:
+                    if e.condition != "conflict":
+                        raise
+                    await pubsub.set_node_config(self._own, GROUPS_NODE, form,
+                                                 timeout=self.timeout)
+                return
+            except (IqError, IqTimeout) as e:
+                log.info("configuring %s (max_items %s) failed: %s", GROUPS_NODE, max_items, e)
 
     async def remove(self, room: str) -> None:
         """Forget a room (left or removed)."""
@@ -271,6 +305,8 @@ async def retract_stale_device_items(plugin: XEP_MLS, device_id: bytes) -> int:
     client = plugin.identity
     if keystore is None or client is None:
         return 0
+    # this device's keys of every suite it supports (mls_xmpp.xmpp.suites) are its own
+    own = {c.signature_public_key for c in (client, *plugin.identities.values())}
     retracted = 0
     for item_id, payload in await keystore._get_items(plugin.bare_jid):
         try:
@@ -279,6 +315,6 @@ async def retract_stale_device_items(plugin: XEP_MLS, device_id: bytes) -> int:
             continue
         leaf = kp.leaf_node
         if (leaf_device_id(leaf) == device_id
-                and leaf.signature_key != client.signature_public_key):
+                and leaf.signature_key not in own):
             retracted += await keystore.retract(bytes.fromhex(item_id))
     return retracted

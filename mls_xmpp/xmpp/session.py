@@ -37,6 +37,7 @@ from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
 from .errors import (
     ArchiveBudgetError,
     EnvelopeError,
+    GroupClosedError,
     GroupSuspendedError,
     NoKeyPackageError,
     NotConnectedError,
@@ -56,7 +57,9 @@ from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 
 if TYPE_CHECKING:
+    from ..core.messages.proposals import Proposal
     from .plugin import XEP_MLS
+    from .reinit import Successor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +91,8 @@ WELCOME_ATTEMPTS = 5
 WELCOME_WAIT = 120.0
 #: Seconds each member waits after the one before it to repair a lost affiliation.
 REPAIR_DELAY = 2.0
+#: a queue item that is a call to run in room order (:meth:`GroupSession.in_room_order`)
+_CALL = object()
 
 
 def member_jid(member: Member) -> str:
@@ -174,13 +179,15 @@ class Progress:
 
 
 async def fetch_devices(plugin: XEP_MLS, jids: list[str],
-                        progress: Progress | None = None) -> dict[str, list[KeyPackage]]:
-    """One KeyPackage per device of each JID, fetched a few accounts at a time.
+                        progress: Progress | None = None, *, suite_id: int | None = None
+                        ) -> dict[str, list[KeyPackage]]:
+    """One KeyPackage per device of each JID, fetched a few accounts at a time, of
+    cipher suite ``suite_id`` (default: this device's first identity's).
 
     :raises NoKeyPackageError: a JID has no usable KeyPackage (nothing is added then).
     :raises TransportError: a fetch failed.
     """
-    keystore = plugin.keystore
+    keystore = plugin.keystore if suite_id is None else plugin.keystores.get(suite_id)
     if keystore is None:
         raise NotConnectedError("the plugin has not started: no XMPP session yet")
     jids = list(dict.fromkeys(jids))
@@ -250,6 +257,10 @@ class GroupSession:
         self._flushing: asyncio.Future[None] | None = None
         #: the worker was stopped before it finished reading the archive
         self._unread = False
+        #: set when a ReInit closed the group: the group that replaces it (:mod:`.reinit`)
+        self.successor: Successor | None = None
+        #: the room of the group this one replaced by ReInit, if any
+        self.predecessor: str | None = None
 
     # -- what the group is ----------------------------------------------------
 
@@ -278,8 +289,19 @@ class GroupSession:
 
     # -- what the API checks first ---------------------------------------------
 
+    def closed_error(self) -> GroupClosedError:
+        """The error of a group a ReInit closed, naming the group that replaces it."""
+        successor = self.successor
+        room = "" if successor is None else successor.room
+        return GroupClosedError(
+            f"the group of {self.room} was closed by a ReInit and continues in "
+            f"{room or 'a new group'}: use xmpp['mls'].group({room!r})",
+            room, b"" if successor is None else successor.group_id)
+
     def _require_usable(self) -> None:
         """Raise at once when this handle cannot act (see :meth:`_usable`)."""
+        if self.successor is not None:
+            raise self.closed_error()
         if self.removed or not self.group.active:
             raise NotInGroupError(f"this device is no longer in the group of {self.room}")
         self.plugin.require_connected()
@@ -287,6 +309,8 @@ class GroupSession:
 
     def _require_member(self) -> None:
         """Raise at once when the group cannot take a message, online or not."""
+        if self.successor is not None:
+            raise self.closed_error()
         if self.removed or not self.group.active:
             raise NotInGroupError(f"this device is no longer in the group of {self.room}")
         if self.suspended is not None:
@@ -298,6 +322,10 @@ class GroupSession:
             raise GroupStateError(
                 f"this handle of {self.room} was replaced (the group was rejoined or "
                 "forgotten): get the group again with xmpp['mls'].group(room)")
+
+    async def ensure_usable(self) -> None:
+        """Wait until the group can act (:meth:`_usable`); raise at once when it cannot."""
+        await self._usable()
 
     async def _usable(self) -> None:
         """Wait until the group has read its archive; raise at once instead when this
@@ -421,6 +449,17 @@ class GroupSession:
         """Queue a live room message (and its room stanza-id) for the worker."""
         self._queue.put_nowait((msg, stanza_id))
 
+    def in_room_order(self, call: Callable[[], None]) -> None:
+        """Run ``call`` once the worker has processed every room message queued before
+        it (at once when no worker runs). The room's word about this device (it was
+        taken out) comes after the messages the room sent before it, e.g. the Commit
+        that removed this device: acted on earlier, it would hide that Commit."""
+        worker = self._worker
+        if worker is None or worker.done():
+            call()
+        else:
+            self._queue.put_nowait((_CALL, call))
+
     @property
     def stored_position(self) -> str | None:
         """The archive position to store: the last message processed, but never past a
@@ -460,6 +499,9 @@ class GroupSession:
             self.kick_outbox()
             while True:
                 msg, sid = await self._queue.get()
+                if msg is _CALL:
+                    sid()
+                    continue
                 await self._handle_safely(msg, sid)
         except asyncio.CancelledError:
             raise
@@ -602,12 +644,12 @@ class GroupSession:
         event = self.group.process(data)
         return event, encode_group_parts(self.group)
 
-    def _commit_and_encode(self, add: list[KeyPackage], remove: list[int]
-                           ) -> tuple[PendingCommit, tuple[bytes, bytes]]:
+    def _commit_and_encode(self, add: list[KeyPackage], remove: list[int],
+                           **more: Any) -> tuple[PendingCommit, tuple[bytes, bytes]]:
         """``group.commit`` and the state's encoding (run in a worker thread)."""
         from ..core.group.serialize import encode_group_parts
 
-        pending = self.group.commit(add=add, remove=remove)
+        pending = self.group.commit(add=add, remove=remove, **more)
         return pending, encode_group_parts(self.group)
 
     def _heavy(self, added: int = 0) -> bool:
@@ -723,8 +765,7 @@ class GroupSession:
         """
         from ..core.messages.framing import MLSMessage
 
-        identity = self.plugin.identity
-        assert identity is not None
+        identity = self.plugin.client_for(self.group.state.suite.id)
         await self.stop_worker()
         old, old_first = self.group, self.first_epoch
         loop = asyncio.get_running_loop()
@@ -760,6 +801,7 @@ class GroupSession:
             ok = False
         if ok:
             await self.save()
+            self.plugin.freshness.created(self)  # a new leaf: its keys are fresh
             await self.publish_group_info()
             return True
         # void: another Commit came first; back to the old state (still behind)
@@ -808,6 +850,7 @@ class GroupSession:
                 tuple(sorted({member_jid(m) for m in event.updated})), event.own,
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.added),
                 tuple((member_jid(m), fingerprint(m.signature_key)) for m in event.removed)))
+            self.plugin.freshness.commit_applied(self, event)  # leaf ages, idle notices
             if not event.self_removed:
                 # keys that are new to this group: added devices, updated leaves, and
                 # the committer's leaf (its UpdatePath may carry a new signature key)
@@ -821,6 +864,8 @@ class GroupSession:
                 asyncio.ensure_future(self._retry_leave())
             if event.removed and not event.own and not event.self_removed:
                 self._others_removed({member_jid(m) for m in event.removed})
+            if event.reinit is not None:  # the group is closed: see mls_xmpp.xmpp.reinit
+                self.plugin.reinit.committed(self, event)
             if event.self_removed:
                 # the tree is still the one before the Commit: is another device of
                 # this account staying in the group?
@@ -969,6 +1014,8 @@ class GroupSession:
         async def encrypt(content: bytes) -> bytes:
             nonlocal epoch
             async with self._group_lock:
+                if self.successor is not None:
+                    raise self.closed_error()
                 if self.removed or not self.group.active:
                     raise NotInGroupError(
                         f"this device is no longer in the group of {self.room}")
@@ -1038,17 +1085,21 @@ class GroupSession:
         """
         await self._usable()
         progress = Progress(self.plugin, self, "add")
-        devices = await fetch_devices(self.plugin, list(jids), progress)
+        devices = await fetch_devices(self.plugin, list(jids), progress,
+                                      suite_id=self.group.state.suite.id)
         await self.add_key_packages([kp for kps in devices.values() for kp in kps],
                                     progress=progress)
 
     async def add_key_packages(self, key_packages: list[KeyPackage], *,
-                               progress: Progress | None = None) -> None:
+                               progress: Progress | None = None,
+                               proposals: list[Proposal] | None = None) -> None:
         """Add devices whose KeyPackages the application already fetched.
 
         More than ``max_adds_per_commit`` (plugin option, 2,000 by default)
         are added in several Commits, so that no Commit outgrows what a room
         carries (64 fragments) and each one's work stays bounded.
+        ``proposals`` (the reinit PSK of a group that replaces a closed one,
+        :mod:`.reinit`) go into the first Commit.
         """
         await self._usable()
         progress = progress or Progress(self.plugin, self, "add")
@@ -1057,7 +1108,9 @@ class GroupSession:
         progress.batches = max(1, len(batches))
         for number, batch in enumerate(batches or [[]], 1):
             progress.batch = number
-            await self._commit(add=batch, progress=progress)
+            first = proposals if number == 1 else None
+            await self._commit(add=batch, progress=progress, proposals=first,
+                               reinitialising=bool(first))
 
     async def remove(self, *jids: str) -> None:
         """Remove every device of each user (bare JIDs).
@@ -1093,6 +1146,39 @@ class GroupSession:
                 f"no device in the group has the fingerprint {', '.join(unknown) or '-'}")
         await self._commit(remove_keys=[present[f] for f in wanted])
 
+    async def commit_proposals(self, proposals: list[Proposal]) -> CommitApplied:
+        """Commit ``proposals`` by value, alone (others' pending proposals left out).
+
+        :raises RulesError: the group's rules refuse them (nothing was sent).
+        """
+        return await self._commit(proposals=proposals, include_pending=False)
+
+    async def reinit(self, suite: int, *, allow_downgrade: bool = False,
+                     require_all: bool = False) -> GroupSession:
+        """Move the group to cipher ``suite`` by ReInit (RFC 9420 §11.2), in a new room.
+
+        Commits a ReInit in this room (closing this group for every member),
+        creates the new group and room, and adds every member device that has
+        a KeyPackage of ``suite``; those that have none are reported
+        (``mls_reinit`` ``stranded``, ``mls_error`` with
+        :class:`CannotFollowError`). See :mod:`mls_xmpp.xmpp.reinit`.
+
+        :returns: the new group. This handle then raises :class:`GroupClosedError`.
+        :raises RulesError: the group's rules do not let this member reinitialise.
+        :raises UnsupportedCipherSuiteError: this device has no identity of ``suite``
+            (option ``suites``).
+        :raises DowngradeError: ``suite`` ranks below the group's current suite in
+            this device's ``suites`` and ``allow_downgrade`` is not set.
+        :raises CannotFollowError: with ``require_all``, a member device has no
+            KeyPackage of ``suite`` (nothing was sent).
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises TransportError: the ReInit closed the group but the new group is not
+            made yet (the room refused, the stream went down): call again with the
+            same ``suite`` to go on where it stopped.
+        """
+        return await self.plugin.reinit.move(self, suite, allow_downgrade=allow_downgrade,
+                                             require_all=require_all)
+
     async def update(self) -> None:
         """Fresh keys for this device: an empty Commit with a path (PCS).
 
@@ -1101,6 +1187,17 @@ class GroupSession:
         """
         await self._usable()
         await self._commit()
+
+    async def remove_idle(self, signature_keys: list[bytes], notice: bytes) -> None:
+        """Remove devices by signature key with a reason in the Commit's
+        authenticated_data (:mod:`.freshness`: idle devices).
+
+        :raises RulesError: the group rules do not allow this device to remove them.
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :raises NotInGroupError: this device is no longer in the group.
+        """
+        await self._usable()
+        await self._commit(remove_keys=signature_keys, authenticated_data=notice)
 
     async def leave(self) -> None:
         """Propose this device's removal; another member commits it.
@@ -1130,12 +1227,24 @@ class GroupSession:
 
     async def _commit(self, *, add: list[KeyPackage] | None = None,
                       remove_keys: list[bytes] | None = None,
-                      attempts: int = 4, progress: Progress | None = None) -> CommitApplied:
+                      attempts: int = 4, progress: Progress | None = None,
+                      proposals: list[Proposal] | None = None,
+                      include_pending: bool = True,
+                      reinitialising: bool = False,
+                      authenticated_data: bytes = b"") -> CommitApplied:
         """Commit (with pending proposals), wait for the room, rebuild if another won.
 
         Removals are named by signature key, so a retry after another Commit
-        never removes whoever took over a freed leaf.
+        never removes whoever took over a freed leaf. ``proposals`` go in by
+        value (a ReInit, a PSK); ``include_pending=False`` leaves out others'
+        proposals (a ReInit must be alone in its Commit, RFC 9420 §12.2).
         """
+        more: dict[str, Any] = {}
+        if proposals or not include_pending or reinitialising:
+            more = {"proposals": list(proposals or []), "include_pending": include_pending,
+                    "reinitialising": reinitialising}
+        if authenticated_data:
+            more["authenticated_data"] = authenticated_data
         await self._usable()
         async with self._op_lock:
             add = list(add or [])
@@ -1161,9 +1270,9 @@ class GroupSession:
                     try:
                         if self._heavy(len(add)):
                             pending, parts = await _in_thread(self._commit_and_encode, add,
-                                                              remove)
+                                                              remove, **more)
                         else:
-                            pending = self.group.commit(add=add, remove=remove)
+                            pending = self.group.commit(add=add, remove=remove, **more)
                     except PolicyError as e:  # nothing was sent; the group is unchanged
                         raise RulesError(f"the group's rules refuse this change: {e}") from e
                     if progress is not None:
@@ -1194,7 +1303,8 @@ class GroupSession:
                     self._inflight = None
                     if progress is not None:
                         progress.advance("room", 1, 1)
-                    await self._after_own_commit(pending, stanza_id, progress)
+                    if event.reinit is None:  # a ReInit closed the group: nothing follows
+                        await self._after_own_commit(pending, stanza_id, progress)
                     return event
                 # our Commit lost the race: its echo, when it comes, is not news
                 self._remember_sent(pending.message)
@@ -1202,6 +1312,8 @@ class GroupSession:
             raise TransportError(f"could not commit after {attempts} attempts: {last}")
 
     async def _finish_late(self, pending: PendingCommit, stanza_id: str | None) -> None:
+        if self.successor is not None:
+            return  # a late ReInit: the group is closed (see mls_xmpp.xmpp.reinit)
         try:
             await self._after_own_commit(pending, stanza_id)
         except MLSError as e:

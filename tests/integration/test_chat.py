@@ -730,6 +730,8 @@ async def _start_failures(server: ProsodyServer, account: Account, tmp: Path) ->
         assert b"Traceback" not in wrong.stderr, wrong.report()
     finally:
         await _kill_all(wrong)
+    # the new store keyed by the wrong password is not kept for the next run
+    assert not (tmp / "a.db").exists() and not (tmp / "a.db.salt").exists()
 
     # no server behind the address: the reason at once, not after --timeout
     import socket
@@ -754,6 +756,9 @@ async def _start_failures(server: ProsodyServer, account: Account, tmp: Path) ->
     second = None
     try:
         await first.ready()
+        # encrypted by default (retention, RFC 9750 §8.4): no secret in the file in the clear
+        await first.expect(r"^\* store .*a\.db \(encrypted\); 0 group\(s\)$")
+        assert (tmp / "a.db.salt").exists()
         second = await ChatProcess.start(server, account, tmp / "a.db")
         assert await second.wait_exit() == 1, second.report()
         await second.expect(r"^error: the store .*a\.db is in use by another mls-xmpp process$")

@@ -1,5 +1,8 @@
 """An MLS group across two federating servers (s2s): a.test and b.test.
 
+Each test runs twice: on two Prosody servers, and across implementations with
+ejabberd as a.test's role (``e.test``) and Prosody as b.test's (``p.test``).
+
 alice@a.test and carol@a.test, bob@b.test and dave@b.test. KeyPackages are
 fetched from the other domain's PEP both ways; alice creates the group (its
 room is on conference.a.test) with bob and carol while bob is offline: his
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,7 +31,7 @@ import pytest
 
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.storage import MemoryStore
-from mls_xmpp.testing import Account, Federation
+from mls_xmpp.testing import Account, Federation, MixedFederation, find_ejabberdctl
 
 from .mls_clients import TIMEOUT, Recorder, befriend, close, mls_client
 
@@ -35,13 +39,21 @@ SCENARIO_TIMEOUT = 180
 ROUND_TRIPS = 20
 
 
-@pytest.fixture(scope="module")
-def federation() -> Iterator[Federation]:
-    """a.test (127.0.0.1) and b.test (127.0.0.2), federating; stopped by PID at the end."""
+@pytest.fixture(scope="module", params=["prosody", "ejabberd-prosody"])
+def federation(request: pytest.FixtureRequest) -> Iterator[Federation | MixedFederation]:
+    """Two federating servers, stopped by PID at the end: a.test (127.0.0.1) and b.test
+    (127.0.0.2), both Prosody; then across implementations: e.test on ejabberd
+    (127.0.0.3) as ``a`` and p.test on Prosody (127.0.0.4) as ``b``."""
     if shutil.which("prosody") is None:
         pytest.fail("prosody is not installed: run bin/setup (Debian package 'prosody')")
-    with Federation() as fed:
-        yield fed
+    if request.param == "prosody":
+        with Federation() as fed:
+            yield fed
+        return
+    if find_ejabberdctl() is None:
+        pytest.fail("ejabberd is not installed: run bin/setup (Debian package 'ejabberd')")
+    with MixedFederation() as mixed:
+        yield mixed
 
 
 class Timings:
@@ -90,7 +102,7 @@ async def latency(sender: Any, receiver: Recorder, label: str, n: int) -> list[f
     return out
 
 
-async def _scenario(fed: Federation, acc: dict[str, Account], t: Timings) -> None:
+async def _scenario(fed: Federation | MixedFederation, acc: dict[str, Account], t: Timings) -> None:
     a, b = fed.a, fed.b
     alice, ra = await mls_client(a, *acc["alice"])
     carol, rc = await mls_client(a, *acc["carol"])
@@ -250,7 +262,7 @@ async def _scenario(fed: Federation, acc: dict[str, Account], t: Timings) -> Non
         t.lap("disconnect")
 
 
-def test_group_across_two_servers(federation: Federation,
+def test_group_across_two_servers(federation: Federation | MixedFederation,
                                   record_property: Callable[[str, object], None]) -> None:
     fed = federation
     accounts = {
@@ -274,7 +286,8 @@ def test_group_across_two_servers(federation: Federation,
         record_property("federation_timings", timings.values)
 
 
-async def _hosted_on_b(fed: Federation, acc: dict[str, Account], t: Timings) -> None:
+async def _hosted_on_b(fed: Federation | MixedFederation, acc: dict[str, Account],
+                       t: Timings) -> None:
     bob, rb = await mls_client(fed.b, *acc["bob"])
     alice, ra = await mls_client(fed.a, *acc["alice"])
     try:
@@ -297,7 +310,7 @@ async def _hosted_on_b(fed: Federation, acc: dict[str, Account], t: Timings) -> 
         await close(alice, bob)
 
 
-def test_group_hosted_on_b(federation: Federation) -> None:
+def test_group_hosted_on_b(federation: Federation | MixedFederation) -> None:
     """The other direction: the room on conference.b.test, a member from a.test."""
     fed = federation
     accounts = {"alice": fed.a.create_account("alice"), "bob": fed.b.create_account("bob")}
@@ -325,6 +338,36 @@ def test_federation_lifecycle() -> None:
         with pytest.raises(ProcessLookupError):
             _signal0(pid)
         assert not directory.exists()
+
+
+def test_federation_lifecycle_ejabberd_prosody() -> None:
+    """The mixed pair: both servers gone (by PID) afterwards, directories removed, the
+    DNS responder for ejabberd stopped."""
+    fed = MixedFederation()
+    with fed:
+        pids = [s.pid for s in fed.servers]
+        dirs = [s.directory for s in fed.servers]
+        assert fed.running
+        assert fed.server_of("x@conference.e.test") is fed.a
+        assert fed.server_of("y@p.test") is fed.b
+        assert fed.ping_seconds is not None
+        name = f"mixed-federation-dns-{fed.dns_port}"
+        threads = [t for t in threading.enumerate() if t.name == name]
+        assert len(threads) == 1
+    assert not fed.running
+    assert not threads[0].is_alive()
+    for pid, directory in zip(pids, dirs, strict=True):
+        assert not _alive(pid)
+        assert not directory.exists()
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (ejabberd's node is not our child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _signal0(pid: int) -> None:

@@ -345,3 +345,57 @@ def test_stale_welcome_after_removal_is_not_joined_again(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(_stale(prosody, new_account("alice"), new_account("carol")),
                                  120))
+
+
+async def _stints(server: ProsodyServer, alice_acc: Account, carol_acc: Account,
+                  caplog: pytest.LogCaptureFixture) -> None:
+    from mls_xmpp.testing import FaultProxy
+
+    from .test_outbox import _down, _up
+
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        alice, _ = await mls_client(server, *alice_acc)
+        carol, rc = await mls_client(server, *carol_acc, {"room_retry": 0.5},
+                                     via=(proxy.host, proxy.port))
+        try:
+            await befriend(alice, carol)
+            group = await alice.plugin["mls"].create_group(members=[carol_acc.jid])
+            joined = await _join(rc, group.room)
+            await synced(group, joined)
+            # carol is offline while she is removed and added back twice; a message in
+            # each stint of her membership
+            await _down(carol, proxy, refuse=True)
+            for stint in (1, 2):
+                await group.remove(carol_acc.jid)
+                await group.add(carol_acc.jid)
+                await group.send(f"stint {stint}")
+            # and the room refuses her for a while (as it does a removed account until
+            # it is added again): her group, in epoch 1, cannot read its removal yet
+            # when both Welcomes come
+            delivery = alice.plugin["mls"].delivery
+            await delivery.set_affiliation(group.room, carol_acc.jid, "none")
+
+            def kept() -> list[str]:
+                return [r.message for r in caplog.records
+                        if "waits until this device reads" in r.message]
+
+            with caplog.at_level("INFO", logger="mls_xmpp"):
+                await _up(carol, proxy)
+                await until(lambda: len(kept()) == 2)
+                assert joined.suspended is not None and joined.epoch == 1
+                await delivery.set_affiliation(group.room, carol_acc.jid, "member")
+                # she reads her removal, then each Welcome in turn: every stint is read
+                await until(lambda: "stint 2" in rc.bodies(), 60)
+            assert rc.bodies() == ["stint 1", "stint 2"]
+            assert len(rc.events["mls_removed"]) == 2
+            (again,) = carol.plugin["mls"].groups
+            await synced(group, again)
+        finally:
+            await close(alice, carol)
+
+
+def test_welcomes_kept_while_removed_are_opened_one_stint_after_another(
+        prosody: ProsodyServer, new_account: Callable[[str], Account],
+        caplog: pytest.LogCaptureFixture) -> None:
+    asyncio.run(asyncio.wait_for(_stints(prosody, new_account("alice"), new_account("carol"),
+                                         caplog), 150))

@@ -1,4 +1,4 @@
-"""KeyPackage upkeep by the plugin over a real Prosody.
+"""KeyPackage upkeep by the plugin on real servers (Prosody, ejabberd).
 
 A last-resort KeyPackage that a Welcome used is withdrawn and replaced
 (RFC 9420 §16.8), and the periodic upkeep keeps a device reachable.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.testing import Account, XmppServer
 
 from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 
-async def _last_resort_rotated(server: ProsodyServer, alice_acc: Account,
+async def _last_resort_rotated(server: XmppServer, alice_acc: Account,
                                bob_acc: Account) -> None:
     # bob keeps no pool: only a last-resort KeyPackage, so adders must use it
     bob, rb = await mls_client(server, *bob_acc, config={"pool_size": 0})
@@ -58,7 +58,7 @@ async def _last_resort_rotated(server: ProsodyServer, alice_acc: Account,
         await close(alice, bob)
 
 
-def test_used_last_resort_is_replaced(prosody: ProsodyServer,
+def test_used_last_resort_is_replaced(server: XmppServer,
                                       new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(
-        _last_resort_rotated(prosody, new_account("alice"), new_account("bob")), 120))
+        _last_resort_rotated(server, new_account("alice"), new_account("bob")), 120))

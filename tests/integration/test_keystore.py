@@ -1,4 +1,4 @@
-"""The PEP KeyPackage store against a real Prosody 0.12.
+"""The PEP KeyPackage store against real servers: Prosody 0.12 and ejabberd 23.01.
 
 Covers: publishing a pool (items, ids, node configuration), fetching and
 validating another account's KeyPackages, dropping items whose credential names
@@ -26,7 +26,7 @@ from mls_xmpp.core.errors import LocalUsageError
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.core.group.config import GroupConfig
 from mls_xmpp.core.messages.framing import MLSMessage
-from mls_xmpp.testing import Account, ProsodyServer, connect_client, disconnect_client
+from mls_xmpp.testing import Account, XmppServer, connect_client, disconnect_client
 from mls_xmpp.xmpp.keystore import (
     DEFAULT_MAX_ITEMS,
     ELEMENT,
@@ -61,13 +61,13 @@ def pubsub(xmpp: slixmpp.ClientXMPP) -> Any:
 
 
 @asynccontextmanager
-async def devices(prosody: ProsodyServer,
+async def devices(server: XmppServer,
                   *who: tuple[Account, Client]) -> AsyncIterator[list[KeyPackageStore]]:
     """One connected slixmpp client + KeyPackageStore per (account, MLS client)."""
     async with AsyncExitStack() as stack:
         stores = []
         for account, client in who:
-            xmpp = await connect_client(prosody, *account, plugins=PLUGINS, timeout=STEP)
+            xmpp = await connect_client(server, *account, plugins=PLUGINS, timeout=STEP)
             stack.push_async_callback(disconnect_client, xmpp)
             stores.append(KeyPackageStore(xmpp, client, timeout=STEP))
         yield stores
@@ -108,13 +108,13 @@ def config_form(**fields: str) -> Any:
 # -- publish and fetch --------------------------------------------------------------------
 
 
-def test_publish_pool_then_fetch(prosody: ProsodyServer,
+def test_publish_pool_then_fetch(server: XmppServer,
                                  new_account: Callable[[str], Account]) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
     alice_mls, bob_mls = mls_client(alice_acct), mls_client(bob_acct)
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, alice_mls), (bob_acct, bob_mls)) as (alice, bob):
+        async with devices(server, (alice_acct, alice_mls), (bob_acct, bob_mls)) as (alice, bob):
             refs = await alice.publish_pool(size=3)
             assert len(refs) == 4 and len(set(refs)) == 4
             last_resort = refs[-1]
@@ -163,11 +163,11 @@ def test_publish_pool_then_fetch(prosody: ProsodyServer,
 
 
 def test_fetch_prefers_normal_then_falls_back_to_last_resort(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, mls_client(alice_acct)),
+        async with devices(server, (alice_acct, mls_client(alice_acct)),
                            (bob_acct, mls_client(bob_acct))) as (alice, bob):
             refs = await alice.publish_pool(size=2)
             seen = {(await bob.fetch(alice.own_jid))[0].ref for _ in range(12)}
@@ -180,12 +180,12 @@ def test_fetch_prefers_normal_then_falls_back_to_last_resort(
     run(scenario())
 
 
-def test_fetch_without_node_is_empty(prosody: ProsodyServer,
+def test_fetch_without_node_is_empty(server: XmppServer,
                                      new_account: Callable[[str], Account]) -> None:
     alice_acct, carol_acct = new_account("alice"), new_account("carol")
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, mls_client(alice_acct))) as (alice,):
+        async with devices(server, (alice_acct, mls_client(alice_acct))) as (alice,):
             # Prosody: forbidden for a non-contact's missing node, item-not-found for our own
             assert await alice.fetch(carol_acct.jid) == []
             assert await alice.fetch(alice.own_jid, exclude_own=False) == []
@@ -200,16 +200,16 @@ def test_fetch_without_node_is_empty(prosody: ProsodyServer,
 
 
 def test_fetch_drops_forged_malformed_and_expired_items(
-        prosody: ProsodyServer, new_account: Callable[[str], Account],
+        server: XmppServer, new_account: Callable[[str], Account],
         caplog: pytest.LogCaptureFixture) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
     alice_mls = mls_client(alice_acct)
-    mallory = Client.generate(f"mallory@{prosody.domain}".encode(), 1)
+    mallory = Client.generate(f"mallory@{server.domain}".encode(), 1)
     long_ago = int(time.time()) - 200 * 24 * 3600
     stale_alice = mls_client(alice_acct, clock=lambda: long_ago)  # lifetime long over
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, alice_mls), (bob_acct, mls_client(bob_acct))
+        async with devices(server, (alice_acct, alice_mls), (bob_acct, mls_client(bob_acct))
                            ) as (alice, bob):
             good = await alice.publish_pool(size=1)
 
@@ -251,11 +251,11 @@ def test_fetch_drops_forged_malformed_and_expired_items(
 
 
 def test_publish_refuses_a_credential_for_another_account(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, mls_client(bob_acct))) as (alice,):
+        async with devices(server, (alice_acct, mls_client(bob_acct))) as (alice,):
             with pytest.raises(LocalUsageError, match="credential names"):
                 await alice.publish_pool(size=1)
             assert await alice.own_items() == []
@@ -266,13 +266,13 @@ def test_publish_refuses_a_credential_for_another_account(
 # -- upkeep ----------------------------------------------------------------------------
 
 
-def test_retract_sync_used_and_top_up(prosody: ProsodyServer,
+def test_retract_sync_used_and_top_up(server: XmppServer,
                                       new_account: Callable[[str], Account]) -> None:
     alice_acct = new_account("alice")
     alice_mls = mls_client(alice_acct)
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, alice_mls)) as (alice,):
+        async with devices(server, (alice_acct, alice_mls)) as (alice,):
             refs = await alice.publish_pool(size=3)
             normal, last_resort = refs[:3], refs[3]
 
@@ -311,14 +311,14 @@ def test_retract_sync_used_and_top_up(prosody: ProsodyServer,
 
 
 def test_renew_replaces_expiring_key_packages_and_retires_last_resort(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
     alice_acct = new_account("alice")
     clock = [int(time.time())]
     alice_mls = mls_client(alice_acct, clock=lambda: clock[0])
     day = 24 * 3600
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, alice_mls)) as (alice,):
+        async with devices(server, (alice_acct, alice_mls)) as (alice,):
             first = await alice.publish_pool(size=2)
             assert await alice.renew(2) == []  # fresh: nothing to do
             assert set(await item_ids(alice, alice.own_jid)) == {r.hex() for r in first}
@@ -352,11 +352,11 @@ def test_renew_replaces_expiring_key_packages_and_retires_last_resort(
 
 
 def test_publish_falls_back_when_node_exists_with_other_config(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, mls_client(alice_acct)),
+        async with devices(server, (alice_acct, mls_client(alice_acct)),
                            (bob_acct, mls_client(bob_acct))) as (alice, bob):
             # created with the server defaults: access_model presence, max_items 1
             await pubsub(alice.xmpp).create_node(alice.own_jid, NODE, timeout=STEP)
@@ -374,13 +374,13 @@ def test_publish_falls_back_when_node_exists_with_other_config(
     run(scenario())
 
 
-def test_fallback_keeps_a_larger_max_items(prosody: ProsodyServer,
+def test_fallback_keeps_a_larger_max_items(server: XmppServer,
                                            new_account: Callable[[str], Account]) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
     alice_mls = mls_client(alice_acct)
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, alice_mls), (bob_acct, mls_client(bob_acct))
+        async with devices(server, (alice_acct, alice_mls), (bob_acct, mls_client(bob_acct))
                            ) as (alice, bob):
             # another client set a whitelist node with room for 200 items
             await pubsub(alice.xmpp).create_node(
@@ -403,14 +403,14 @@ def test_fallback_keeps_a_larger_max_items(prosody: ProsodyServer,
 
 
 def test_publish_without_options_when_the_server_refuses_them(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
     """A server that rejects publish-options outright (as ejabberd rejects
     ``pubsub#max_items``): simulated by corrupting the options so Prosody itself
     answers ``bad-request``."""
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, mls_client(alice_acct)),
+        async with devices(server, (alice_acct, mls_client(alice_acct)),
                            (bob_acct, mls_client(bob_acct))) as (alice, bob):
             plugin = pubsub(alice.xmpp)
             real_publish = plugin.publish
@@ -445,13 +445,13 @@ def test_publish_without_options_when_the_server_refuses_them(
 # -- multi-device ----------------------------------------------------------------------
 
 
-def test_two_devices_of_one_account(prosody: ProsodyServer,
+def test_two_devices_of_one_account(server: XmppServer,
                                     new_account: Callable[[str], Account]) -> None:
     alice_acct, bob_acct = new_account("alice"), new_account("bob")
     phone, laptop = mls_client(alice_acct), mls_client(alice_acct)
 
     async def scenario() -> None:
-        async with devices(prosody, (alice_acct, phone), (alice_acct, laptop),
+        async with devices(server, (alice_acct, phone), (alice_acct, laptop),
                            (bob_acct, mls_client(bob_acct))) as (alice1, alice2, bob):
             assert alice1.xmpp.boundjid.full != alice2.xmpp.boundjid.full
             phone_refs = await alice1.publish_pool(size=2)

@@ -1,4 +1,4 @@
-"""Several devices per user over a real Prosody (RFC 9750 §3.1.1, DESIGN "Multi-device").
+"""Several devices per user on Prosody and ejabberd (RFC 9750 §3.1.1, DESIGN "Multi-device").
 
 Every device is its own leaf: two slixmpp clients of one account (different
 resources, device names and stores) are two members of a group. Adding a user
@@ -17,7 +17,7 @@ import pytest
 
 from mls_xmpp.errors import UnknownDeviceError
 from mls_xmpp.storage import MemoryStore
-from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.testing import Account, XmppServer
 from mls_xmpp.xmpp.session import GroupSession
 from mls_xmpp.xmpp.trust import fingerprint
 
@@ -60,7 +60,7 @@ def _no_errors(*recorders: Recorder) -> None:
 # -- 1: adding a user adds all of the user's devices ---------------------------------
 
 
-async def _bob_adds_alice(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+async def _bob_adds_alice(server: XmppServer, alice_acc: Account, bob_acc: Account) -> None:
     laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
     bob, rb = await mls_client(server, *bob_acc, config=_device("desktop"))
@@ -97,16 +97,16 @@ async def _bob_adds_alice(server: ProsodyServer, alice_acc: Account, bob_acc: Ac
         await close(laptop, phone, bob)
 
 
-def test_adding_a_user_adds_every_device(prosody: ProsodyServer,
+def test_adding_a_user_adds_every_device(server: XmppServer,
                                          new_account: Callable[[str], Account]) -> None:
     alice, bob = new_account("alice"), new_account("bob")
-    asyncio.run(asyncio.wait_for(_bob_adds_alice(prosody, alice, bob), 120))
+    asyncio.run(asyncio.wait_for(_bob_adds_alice(server, alice, bob), 120))
 
 
 # -- 2: the creator's other devices are in her groups ----------------------------------
 
 
-async def _creator_brings_devices(server: ProsodyServer, alice_acc: Account,
+async def _creator_brings_devices(server: XmppServer, alice_acc: Account,
                                   bob_acc: Account) -> None:
     laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
@@ -142,16 +142,16 @@ async def _creator_brings_devices(server: ProsodyServer, alice_acc: Account,
         await close(laptop, phone, bob)
 
 
-def test_creator_brings_her_other_devices(prosody: ProsodyServer,
+def test_creator_brings_her_other_devices(server: XmppServer,
                                           new_account: Callable[[str], Account]) -> None:
     alice, bob = new_account("alice"), new_account("bob")
-    asyncio.run(asyncio.wait_for(_creator_brings_devices(prosody, alice, bob), 120))
+    asyncio.run(asyncio.wait_for(_creator_brings_devices(server, alice, bob), 120))
 
 
 # -- 3: a new device joins by external Commit, next to the others ----------------------
 
 
-async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+async def _new_device(server: XmppServer, alice_acc: Account, bob_acc: Account) -> None:
     laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
     bob, rb = await mls_client(server, *bob_acc)
@@ -214,17 +214,17 @@ async def _new_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accoun
         await close(laptop, phone, bob)
 
 
-def test_new_device_joins_by_external_commit(prosody: ProsodyServer,
+def test_new_device_joins_by_external_commit(server: XmppServer,
                                              new_account: Callable[[str], Account]) -> None:
     alice, bob = new_account("alice"), new_account("bob")
-    asyncio.run(asyncio.wait_for(_new_device(prosody, alice, bob), 180))
+    asyncio.run(asyncio.wait_for(_new_device(server, alice, bob), 180))
 
 
 
 # -- 4: a device that was away while another device of the account was online ---------
 
 
-async def _away_device(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+async def _away_device(server: XmppServer, alice_acc: Account, bob_acc: Account) -> None:
     phone_store = MemoryStore()
     phone_config = {"device": "phone", "store": phone_store}
     phone, _ = await mls_client(server, *alice_acc, config=phone_config)
@@ -273,9 +273,9 @@ async def _away_device(server: ProsodyServer, alice_acc: Account, bob_acc: Accou
 
 
 def test_away_device_finds_its_welcome_in_the_archive(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
     alice, bob = new_account("alice"), new_account("bob")
-    asyncio.run(asyncio.wait_for(_away_device(prosody, alice, bob), 120))
+    asyncio.run(asyncio.wait_for(_away_device(server, alice, bob), 120))
 
 
 # -- 5: one device removed, the account stays ------------------------------------------
@@ -286,7 +286,7 @@ def _occupant_nicks(client: Any, room: str) -> set[str]:
     return set(client.plugin["xep_0045"].get_roster(room) or ())
 
 
-async def _one_device_removed(server: ProsodyServer, alice_acc: Account,
+async def _one_device_removed(server: XmppServer, alice_acc: Account,
                               bob_acc: Account) -> None:
     laptop, rl = await mls_client(server, *alice_acc, config=_device("laptop"))
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
@@ -331,16 +331,16 @@ async def _one_device_removed(server: ProsodyServer, alice_acc: Account,
         await close(laptop, phone, tablet, bob)
 
 
-def test_removed_device_leaves_the_room(prosody: ProsodyServer,
+def test_removed_device_leaves_the_room(server: XmppServer,
                                         new_account: Callable[[str], Account]) -> None:
     alice, bob = new_account("alice"), new_account("bob")
-    asyncio.run(asyncio.wait_for(_one_device_removed(prosody, alice, bob), 120))
+    asyncio.run(asyncio.wait_for(_one_device_removed(server, alice, bob), 120))
 
 
 # -- 6: two adders picked the same KeyPackage ------------------------------------------
 
 
-async def _same_key_package(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+async def _same_key_package(server: XmppServer, alice_acc: Account, bob_acc: Account,
                             carol_acc: Account) -> None:
     phone, rp = await mls_client(server, *alice_acc, config=_device("phone"))
     bob, _ = await mls_client(server, *bob_acc)
@@ -362,8 +362,8 @@ async def _same_key_package(server: ProsodyServer, alice_acc: Account, bob_acc: 
         await close(phone, bob, carol)
 
 
-def test_two_adders_with_the_same_key_package(prosody: ProsodyServer,
+def test_two_adders_with_the_same_key_package(server: XmppServer,
                                               new_account: Callable[[str], Account]) -> None:
-    asyncio.run(asyncio.wait_for(_same_key_package(prosody, new_account("alice"),
+    asyncio.run(asyncio.wait_for(_same_key_package(server, new_account("alice"),
                                                    new_account("bob"), new_account("carol")),
                                  120))

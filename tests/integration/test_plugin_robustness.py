@@ -1,5 +1,7 @@
 """The plugin under pressure, over a real Prosody: racing commits, a ratchet tree
-larger than the stanza limit, and hostile input from someone outside the group."""
+larger than the stanza limit, and hostile input from someone outside the group.
+Racing commits and the outsider (members-only room, forged payloads) also run
+on ejabberd."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.core.group.serialize import encode_group
-from mls_xmpp.testing import Account, ProsodyServer, connect_client, disconnect_client
+from mls_xmpp.testing import Account, ProsodyServer, XmppServer, connect_client, disconnect_client
 from mls_xmpp.xmpp.envelope import Envelope, Kind
 from mls_xmpp.xmpp.session import GroupSession
 from mls_xmpp.xmpp.stanza import NS
@@ -21,7 +23,7 @@ from .mls_clients import TIMEOUT, befriend, close, mls_client
 STANZA_LIMIT = 262144  # Prosody's default c2s_stanza_size_limit
 
 
-async def _group_of(server: ProsodyServer, accounts: list[Account]
+async def _group_of(server: XmppServer, accounts: list[Account]
                     ) -> tuple[list[Any], list[Any], list[GroupSession]]:
     clients, recorders = [], []
     for acc in accounts:
@@ -49,7 +51,7 @@ async def _settle(sessions: list[GroupSession], epoch: int) -> None:
 # -- commits racing ------------------------------------------------------------------
 
 
-async def _race(server: ProsodyServer, accounts: list[Account]) -> None:
+async def _race(server: XmppServer, accounts: list[Account]) -> None:
     clients, recorders, sessions = await _group_of(server, accounts[:3])
     dave, rd = await mls_client(server, *accounts[3])
     erin, re_ = await mls_client(server, *accounts[4])
@@ -79,10 +81,10 @@ async def _race(server: ProsodyServer, accounts: list[Account]) -> None:
         await close(*clients, dave, erin)
 
 
-def test_concurrent_commits_converge(prosody: ProsodyServer,
+def test_concurrent_commits_converge(server: XmppServer,
                                     new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob", "carol", "dave", "erin")]
-    asyncio.run(asyncio.wait_for(_race(prosody, accounts), 180))
+    asyncio.run(asyncio.wait_for(_race(server, accounts), 180))
 
 
 # -- a tree larger than a stanza -----------------------------------------------------------
@@ -146,7 +148,7 @@ def _raw(client: Any, to: str, mtype: str, payload: str) -> None:
     msg.send()
 
 
-async def _hostile(server: ProsodyServer, accounts: list[Account]) -> None:
+async def _hostile(server: XmppServer, accounts: list[Account]) -> None:
     clients, recorders, sessions = await _group_of(server, accounts[:2])
     ga, gb = sessions
     ra, rb = recorders
@@ -206,10 +208,10 @@ async def _hostile(server: ProsodyServer, accounts: list[Account]) -> None:
         await close(*clients)
 
 
-def test_outsider_payloads_change_nothing(prosody: ProsodyServer,
+def test_outsider_payloads_change_nothing(server: XmppServer,
                                          new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob", "mallory")]
-    asyncio.run(asyncio.wait_for(_hostile(prosody, accounts), 120))
+    asyncio.run(asyncio.wait_for(_hostile(server, accounts), 120))
 
 
 # -- hostile members and Welcomes (found in review) -----------------------------------------

@@ -1,4 +1,4 @@
-"""The architecture's scenario over a real Prosody (RFC 9750 §2, issue "slixmpp plugin").
+"""The architecture's scenario on Prosody and ejabberd (RFC 9750 §2, issue "slixmpp plugin").
 
 alice, bob and charlie publish KeyPackages; alice creates a group with bob
 and charlie; messages flow every way; bob updates his keys; alice removes
@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.storage import MemoryStore
-from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.testing import Account, XmppServer
 
 from .mls_clients import TIMEOUT, befriend, close, mls_client
 
 
-async def _scenario(server: ProsodyServer, accounts: dict[str, Account]) -> None:
+async def _scenario(server: XmppServer, accounts: dict[str, Account]) -> None:
     alice, ra = await mls_client(server, *accounts["alice"])
     bob, rb = await mls_client(server, *accounts["bob"])
     charlie, rc = await mls_client(server, *accounts["charlie"])
@@ -81,8 +81,8 @@ async def _scenario(server: ProsodyServer, accounts: dict[str, Account]) -> None
         await close(alice, bob, charlie)
 
 
-def test_architecture_scenario(prosody: ProsodyServer,
+def test_architecture_scenario(server: XmppServer,
                                new_account: Callable[[str], Account]) -> None:
     accounts = {n: new_account(n) for n in ("alice", "bob", "charlie", "dave")}
-    asyncio.run(asyncio.wait_for(_scenario(prosody, accounts), 180))
+    asyncio.run(asyncio.wait_for(_scenario(server, accounts), 180))
 

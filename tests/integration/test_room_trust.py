@@ -199,3 +199,41 @@ def test_no_recovery_without_a_device_name(
     accounts = [new_account(n) for n in ("alice", "bob")]
     asyncio.run(asyncio.wait_for(_no_device(prosody, accounts, tmp_path), 120))
 
+
+
+async def _removed_while_busy(server: ProsodyServer, alice_acc: Account,
+                              carol_acc: Account) -> None:
+    alice, _ = await mls_client(server, *alice_acc)
+    carol, rc = await mls_client(server, *carol_acc, config=FAST_RETRY)
+    try:
+        await befriend(alice, carol)
+        group = await alice.plugin["mls"].create_group(members=[carol_acc.jid])
+        (joined,) = await rc.wait("mls_joined")
+        await synced(group, joined)
+        ejected = asyncio.get_running_loop().create_future()
+
+        def on_presence(presence: Any) -> None:
+            codes = set(presence["muc"]["status_codes"])
+            if presence["type"] == "unavailable" and 321 in codes and not ejected.done():
+                ejected.set_result(None)
+
+        carol.add_event_handler("groupchat_presence", on_presence)
+        # carol's device is busy (its group's lock held, as by a slow write) while
+        # alice removes her: the Commit waits in the queue when the room's word that
+        # carol's account lost its place arrives
+        async with joined.group_lock:
+            await group.remove(carol_acc.jid)
+            await asyncio.wait_for(ejected, 30)
+            await asyncio.sleep(0.5)  # the presence handler has run
+        # the Commit is read first and ends the group: removed, not suspended
+        await rc.wait("mls_removed")
+        assert joined.removed and _suspensions(rc) == []
+        assert carol.plugin["mls"].groups == []
+    finally:
+        await close(alice, carol)
+
+
+def test_removal_is_read_before_the_room_took_the_device_out(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_removed_while_busy(prosody, new_account("alice"),
+                                                     new_account("carol")), 120))

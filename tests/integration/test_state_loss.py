@@ -1,4 +1,4 @@
-"""Recovery after state loss (RFC 9750 §3.1.2) over a real Prosody: a member's
+"""Recovery after state loss (RFC 9750 §3.1.2) on real servers (Prosody, ejabberd): a member's
 store is deleted; the device rejoins by external Commit from the GroupInfo in the
 room archive, its old leaf is removed, and it talks with the others again."""
 
@@ -9,16 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from slixmpp.exceptions import IqError
 
 from mls_xmpp.errors import LocalUsageError
-from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.testing import Account, ProsodyServer, XmppServer
 from mls_xmpp.xmpp.privacy import group_info_key
 from mls_xmpp.xmpp.recovery import GROUPS_NODE, latest_group_info
 
 from .mls_clients import TIMEOUT, befriend, close, mls_client, synced, until
 
 
-async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+async def _state_loss(server: XmppServer, accounts: list[Account], tmp: Path) -> None:
     alice_acc, bob_acc, carol_acc = accounts
     alice, ra = await mls_client(server, *alice_acc)
     carol, rc = await mls_client(server, *carol_acc)
@@ -32,6 +33,10 @@ async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path)
         await asyncio.wait_for(asyncio.gather(gb.ready.wait(), gc.ready.wait()), TIMEOUT)
         await gb.send("bob before the loss")
         await ra.wait("mls_message", 1)
+        # the account's list of its groups is private: a contact cannot read it
+        with pytest.raises(IqError):
+            await carol.plugin["xep_0060"].get_items(alice_acc.jid, GROUPS_NODE,
+                                                     timeout=TIMEOUT)
         old_key = bob.plugin["mls"].identity.signature_public_key
         await close(bob)
 
@@ -67,13 +72,13 @@ async def _state_loss(server: ProsodyServer, accounts: list[Account], tmp: Path)
         await close(alice, carol)
 
 
-def test_member_rejoins_after_losing_its_store(prosody: ProsodyServer, tmp_path: Path,
+def test_member_rejoins_after_losing_its_store(server: XmppServer, tmp_path: Path,
                                                new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob", "carol")]
-    asyncio.run(asyncio.wait_for(_state_loss(prosody, accounts, tmp_path), 120))
+    asyncio.run(asyncio.wait_for(_state_loss(server, accounts, tmp_path), 120))
 
 
-async def _newest_group_info(server: ProsodyServer, alice_acc: Account,
+async def _newest_group_info(server: XmppServer, alice_acc: Account,
                              bob_acc: Account) -> None:
     alice, _ = await mls_client(server, *alice_acc)
     bob, rb = await mls_client(server, *bob_acc)
@@ -99,8 +104,8 @@ async def _newest_group_info(server: ProsodyServer, alice_acc: Account,
 
 
 def test_latest_group_info_is_the_newest_and_found_from_the_end(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
-    asyncio.run(asyncio.wait_for(_newest_group_info(prosody, new_account("alice"),
+        server: XmppServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_newest_group_info(server, new_account("alice"),
                                                     new_account("bob")), 120))
 
 

@@ -70,6 +70,11 @@ class Client:
     #: ``x509`` only with trust anchors to judge certificates by: §7.3 then keeps
     #: x509 leaves out of every group this device's leaf is in.
     supported_credentials: tuple[int, ...] = ()
+    #: other cipher suites this device supports (with another Client each, RFC 9420
+    #: §5.1: one signature key per suite), listed in its leaves' capabilities
+    #: after its own (§7.2), so that adders and committers can tell which
+    #: suites a group of its may move to (§11.2, §12.1.5)
+    supported_suites: tuple[int, ...] = ()
 
     @classmethod
     def generate(cls, identity: bytes, suite_id: int = 1, *,
@@ -99,7 +104,8 @@ class Client:
         """What this implementation supports, advertised in every leaf."""
         credentials = tuple(dict.fromkeys((CredentialType.BASIC, self.credential.credential_type,
                                            *self.supported_credentials)))
-        return Capabilities(versions=(1,), cipher_suites=(self.suite_id,),
+        suites = tuple(dict.fromkeys((self.suite_id, *self.supported_suites)))
+        return Capabilities(versions=(1,), cipher_suites=suites,
                             extensions=(LAST_RESORT, *self.supported_extensions),
                             proposals=(), credentials=tuple(int(c) for c in credentials))
 

@@ -67,6 +67,10 @@ class PendingCommit:
     by_value: list[Proposal] = field(default_factory=list)
     added: list[tuple[int, KeyPackage]] = field(default_factory=list)
     removed: list[tuple[int, LeafNode]] = field(default_factory=list)
+    #: whether the Commit carries an UpdatePath (fresh keys for the committer's leaf)
+    has_path: bool = True
+    #: the Commit's authenticated_data
+    authenticated_data: bytes = b""
 
     @property
     def welcomes(self) -> Mapping[bytes, bytes]:
@@ -190,7 +194,8 @@ def create_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup,
                            path_secrets, config.batch_crypto)
     public_info = make_group_info(new_state, with_tree=False)
     return PendingCommit(message, welcome, MLSMessage(public_info).encode(), new_state,
-                         proposals, values, outcome.added, outcome.removed)
+                         proposals, values, outcome.added, outcome.removed,
+                         has_path=path is not None, authenticated_data=authenticated_data)
 
 
 def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,

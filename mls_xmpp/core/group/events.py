@@ -59,6 +59,13 @@ class CommitApplied:
     lost: tuple[Proposal, ...] = field(default_factory=tuple)
     #: every proposal the Commit applied, in order
     proposals: tuple[Proposal, ...] = field(default_factory=tuple)
+    #: the Commit's authenticated_data (RFC 9420 §6): the committer's, unencrypted
+    #: in a PublicMessage, authenticated either way. Informative (not compared; an
+    #: own Commit restored from storage before its echo has ``b""``)
+    authenticated_data: bytes = field(default=b"", compare=False)
+    #: whether the Commit carried an UpdatePath: the committer's leaf got fresh keys
+    #: (informative, not compared; ``False`` for an own Commit restored from storage)
+    path: bool = field(default=False, compare=False)
 
 
 Event = ApplicationMessage | ProposalReceived | CommitApplied

@@ -15,6 +15,7 @@ Every ``process`` either succeeds and returns an event, or raises an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from ..errors import GroupStateError, ValidationError
@@ -238,7 +239,7 @@ class Group:
                           for i, leaf in p.removed),
             updated=(), psks=sum(isinstance(x, PreSharedKey) for x, _ in p.proposals),
             reinit=p.new_state.reinit if isinstance(p.new_state.reinit, ReInit) else None,
-            own=True)
+            own=True, path=p.has_path, authenticated_data=p.authenticated_data)
         self._last_own_commit = (p.message, event)
         return event
 
@@ -317,4 +318,12 @@ class Group:
     def retained_epochs(self) -> list[int]:
         """Earlier epochs whose application keys are still kept."""
         return sorted(self._past)
+
+    def forget_past_epochs(self, epochs: Iterable[int]) -> list[int]:
+        """Delete what is kept of these earlier epochs now (a time bound on late
+        messages, §14: the application decides when); returns the epochs deleted."""
+        gone = sorted(e for e in set(epochs) if e in self._past)
+        for e in gone:
+            del self._past[e]
+        return gone
 

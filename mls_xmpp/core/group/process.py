@@ -302,7 +302,9 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
         event = CommitApplied(state.epoch + 1, sender,
                               removed=tuple(Member(i, leaf.credential, leaf.signature_key)
                                             for i, leaf in outcome.removed),
-                              self_removed=True, proposals=tuple(p for p, _ in proposals))
+                              self_removed=True, proposals=tuple(p for p, _ in proposals),
+                              authenticated_data=ac.content.authenticated_data,
+                              path=commit.path is not None)
         gone = replace(state, active=False)
         return gone, event
     nxt = compute_next_epoch(state, ac, tree, outcome.extensions, init_secret, commit_secret,
@@ -316,5 +318,6 @@ def process_commit(state: EpochState, config: GroupConfig, psk_lookup: PskLookup
                       for i, leaf in outcome.removed),
         updated=tuple(member(tree, i) for i in outcome.updated),
         psks=len(outcome.psks), reinit=outcome.reinit,
-        proposals=tuple(p for p, _ in proposals))
+        proposals=tuple(p for p, _ in proposals),
+        authenticated_data=ac.content.authenticated_data, path=commit.path is not None)
     return new_state, event
