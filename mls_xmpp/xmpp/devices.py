@@ -112,6 +112,8 @@ class DeviceWatch:
         self._tasks: set[asyncio.Future[None]] = set()
         #: (group room, fingerprint) handled right now: one task each
         self._busy: set[tuple[str, str]] = set()
+        #: (account, item id) -> the device's fingerprints by cipher suite
+        self._known: dict[tuple[str, str], dict[int, str]] = {}
 
     @property
     def _pubsub(self) -> Any:
@@ -153,7 +155,8 @@ class DeviceWatch:
         return None if items is None else set(items)
 
     async def _items(self, jid: str) -> dict[str, str] | None:
-        """``jid``'s list: fingerprint -> device name (``""`` without one)."""
+        """``jid``'s list: fingerprint -> device name (``""`` without one); the keys of
+        each device (one per cipher suite) are remembered (:meth:`keys_of`)."""
         try:
             reply = await self._pubsub.get_items(jid, DEVICES_NODE, timeout=self.timeout)
         except (IqError, IqTimeout) as e:
@@ -161,10 +164,27 @@ class DeviceWatch:
             return None
         out = {}
         for item in reply["pubsub"]["items"]:
-            payload = item["payload"]
-            name = "" if payload is None else str(payload.get("name") or "")
-            out[str(item["id"]).lower()] = name
+            item_id = str(item["id"]).lower()
+            name, keys = _parse(item["payload"])
+            out[item_id] = name
+            self._known[(jid, item_id)] = keys
         return out
+
+    def keys_of(self, jid: str, item_id: str) -> dict[int, str]:
+        """The device's key fingerprints by cipher suite, as its item last showed them
+        (a device has one identity per suite); an item without them: its id, for any."""
+        return self._known.get((jid, item_id)) or {}
+
+    def _fingerprint_for(self, jid: str, item_id: str, suite: int) -> str | None:
+        """The fingerprint device ``item_id`` has in cipher ``suite``; ``None``: none."""
+        keys = self.keys_of(jid, item_id)
+        if not keys:
+            return item_id  # an item naming no suites: its one key
+        return keys.get(suite)
+
+    def _own_fingerprints(self) -> set[str]:
+        return {device_fingerprint(c.signature_public_key)
+                for c in [*self.plugin.identities.values(), self.plugin.identity] if c}
 
     async def announce(self) -> None:
         """Put this device on its account's list, unless it is there already."""
@@ -181,11 +201,18 @@ class DeviceWatch:
             for old, old_name in sorted(listed.items()):
                 if old != fp and old_name == name:
                     await self._retract(old)
-        if fp in listed:
+        identities = {**self.plugin.identities, identity.suite_id: identity}
+        keys = {suite: device_fingerprint(c.signature_public_key)
+                for suite, c in sorted(identities.items())}
+        if fp in listed and self._known.get((own, fp)) == keys:
             return
         payload = ET.Element(f"{{{NS}}}device")
         if name:
             payload.set("name", name)
+        for suite, key in keys.items():  # one identity per cipher suite
+            el = ET.SubElement(payload, f"{{{NS}}}key")
+            el.set("suite", str(suite))
+            el.text = key
         options = _form(_PUBLISH_OPTIONS, {"pubsub#access_model": "open",
                                            "pubsub#max_items": "max"})
         try:
@@ -236,6 +263,7 @@ class DeviceWatch:
             try:
                 await self._pubsub.subscribe(jid, DEVICES_NODE, subscribee=own,
                                              timeout=self.timeout)
+                await self._items(jid)  # the devices' keys, for retractions to come
             except (IqError, IqTimeout) as e:
                 # no list yet (Prosody answers "forbidden" for a missing node: a client
                 # without this feature, or not started yet): tried again at the next
@@ -264,6 +292,7 @@ class DeviceWatch:
         for item in items.findall(f"{{{_EVENT_NS}}}item"):
             fp = (item.get("id") or "").lower()
             if _is_fingerprint(fp):
+                self._known[(owner, fp)] = _parse(item.find(f"{{{NS}}}device"))[1]
                 self._spawn(self._listed_device(owner, fp))
         for item in items.findall(f"{{{_EVENT_NS}}}retract"):
             fp = (item.get("id") or "").lower()
@@ -276,26 +305,37 @@ class DeviceWatch:
         return [s for s in self.plugin.sessions.values()
                 if not s.removed and s.suspended is None and jid in s.jids()]
 
-    async def _listed_device(self, jid: str, fp: str) -> None:
-        """``jid`` listed device ``fp``: add it to the shared groups it is not in."""
+    async def _listed_device(self, jid: str, item_id: str) -> None:
+        """``jid`` listed device ``item_id``: add it to the shared groups it is not in
+        (with its key of each group's cipher suite; a group of a suite it has no key
+        of is left alone)."""
+        own = self._own_fingerprints()
+        if item_id in own:
+            return  # this device
+        every = {item_id, *self.keys_of(jid, item_id).values()}
         for session in self._shared(jid):
-            if _has(session, fp) is None:
-                self._spawn(self._one(session, jid, fp, add=True))
+            fp = self._fingerprint_for(jid, item_id, session.group.state.suite.id)
+            if fp is None or fp in own or any(_has(session, f) for f in every):
+                continue
+            self._spawn(self._one(session, jid, fp, add=True))
 
-    async def _unlisted_device(self, jid: str, fp: str) -> None:
-        """``jid`` took device ``fp`` off its list: remove it, once the list confirms it."""
-        identity = self.plugin.identity
-        if identity is not None and fp == device_fingerprint(identity.signature_public_key):
+    async def _unlisted_device(self, jid: str, item_id: str) -> None:
+        """``jid`` took device ``item_id`` off its list: remove it (each of its keys), once
+        the list confirms it."""
+        every = {item_id, *self.keys_of(jid, item_id).values()}
+        if every & self._own_fingerprints():
             return  # this device: the others remove it
-        if not any(_has(s, fp) is not None for s in self._shared(jid)):
+        if not any(_has(s, f) for s in self._shared(jid) for f in every):
             return
         listed = await self.listed(jid)
-        if listed is None or fp in listed:
+        if listed is None or item_id in listed:
             return  # unreadable, or listed again: nothing is decided
-        self._distrust(jid, fp)
+        for fp in sorted(every):
+            self._distrust(jid, fp)
         for session in self._shared(jid):
-            if _has(session, fp) is not None:
-                self._spawn(self._one(session, jid, fp, add=False))
+            for fp in sorted(every):
+                if _has(session, fp) is not None:
+                    self._spawn(self._one(session, jid, fp, add=False))
 
     def _distrust(self, jid: str, fp: str) -> None:
         """The account took the device off its list: its key is distrusted here, so that
@@ -366,10 +406,11 @@ class DeviceWatch:
         if add:
             if present is not None or jid not in session.jids():
                 return  # another member was quicker, or the account left
-            keystore = self.plugin.keystore
+            suite = session.group.state.suite.id
+            keystore = self.plugin.keystores.get(suite) or self.plugin.keystore
             if keystore is None:
                 return
-            found = [f for f in await keystore.fetch(jid) if f.device == fp]
+            found = [f for f in await keystore.fetch(jid, suite_id=suite) if f.device == fp]
             if not found:
                 self.plugin.error(MLSErrorEvent(
                     f"new device {short_fingerprint(fp)} of {jid} has no usable KeyPackage: "
@@ -430,3 +471,16 @@ def _is_fingerprint(value: str) -> bool:
 def _own_key(session: GroupSession) -> bytes | None:
     identity = session.plugin.identity
     return None if identity is None else identity.signature_public_key
+
+
+def _parse(payload: Any) -> tuple[str, dict[int, str]]:
+    """A ``<device/>`` payload: its name and its keys by cipher suite (malformed parts
+    left out)."""
+    if payload is None or payload.tag != f"{{{NS}}}device":
+        return "", {}
+    keys = {}
+    for el in payload.findall(f"{{{NS}}}key"):
+        suite, fp = el.get("suite") or "", (el.text or "").strip().lower()
+        if suite.isdigit() and _is_fingerprint(fp):
+            keys[int(suite)] = fp
+    return str(payload.get("name") or ""), keys
