@@ -197,6 +197,22 @@ OPTION_DOCS: dict[str, str] = {
     "retired_key_lifetime": "Seconds the private keys of a used, retired last-resort "
                             "KeyPackage are kept (for a second Welcome made from it) before "
                             "they are deleted.",
+    "device_list": "Announce this device on its account's device list (PEP node "
+                   "``urn:mls-xmpp:0:devices``) and follow the lists of the accounts in "
+                   "its groups: a new device of a member account is added to the shared "
+                   "groups by one member (after the trust checks and the group rules), a "
+                   "device taken off its list is removed (RFC 9750 §6.7).",
+    "device_add_delay": "Seconds each fallback member waits, after the one before it, "
+                        "before adding (or removing) a device the first choice did not.",
+    "pad_envelopes": "Pad every envelope this device sends (protobuf field ``padding``) so "
+                     "that its size is a bucket: a power of two from 256 bytes to 16 KiB, "
+                     "then a multiple of 16 KiB. The server learns buckets, not sizes.",
+    "recovery_key": "Bytes the application keeps outside the server (e.g. derived from a "
+                    "recovery passphrase): the GroupInfo keys recorded in the account's "
+                    "private group registry are sealed under it, so a device that lost its "
+                    "state can open the room's sealed GroupInfos and the server cannot. "
+                    "``None``: recorded in the clear in that private node (the account's "
+                    "server can read them; the rooms' occupants and archive cannot).",
 }
 
 
@@ -270,6 +286,12 @@ EVENT_DOCS: dict[str, tuple[str, str]] = {
         ":class:`~mls_xmpp.xmpp.events.ProgressEvent`",
         "How far adding members has come (KeyPackages fetched, Commit built, accepted "
         "by the room, affiliations, Welcomes sent).",
+    ),
+    "mls_device": (
+        ":class:`~mls_xmpp.xmpp.devices.DeviceEvent`",
+        "A member account's device list changed and this device acted: ``added`` its new "
+        "device, ``removed`` a device taken off the list, or ``held`` a new device back "
+        "(``reason``: a trust check) for the user to decide.",
     ),
     "mls_trust": (
         ":class:`~mls_xmpp.xmpp.trust.TrustChange`",

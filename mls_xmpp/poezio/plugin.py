@@ -251,7 +251,7 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
                 self.spawn(self._join_when_known(core, jid, nick, *args, **kwargs))
                 return
             if self.is_group(room):
-                nick = self.mls.nick()
+                nick = self.mls.nick(room)
                 tab = kwargs.get("tab") or self.core.tabs.by_name_and_class(room, MucTab)
                 if tab is not None:
                     tab.own_nick = nick
@@ -342,9 +342,10 @@ class Plugin(E2EEPlugin):  # type: ignore[misc, unused-ignore]
         if tab is None:  # closed by the user: the room still has this device
             from poezio import multiuserchat
 
-            tab = self.open_tab(room, self.mls.nick())
+            tab = self.open_tab(room, self.mls.nick(room))
             if self.is_group(room):  # not a group this device just left
-                multiuserchat.join_groupchat(self.core, JID(room), self.mls.nick(), tab=tab)
+                multiuserchat.join_groupchat(self.core, JID(room), self.mls.nick(room),
+                                             tab=tab)
         return tab
 
     def show(self, room: str, message: Any) -> None:

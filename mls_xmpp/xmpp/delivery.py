@@ -30,6 +30,7 @@ from ..core.errors import LocalUsageError
 from .blobs import Blobs
 from .envelope import BlobRef, Envelope, Reassembler, fragment
 from .errors import ArchiveBudgetError, EnvelopeError, TooLargeError, TransportError
+from .privacy import padded_base64
 from .stanza import NS
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class Delivery:
 
     def _message(self, to: str, mtype: Literal["chat", "groupchat"], env: Envelope) -> Any:
         msg = self.xmpp.make_message(mto=to, mtype=mtype, mbody=FALLBACK_BODY)
-        msg["mls"]["payload"] = env.to_base64()
+        # padded to a size bucket unless the option pad_envelopes is off (.privacy)
+        msg["mls"]["payload"] = (padded_base64(env) if self.config.get("pad_envelopes", True)
+                                 else env.to_base64())
         msg.enable("store")  # XEP-0334 (plugin xep_0334)
         # XEP-0380 (plugin xep_0380; its add_eme() knows only the XSF's mechanisms)
         msg["eme"]["namespace"] = NS
@@ -301,6 +304,9 @@ class Delivery:
                 "muc#roomconfig_persistentroom": True,
                 "muc#roomconfig_enablearchiving": True,
                 "mam": True,  # ejabberd's field for archiving
+                # real JIDs to the occupants: members reconcile affiliations, and a
+                # room gives its affiliation lists to members that are not owners only
+                # when whois is "anyone" (Prosody; docs/protocol-snippets/devices-metadata.md)
                 "muc#roomconfig_whois": "anyone",
                 "muc#roomconfig_publicroom": False,
             }

@@ -314,7 +314,7 @@ class Healer:
         if env.ratchet_tree is not None:
             tree = await s.plugin.delivery.download(env.ratchet_tree, domains=s.blob_domains())
         try:
-            proof = self.verify(env.mls_message, tree, stanza_id)
+            proof = self.verify(self.session.opened_group_info(env), tree, stanza_id)
         except MLSError as e:
             s.plugin.error(MLSErrorEvent(f"a GroupInfo for a later epoch is not proof that "
                                          f"the group moved on: {e}", s, stanza_id=stanza_id,
@@ -375,7 +375,7 @@ class Healer:
                     if env.ratchet_tree is not None:
                         tree = await delivery.download(env.ratchet_tree,
                                                        domains=s.blob_domains())
-                    proof = self.verify(env.mls_message, tree, stanza_id, also_known)
+                    proof = self.verify(s.opened_group_info(env), tree, stanza_id, also_known)
                 except MLSError as e:
                     log.info("%s: GroupInfo %s is no proof: %s", s.room, stanza_id, e)
                     continue
@@ -471,7 +471,8 @@ async def self_ping_rooms(plugin: Any, interval: float) -> None:
         for session in list(plugin.sessions.values()):
             if session.suspended is not None or session.removed or not session.ready.is_set():
                 continue
-            status = await pinger.send_self_ping(JID(f"{session.room}/{plugin.nick()}"),
+            own = JID(f"{session.room}/{plugin.nick(session.room)}")
+            status = await pinger.send_self_ping(own,
                                                  timeout=max(1.0, min(interval, 30.0)))
             if status == PingStatus.DISCONNECTED and plugin.sessions.get(session.room) is session:
                 plugin.suspend(session, "the room no longer counts this device as an occupant "

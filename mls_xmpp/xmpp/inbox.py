@@ -395,7 +395,7 @@ class Inbox:
         plugin.sessions[session.room] = session
         plugin.persist(session)
         try:
-            await plugin.delivery.join_room(session.room, plugin.nick())
+            await plugin.delivery.join_room(session.room, plugin.nick(session.room))
         except TransportError as e:
             plugin.error(MLSErrorEvent(f"joining the room failed: {e}", session, error=e))
         plugin.freshness.joined(session, last_resort=bool(last_resort))

@@ -79,6 +79,7 @@ from .delivery import (
     Delivery,
     RoomRefused,
 )
+from .devices import DeviceWatch
 from .envelope import Attachment, Envelope, Kind
 from .errors import (
     AuthenticationError,
@@ -97,6 +98,7 @@ from .inbox import Inbox
 from .invitations import InvitationGate
 from .keystore import KeyPackageStore
 from .params import DEFAULT_PAD_TO, PARAMS_EXTENSION, params_extension
+from .privacy import group_info_key, group_info_key_extension, room_nick
 from .recovery import (
     GroupRegistry,
     NoGroupInfo,
@@ -173,6 +175,12 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "freshness_interval": 3600.0,  # seconds between checks of the above
         "past_epoch_lifetime": 86400.0,  # seconds a past epoch's keys are kept at most
         "retired_key_lifetime": 86400.0,  # seconds a retired last resort's keys are kept
+        "device_list": True,  # announce this device on the account's device list; add the
+                              # new devices (and remove the unlisted ones) of member accounts
+        "device_add_delay": 5.0,  # seconds each fallback adder waits after the one before
+        "pad_envelopes": True,  # pad every envelope sent to a size bucket
+        "recovery_key": None,  # bytes the application keeps: seals the GroupInfo keys in
+                               # the account's registry (else the server can read them)
     }
     # Every default is written above and only there: code reads ``self.config[key]``.
     # No attribute of this class is named like a config key (slixmpp's BasePlugin
@@ -198,7 +206,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity is not None:
             self.identity.config = self._workers_pool.attach(self.identity.config)
         self.delivery = Delivery(self.xmpp, cfg, part_size=int(cfg["upload_part_size"]))
-        self.registry = GroupRegistry(self.xmpp)
+        recovery_key = cfg["recovery_key"]  # a passphrase given as text is its UTF-8
+        self.registry = GroupRegistry(self.xmpp, recovery_key=(
+            recovery_key.encode() if isinstance(recovery_key, str) else recovery_key))
         self.keystore: KeyPackageStore | None = None
         #: this device's identity per cipher suite it supports (option ``suites``;
         #: :mod:`.suites`), :attr:`identity` among them; they share one group table
@@ -247,10 +257,18 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.xmpp.add_event_handler("connection_failed", self._on_connection_failed)
         self.xmpp.add_event_handler("connected", self._on_connected)
         self.xmpp.add_event_handler("groupchat_presence", self._on_room_presence)
+        #: the device lists of this account and of its groups' accounts (:mod:`.devices`)
+        self.device_watch = DeviceWatch(self)
+        self.device_watch.register()
+        self.xmpp.add_event_handler("mls_membership", self._watch_devices)
+        self.xmpp.add_event_handler("mls_joined", self._watch_devices)
 
     def plugin_end(self) -> None:
         self.inbox.drop_pending()
         self.freshness.stop()
+        self.device_watch.unregister()
+        self.xmpp.del_event_handler("mls_membership", self._watch_devices)
+        self.xmpp.del_event_handler("mls_joined", self._watch_devices)
         self.xmpp.remove_handler("mls payload")
         self.xmpp.del_event_handler("groupchat_presence", self._on_room_presence)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
@@ -374,7 +392,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._link_error = err
         self.error(MLSErrorEvent(str(err), error=err))
 
+    def _watch_devices(self, _: Any) -> None:
+        """Follow the device lists of the accounts of this device's groups (new ones too)."""
+        if self._started and self.connected:
+            self.device_watch.watch_groups()
+
     async def _on_session_start(self, _: Any) -> None:
+        self.device_watch.stream_started()
         self.stream += 1
         self._session_up = True
         self._start_error = None
@@ -472,6 +496,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             # a failure is reported, not fatal: the groups work, and upkeep retries
             await self.renew_key_packages()
             self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        rejoining = fresh and bool(self.config["recover"])
+        if self.config["device_list"] and not rejoining:
+            asyncio.ensure_future(self._devices_up())
         interval = float(self.config["room_ping_interval"] or 0)
         if interval > 0 and self._room_pings is None:
             self._room_pings = asyncio.ensure_future(self_ping_rooms(self, interval))
@@ -480,15 +507,40 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._ready.set()
         if not fresh:
             self.welcome_scan = asyncio.ensure_future(self._fetch_welcomes_reporting())
-        if fresh and self.config["recover"]:
+        if rejoining:
             # in the background: a slow or vanished room must not hold up the device
-            asyncio.ensure_future(self.recover())
+            asyncio.ensure_future(self._recover_then_announce())
         self.xmpp.event("mls_ready", self)
+
+    async def _recover_then_announce(self) -> None:
+        """A fresh device rejoins the account's groups first, then goes on the device
+        list: members would otherwise add it while it joins by external Commit."""
+        try:
+            await self.recover()
+        finally:
+            if self.config["device_list"] and self.connected:
+                await self._devices_up()
+
+    async def _devices_up(self) -> None:
+        """Announce this device (after its KeyPackages) and follow the groups' accounts."""
+        if self.config["publish_key_packages"]:
+            await self.device_watch.announce()
+        self.device_watch.watch_groups()
+
+    async def unlink_device(self, fingerprint: str) -> bool:
+        """Take a device of this account off its device list (a lost or retired phone);
+        members then remove it from every group it shares with them (:mod:`.devices`).
+
+        :raises NotConnectedError: there is no XMPP session (raised at once).
+        :returns: whether the device was listed.
+        """
+        self.require_connected()
+        return await self.device_watch.unlink(fingerprint)
 
     async def _enter(self, session: GroupSession) -> None:
         """Enter a group's room and start its worker (reading the archive it missed)."""
         try:
-            await self.delivery.join_room(session.room, self.nick())
+            await self.delivery.join_room(session.room, self.nick(session.room))
         except TransportError as e:
             # The room is not the group: a refusal (registration-required,
             # forbidden, not-authorized) or no answer suspends the group; only a
@@ -549,9 +601,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         device name (option ``device``) nothing is rejoined and that is
         reported: the old leaf could not be told from the account's other devices.
         """
-        async def one(room: str, group_id: bytes | None) -> GroupSession | None:
+        async def one(room: str, group_id: bytes | None,
+                      key: bytes | None) -> GroupSession | None:
             try:
-                return await self.rejoin(room, group_id=group_id)
+                return await self.rejoin(room, group_id=group_id, group_info_key=key)
             except NoGroupInfo as e:  # the room is gone or never held this group
                 self.error(MLSErrorEvent(f"not rejoining {room}: {e}", error=e))
                 await self.registry.remove(room)
@@ -565,7 +618,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 await retract_stale_device_items(self, device_id)
             except (MLSError, ValueError) as e:
                 self.error(MLSErrorEvent(f"retracting stale KeyPackages failed: {e}", error=e))
-        entries = {r: g for r, g in (await self.registry.entries()).items()
+        entries = {r: g for r, g in (await self.registry.records()).items()
                    if r not in self.sessions}
         if entries and device_id is None:
             err = LocalUsageError(_NO_DEVICE)
@@ -573,15 +626,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                                      f"account: {err}", error=err))
             return []
         # concurrently: a slow or vanished room must not hold up the others
-        done = await asyncio.gather(*(one(r, g) for r, g in entries.items()))
+        done = await asyncio.gather(*(one(r, g, k) for r, (g, k) in entries.items()))
         return [s for s in done if s is not None]
 
     async def rejoin(self, room: str, *, group_id: bytes | None = None,
-                     attempts: int = 3) -> GroupSession:
+                     group_info_key: bytes | None = None, attempts: int = 3) -> GroupSession:
         """Rejoin one room's group from its latest GroupInfo (external Commit).
 
         ``group_id`` is the group the account's registry recorded for the room
-        (read from the registry when not given); a GroupInfo of any other group
+        (read from the registry when not given, with ``group_info_key``, the key
+        that opens the room's sealed GroupInfos); a GroupInfo of any other group
         is never joined.
 
         :raises LocalUsageError: no device name is configured (option ``device``).
@@ -596,20 +650,21 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if self.identity.device_id is None:
             raise LocalUsageError(_NO_DEVICE)
         if group_id is None:
-            group_id = (await self.registry.entries()).get(room)
+            group_id, group_info_key = (await self.registry.records()).get(room, (None, None))
             if group_id is None:
                 raise WrongGroupError(f"this account's group registry records no group_id "
                                       f"for {room}: not rejoining")
-        await self.delivery.join_room(room, self.nick())
+        await self.delivery.join_room(room, self.nick(room))
         last: Exception | None = None
         for _ in range(attempts):
             try:
-                info, tree, stanza_id = await latest_group_info(self, room, group_id)
+                info, tree, stanza_id = await latest_group_info(self, room, group_id,
+                                                                group_info_key)
             except MLSError:
-                self.delivery.leave_room(room, self.nick())
+                self.delivery.leave_room(room, self.nick(room))
                 raise
             if info.group_context.group_id != group_id:  # latest_group_info filtered it
-                self.delivery.leave_room(room, self.nick())
+                self.delivery.leave_room(room, self.nick(room))
                 raise WrongGroupError(f"{room}'s GroupInfo names another group than the "
                                       "registry's: not rejoining")
             resync = old_leaf(info, tree, self.bare_jid, self.identity.device_id)
@@ -731,10 +786,11 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """Wait until :meth:`start` finished (KeyPackages published, groups resumed)."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    def nick(self) -> str:
-        """This device's nick in its rooms (section 9.1 of the protocol)."""
+    def nick(self, room: str) -> str:
+        """This device's nick in ``room``: opaque, the same on every start, different in
+        every room (:func:`.privacy.room_nick`; it reveals no key)."""
         assert self.identity is not None
-        return nick_of(self.bare_jid, self.identity.signature_public_key)
+        return room_nick(self.identity.signature_private_key, _bare(room))
 
     # -- persistence and events -------------------------------------------------------
 
@@ -900,7 +956,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         asyncio.ensure_future(session.stop())
         # out of the room too: an account that stays affiliated through another
         # device would otherwise keep this one an occupant, fed traffic it cannot read
-        self.delivery.leave_room(session.room, self.nick())
+        self.delivery.leave_room(session.room, self.nick(session.room))
         if not account_still_in:
             asyncio.ensure_future(self.registry.remove(session.room))
         # a Welcome back into the group that came before this removal was read
@@ -938,7 +994,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             if self.sessions.get(session.room) is not session or session.removed:
                 return
             try:
-                await self.delivery.join_room(session.room, self.nick())
+                await self.delivery.join_room(session.room, self.nick(session.room))
             except TransportError as e:
                 if await apply_removal_notice(self, session):
                     return  # it cannot read its removal in the room: the notice ended it
@@ -962,7 +1018,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         session = self.sessions.get(str(presence["from"].bare))
         if session is None or session.removed:
             return
-        if 110 in codes or presence["from"].resource == self.nick():
+        if 110 in codes or presence["from"].resource == self.nick(session.room):
             reason = (f"the room took this device out (status "
                       f"{', '.join(str(c) for c in sorted(codes & LOST_CODES))})")
             # after what the room sent before (the Commit that removed this device,
@@ -990,12 +1046,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self.state_store.delete_group(session.group_id)
         self.sessions.pop(session.room, None)
         await session.stop()
-        self.delivery.leave_room(session.room, self.nick())
+        self.delivery.leave_room(session.room, self.nick(session.room))
         await self.registry.remove(session.room)
 
     async def record(self, session: GroupSession) -> None:
         try:
-            await self.registry.add(session.room, session.group_id)
+            await self.registry.add(session.room, session.group_id,
+                                    group_info_key(session.group.state.context.extensions))
         except TransportError as e:
             self.error(MLSErrorEvent(f"recording the group failed: {e}", session, error=e))
 
@@ -1055,9 +1112,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if pad_to is not None and pad_to != DEFAULT_PAD_TO:
             extensions.append(params_extension(pad_to))  # PolicyError: out of range
         group = client.create_group(group_id or os.urandom(16),
-                                    extensions=tuple(extensions))
+                                    extensions=(*extensions, group_info_key_extension()))
         room = f"{group.group_id.hex()}@{self.muc_domain}"
-        await self.delivery.create_room(room, self.nick())
+        await self.delivery.create_room(room, self.nick(room))
         session = GroupSession(self, group, room)
         progress.group = session
         self.sessions[room] = session
@@ -1220,6 +1277,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         while True:
             await asyncio.sleep(interval)
             await self.renew_key_packages()
+            if self.config["device_list"]:
+                self.device_watch.watch_groups()  # lists that could not be followed yet
 
     async def renew_key_packages(self) -> None:
         """One KeyPackage upkeep round (:meth:`KeyPackageStore.renew`) for each suite's
@@ -1290,11 +1349,6 @@ _STORAGE = "its state could not be stored: "
 _NO_DEVICE = ("automatic recovery needs a device name: set the device option (e.g. "
               "register_plugin('mls', {'device': 'phone'})), so that a rejoin replaces "
               "exactly this device's old leaf and no other device of the account")
-
-
-def nick_of(jid: str, signature_key: bytes) -> str:
-    """The nick of a member device in its rooms: localpart and signature key prefix."""
-    return f"{JID(jid).user}-{signature_key[:4].hex()}"
 
 
 def _bare(jid: str) -> str:

@@ -21,7 +21,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.xmlstream import ET
 
-from ..core.errors import MLSError, WrongGroupError
+from ..core.errors import LocalUsageError, MLSError, WrongGroupError
 from ..core.group.client import leaf_device_id
 from ..core.group.join import tree_from_group_info
 from ..core.messages.credentials import credential_identity
@@ -32,6 +32,7 @@ from .blobs import jid_domain, room_server_domains
 from .envelope import Envelope, Kind
 from .errors import EnvelopeError, TransportError
 from .events import MLSErrorEvent
+from .privacy import is_sealed, open_group_info, open_registry_key, seal_registry_key
 from .stanza import NS
 
 if TYPE_CHECKING:
@@ -53,9 +54,12 @@ class NoGroupInfo(TransportError):
 class GroupRegistry:
     """The private list of this account's group rooms, on PEP."""
 
-    def __init__(self, xmpp: Any, timeout: float = 10.0) -> None:
+    def __init__(self, xmpp: Any, timeout: float = 10.0,
+                 recovery_key: bytes | None = None) -> None:
         self.xmpp = xmpp
         self.timeout = timeout
+        #: seals the groups' GroupInfo keys in the items (option ``recovery_key``)
+        self.recovery_key = recovery_key
 
     @property
     def _own(self) -> JID:
@@ -74,8 +78,9 @@ class GroupRegistry:
         form.add_field(var="pubsub#max_items", value="max")
         return form
 
-    async def add(self, room: str, group_id: bytes) -> None:
-        """Record a room this account is in.
+    async def add(self, room: str, group_id: bytes, key: bytes | None = None) -> None:
+        """Record a room this account is in, with its group's GroupInfo key (``key``,
+        sealed under the recovery key when there is one: :mod:`.privacy`).
 
         Published with publish-options (whitelist, ``max_items`` max); a server
         that refuses them (ejabberd 23.01 knows no ``pubsub#max_items`` option)
@@ -85,6 +90,8 @@ class GroupRegistry:
         el = ET.Element(f"{{{NS}}}group")
         el.set("room", room)
         el.set("group-id", group_id.hex())
+        if key is not None:
+            el.set("key", seal_registry_key(self.recovery_key, room, key))
         pubsub = self._pubsub
         jid = self._own
         try:
@@ -139,6 +146,11 @@ class GroupRegistry:
     async def entries(self) -> dict[str, bytes | None]:
         """The recorded rooms and the group_id recorded with each (``None`` when an
         item does not carry a readable one); empty when the node does not exist."""
+        return {room: group_id for room, (group_id, _) in (await self.records()).items()}
+
+    async def records(self) -> dict[str, tuple[bytes | None, bytes | None]]:
+        """The recorded rooms, each with its group_id and GroupInfo key (``None`` when
+        the item carries no readable one, e.g. sealed under another recovery key)."""
         try:
             iq = await self._pubsub.get_items(
                 self._own, GROUPS_NODE, timeout=self.timeout)
@@ -146,46 +158,61 @@ class GroupRegistry:
             return {}
         except IqTimeout as e:
             raise TransportError(f"reading {GROUPS_NODE} failed: {e}") from e
-        out: dict[str, bytes | None] = {}
+        out: dict[str, tuple[bytes | None, bytes | None]] = {}
         for item in iq["pubsub"]["items"]:
             room = item["id"]
             if not room or not JID(room).user:
                 continue
-            group_id = None
+            group_id = key = None
             payload = item["payload"]
             if payload is not None and payload.tag == f"{{{NS}}}group":
                 try:
                     group_id = bytes.fromhex(payload.get("group-id") or "") or None
                 except ValueError:
                     group_id = None
-            out[str(JID(room).bare)] = group_id
+                key = open_registry_key(self.recovery_key, str(JID(room).bare),
+                                        payload.get("key") or "")
+            out[str(JID(room).bare)] = (group_id, key)
         return out
 
 
-async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None = None
+async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None = None,
+                            key: bytes | None = None
                             ) -> tuple[GroupInfo, bytes | None, str | None]:
     """The newest GroupInfo in the room's archive, its tree and its stanza-id.
 
     With ``group_id`` (the one the account's registry recorded for the room),
     GroupInfos of any other group are passed over and reported: any occupant
     can post to the room, and a recovering device must not be steered into a
-    group it was never in.
+    group it was never in. ``key`` opens sealed GroupInfos (:mod:`.privacy`);
+    one that does not open is passed over.
 
     :raises NoGroupInfo: the archive holds no GroupInfo at all.
     :raises WrongGroupError: it holds GroupInfos, but none of ``group_id``.
+    :raises LocalUsageError: it holds sealed GroupInfos of the group, and ``key``
+        does not open them (missing, or sealed under another ``recovery_key``):
+        nothing is decided about the room.
     """
     foreign = 0
+    unopened = 0
 
     def newest(batch: list[tuple[Any, str | None]]
                ) -> tuple[Envelope, GroupInfo, str | None, str] | None:
-        nonlocal foreign
+        nonlocal foreign, unopened
         found = None
         for msg, stanza_id in batch:  # oldest first: keep the last
             try:
                 env = plugin.delivery.envelope_of(msg, str(msg["from"]))
                 if env is None or env.kind != Kind.GROUP_INFO:
                     continue
-                body = MLSMessage.decode(env.mls_message).body
+                if is_sealed(env.mls_message) and group_id in (None, env.group_id):
+                    try:
+                        open_group_info(key, env.group_id, env.epoch, env.mls_message)
+                    except EnvelopeError:
+                        unopened += 1
+                        continue
+                body = MLSMessage.decode(open_group_info(key, env.group_id, env.epoch,
+                                                         env.mls_message)).body
                 if not isinstance(body, GroupInfo):
                     raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
             except MLSError:
@@ -206,7 +233,7 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
     if found is None:
         # slixmpp's backward pager ends quietly on an error: read forward, where a
         # failure raises TransportError instead of looking like an empty archive
-        foreign = 0
+        foreign = unopened = 0
         found = newest(await plugin.delivery.fetch_archive(room))
     if foreign:
         plugin.error(MLSErrorEvent(
@@ -214,6 +241,11 @@ async def latest_group_info(plugin: XEP_MLS, room: str, group_id: bytes | None =
             "this account recorded for it: ignored", error=WrongGroupError(
                 "GroupInfo of another group in the room")))
     if found is None:
+        if unopened:
+            raise LocalUsageError(
+                f"{room} holds {unopened} sealed GroupInfo(s) of the group this device cannot "
+                "open: the account's registry has no GroupInfo key for it, or one sealed "
+                "under another recovery_key (option)")
         if foreign:
             raise WrongGroupError(f"{room} holds no GroupInfo of the group this account "
                                   "recorded for it, only of others: not rejoining")

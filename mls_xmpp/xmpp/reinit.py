@@ -57,6 +57,7 @@ from .errors import (
     TransportError,
 )
 from .events import MLSErrorEvent, ReInitEvent
+from .privacy import GROUP_INFO_KEY_EXTENSION, group_info_key_extension
 from .rules import Who, rules_of
 from .suites import check_move, choose_suite
 from .trust import fingerprint
@@ -192,8 +193,9 @@ class ReInitFlow:
         link = GroupLink(predecessor_group_id=session.group_id,
                          predecessor_room=session.room.encode(), room=new_room.encode())
         extensions = tuple(e for e in state.context.extensions
-                           if e.extension_type != LINK_EXTENSION)
-        extensions += (Extension(LINK_EXTENSION, link.encode()),)
+                           if e.extension_type not in (LINK_EXTENSION, GROUP_INFO_KEY_EXTENSION))
+        # the new group gets its own GroupInfo key (.privacy)
+        extensions += (Extension(LINK_EXTENSION, link.encode()), group_info_key_extension())
         reinit = ReInit(new_id, ProtocolVersion.MLS10, suite, extensions)
         # the old group's last Commit: it closes the group for every member alike
         await session.commit_proposals([reinit])
@@ -238,7 +240,7 @@ class ReInitFlow:
             group = client.groups.get(reinit.group_id)
             if group is None or group.epoch != 0:
                 group = client.create_group(reinit.group_id, extensions=reinit.extensions)
-            await plugin.delivery.create_room(successor.room, plugin.nick())
+            await plugin.delivery.create_room(successor.room, plugin.nick(successor.room))
             session = GroupSession(plugin, group, successor.room)
             session.predecessor = old_session.room
             plugin.sessions[successor.room] = session
@@ -310,7 +312,7 @@ class ReInitFlow:
             if plugin.sessions.get(session.room) is not session:
                 return
             del plugin.sessions[session.room]
-        plugin.delivery.leave_room(session.room, plugin.nick())
+        plugin.delivery.leave_room(session.room, plugin.nick(session.room))
         await session.stop()
 
     def follows(self, env: Envelope, sender: str, client: Client
@@ -393,7 +395,7 @@ class ReInitFlow:
         live = plugin.sessions.get(session.room) is session
         if live:
             del plugin.sessions[session.room]
-            plugin.delivery.leave_room(session.room, plugin.nick())
+            plugin.delivery.leave_room(session.room, plugin.nick(session.room))
         asyncio.ensure_future(session.stop())
         asyncio.ensure_future(plugin.registry.remove(session.room))
 

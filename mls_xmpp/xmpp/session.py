@@ -53,6 +53,7 @@ from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, OutboxEvent
 from .healing import Healer
 from .outbox import FAILED, Outbox, OutboxItem
 from .params import follow_parameters
+from .privacy import group_info_key, open_group_info, seal_group_info
 from .publication import watch_publication
 from .removal import send_removal_notices
 from .room import REPAIRERS, plan_affiliations
@@ -711,6 +712,14 @@ class GroupSession:
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    def opened_group_info(self, env: Envelope) -> bytes:
+        """The MLSMessage of a GROUP_INFO envelope, opened with the group's GroupInfo key.
+
+        :raises EnvelopeError: it is sealed and does not open with this group's key.
+        """
+        key = group_info_key(self.group.state.context.extensions)
+        return open_group_info(key, env.group_id, env.epoch, env.mls_message)
+
     def _accept_group_info(self, env: Envelope) -> bool:
         """Keep a GroupInfo from the room only if a member signed it for this epoch.
 
@@ -719,7 +728,7 @@ class GroupSession:
         from ..core.messages.framing import MLSMessage
         from ..core.messages.group_info import GroupInfo
 
-        body = MLSMessage.decode(env.mls_message).body
+        body = MLSMessage.decode(self.opened_group_info(env)).body
         if not isinstance(body, GroupInfo):
             raise EnvelopeError("GROUP_INFO envelope without a GroupInfo")
         ctx = body.group_context
@@ -1420,6 +1429,8 @@ class GroupSession:
         device's Commit removed); ``only`` limits the changes to those accounts.
         Failures are reported; the MLS change stands.
         """
+        if self._own_room_affiliation() in ("member", "none"):
+            return  # it can change no affiliation: no need to read the lists
         members = self.jids()
         try:
             current = await self.plugin.delivery.affiliations(self.room)
@@ -1458,7 +1469,8 @@ class GroupSession:
         """This device's affiliation as the room last announced it (its presence)."""
         muc = self.plugin.xmpp.plugin["xep_0045"]
         try:
-            value = muc.get_jid_property(JID(self.room), self.plugin.nick(), "affiliation")
+            value = muc.get_jid_property(JID(self.room), self.plugin.nick(self.room),
+                                         "affiliation")
         except (InvalidJID, ValueError):
             return None
         return None if value is None else str(value)
@@ -1472,22 +1484,12 @@ class GroupSession:
 
     def _repairer_rank(self, lost: str) -> int | None:
         """This device's place among the member devices that could give ``lost`` its
-        affiliation back (occupants with admin or owner rights, by leaf index)."""
-        from .plugin import nick_of
-
-        muc = self.plugin.xmpp.plugin["xep_0045"]
-        eligible = []
-        for m in sorted(self.group.members, key=lambda m: m.leaf_index):
-            jid = member_jid(m)
-            if jid == lost:
-                continue
-            try:
-                nick = nick_of(jid, m.signature_key)
-                affiliation = muc.get_jid_property(JID(self.room), nick, "affiliation")
-            except (InvalidJID, ValueError):
-                continue
-            if affiliation in ("owner", "admin"):
-                eligible.append(m.leaf_index)
+        affiliation back: those whose accounts the group's rules let add or remove (the
+        room makes them admins), by leaf index. From the group state alone: nicks are
+        opaque (.privacy), so the room's occupant list cannot say whose device is whose."""
+        members = sorted(self.group.members, key=lambda m: m.leaf_index)
+        able = self._may_change({member_jid(m) for m in members} - {lost})
+        eligible = [m.leaf_index for m in members if member_jid(m) in able]
         own = self.group.own_leaf_index
         return eligible.index(own) if own in eligible else None
 
@@ -1513,8 +1515,12 @@ class GroupSession:
         async with self._group_lock:  # one epoch's tree and GroupInfo
             tree = self.group.ratchet_tree()
             inline = len(tree) <= TREE_INLINE_LIMIT
+            info = self.group.group_info(with_tree=inline)
+            key = group_info_key(self.group.state.context.extensions)
+            if key is not None:  # sealed: only members read it (.privacy)
+                info = seal_group_info(key, self.group_id, self.epoch, info)
             env = Envelope(kind=Kind.GROUP_INFO, group_id=self.group_id, epoch=self.epoch,
-                           mls_message=self.group.group_info(with_tree=inline))
+                           mls_message=info)
         self.latest_group_info, self.group_info_epoch = env, env.epoch
         await self.plugin.delivery.send_room(self.room, env,
                                              ratchet_tree=None if inline else tree)

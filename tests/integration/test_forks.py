@@ -287,7 +287,7 @@ async def _silent_drop(server: ProsodyServer, accounts: list[Account]) -> None:
         group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
         (gb,) = await rb.wait("mls_joined")
         await synced(group, gb)
-        nick = bob.plugin["mls"].nick()
+        nick = bob.plugin["mls"].nick(group.room)
 
         def unavailable(stanza: Any) -> Any:  # the server does not tell bob
             if (stanza.name == "presence" and stanza["type"] == "unavailable"

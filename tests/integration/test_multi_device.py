@@ -298,8 +298,8 @@ async def _one_device_removed(server: XmppServer, alice_acc: Account,
         gl, gp, gt = [await _join(r, group.room) for r in (rl, rp, rt)]
         await synced(group, gl, gp, gt)
         assert len(_devices(group, alice_acc.jid)) == 3
-        phone_nick = phone.plugin["mls"].nick()
-        tablet_nick = tablet.plugin["mls"].nick()
+        phone_nick = phone.plugin["mls"].nick(group.room)
+        tablet_nick = tablet.plugin["mls"].nick(group.room)
         await until(lambda: {phone_nick, tablet_nick} <= _occupant_nicks(bob, group.room))
 
         # the phone leaves on its own (a proposal that another member commits)

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from slixmpp.exceptions import IqError
 
-from mls_xmpp.testing import Account, XmppServer
+from mls_xmpp.errors import LocalUsageError
+from mls_xmpp.testing import Account, ProsodyServer, XmppServer
+from mls_xmpp.xmpp.privacy import group_info_key
 from mls_xmpp.xmpp.recovery import GROUPS_NODE, latest_group_info
 
-from .mls_clients import TIMEOUT, befriend, close, mls_client, synced
+from .mls_clients import TIMEOUT, befriend, close, mls_client, synced, until
 
 
 async def _state_loss(server: XmppServer, accounts: list[Account], tmp: Path) -> None:
@@ -90,7 +92,11 @@ async def _newest_group_info(server: XmppServer, alice_acc: Account,
         for i in range(120):  # several archive pages after the newest GroupInfo
             await group.send(f"filler {i}")
         await rb.wait("mls_message", 120)
-        info, _, stanza_id = await latest_group_info(bob.plugin["mls"], group.room)
+        # sealed: without the group's GroupInfo key none opens (only members have it)
+        with pytest.raises(LocalUsageError):
+            await latest_group_info(bob.plugin["mls"], group.room)
+        key = group_info_key(group.group.state.context.extensions)
+        info, _, stanza_id = await latest_group_info(bob.plugin["mls"], group.room, key=key)
         assert info.group_context.epoch == group.epoch == 4
         assert stanza_id is not None
     finally:
@@ -101,3 +107,61 @@ def test_latest_group_info_is_the_newest_and_found_from_the_end(
         server: XmppServer, new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(_newest_group_info(server, new_account("alice"),
                                                     new_account("bob")), 120))
+
+
+async def _recovery_key(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+    alice_acc, bob_acc = accounts
+    secret = b"bob's recovery key, kept off the server"
+    db = tmp / "bob.db"
+
+    def bob_config(recovery_key: bytes) -> dict[str, object]:
+        return {"store": str(db), "device": "phone", "recovery_key": recovery_key,
+                "device_list": False}
+
+    alice, ra = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc, config=bob_config(secret))
+    try:
+        await befriend(alice, bob)
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        # bob's registry keeps the GroupInfo key sealed under his recovery key
+        iq = await bob.plugin["xep_0060"].get_items(bob_acc.jid, GROUPS_NODE)
+        (item,) = [i for i in iq["pubsub"]["items"] if i["id"] == group.room]
+        recorded = item["payload"].get("key")
+        key = group.group.state.context.extensions
+        assert recorded.startswith("s:")
+        assert not any(e.extension_data.hex() in recorded for e in key)
+        await close(bob)
+
+        # wiped; restarted with the wrong recovery key: nothing opens, nothing is lost
+        db.unlink()
+        bob2, rb2 = await mls_client(server, *bob_acc, config=bob_config(b"a wrong key"))
+        try:
+            await until(lambda: any("cannot open" in e.reason
+                                    for e in rb2.events["mls_error"]), 60)
+            assert rb2.events["mls_joined"] == []
+            assert group.room in await bob2.plugin["mls"].registry.rooms()  # kept
+        finally:
+            await close(bob2)
+
+        # with the right one the device rejoins
+        db.unlink()
+        bob3, rb3 = await mls_client(server, *bob_acc, config=bob_config(secret))
+        try:
+            (gb3,) = await rb3.wait("mls_joined", timeout=60)
+            await synced(group, gb3)
+            await group.send("welcome back")
+            await until(lambda: "welcome back" in rb3.bodies())
+            assert len(group.members) == 2
+            assert ra.events["mls_error"] == []
+        finally:
+            await close(bob3)
+    finally:
+        await close(alice)
+
+
+def test_recovery_key_seals_the_group_info_key(prosody: ProsodyServer, tmp_path: Path,
+                                               new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_recovery_key(prosody, accounts, tmp_path), 180))

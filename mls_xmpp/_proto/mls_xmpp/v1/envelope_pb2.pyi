@@ -49,7 +49,7 @@ class Fragment(_message.Message):
     def __init__(self, message_id: _Optional[bytes] = ..., index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("version", "kind", "group_id", "epoch", "mls_message", "fragment", "mls_message_ref", "ratchet_tree", "room", "after_stanza_id")
+    __slots__ = ("version", "kind", "group_id", "epoch", "mls_message", "fragment", "mls_message_ref", "ratchet_tree", "room", "after_stanza_id", "padding")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Envelope(_message.Message):
     RATCHET_TREE_FIELD_NUMBER: _ClassVar[int]
     ROOM_FIELD_NUMBER: _ClassVar[int]
     AFTER_STANZA_ID_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: Kind
     group_id: bytes
@@ -70,4 +71,5 @@ class Envelope(_message.Message):
     ratchet_tree: BlobRef
     room: str
     after_stanza_id: str
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., group_id: _Optional[bytes] = ..., epoch: _Optional[int] = ..., mls_message: _Optional[bytes] = ..., fragment: _Optional[_Union[Fragment, _Mapping]] = ..., mls_message_ref: _Optional[_Union[BlobRef, _Mapping]] = ..., ratchet_tree: _Optional[_Union[BlobRef, _Mapping]] = ..., room: _Optional[str] = ..., after_stanza_id: _Optional[str] = ...) -> None: ...
+    padding: bytes
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., group_id: _Optional[bytes] = ..., epoch: _Optional[int] = ..., mls_message: _Optional[bytes] = ..., fragment: _Optional[_Union[Fragment, _Mapping]] = ..., mls_message_ref: _Optional[_Union[BlobRef, _Mapping]] = ..., ratchet_tree: _Optional[_Union[BlobRef, _Mapping]] = ..., room: _Optional[str] = ..., after_stanza_id: _Optional[str] = ..., padding: _Optional[bytes] = ...) -> None: ...
