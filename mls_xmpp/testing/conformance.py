@@ -68,6 +68,7 @@ def annotate(element: ET.Element) -> dict[str, str]:
     from ..core.messages.key_package import KeyPackage
     from ..xmpp.envelope import Envelope
     from ..xmpp.keystore import credential_jid, decode_item
+    from ..xmpp.privacy import is_sealed
 
     local = element.tag.split("}")[-1]
     out = {"element": local}
@@ -81,6 +82,8 @@ def annotate(element: ET.Element) -> dict[str, str]:
             out["after-stanza-id"] = env.after_stanza_id
         if env.fragment is not None:
             out["fragment"] = f"{env.fragment.index}/{env.fragment.count}"
+        elif env.kind.name == "GROUP_INFO" and is_sealed(env.mls_message):
+            out["sealed"] = "true"  # only members (the GroupInfo key) open it
         elif env.mls_message:
             message = MLSMessage.decode(env.mls_message)
             body = message.body
@@ -108,6 +111,10 @@ def annotate(element: ET.Element) -> dict[str, str]:
                     "last-resort": "true" if item.last_resort else "false"})
     elif local == "group":
         out.update({"room": element.get("room", ""), "group-id": element.get("group-id", "")})
+    elif local == "device":
+        keys = {k.get("suite", ""): (k.text or "") for k in element}
+        out.update({"name": element.get("name", ""),
+                    "keys": " ".join(f"{s}:{fp}" for s, fp in sorted(keys.items()))})
     return out
 
 

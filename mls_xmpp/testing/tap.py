@@ -64,5 +64,18 @@ class StanzaTap:
 
 
 def mls_elements(stanza: ET.Element) -> list[ET.Element]:
-    """Every element of the mapping's namespace inside ``stanza``, at any depth."""
-    return [el for el in stanza.iter() if el.tag.startswith(f"{{{MLS_NS}}}")]
+    """Every element of the mapping's namespace inside ``stanza``, at any depth, but
+    not those inside another one (a ``<device/>``'s ``<key/>`` children belong to it)."""
+    found: list[ET.Element] = []
+
+    def walk(el: ET.Element) -> None:
+        for child in el:
+            if child.tag.startswith(f"{{{MLS_NS}}}"):
+                found.append(child)
+            else:
+                walk(child)
+
+    if stanza.tag.startswith(f"{{{MLS_NS}}}"):
+        return [stanza]
+    walk(stanza)
+    return found

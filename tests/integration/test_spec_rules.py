@@ -153,15 +153,16 @@ async def _stand_in(server: ProsodyServer, a: Account, b: Account, c: Account) -
         epoch = group.epoch
         await until(lambda: gc.group_info_epoch == epoch, TIMEOUT)
         infos = [e for e in wire.of(Kind.GROUP_INFO) if e.epoch == epoch]
-        signers = {_signer(e) for e in infos}
+        signers = {_signer(gc, e) for e in infos}
         assert signers == {gb.group.own_leaf_index}  # bob, leaf 1, stood in
         assert gb.group_info_epoch == epoch
     finally:
         await close(alice, bob, carol)
 
 
-def _signer(env: Envelope) -> int:
-    body = MLSMessage.decode(env.mls_message).body
+def _signer(member: Any, env: Envelope) -> int:
+    """The signer of a (sealed) GroupInfo posted to the room, opened by a member."""
+    body = MLSMessage.decode(member.opened_group_info(env)).body
     assert isinstance(body, GroupInfo)
     return body.signer
 
