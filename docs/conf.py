@@ -45,7 +45,7 @@ extensions = [
 ]
 napoleon_use_ivar = True  # fields as :ivar: (autodoc documents the attributes themselves)
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "protocol-snippets"]  # snippets: folded into PROTOCOL.md by hand
+exclude_patterns = ["_build"]
 root_doc = "index"
 
 # Markdown: GitHub-style heading anchors, so that links like PROTOCOL.md#12-error-handling
@@ -84,8 +84,8 @@ OPTION_DOCS: dict[str, str] = {
               "key) per suite, publishes KeyPackages of each, lists all in its leaves' "
               "capabilities and advertises ``urn:mls-xmpp:0:suite:N`` in disco. A new group "
               "takes the first suite every invited device supports; a ReInit to a suite "
-              "later in this list than the group's is a downgrade (docs/protocol-snippets/"
-              "reinit.md).",
+              "later in this list than the group's is a downgrade (docs/PROTOCOL.md, "
+              "section 15.3).",
     "accept_downgrade": "Follow another member's ReInit to a cipher suite ranked below the "
                         "group's current one in ``suites``. ``False``: such a ReInit is "
                         "reported (``mls_error``, ``DowngradeError``) and not followed.",

@@ -306,7 +306,7 @@ class Delivery:
                 "mam": True,  # ejabberd's field for archiving
                 # real JIDs to the occupants: members reconcile affiliations, and a
                 # room gives its affiliation lists to members that are not owners only
-                # when whois is "anyone" (Prosody; docs/protocol-snippets/devices-metadata.md)
+                # when whois is "anyone" (Prosody; docs/PROTOCOL.md, section 14)
                 "muc#roomconfig_whois": "anyone",
                 "muc#roomconfig_publicroom": False,
             }

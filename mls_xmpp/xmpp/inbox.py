@@ -136,7 +136,7 @@ class Inbox:
             log.info("a Welcome into %s continues a group whose ReInit this device has not "
                      "read yet: it waits", env.room)
             return
-        if follows:  # the successor of a group of ours (docs/protocol-snippets/reinit.md)
+        if follows:  # the successor of a group of ours (docs/PROTOCOL.md 15.3)
             assert isinstance(follows, GroupSession)
             check_move(self.plugin.suite_order, follows.group.state.suite.id,
                        welcome_suite(env.mls_message),

@@ -1,6 +1,6 @@
 """ReInit over XMPP: a group moves to a new cipher suite in a new room (RFC 9420 §11.2).
 
-The flow (docs/protocol-snippets/reinit.md has the normative text):
+The flow (docs/PROTOCOL.md, section 15.3, has the normative text):
 
 1. A member the group rules allow (``GroupRules.reinit``) commits a ReInit
    proposal, alone in its Commit, in the old room. The ReInit names the new

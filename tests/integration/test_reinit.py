@@ -1,4 +1,4 @@
-"""Cipher suites and ReInit over a real Prosody (issue 18, docs/protocol-snippets/reinit.md).
+"""Cipher suites and ReInit over a real Prosody (issue 18, docs/PROTOCOL.md section 15.3).
 
 Alice, Bob and Carol support suites 3 and 1 (3 preferred); Dave supports only
 suite 1. A group of the four is created in suite 1 (the best one every device
