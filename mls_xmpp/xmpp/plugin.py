@@ -98,7 +98,12 @@ from .inbox import Inbox
 from .invitations import InvitationGate
 from .keystore import KeyPackageStore
 from .params import DEFAULT_PAD_TO, PARAMS_EXTENSION, params_extension
-from .privacy import group_info_key, group_info_key_extension, room_nick
+from .privacy import (
+    GROUP_INFO_KEY_EXTENSION,
+    group_info_key,
+    group_info_key_extension,
+    room_nick,
+)
 from .recovery import (
     GroupRegistry,
     NoGroupInfo,
@@ -442,7 +447,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         # the mapping's rules bind every group of this device, whatever config it came with
         client.config = self._workers_pool.attach(mapping_config(client.config))
         client.supported_extensions = tuple(dict.fromkeys(
-            (*client.supported_extensions, RULES_EXTENSION, PARAMS_EXTENSION)))
+            (*client.supported_extensions, RULES_EXTENSION, PARAMS_EXTENSION,
+             GROUP_INFO_KEY_EXTENSION)))
         # x509 is advertised only with anchors to judge certificates by (RFC 9420 §7.3
         # then keeps x509 leaves out of every group this device's leaf is in)
         client.supported_credentials = (

@@ -52,7 +52,7 @@ __all__ = ["GROUP_INFO_KEY_EXTENSION", "SEALED_PREFIX", "bucket", "group_info_ke
 
 #: GroupContext extension (private use range, RFC 9420 §17.3) holding the group's
 #: 32-byte GroupInfo key.
-GROUP_INFO_KEY_EXTENSION = 0xF0E2
+GROUP_INFO_KEY_EXTENSION = 0xF0E4
 #: The first bytes of a sealed GroupInfo (``Envelope.mls_message`` of kind GROUP_INFO).
 SEALED_PREFIX = b"MLSXGI1"
 #: Smallest size bucket (bytes of the encoded envelope).

@@ -21,6 +21,7 @@ from mls_xmpp.core.messages.group_info import GroupInfo
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.envelope import Envelope, Kind
 from mls_xmpp.xmpp.events import JoinedEvent
+from mls_xmpp.xmpp.privacy import is_sealed
 from mls_xmpp.xmpp.session import GroupSession
 
 from .mls_clients import TIMEOUT, befriend, close, mls_client, synced, until
@@ -124,6 +125,11 @@ async def _pad(server: ProsodyServer, a: Account, b: Account) -> None:
         # the PrivateMessageContent, padded to 256, plus the AEAD tag (16)
         assert (len(body.ciphertext) - 16) % 256 == 0
         assert gb.group.config.pad_to == 256 and len(body.ciphertext) > 32
+        # the group parameters and the GroupInfo key are two extensions: the GroupInfo
+        # posted to the room is still sealed, and bob opens it
+        infos = wire.of(Kind.GROUP_INFO)
+        assert infos and all(is_sealed(e.mls_message) for e in infos)
+        assert MLSMessage.decode(gb.opened_group_info(infos[-1])).body is not None
     finally:
         await close(alice, bob)
 
