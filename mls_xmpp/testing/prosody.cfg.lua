@@ -9,6 +9,7 @@
 --   MLS_XMPP_STORAGE   "internal" (files, default) | "memory" (faster, nothing persists)
 --   MLS_XMPP_LOG_LEVEL "info" (default) | "debug" | ...
 --   MLS_XMPP_SMACKS    "1": offer XEP-0198 stream management (default "0")
+--   MLS_XMPP_SETTINGS  a Lua file of more global options, included before the hosts
 --
 -- Server limits that matter to MLS are left at Prosody's DEFAULTS, as a real deployment
 -- has them, so tests see what users see: c2s_stanza_size_limit (256 KiB),
@@ -58,6 +59,12 @@ network_settings = { nagle = false }     -- TCP_NODELAY: no 40 ms delayed-ACK st
 authentication = "internal_hashed"
 storage = ENV_MLS_XMPP_STORAGE or "internal"
 default_archive_policy = true            -- user MAM on (the default is also true in 0.12)
+
+-- Extra global options of this instance (ProsodyServer(settings=...)), e.g. the limits a
+-- benchmark with thousands of devices raises; empty by default.
+if ENV_MLS_XMPP_SETTINGS then
+  Include(ENV_MLS_XMPP_SETTINGS)
+end
 
 VirtualHost "localhost"
 
