@@ -247,6 +247,8 @@ class Fleet:
                     self.rss.append(ev)
                 elif kind == "joined":
                     self.joined[ev["jid"]] = ev["t"]
+                    if len(self.joined) % 100 == 0:
+                        log(f"  {len(self.joined)} devices joined")
                 elif kind == "msg":
                     self.arrivals.setdefault(ev["body"], {})[ev["jid"]] = ev["t"]
                 elif kind == "epoch":
@@ -322,6 +324,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             creator = new_client(server.host, server.c2s_port, *creator_acc,
                                  {"invitations": "any", "pool_size": args.pool_size,
                                   "blob_origins": origins})
+            began: dict[str, float] = {}
+            stages: dict[str, float] = {}
+
+            def on_progress(ev: Any) -> None:  # the creator's mls_progress: stage times
+                now = time.monotonic()
+                key = f"{ev.stage} ({ev.batch}/{ev.batches})"
+                if ev.done == 0:
+                    began[key] = now
+                elif ev.done == ev.total and key in began:
+                    stages[key] = now - began[key]
+                    log(f"    {key}: {ev.total} in {stages[key]:.2f} s")
+
+            creator.add_event_handler("mls_progress", on_progress)
             await ready(creator, CONNECT_TIMEOUT)
             await fleet.wait("the devices to connect",
                              lambda: len(fleet.ready) == procs
@@ -342,6 +357,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["create_group_returned_s"] = round(time.monotonic() - t0, 3)
             await fleet.wait("every device to join", lambda: len(fleet.joined) == n, args.timeout)
             results["create_all_joined_s"] = round(max(fleet.joined.values()) - t0, 3)
+            results["create_stages_s"] = {k: round(v, 3) for k, v in stages.items()}
             log(f"  returned after {results['create_group_returned_s']} s, all joined after "
                 f"{results['create_all_joined_s']} s")
             await asyncio.sleep(args.settle)
