@@ -272,7 +272,7 @@ def plot_fleet(data: dict[str, Any], plt: Any) -> Any:
                                f"p99 {r['fanout_p99_ms']:.0f} ms)")
     ax1.set_xscale("log")
     ax1.set_xlabel("send -> decrypted at one device, ms (log scale)")
-    ax1.set_ylabel("fraction of (device, message) samples")
+    ax1.set_ylabel("% of (device, message) samples")
     ax1.set_title("fan-out of one sender's messages")
     ax1.grid(True, alpha=0.3)
     ax1.legend(fontsize=8)

@@ -228,6 +228,27 @@ def test_bulk_add_join_and_update_with_the_pool(pool: WorkerPool,
     assert len(ga.members) == 302
 
 
+@pytest.mark.parametrize("with_pool", [True, False], ids=["pool", "serial"])
+def test_welcome_with_the_tree_inside_joins(pool: WorkerPool, key_packages: list[KeyPackage],
+                                            with_pool: bool) -> None:
+    """A Welcome whose info (the encrypted GroupInfo with the tree) is hashed once
+    opens for its joiners, with the worker pool and serially."""
+    config = GroupConfig(ratchet_tree_in_welcome=True)
+    if with_pool:
+        config = pool.attach(config)
+    creator = Client.generate(b"creator@example.org", config=config)
+    joiners = [Client.generate(b"joiner%d@example.org" % i, config=config) for i in range(2)]
+    kps = [joiners[0].make_key_package(), *key_packages[:298], joiners[1].make_key_package()]
+    ga = creator.create_group()
+    pending = ga.commit(add=kps)
+    ga.merge_pending_commit()
+    assert pending.welcome is not None and len(pending.welcome) > 300 * 150
+    for joiner, kp in ((joiners[0], kps[0]), (joiners[1], kps[-1])):
+        gj = joiner.join(pending.welcomes[kp.ref(SUITE)])  # the tree from the Welcome
+        assert gj.epoch_authenticator == ga.epoch_authenticator
+    assert (pool.stats()["worker_items"] > 0) == with_pool
+
+
 def test_attach_keeps_the_applications_own_batch_crypto() -> None:
     p = WorkerPool(0)
     other = WorkerPool(0)
