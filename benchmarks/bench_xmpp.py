@@ -83,6 +83,7 @@ import pstats
 import secrets
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -112,6 +113,8 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 60.0
 MESSAGE_TIMEOUT = 30.0
 SETUP_TIMEOUT = 120.0
+#: ``--client-store sqlite``: the directory of the clients' SQLite databases.
+CLIENT_STORE_DIR: Path | None = None
 
 
 def log(text: str) -> None:
@@ -259,7 +262,10 @@ async def mls_client(server: ProsodyServer, account: Account, clients: Clients,
     client.enable_starttls = False
     client.enable_plaintext = True
     client.plugin["feature_mechanisms"].unencrypted_scram = True
-    client.register_plugin("mls", {"invitations": "any", **(config or {})})
+    base: dict[str, Any] = {"invitations": "any"}
+    if CLIENT_STORE_DIR is not None:  # --client-store sqlite: a database per account
+        base["store"] = str(CLIENT_STORE_DIR / f"{account.jid}.sqlite")
+    client.register_plugin("mls", {**base, **(config or {})})
     sink = Sink(client)
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -791,6 +797,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                         "short MLS application message in a 2-member group)")
     p.add_argument("--storage", choices=("internal", "memory"), default="internal",
                    help="Prosody storage (default internal: files, as deployed)")
+    p.add_argument("--client-store", choices=("memory", "sqlite"), default="memory",
+                   help="the plugin's store: memory (its default) or an SQLite file per "
+                        "client (persistence on, as an application keeps its state)")
     p.add_argument("--settle", type=float, default=1.5,
                    help="seconds to let background work finish after a group setup")
     p.add_argument("--timeout", type=float, default=900.0, help="whole run (default 900 s)")
@@ -805,6 +814,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         p.error("--messages must be at least 10")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
+    global CLIENT_STORE_DIR
+    store_dir = None
+    if args.client_store == "sqlite":
+        store_dir = tempfile.TemporaryDirectory(prefix="bench-xmpp-store-")
+        CLIENT_STORE_DIR = Path(store_dir.name)
     server = ProsodyServer(storage=args.storage)
     t0 = time.perf_counter()
     load_before = os.getloadavg()
@@ -814,6 +828,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         results = asyncio.run(bounded(run_all(server, args), args.timeout, "the whole run"))
     finally:
         server.stop()
+        if store_dir is not None:
+            store_dir.cleanup()
     results["total_s"] = round(time.perf_counter() - t0, 2)
     print(table(results))
     if args.json:

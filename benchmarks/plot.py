@@ -1,8 +1,10 @@
 """Plot a benchmark's JSON results: ``python benchmarks/plot.py RESULTS.json OUT.png``.
 
 RESULTS.json is what ``bench_group.py --json``, ``bench_tree.py --json``,
-``bench_xmpp.py --json`` or ``bench_store.py --json`` writes; which one is
-recognised from its content (``detect``). The figures:
+``bench_xmpp.py --json``, ``bench_store.py --json``, ``bench_fleet.py --json`` (or
+several of its runs as ``{"benchmark": "fleet", "runs": [...]}``) or
+``bench_floor.py --json`` writes; which one is recognised from its content
+(``detect``). The figures:
 
 * group: time of each group operation against the group size, log-log;
 * tree: time of validating a received tree, creating and applying an
@@ -12,7 +14,10 @@ recognised from its content (``detect``). The figures:
   and the CPU time per message they cost;
 * store: the time to persist a group's state per application message (old:
   the whole state, new: the ratchets only) against the group size, log-log;
-  per Commit and at start-up on a second panel.
+  per Commit and at start-up on a second panel;
+* fleet: the fan-out latency (CDF) per number of devices, and the group's
+  creation and a Commit's convergence;
+* floor: each core operation as a multiple of its cryptographic floor.
 
 Needs matplotlib (``pip install -e '.[bench]'``; it is not a dependency of
 the library).
@@ -76,10 +81,13 @@ STORE_OTHER: list[tuple[Callable[[dict[str, Any], str], dict[str, float]], str, 
 
 
 def detect(data: dict[str, Any]) -> str:
-    """``"group"``, ``"tree"``, ``"xmpp"`` or ``"store"``: which benchmark wrote ``data``."""
+    """``"group"``, ``"tree"``, ``"xmpp"``, ``"store"``, ``"fleet"`` or ``"floor"``:
+    which benchmark wrote ``data``."""
     kind = data.get("benchmark")
     if kind in ("bench_group", "bench_tree", "bench_xmpp", "bench_store"):
         return str(kind).removeprefix("bench_")
+    if kind in ("fleet", "floor"):
+        return str(kind)
     # bench_group.py writes no "benchmark" key; its per-size results have "add"
     results = data.get("results", {})
     if isinstance(results, dict) and results and all(
@@ -246,11 +254,79 @@ def plot_store(data: dict[str, Any], plt: Any) -> Any:
     return fig
 
 
+def fleet_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a fleet JSON: one ``bench_fleet.py --json`` file, or several of them
+    gathered as ``{"benchmark": "fleet", "runs": [...]}``, fewest devices first."""
+    runs = data.get("runs", [data])
+    return sorted(runs, key=lambda r: r["results"]["devices"])
+
+
+def plot_fleet(data: dict[str, Any], plt: Any) -> Any:
+    """Left: fan-out latency (CDF) per fleet size; right: group creation and Commit."""
+    runs = fleet_runs(data)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for run in runs:
+        r = run["results"]
+        xs, ys = cdf(r["latency_samples_ms"])
+        ax1.plot(xs, ys, label=f"{r['devices']:,} devices (p50 {r['fanout_p50_ms']:.0f} ms, "
+                               f"p99 {r['fanout_p99_ms']:.0f} ms)")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("send -> decrypted at one device, ms (log scale)")
+    ax1.set_ylabel("% of (device, message) samples")
+    ax1.set_title("fan-out of one sender's messages")
+    ax1.grid(True, alpha=0.3)
+    ax1.legend(fontsize=8)
+    labels = [f"{run['results']['devices']:,}" for run in runs]
+    width = 0.38
+    pos = list(range(len(runs)))
+    b1 = ax2.bar([p - width / 2 for p in pos],
+                 [run["results"]["create_all_joined_s"] for run in runs], width,
+                 label="create_group until all joined")
+    b2 = ax2.bar([p + width / 2 for p in pos],
+                 [run["results"]["commit_converge_s"] for run in runs], width,
+                 label="a Commit applied by all")
+    bar_labels(ax2, b1, "{:.1f} s")
+    bar_labels(ax2, b2, "{:.2f} s")
+    ax2.set_xticks(pos, labels)
+    ax2.set_xlabel("devices (real XMPP connections, one group)")
+    ax2.set_ylabel("seconds")
+    ax2.set_yscale("log")
+    ax2.set_title("group set-up and a Commit")
+    ax2.legend(fontsize=8)
+    return fig
+
+
+FLOOR_OPS = [("add", "add n"), ("join", "join"), ("upd1", "first update")]
+
+
+def plot_floor(data: dict[str, Any], plt: Any) -> Any:
+    """Each operation as a multiple of its cryptographic floor, per size and mode."""
+    results = data["results"]
+    keys = list(results)
+    fig, ax = plt.subplots(figsize=(max(8, len(keys) * 0.9), 4.8), dpi=110)
+    width = 0.8 / len(FLOOR_OPS)
+    for k, (op, label) in enumerate(FLOOR_OPS):
+        xs = [i + (k - 1) * width for i in range(len(keys))]
+        ys = [results[key]["median"][f"{op} ratio"] for key in keys]
+        ax.bar(xs, ys, width, label=label)
+    ax.axhline(data.get("target_ratio", 1.3), color="k", ls="--", lw=1, label="target")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(keys)),
+                  [key.replace("/tree-", "\ntree ").replace("/", " ", 1) for key in keys],
+                  fontsize=7)
+    ax.set_ylabel("time / floor (median of runs)")
+    ax.set_title("core operations against the public-key work they cannot avoid")
+    ax.legend(fontsize=8)
+    return fig
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Any], Any]] = {
     "group": plot_group,
     "tree": plot_tree,
     "xmpp": plot_xmpp,
     "store": plot_store,
+    "fleet": plot_fleet,
+    "floor": plot_floor,
 }
 
 

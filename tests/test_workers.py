@@ -9,6 +9,7 @@ be the serial ones, naming the same KeyPackage or leaf, with nothing changed.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import subprocess
 import time
@@ -19,7 +20,13 @@ import pytest
 
 import mls_xmpp.workers as workers_module
 from mls_xmpp.core.crypto import get_suite
-from mls_xmpp.core.crypto.batch import SERIAL, SealBatch, SealResult, VerifyBatch
+from mls_xmpp.core.crypto.batch import (
+    PREHASH_INFO_BYTES,
+    SERIAL,
+    SealBatch,
+    SealResult,
+    VerifyBatch,
+)
 from mls_xmpp.core.errors import CryptoError, InvalidSignatureError, LocalUsageError
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.core.group.config import GroupConfig
@@ -99,6 +106,24 @@ def test_seal_ciphertexts_open(pool: WorkerPool) -> None:
     for (priv, _), (kem_output, ct), (_, plaintext) in zip(keys, sealed, items, strict=True):
         assert SUITE.decrypt_with_label(priv, "UpdatePathNode", b"context", kem_output,
                                         ct) == plaintext
+
+
+def test_welcome_sized_info_is_hashed_once(pool: WorkerPool) -> None:
+    """A large ``info`` (a Welcome with the tree) is hashed once; parts and workers reuse it."""
+    info = os.urandom(PREHASH_INFO_BYTES * 4)
+    keys = [SUITE.generate_kem_key_pair() for _ in range(400)]
+    batch = SealBatch(SUITE.id, info, tuple((pub, b"gs %d" % i)
+                                           for i, (_, pub) in enumerate(keys)))
+    assert batch.info_hash == SUITE.hpke.info_hash(info)
+    assert batch.part(3, 9).info_hash == batch.info_hash
+    travelled = pickle.loads(pickle.dumps(batch.part(0, 2)))
+    assert travelled.info_hash == batch.info_hash and travelled.info == b""
+    assert SealBatch(SUITE.id, info[:100], ()).info_hash is None
+    sealed = pool.seal(batch)
+    assert pool.stats()["worker_items"] > 0
+    for (priv, _), result, (_, pt) in zip(keys, sealed, batch.items, strict=True):
+        assert result is not None
+        assert SUITE.hpke.open_base(result[0], priv, info, b"", result[1]) == pt
 
 
 def test_seal_raises_the_serial_error(pool: WorkerPool) -> None:
@@ -201,6 +226,27 @@ def test_bulk_add_join_and_update_with_the_pool(pool: WorkerPool,
     assert pool.stats()["worker_items"] > 0
     assert ga.epoch_authenticator == gj.epoch_authenticator
     assert len(ga.members) == 302
+
+
+@pytest.mark.parametrize("with_pool", [True, False], ids=["pool", "serial"])
+def test_welcome_with_the_tree_inside_joins(pool: WorkerPool, key_packages: list[KeyPackage],
+                                            with_pool: bool) -> None:
+    """A Welcome whose info (the encrypted GroupInfo with the tree) is hashed once
+    opens for its joiners, with the worker pool and serially."""
+    config = GroupConfig(ratchet_tree_in_welcome=True)
+    if with_pool:
+        config = pool.attach(config)
+    creator = Client.generate(b"creator@example.org", config=config)
+    joiners = [Client.generate(b"joiner%d@example.org" % i, config=config) for i in range(2)]
+    kps = [joiners[0].make_key_package(), *key_packages[:298], joiners[1].make_key_package()]
+    ga = creator.create_group()
+    pending = ga.commit(add=kps)
+    ga.merge_pending_commit()
+    assert pending.welcome is not None and len(pending.welcome) > 300 * 150
+    for joiner, kp in ((joiners[0], kps[0]), (joiners[1], kps[-1])):
+        gj = joiner.join(pending.welcomes[kp.ref(SUITE)])  # the tree from the Welcome
+        assert gj.epoch_authenticator == ga.epoch_authenticator
+    assert (pool.stats()["worker_items"] > 0) == with_pool
 
 
 def test_attach_keeps_the_applications_own_batch_crypto() -> None:

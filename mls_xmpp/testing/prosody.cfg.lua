@@ -12,6 +12,7 @@
 --   MLS_XMPP_WITHOUT   modules to leave out, comma-separated (e.g. "muc_mam"): a server
 --                      lacking a feature, for tests of `mls-xmpp doctor`
 --   MLS_XMPP_ARCHIVE_EXPIRES how long archives keep stanzas (default "1w", see Retention)
+--   MLS_XMPP_SETTINGS  a Lua file of more global options, included before the hosts
 --
 -- Server limits that matter to MLS are left at Prosody's DEFAULTS, as a real deployment
 -- has them, so tests see what users see: c2s_stanza_size_limit (256 KiB),
@@ -77,6 +78,12 @@ default_archive_policy = true            -- user MAM on (the default is also tru
 -- Prosody's default, written out so a deployment sees the knob.
 -- MLS_XMPP_ARCHIVE_EXPIRES overrides it (Prosody's syntax: "1w", "3d", "12h").
 archive_expires_after = ENV_MLS_XMPP_ARCHIVE_EXPIRES or "1w"
+
+-- Extra global options of this instance (ProsodyServer(settings=...)), e.g. the limits a
+-- benchmark with thousands of devices raises; empty by default.
+if ENV_MLS_XMPP_SETTINGS then
+  Include(ENV_MLS_XMPP_SETTINGS)
+end
 
 VirtualHost "localhost"
 

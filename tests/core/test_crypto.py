@@ -356,6 +356,32 @@ def test_own_and_native_hpke_agree(cs: CipherSuite) -> None:
         assert h.open_base(enc, priv, info, b"", ct) == pt
 
 
+@pytest.mark.parametrize("cs", SUITES, ids=suite_id)
+def test_seal_with_a_precomputed_info_hash(cs: CipherSuite) -> None:
+    """``seal_base_hashed`` is ``SealBase``: the same bytes for the same ephemeral key."""
+    h = cs.hpke
+    priv, pub = cs.generate_kem_key_pair()
+    info, pt = os.urandom(20000), os.urandom(300)
+    enc, ct = h.seal_base_hashed(pub, h.info_hash(info), pt)
+    assert h.open_base(enc, priv, info, b"", ct) == pt
+    assert h._open_own(enc, priv, info, b"", ct) == pt
+    with pytest.raises(DecryptionError):
+        h.open_base(enc, priv, info[:-1], b"", ct)
+    sk_e = _load_private(h.kem.name, cs.generate_kem_key_pair()[0])[0]
+    shared, enc = h._encap(pub, sk_e)
+    assert h._key_schedule_hashed(shared, h.info_hash(info)) == h._key_schedule_base(shared, info)
+    with pytest.raises(CryptoError):
+        h.seal_base_hashed(bytes(len(pub)), h.info_hash(info), pt)
+
+
+def test_rfc9180_a1_info_hash() -> None:
+    """The precomputed path reproduces RFC 9180 A.1.1's key and nonce."""
+    h = get_suite(1).hpke
+    key, nonce = h._key_schedule_hashed(bytes.fromhex(A1_SHARED),
+                                        h.info_hash(bytes.fromhex(A1_INFO)))
+    assert (key.hex(), nonce.hex()) == (A1_KEY, A1_NONCE)
+
+
 def test_x448_has_no_native_path() -> None:
     for sid in (4, 6):
         assert get_suite(sid).hpke._native is None

@@ -206,3 +206,36 @@ def test_prosody_server_lifecycle(prosody: ProsodyServer) -> None:
         os.kill(pid, 0)  # the process is gone
     server.stop()  # idempotent
     assert server.start_seconds is not None and server.stop_seconds is not None
+
+
+def test_prosody_server_settings_and_bulk_accounts() -> None:
+    """``settings=`` reach Prosody's global config; ``create_users`` makes many accounts."""
+    import subprocess
+
+    with pytest.raises(ValueError):
+        ProsodyServer(settings={"not an identifier": 1})
+    with pytest.raises(ValueError):
+        ProsodyServer(settings={"limit": [1, 2]})  # type: ignore[dict-item]
+    server = ProsodyServer(storage="memory", settings={"c2s_stanza_size_limit": 123456,
+                                                       "muc_room_locking": False})
+    with server:
+        shell = subprocess.run(
+            [server.prosodyctl, "--config", str(server.config_path), "shell"],
+            input='config:get("*", "c2s_stanza_size_limit")\n'
+                  'config:get("*", "muc_room_locking")\n',
+            env=server.environment, capture_output=True, text=True, timeout=30, check=True)
+        assert "123456" in shell.stdout and "false" in shell.stdout
+        accounts = server.create_users([(f"bulk{i}", f"pw{i}") for i in range(30)])
+        assert [a.jid for a in accounts] == [f"bulk{i}@localhost" for i in range(30)]
+        with pytest.raises(ProsodyError, match="created 0 of 1"):
+            server.create_users([("bulk3", "again")])
+        with pytest.raises(ValueError):
+            server.create_users([("Bad Name", "pw")])
+        with pytest.raises(ValueError):
+            server.create_users([("fine", 'has"quote')])
+
+        async def login() -> None:
+            client = await connect_client(server, *accounts[17], timeout=STEP)
+            await disconnect_client(client)
+
+        run(login())

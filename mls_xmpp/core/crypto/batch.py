@@ -30,7 +30,8 @@ from typing import Protocol
 from ..errors import LocalUsageError, MLSError
 from .suite import get_suite
 
-__all__ = ["SERIAL", "BatchCrypto", "SealBatch", "SealItem", "SealResult", "SerialCrypto",
+__all__ = ["PREHASH_INFO_BYTES", "SERIAL", "BatchCrypto", "SealBatch", "SealItem", "SealResult",
+           "SerialCrypto",
            "VerifyBatch", "VerifyItem"]
 
 #: ``(public key, signed content, signature)`` of one verification; the content is
@@ -40,6 +41,10 @@ VerifyItem = tuple[bytes, bytes, bytes]
 SealItem = tuple[bytes, bytes]
 #: ``(enc, ciphertext)`` of one seal, ``None`` where the public key is unusable.
 SealResult = tuple[bytes, bytes] | None
+
+#: From this length of ``info`` on, a :class:`SealBatch` hashes ``info`` once and
+#: seals with our own key schedule (see :class:`SealBatch`).
+PREHASH_INFO_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -72,23 +77,53 @@ class VerifyBatch:
 
 @dataclass(frozen=True)
 class SealBatch:
-    """HPKE ``SealBase(pk, info, "", plaintext)`` (RFC 9180 §6.1) under suite ``suite_id``."""
+    """HPKE ``SealBase(pk, info, "", plaintext)`` (RFC 9180 §6.1) under suite ``suite_id``.
+
+    With an ``info`` of at least :data:`PREHASH_INFO_BYTES` (a Welcome whose
+    encrypted GroupInfo carries the ratchet tree) the key schedule's
+    ``info_hash``, which depends on ``info`` alone, is computed once when the
+    batch is made and every seal uses it
+    (:meth:`Hpke.seal_base_hashed <mls_xmpp.core.crypto.hpke.Hpke.seal_base_hashed>`);
+    :meth:`part` keeps it, and a pickled batch that has it travels without
+    ``info`` (which it no longer needs). Shorter ``info`` goes to the native HPKE
+    per seal, which is ~7 µs faster per seal than our key schedule (X25519)
+    while hashing a short ``info`` costs ~0.65 µs per KiB.
+    """
 
     suite_id: int
     info: bytes
     items: tuple[SealItem, ...]
+    info_hash: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.info_hash is None and len(self.info) >= PREHASH_INFO_BYTES:
+            info_hash = get_suite(self.suite_id).hpke.info_hash(self.info)
+            object.__setattr__(self, "info_hash", info_hash)
+
+    def __reduce__(self) -> tuple[type[SealBatch], tuple[int, bytes, tuple[SealItem, ...],
+                                                          bytes | None]]:
+        info = b"" if self.info_hash is not None else self.info
+        return SealBatch, (self.suite_id, info, self.items, self.info_hash)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def part(self, start: int, end: int) -> SealBatch:
         """The batch of items ``start`` to ``end`` (for a caller that splits the work)."""
-        return SealBatch(self.suite_id, self.info, self.items[start:end])
+        return SealBatch(self.suite_id, self.info, self.items[start:end], self.info_hash)
 
     def run(self) -> list[SealResult]:
         """``(enc, ciphertext)`` per item, computed here; ``None`` where the key is unusable."""
         hpke = get_suite(self.suite_id).hpke
         out: list[SealResult] = []
+        info_hash = self.info_hash
+        if info_hash is not None:
+            for public_key, plaintext in self.items:
+                try:
+                    out.append(hpke.seal_base_hashed(public_key, info_hash, plaintext))
+                except MLSError:
+                    out.append(None)
+            return out
         for public_key, plaintext in self.items:
             try:
                 out.append(hpke.seal_base(public_key, self.info, b"", plaintext))

@@ -324,7 +324,10 @@ class Hpke:
 
         Returns ``(key, base_nonce)``; the exporter secret is not needed.
         """
-        info_hash = self._labeled_extract(b"", b"info_hash", info)
+        return self._key_schedule_hashed(shared_secret, self.info_hash(info))
+
+    def _key_schedule_hashed(self, shared_secret: bytes, info_hash: bytes) -> tuple[bytes, bytes]:
+        """:meth:`_key_schedule_base` from ``info_hash`` (see :meth:`info_hash`)."""
         context = bytes((_MODE_BASE,)) + self._psk_id_hash + info_hash
         secret = self._labeled_extract(shared_secret, b"secret", b"")
         h = self._kdf_hash
@@ -343,6 +346,28 @@ class Hpke:
         shared_secret, enc = self._encap(public_key, sk_e)
         key, nonce = self._key_schedule_base(shared_secret, info)
         return enc, self._aead_cls(key).encrypt(nonce, plaintext, aad)
+
+    def info_hash(self, info: bytes) -> bytes:
+        """``LabeledExtract("", "info_hash", info)`` of the key schedule (RFC 9180 §5.1).
+
+        It depends on ``info`` alone, not on the shared secret, so seals to many
+        recipients under one ``info`` (the GroupSecrets of a Welcome, whose
+        ``info`` holds the whole encrypted GroupInfo) compute it once and pass it
+        to :meth:`seal_base_hashed`.
+        """
+        return self._labeled_extract(b"", b"info_hash", info)
+
+    def seal_base_hashed(self, public_key: bytes, info_hash: bytes,
+                         plaintext: bytes) -> tuple[bytes, bytes]:
+        """``SealBase(pkR, info, "", pt)`` (RFC 9180 §6.1) given ``info_hash(info)``.
+
+        Our own DHKEM and key schedule (the native API takes only ``info``
+        itself); the output is exactly that of :meth:`seal_base` for the same
+        ephemeral key. Raises :class:`CryptoError` like :meth:`seal_base`.
+        """
+        shared_secret, enc = self._encap(public_key)
+        key, nonce = self._key_schedule_hashed(shared_secret, info_hash)
+        return enc, self._aead_cls(key).encrypt(nonce, plaintext, None)
 
     def _open_own(self, enc: bytes, private_key: bytes, info: bytes, aad: bytes,
                   ciphertext: bytes) -> bytes:

@@ -1,0 +1,216 @@
+"""Core operations against the cryptography they cannot avoid, measured in the same run.
+
+Usage::
+
+    python benchmarks/bench_floor.py [--sizes 1000,5000] [--include-50k] [--runs 3]
+                                     [--modes pool,serial] [--tree in,out]
+                                     [--no-prehash] [--json PATH]
+
+For each size ``n``, each worker mode (``pool``: a :class:`~mls_xmpp.workers.WorkerPool`
+with its default workers; ``serial``: one core, no worker) and each place of the
+ratchet tree (``in`` the Welcome, the core's default, or ``out`` of band) it times,
+through the public API, on a fresh group each run:
+
+* ``add``: ``A.commit(add=n KeyPackages)``;
+* ``join``: one new member's ``Client.join`` from its Welcome (with the tree from
+  the Welcome, or passed out of band);
+* ``upd1``: that member's first update after the bulk add, ``commit()``;
+
+and, right after each operation with the same batch crypto, its floor: the
+public-key operations the RFC requires and no implementation can skip, on the
+same keys and signed contents (built beforehand, so encoding is not part of it):
+
+* ``add``: 2n Ed25519 verifications (leaf node and KeyPackage, RFC 9420 §10.1),
+  n HPKE seals (the GroupSecrets) and, with the tree in the Welcome, hashing the
+  Welcome's ``info`` once (the encrypted GroupInfo, RFC 9180 §5.1);
+* ``join``: n + 1 leaf signatures (§7.3) and one HPKE open of the GroupSecrets
+  (with the tree in the Welcome, its ``info`` hashed once within it);
+* ``upd1``: one HPKE seal per ciphertext of the UpdatePath (the whole copath
+  resolution: every other member, §7.6) and one signature.
+
+The ratio ``op / floor`` is reported per run; tables show the median over
+``--runs``. ``--no-prehash`` turns off the single hashing of a large Welcome
+``info`` (:data:`mls_xmpp.core.crypto.batch.PREHASH_INFO_BYTES`), to measure what it
+saves: every seal then hashes the whole encrypted GroupInfo again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mls_xmpp.core.crypto.batch as batch_module  # noqa: E402
+from mls_xmpp.core.codec import encode_opaque as _opaque  # noqa: E402
+from mls_xmpp.core.crypto import get_suite  # noqa: E402
+from mls_xmpp.core.crypto.batch import SERIAL, BatchCrypto, SealBatch, VerifyBatch  # noqa: E402
+from mls_xmpp.core.group.client import Client  # noqa: E402
+from mls_xmpp.core.group.config import GroupConfig  # noqa: E402
+from mls_xmpp.core.messages.common import LeafNodeSource  # noqa: E402
+from mls_xmpp.core.messages.key_package import KeyPackage  # noqa: E402
+from mls_xmpp.workers import WorkerPool  # noqa: E402
+
+SUITE_ID = 1
+T = TypeVar("T")
+#: The target of issue 17: each operation within this factor of its floor.
+TARGET = 1.3
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def make_key_packages(n: int, config: GroupConfig) -> list[KeyPackage]:
+    """``n`` KeyPackages of throw-away clients (their private keys are dropped)."""
+    return [Client.generate(b"m%d@example.org" % i, SUITE_ID, config=config).make_key_package()
+            for i in range(n)]
+
+
+def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -> dict[str, Any]:
+    """One add / join / first update and their floors on a fresh group."""
+    suite = get_suite(SUITE_ID)
+    config = GroupConfig(ratchet_tree_in_welcome=tree_in, batch_crypto=crypto)
+    joiner = Client.generate(b"joiner@example.org", SUITE_ID, config=config)
+    members = [joiner.make_key_package()] + kps[1:]
+    creator = Client.generate(b"creator@example.org", SUITE_ID, config=config)
+    ga = creator.create_group()
+    r: dict[str, Any] = {}
+
+    # floors' inputs, built beforehand (encoding is not cryptography)
+    kp_items = VerifyBatch(SUITE_ID, tuple(
+        (pk, suite.labelled(label) + _opaque(content), sig)
+        for kp in members for pk, label, content, sig in (kp.leaf_node.signature_item(),
+                                                           kp.signature_item())))
+    seal_items = tuple((kp.init_key, os.urandom(66)) for kp in members)  # GroupSecrets ~66 B
+
+    pending, r["add"] = timed(lambda: ga.commit(add=members))
+    welcome_info_len = 0
+    welcome = pending.welcomes[members[0].ref(suite)]
+    if tree_in:
+        welcome_info_len = len(welcome) + 32  # ~ the encrypted GroupInfo, the Welcome's bulk
+    ga.merge_pending_commit()
+
+    def add_floor() -> None:
+        crypto.verify(kp_items)
+        crypto.seal(SealBatch(SUITE_ID, b"\0" * 100, seal_items))
+        if tree_in:
+            suite.hpke.info_hash(bytes(welcome_info_len))
+    _, r["add floor"] = timed(add_floor)
+
+    tree = None if tree_in else ga.ratchet_tree()
+    gj, r["join"] = timed(lambda: joiner.join(welcome, ratchet_tree=tree))
+    leaf_items = VerifyBatch(SUITE_ID, tuple(
+        (pk, suite.labelled(label) + _opaque(content), sig)
+        for i, leaf in gj.state.tree.leaves()
+        for pk, label, content, sig in (
+            leaf.signature_item() if leaf.leaf_node_source == LeafNodeSource.KEY_PACKAGE
+            else leaf.signature_item(gj.group_id, i),)))
+    # one HPKE open with an info as long as the Welcome's: the joiner's own GroupSecrets
+    sk, pk = suite.generate_kem_key_pair()
+    info = bytes(welcome_info_len or 100)
+    enc, ct = suite.hpke.seal_base(pk, info, b"", os.urandom(66))
+
+    def join_floor() -> None:
+        crypto.verify(leaf_items)
+        suite.hpke.open_base(enc, sk, info, b"", ct)
+    _, r["join floor"] = timed(join_floor)
+
+    _, r["upd1"] = timed(gj.commit)
+    n_ct = sum(len(gj.state.tree.resolution(s))
+               for _, s in gj.state.tree.filtered_direct_path(gj.own_leaf_index))
+    r["upd1 ciphertexts"] = n_ct
+    upd_items = tuple((kp.init_key, os.urandom(32)) for kp in (members * 2)[:n_ct])
+    sig_key = suite.generate_signature_key_pair()[0]
+
+    def upd_floor() -> None:
+        crypto.seal(SealBatch(SUITE_ID, b"\0" * 120, upd_items))
+        suite.signature.sign(sig_key, b"\0" * 200)
+    _, r["upd1 floor"] = timed(upd_floor)
+    for op in ("add", "join", "upd1"):
+        r[f"{op} ratio"] = r[op] / r[f"{op} floor"]
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,5000")
+    p.add_argument("--include-50k", action="store_true")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--modes", default="pool,serial", help="pool, serial or both")
+    p.add_argument("--tree", default="in,out", help="in, out or both")
+    p.add_argument("--no-prehash", action="store_true",
+                   help="hash a Welcome's info once per recipient (the code of before)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.include_50k and 50000 not in sizes:
+        sizes.append(50000)
+    modes = [m for m in args.modes.split(",") if m]
+    trees = [t == "in" for t in args.tree.split(",") if t]
+    if args.no_prehash:
+        batch_module.PREHASH_INFO_BYTES = 1 << 62
+    t_all = time.perf_counter()
+    results: dict[str, Any] = {}
+    with WorkerPool() as pool:
+        log(f"{pool.workers} worker process(es) in mode 'pool'")
+        for n in sizes:
+            log(f"[n={n}] generating {n} KeyPackages")
+            kps = make_key_packages(n, GroupConfig())
+            for mode in modes:
+                crypto: BatchCrypto = pool if mode == "pool" else SERIAL
+                for tree_in in trees:
+                    key = f"{n}/{mode}/tree-{'in' if tree_in else 'out'}"
+                    runs = []
+                    for k in range(args.runs):
+                        r = one_run(n, kps, crypto, tree_in)
+                        runs.append(r)
+                        log(f"[{key}] run {k + 1}: " + ", ".join(
+                            f"{op} {r[op]:.3f} s / floor {r[op + ' floor']:.3f} s"
+                            f" = {r[op + ' ratio']:.2f}x" for op in ("add", "join", "upd1")))
+                    med = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+                    results[key] = {"n": n, "mode": mode, "tree_in_welcome": tree_in,
+                                    "median": med, "runs": runs}
+            del kps
+    print(f"{'n/mode/tree':<24} " + " ".join(f"{op:>22}" for op in ("add", "join", "upd1")))
+    for key, v in results.items():
+        m = v["median"]
+        print(f"{key:<24} " + " ".join(
+            f"{m[op]:8.3f}/{m[op + ' floor']:6.3f} {m[op + ' ratio']:4.2f}x"
+            for op in ("add", "join", "upd1")))
+    if args.json:
+        doc = {
+            "benchmark": "floor",
+            "cipher_suite": SUITE_ID,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(),
+            "runs": args.runs,
+            "prehash": not args.no_prehash,
+            "target_ratio": TARGET,
+            "total_seconds": time.perf_counter() - t_all,
+            "results": results,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
