@@ -523,6 +523,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         list: members would otherwise add it while it joins by external Commit."""
         try:
             await self.recover()
+        except MLSError as e:  # the registry could not be read (a timeout, a cut): said
+            self.error(MLSErrorEvent(f"recovering this account's groups failed: {e}; call "
+                                     f"recover() again", error=e))
         finally:
             if self.config["device_list"] and self.connected:
                 await self._devices_up()

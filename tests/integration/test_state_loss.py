@@ -165,3 +165,31 @@ def test_recovery_key_seals_the_group_info_key(prosody: ProsodyServer, tmp_path:
                                                new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob")]
     asyncio.run(asyncio.wait_for(_recovery_key(prosody, accounts, tmp_path), 180))
+
+
+async def _recovery_reported(server: ProsodyServer, alice_acc: Account) -> None:
+    from mls_xmpp.errors import TransportError
+
+    alice, ra = await mls_client(server, *alice_acc, {"device": "laptop"})
+    try:
+        plugin = alice.plugin["mls"]
+
+        async def unreadable() -> dict[str, object]:
+            raise TransportError("reading the group registry: no reply within the timeout")
+
+        # the registry read fails as under a burst of logins: the background recovery
+        # says so (it used to end as an unretrieved task exception, told to nobody)
+        plugin.registry.records = unreadable
+        await plugin._recover_then_announce()
+        # (the recovery the plugin started itself may meet the failure too)
+        events = [e for e in ra.events["mls_error"] if "recovering" in e.reason]
+        assert events, [e.reason for e in ra.events["mls_error"]]
+        assert all(isinstance(e.error, TransportError) and "recover()" in e.reason
+                   for e in events)
+    finally:
+        await close(alice)
+
+
+def test_a_failed_recovery_is_reported(prosody: ProsodyServer,
+                                       new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_recovery_reported(prosody, new_account("alice")), 60))
