@@ -19,9 +19,13 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
 A message that cannot be sent at all (this device left the group, an upload
 of a large message failed) ends ``failed`` and is reported.
 
-Exactly once: an entry is marked ``sent`` (its digest written) after the
-ratchet state that encrypted it and before the stanza goes out, with no
-pause in between. After a new XMPP stream (a reconnection, a restart), the
+Exactly once: an entry is marked ``sent`` (its digest written) in the same
+store transaction as the ratchet state that encrypted it (or, when the
+encryption does not offer it to that transaction, right after it), before
+the stanza goes out or a large message is uploaded. An entry whose stanza
+then did not go out (the stream fell, the upload failed) is ``queued`` again
+in memory while the store still says ``sent``: after a restart it is treated
+as one that never reached the room, below. After a new XMPP stream (a reconnection, a restart), the
 group reads the room archive first; a reflection found there ends its entry
 (even after a restart: the digest is in the store), and only the entries still
 ``sent`` afterwards -- those that never reached the room -- are queued again
@@ -88,6 +92,10 @@ class Outbox:
         self._streams: dict[str, int] = {}
         #: held while entries are encrypted and sent: one flush at a time, in order
         self.lock = asyncio.Lock()
+        #: the entry a flush is encrypting now, and its ``sent`` record once the
+        #: encryption stored it (see :meth:`sending`)
+        self._encrypting: OutboxRecord | None = None
+        self._stored_sent: OutboxRecord | None = None
 
     # -- what is in it -----------------------------------------------------------------
 
@@ -126,6 +134,10 @@ class Outbox:
         self._store.save_outbox(record)
         self._entries.append(record)
         self._notify(message_id, QUEUED, None, None)
+
+    def holds(self, digest: bytes) -> bool:
+        """Whether an entry was sent as the MLSMessage of this digest."""
+        return any(e.sent_digest == digest for e in self._entries)
 
     def reflected(self, digest: bytes, stanza_id: str | None) -> bool:
         """The room reflected an MLSMessage of this device: end its entry, if one."""
@@ -173,6 +185,21 @@ class Outbox:
 
     # -- sending ------------------------------------------------------------------------
 
+    def sending(self, message: bytes) -> OutboxRecord | None:
+        """The entry being encrypted by :meth:`flush`, marked ``sent`` with the digest of
+        ``message`` (its MLSMessage), for the ``encrypt`` callback to store in the
+        same transaction as the ratchets; ``None`` if no entry is being encrypted.
+        The callback calls :meth:`stored_sent` once the write committed, and the
+        flush then does not write the entry again."""
+        entry = self._encrypting
+        if entry is None or entry not in self._entries:
+            return None
+        return replace(entry, sent_digest=hashlib.sha256(message).digest())
+
+    def stored_sent(self, record: OutboxRecord) -> None:
+        """The record :meth:`sending` gave is in the store."""
+        self._stored_sent = record
+
     async def flush(self, *, can_send: Callable[[], bool],
                     encrypt: Callable[[bytes], Awaitable[bytes]],
                     prepare: Callable[[bytes], Awaitable[Any]],
@@ -196,6 +223,7 @@ class Outbox:
                     continue
                 if not can_send():
                     return
+                self._encrypting, self._stored_sent = entry, None
                 try:
                     message = await encrypt(entry.content)
                     prepared = await prepare(message)
@@ -206,10 +234,13 @@ class Outbox:
                         return  # e.g. an upload cut by the lost stream: try again later
                     self._fail(entry, e)
                     continue
+                finally:
+                    self._encrypting = None
                 if not can_send() or entry not in self._entries:
                     return  # stays queued: encrypted again next time
                 sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
-                self._store.save_outbox(sent)
+                if sent != self._stored_sent:  # not written with the ratchets
+                    self._store.save_outbox(sent)
                 self._entries[self._entries.index(entry)] = sent
                 if stream is not None:
                     self._streams[entry.message_id] = stream

@@ -155,3 +155,63 @@ def test_requeue_keeps_what_the_current_stream_took(tmp_path: Path) -> None:
     restarted = _outbox(store, [])
     assert restarted.requeue(2) == 1  # another process: nothing of it is on this stream
     assert [i.state for i in restarted.items] == ["queued", "queued"]
+
+
+def test_sent_mark_written_with_the_encryption(tmp_path: Path) -> None:
+    """An encryption that stores the ``sent`` entry with its own write (as a session
+    does, in the ratchets' transaction) is not written again by the flush; one whose
+    stanza then does not go out stays queued in memory and is sent anew later."""
+    store = SQLiteStore(tmp_path / "s.db")
+    box, wire = _outbox(store, []), Wire()
+    box.add("a", b"one")
+    box.add("b", b"two")
+    written: list[tuple[str, bytes | None]] = []
+    saves: list[str] = []
+    save_outbox = store.save_outbox
+
+    def counting(record: OutboxRecord) -> None:
+        saves.append(record.message_id)
+        save_outbox(record)
+
+    store.save_outbox = counting  # type: ignore[method-assign]
+
+    async def encrypt(content: bytes) -> bytes:
+        message = await wire.encrypt(content)
+        sent = box.sending(message)
+        assert sent is not None and sent.content == content
+        with store.transaction():
+            store.save_outbox(sent)
+        box.stored_sent(sent)
+        # in the store before the stanza goes out
+        written.append((sent.message_id, store.load_outbox(GID)[0].sent_digest))
+        return message
+
+    wire.fail_prepare = {b"one"}
+    asyncio.run(box.flush(can_send=lambda: wire.up, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    assert box.state("a") == "failed" and box.state("b") == "sent"
+    assert saves == ["a", "b"]  # once each, in the encryption's write
+    assert written[0] == ("a", hashlib.sha256(b"one#1").digest())
+    assert [(r.message_id, r.sent_digest) for r in store.load_outbox(GID)] == [
+        ("b", hashlib.sha256(wire.sent[0]).digest())]
+    assert box.sending(b"x") is None  # nothing is being encrypted now
+
+    # the stream falls after the encryption stored the mark: queued in memory, stored
+    # "sent" (a restart requeues it after reading the archive), sent anew in this process
+    box.add("c", b"three")
+    wire.up = False
+    lost = {"n": 0}
+
+    async def prepare_lost(message: bytes) -> bytes:
+        lost["n"] += 1
+        raise NotConnectedError("gone")
+
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=encrypt, prepare=prepare_lost,
+                          transmit=wire.transmit))
+    assert lost["n"] == 1 and box.state("c") == "queued"
+    assert _outbox(store, []).state("c") == "sent"
+    wire.up = True
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    assert box.state("c") == "sent" and wire.sent[-1].startswith(b"three#")
+    assert store.load_outbox(GID)[-1].sent_digest == hashlib.sha256(wire.sent[-1]).digest()
