@@ -8,7 +8,9 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
     Accepted by ``send()`` and written to the state store (its plaintext
     ``Content``, sealed when the store is encrypted), not yet encrypted. A
     message sent while the device is offline, or while its group is still
-    reading the room archive, waits here.
+    reading the room archive, waits here. Online, ``send()`` encrypts at once
+    and writes the entry only then, already ``sent``, with the ratchets (one
+    commit); either way it is in the store before ``send()`` returns.
 ``sent``
     Encrypted in the epoch of that moment and handed to the XMPP stream; the
     SHA-256 of the MLSMessage is stored with the entry.
@@ -96,6 +98,8 @@ class Outbox:
         #: encryption stored it (see :meth:`sending`)
         self._encrypting: OutboxRecord | None = None
         self._stored_sent: OutboxRecord | None = None
+        #: ids of entries accepted with ``defer_store`` and not written yet
+        self._unstored: set[str] = set()
 
     # -- what is in it -----------------------------------------------------------------
 
@@ -124,16 +128,44 @@ class Outbox:
 
     # -- changes ------------------------------------------------------------------------
 
-    def add(self, message_id: str, content: bytes) -> None:
+    def add(self, message_id: str, content: bytes, *, defer_store: bool = False) -> None:
         """Accept a message: stored (durably) before this returns.
+
+        With ``defer_store``, it is only kept in memory here, for a :meth:`flush`
+        that follows at once to write it already ``sent``, in the transaction of
+        the ratchets that encrypt it (one commit instead of two); the caller then
+        calls :meth:`store_pending` before it reports the message accepted, which
+        writes it ``queued`` if the flush did not.
 
         :raises StorageError: the store refused it (then it was not accepted).
         """
         seq = self._entries[-1].seq + 1 if self._entries else 0
         record = OutboxRecord(self._group_id, seq, message_id, content)
-        self._store.save_outbox(record)
+        if defer_store:
+            self._unstored.add(message_id)
+        else:
+            self._store.save_outbox(record)
         self._entries.append(record)
         self._notify(message_id, QUEUED, None, None)
+
+    def store_pending(self, message_id: str) -> None:
+        """Write the entry :meth:`add` kept in memory (``defer_store``), unless a flush
+        wrote it already or it has finished.
+
+        :raises StorageError: the store refused it; the entry is given up
+            (reported ``failed``), the message was not accepted.
+        """
+        if message_id not in self._unstored:
+            return
+        self._unstored.discard(message_id)
+        for e in self._entries:
+            if e.message_id == message_id:
+                try:
+                    self._store.save_outbox(e)
+                except MLSError as err:
+                    self._fail(e, err)
+                    raise
+                return
 
     def holds(self, digest: bytes) -> bool:
         """Whether an entry was sent as the MLSMessage of this digest."""
@@ -175,6 +207,7 @@ class Outbox:
 
     def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
         self._streams.pop(entry.message_id, None)
+        self._unstored.discard(entry.message_id)
         try:
             self._store.delete_outbox(self._group_id, entry.seq)
         except MLSError:  # a leftover row: reflected again later, it is ignored then
@@ -199,6 +232,7 @@ class Outbox:
     def stored_sent(self, record: OutboxRecord) -> None:
         """The record :meth:`sending` gave is in the store."""
         self._stored_sent = record
+        self._unstored.discard(record.message_id)
 
     async def flush(self, *, can_send: Callable[[], bool],
                     encrypt: Callable[[bytes], Awaitable[bytes]],
@@ -241,6 +275,7 @@ class Outbox:
                 sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
                 if sent != self._stored_sent:  # not written with the ratchets
                     self._store.save_outbox(sent)
+                    self._unstored.discard(sent.message_id)
                 self._entries[self._entries.index(entry)] = sent
                 if stream is not None:
                     self._streams[entry.message_id] = stream

@@ -974,9 +974,15 @@ class GroupSession:
                 f"the message is {len(content)} bytes encoded, over the limit of "
                 f"{MAX_MESSAGE_SIZE}: send it as a file instead, e.g. group.send_file("
                 "text.encode(), name='message.txt', media_type='text/plain')")
-        self._outbox.add(message_id, content)
-        if self._can_send():
-            await self._flush_outbox()
+        online = self._can_send()
+        # online, the entry is written by the flush below, already "sent", in the
+        # transaction of the ratchets that encrypt it (store_pending: if it was not)
+        self._outbox.add(message_id, content, defer_store=online)
+        if online:
+            try:
+                await self._flush_outbox()
+            finally:
+                self._outbox.store_pending(message_id)  # stored before send() returns
             if self._outbox.state(message_id) == FAILED:
                 error = self._outbox.error(message_id)
                 if isinstance(error, MLSError):

@@ -215,3 +215,58 @@ def test_sent_mark_written_with_the_encryption(tmp_path: Path) -> None:
                           transmit=wire.transmit))
     assert box.state("c") == "sent" and wire.sent[-1].startswith(b"three#")
     assert store.load_outbox(GID)[-1].sent_digest == hashlib.sha256(wire.sent[-1]).digest()
+
+
+def test_deferred_store_written_once_with_the_encryption_or_queued(tmp_path: Path) -> None:
+    """``add(defer_store=True)``: the entry reaches the store in the encryption's
+    write (one write, already sent), or ``store_pending`` writes it queued."""
+    from mls_xmpp.storage import StorageError
+
+    store = SQLiteStore(tmp_path / "s.db")
+    log: list[tuple[str, str]] = []
+    box, wire = _outbox(store, log), Wire()
+    saves: list[tuple[str, bool]] = []
+    save_outbox = store.save_outbox
+    broken = {"on": False}
+
+    def counting(record: OutboxRecord) -> None:
+        if broken["on"]:
+            raise StorageError("disk full")
+        saves.append((record.message_id, record.sent_digest is not None))
+        save_outbox(record)
+
+    store.save_outbox = counting  # type: ignore[method-assign]
+
+    async def encrypt(content: bytes) -> bytes:
+        message = await wire.encrypt(content)
+        sent = box.sending(message)
+        assert sent is not None
+        store.save_outbox(sent)
+        box.stored_sent(sent)
+        return message
+
+    box.add("a", b"one", defer_store=True)
+    assert store.load_outbox(GID) == [] and box.state("a") == "queued"
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    box.store_pending("a")
+    assert saves == [("a", True)]  # one write, the entry already sent
+    assert [(r.message_id, r.sent_digest) for r in store.load_outbox(GID)] == [
+        ("a", hashlib.sha256(wire.sent[0]).digest())]
+
+    # the flush could not send it: store_pending writes it queued
+    box.add("b", b"two", defer_store=True)
+    asyncio.run(box.flush(can_send=lambda: False, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    box.store_pending("b")
+    box.store_pending("b")  # once
+    assert saves[1:] == [("b", False)]
+    assert _outbox(store, []).state("b") == "queued"
+
+    # the store refuses it: given up, reported failed, the error raised
+    broken["on"] = True
+    box.add("c", b"three", defer_store=True)
+    with pytest.raises(StorageError):
+        box.store_pending("c")
+    assert box.state("c") == "failed" and ("c", "failed") in log
+    assert [r.message_id for r in store.load_outbox(GID)] == ["a", "b"]
