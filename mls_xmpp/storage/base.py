@@ -82,7 +82,14 @@ class OutboxRecord:
 
 
 class StateStore(Protocol):
-    """A device's persistent state: its identity and its groups."""
+    """A device's persistent state: its identity and its groups.
+
+    A store may also have ``transaction()``, a context manager making the
+    writes of its block one atomic commit (as :class:`SQLiteStore
+    <mls_xmpp.storage.sqlite.SQLiteStore>` and :class:`MemoryStore
+    <mls_xmpp.storage.memory.MemoryStore>` do): the plugin then groups the
+    writes made for one message. Without it, each write is its own.
+    """
 
     def load_identity(self) -> bytes | None:
         """The serialised client identity, or ``None`` for a new device."""

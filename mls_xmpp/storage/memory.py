@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 from .base import GroupRecord, OutboxRecord, TrustRecord
 from .errors import StorageError
@@ -18,6 +19,12 @@ class MemoryStore:
         self._trust: dict[tuple[str, str], TrustRecord] = {}
         self._outbox: dict[tuple[bytes, int], OutboxRecord] = {}
         self._extra: dict[tuple[bytes, str], bytes] = {}
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes of the block (as :meth:`SQLiteStore.transaction
+        <mls_xmpp.storage.sqlite.SQLiteStore.transaction>`); nothing to commit here."""
+        yield
 
     def load_identity(self) -> bytes | None:
         """The stored identity, if any."""

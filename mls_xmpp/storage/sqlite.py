@@ -47,7 +47,9 @@ one an application created for other tables, which are left alone). A
 database of a newer version than this code knows is refused.
 
 Durability and atomicity
-    Every write method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, and
+    Every write method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction
+    (or, inside :meth:`SQLiteStore.transaction`, a savepoint of the one
+    transaction of the ``with`` block, which commits them all at once), and
     SQLite's rollback journal makes it atomic: a process killed (or a machine
     losing power) at any point leaves either the old or the new row, never a
     mix. The pragmas set on every open:
@@ -341,6 +343,7 @@ class SQLiteStore:
                                   "database has no durable rollback journal)")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._depth = 0  #: nesting of the open transaction (0: none), under the lock
         with _sql_errors(f"cannot open the store {self._path!r}"):
             _create_private_file(self._path)
             db = sqlite3.connect(self._path, timeout=timeout, isolation_level=None,
@@ -471,10 +474,19 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE ... COMMIT``; rolled back if anything fails."""
+        """One ``BEGIN IMMEDIATE ... COMMIT``; rolled back if anything fails.
+
+        Inside :meth:`transaction` it is a savepoint of the enclosing
+        transaction instead: rolled back alone if it fails, committed with
+        the enclosing one otherwise.
+        """
         with self._lock, _sql_errors(what):
             db = self._conn()
+            if self._depth:
+                yield from self._savepoint(db)
+                return
             db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield db
                 db.execute("COMMIT")
@@ -483,6 +495,43 @@ class SQLiteStore:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
+
+    def _savepoint(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A nested part of the open transaction (the caller holds the lock)."""
+        if not db.in_transaction:  # SQLite rolled the enclosing one back (e.g. a full disk)
+            raise StorageError("the enclosing transaction was rolled back")
+        name = f"part{self._depth}"
+        db.execute(f"SAVEPOINT {name}")
+        self._depth += 1
+        try:
+            yield db
+            db.execute(f"RELEASE {name}")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute(f"ROLLBACK TO {name}")
+                    db.execute(f"RELEASE {name}")
+            raise
+        finally:
+            self._depth -= 1
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make the writes of the ``with`` block one transaction: one commit (one
+        set of fsyncs) for all of them, all or none of them after a crash.
+
+        A write method called in the block that fails is rolled back alone
+        and raises as usual; an exception leaving the block rolls every write
+        of the block back. Blocks nest. The block holds the store's lock: it
+        must not wait (no ``await``, no other thread's store call), and calls
+        from other threads wait until it ends.
+
+        :raises StorageError: the commit failed (nothing of the block is kept).
+        """
+        with self._transaction("cannot commit to the store"):
+            yield
 
     # -- StateStore -----------------------------------------------------------------------------
 

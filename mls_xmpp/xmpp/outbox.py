@@ -8,7 +8,9 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
     Accepted by ``send()`` and written to the state store (its plaintext
     ``Content``, sealed when the store is encrypted), not yet encrypted. A
     message sent while the device is offline, or while its group is still
-    reading the room archive, waits here.
+    reading the room archive, waits here. Online, ``send()`` encrypts at once
+    and writes the entry only then, already ``sent``, with the ratchets (one
+    commit); either way it is in the store before ``send()`` returns.
 ``sent``
     Encrypted in the epoch of that moment and handed to the XMPP stream; the
     SHA-256 of the MLSMessage is stored with the entry.
@@ -19,9 +21,13 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
 A message that cannot be sent at all (this device left the group, an upload
 of a large message failed) ends ``failed`` and is reported.
 
-Exactly once: an entry is marked ``sent`` (its digest written) after the
-ratchet state that encrypted it and before the stanza goes out, with no
-pause in between. After a new XMPP stream (a reconnection, a restart), the
+Exactly once: an entry is marked ``sent`` (its digest written) in the same
+store transaction as the ratchet state that encrypted it (or, when the
+encryption does not offer it to that transaction, right after it), before
+the stanza goes out or a large message is uploaded. An entry whose stanza
+then did not go out (the stream fell, the upload failed) is ``queued`` again
+in memory while the store still says ``sent``: after a restart it is treated
+as one that never reached the room, below. After a new XMPP stream (a reconnection, a restart), the
 group reads the room archive first; a reflection found there ends its entry
 (even after a restart: the digest is in the store), and only the entries still
 ``sent`` afterwards -- those that never reached the room -- are queued again
@@ -88,6 +94,12 @@ class Outbox:
         self._streams: dict[str, int] = {}
         #: held while entries are encrypted and sent: one flush at a time, in order
         self.lock = asyncio.Lock()
+        #: the entry a flush is encrypting now, and its ``sent`` record once the
+        #: encryption stored it (see :meth:`sending`)
+        self._encrypting: OutboxRecord | None = None
+        self._stored_sent: OutboxRecord | None = None
+        #: ids of entries accepted with ``defer_store`` and not written yet
+        self._unstored: set[str] = set()
 
     # -- what is in it -----------------------------------------------------------------
 
@@ -116,16 +128,48 @@ class Outbox:
 
     # -- changes ------------------------------------------------------------------------
 
-    def add(self, message_id: str, content: bytes) -> None:
+    def add(self, message_id: str, content: bytes, *, defer_store: bool = False) -> None:
         """Accept a message: stored (durably) before this returns.
+
+        With ``defer_store``, it is only kept in memory here, for a :meth:`flush`
+        that follows at once to write it already ``sent``, in the transaction of
+        the ratchets that encrypt it (one commit instead of two); the caller then
+        calls :meth:`store_pending` before it reports the message accepted, which
+        writes it ``queued`` if the flush did not.
 
         :raises StorageError: the store refused it (then it was not accepted).
         """
         seq = self._entries[-1].seq + 1 if self._entries else 0
         record = OutboxRecord(self._group_id, seq, message_id, content)
-        self._store.save_outbox(record)
+        if defer_store:
+            self._unstored.add(message_id)
+        else:
+            self._store.save_outbox(record)
         self._entries.append(record)
         self._notify(message_id, QUEUED, None, None)
+
+    def store_pending(self, message_id: str) -> None:
+        """Write the entry :meth:`add` kept in memory (``defer_store``), unless a flush
+        wrote it already or it has finished.
+
+        :raises StorageError: the store refused it; the entry is given up
+            (reported ``failed``), the message was not accepted.
+        """
+        if message_id not in self._unstored:
+            return
+        self._unstored.discard(message_id)
+        for e in self._entries:
+            if e.message_id == message_id:
+                try:
+                    self._store.save_outbox(e)
+                except MLSError as err:
+                    self._fail(e, err)
+                    raise
+                return
+
+    def holds(self, digest: bytes) -> bool:
+        """Whether an entry was sent as the MLSMessage of this digest."""
+        return any(e.sent_digest == digest for e in self._entries)
 
     def reflected(self, digest: bytes, stanza_id: str | None) -> bool:
         """The room reflected an MLSMessage of this device: end its entry, if one."""
@@ -163,6 +207,7 @@ class Outbox:
 
     def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
         self._streams.pop(entry.message_id, None)
+        self._unstored.discard(entry.message_id)
         try:
             self._store.delete_outbox(self._group_id, entry.seq)
         except MLSError:  # a leftover row: reflected again later, it is ignored then
@@ -172,6 +217,22 @@ class Outbox:
             self._finished.popitem(last=False)
 
     # -- sending ------------------------------------------------------------------------
+
+    def sending(self, message: bytes) -> OutboxRecord | None:
+        """The entry being encrypted by :meth:`flush`, marked ``sent`` with the digest of
+        ``message`` (its MLSMessage), for the ``encrypt`` callback to store in the
+        same transaction as the ratchets; ``None`` if no entry is being encrypted.
+        The callback calls :meth:`stored_sent` once the write committed, and the
+        flush then does not write the entry again."""
+        entry = self._encrypting
+        if entry is None or entry not in self._entries:
+            return None
+        return replace(entry, sent_digest=hashlib.sha256(message).digest())
+
+    def stored_sent(self, record: OutboxRecord) -> None:
+        """The record :meth:`sending` gave is in the store."""
+        self._stored_sent = record
+        self._unstored.discard(record.message_id)
 
     async def flush(self, *, can_send: Callable[[], bool],
                     encrypt: Callable[[bytes], Awaitable[bytes]],
@@ -196,6 +257,7 @@ class Outbox:
                     continue
                 if not can_send():
                     return
+                self._encrypting, self._stored_sent = entry, None
                 try:
                     message = await encrypt(entry.content)
                     prepared = await prepare(message)
@@ -206,10 +268,14 @@ class Outbox:
                         return  # e.g. an upload cut by the lost stream: try again later
                     self._fail(entry, e)
                     continue
+                finally:
+                    self._encrypting = None
                 if not can_send() or entry not in self._entries:
                     return  # stays queued: encrypted again next time
                 sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
-                self._store.save_outbox(sent)
+                if sent != self._stored_sent:  # not written with the ratchets
+                    self._store.save_outbox(sent)
+                    self._unstored.discard(sent.message_id)
                 self._entries[self._entries.index(entry)] = sent
                 if stream is not None:
                     self._streams[entry.message_id] = stream

@@ -43,9 +43,10 @@ missed; messages sent meanwhile wait in its outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
@@ -67,7 +68,14 @@ from ..core.messages.common import CredentialType
 from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.key_package import KeyPackage
 from ..core.messages.x509 import TrustAnchors
-from ..storage import GroupRecord, MemoryStore, SQLiteStore, StateStore, StorageError
+from ..storage import (
+    GroupRecord,
+    MemoryStore,
+    OutboxRecord,
+    SQLiteStore,
+    StateStore,
+    StorageError,
+)
 from ..workers import WorkerPool
 from .attachments import download_attachment
 from .blobs import jid_domain, room_server_domains
@@ -847,18 +855,39 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.storage_failed(session, e)
             raise
 
-    def persist_ratchets(self, session: GroupSession) -> None:
+    def persist_ratchets(self, session: GroupSession,
+                         outbox: OutboxRecord | None = None) -> bool:
         """Write only the secret trees and the archive position.
 
         After an application message (sent or read), which changes nothing
         else: the write stays small however large the group's tree is.
+        ``outbox``: the outbox entry of the message just encrypted, marked
+        ``sent``, written in the same transaction. Whether anything was written.
         """
         from ..core.group.serialize import encode_ratchets
 
         if not self._writable(session):
-            return
-        self._write(session, self.state_store.save_ratchets, session.group_id,
-                    encode_ratchets(session.group), session.stored_position)
+            return False
+        ratchets = encode_ratchets(session.group)
+        if outbox is None:
+            self._write(session, self.state_store.save_ratchets, session.group_id,
+                        ratchets, session.stored_position)
+            return True
+
+        def both() -> None:
+            with self.store_transaction():
+                self.state_store.save_ratchets(session.group_id, ratchets,
+                                               session.stored_position)
+                self.state_store.save_outbox(outbox)
+        self._write(session, both)
+        return True
+
+    def store_transaction(self) -> contextlib.AbstractContextManager[None]:
+        """The store's ``transaction()`` (the writes of the block in one commit), or
+        nothing for a store without one (each write its own)."""
+        tx = getattr(self.state_store, "transaction", None)
+        return contextlib.nullcontext() if tx is None else cast(
+            "contextlib.AbstractContextManager[None]", tx())
 
     def persist_position(self, session: GroupSession) -> None:
         """Record only the archive position (an echo or a GroupInfo changed nothing else)."""

@@ -580,13 +580,9 @@ class GroupSession:
                     self.healer.group_info_ahead(env, stanza_id)
                 return
             ref = env.mls_message_ref
-            if ref is not None and (ref.sha256 in self._sent
-                                    or self._outbox.reflected(ref.sha256, stanza_id)):
+            if ref is not None and self._reflected(ref.sha256, stanza_id):
                 # our own message by reference, reflected: its hash (that of the
                 # MLSMessage) is known, so it need not be downloaded
-                self._sent.pop(ref.sha256, None)
-                self._mark(stanza_id)
-                self.plugin.persist_position(self)
                 return
             data = await self._resolve(env)
             if self.expect_echo is not None and env.kind == Kind.COMMIT:
@@ -601,12 +597,8 @@ class GroupSession:
                 self._mark(stanza_id)  # sent before this device joined: not for it
                 self.plugin.persist_position(self)
                 return
-            digest = hashlib.sha256(data).digest()
-            if digest in self._sent or self._outbox.reflected(digest, stanza_id):
-                self._sent.pop(digest, None)  # our own message, reflected by the room
-                self._mark(stanza_id)
-                self.plugin.persist_position(self)
-                return
+            if self._reflected(hashlib.sha256(data).digest(), stanza_id):
+                return  # our own message, reflected by the room
         except MLSError as e:
             self._dropped(e, sender, stanza_id)
             return
@@ -643,6 +635,19 @@ class GroupSession:
             self.healer.epoch_changed(stanza_id)
             for held in self.healer.release():  # messages that came before this Commit
                 await self._handle_safely(held.msg, held.stanza_id)
+
+    def _reflected(self, digest: bytes, stanza_id: str | None) -> bool:
+        """Whether the MLSMessage of ``digest`` is this device's own, reflected by the
+        room; if so its outbox entry ends and the archive position moves past it,
+        in one store transaction."""
+        if digest not in self._sent and not self._outbox.holds(digest):
+            return False
+        with self.plugin.store_transaction():
+            if self._sent.pop(digest, None) is None:
+                self._outbox.reflected(digest, stanza_id)
+            self._mark(stanza_id)
+            self.plugin.persist_position(self)
+        return True
 
     def _process_and_encode(self, data: bytes) -> tuple[object, tuple[bytes, bytes]]:
         """``group.process`` and the new state's encoding (run in a worker thread)."""
@@ -969,9 +974,15 @@ class GroupSession:
                 f"the message is {len(content)} bytes encoded, over the limit of "
                 f"{MAX_MESSAGE_SIZE}: send it as a file instead, e.g. group.send_file("
                 "text.encode(), name='message.txt', media_type='text/plain')")
-        self._outbox.add(message_id, content)
-        if self._can_send():
-            await self._flush_outbox()
+        online = self._can_send()
+        # online, the entry is written by the flush below, already "sent", in the
+        # transaction of the ratchets that encrypt it (store_pending: if it was not)
+        self._outbox.add(message_id, content, defer_store=online)
+        if online:
+            try:
+                await self._flush_outbox()
+            finally:
+                self._outbox.store_pending(message_id)  # stored before send() returns
             if self._outbox.state(message_id) == FAILED:
                 error = self._outbox.error(message_id)
                 if isinstance(error, MLSError):
@@ -1040,7 +1051,9 @@ class GroupSession:
                 follow_parameters(self.group)  # pad as the group says
                 data = self.group.encrypt(content)  # in the epoch of this moment
                 epoch = self.epoch
-                self.plugin.persist_ratchets(self)
+                sent = self._outbox.sending(data)  # marked sent in the same commit
+                if self.plugin.persist_ratchets(self, sent) and sent is not None:
+                    self._outbox.stored_sent(sent)
             return data
 
         async def prepare(data: bytes) -> Envelope:

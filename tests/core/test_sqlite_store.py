@@ -776,3 +776,78 @@ def test_one_unreadable_group_does_not_hide_the_others(db_path: Path) -> None:
     assert [g.group_id for g in good] == [b"a", b"c"]
     assert [(g, r) for g, r, _ in bad] == [(b"b", rec(b"b", b"").room)]
     assert "does not decrypt" in str(bad[0][2])
+
+
+# -- several writes in one transaction ---------------------------------------------------------
+
+
+def _commits(store: SQLiteStore) -> list[str]:
+    """Record the COMMIT statements the store's connection runs from now on."""
+    seen: list[str] = []
+    db = store._db
+    assert db is not None
+    db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip() == "COMMIT" else None)
+    return seen
+
+
+def test_transaction_commits_its_writes_at_once(store: SQLiteStore, db_path: Path) -> None:
+    from mls_xmpp.storage import OutboxRecord
+
+    store.save_group(GroupRecord(b"g1", "r@muc.example.org", b"base", "s0", b"rat0"))
+    commits = _commits(store)
+    other = sqlite3.connect(db_path)
+    try:
+        with store.transaction():
+            store.save_ratchets(b"g1", b"rat1", "s1")
+            store.save_outbox(OutboxRecord(b"g1", 0, "m0", b"hello", b"d" * 32))
+            # nothing is committed before the block ends: another reader sees the old row
+            assert other.execute("SELECT last_stanza_id FROM progress").fetchone() == ("s0",)
+            assert other.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+        assert other.execute("SELECT last_stanza_id FROM progress").fetchone() == ("s1",)
+        assert other.execute("SELECT COUNT(*) FROM outbox").fetchone() == (1,)
+    finally:
+        other.close()
+    assert commits == ["COMMIT"]
+    (g,) = store.load_groups()
+    assert g.ratchets == b"rat1" and g.last_stanza_id == "s1"
+    assert [o.message_id for o in store.load_outbox(b"g1")] == ["m0"]
+
+
+def test_transaction_rolls_everything_back_on_an_exception(store: SQLiteStore) -> None:
+    from mls_xmpp.storage import OutboxRecord
+
+    store.save_group(GroupRecord(b"g1", "r@muc.example.org", b"base", "s0", b"rat0"))
+    with pytest.raises(RuntimeError), store.transaction():
+        store.save_ratchets(b"g1", b"rat1", "s1")
+        store.save_outbox(OutboxRecord(b"g1", 0, "m0", b"hello"))
+        raise RuntimeError("crash in the middle")
+    (g,) = store.load_groups()
+    assert g.ratchets == b"rat0" and g.last_stanza_id == "s0"
+    assert store.load_outbox(b"g1") == []
+    store.save_position(b"g1", "s2")  # the store goes on
+    assert store.load_groups()[0].last_stanza_id == "s2"
+
+
+def test_failed_write_inside_a_transaction_is_rolled_back_alone(store: SQLiteStore) -> None:
+    store.save_group(GroupRecord(b"g1", "r@muc.example.org", b"whole", "s0"))
+    store.save_group(GroupRecord(b"g2", "r2@muc.example.org", b"base", "t0", b"rat0"))
+    with store.transaction():
+        store.save_position(b"g2", "t1")
+        with pytest.raises(StorageError):  # g1 is stored whole: refused
+            store.save_ratchets(b"g1", b"rat", "s1")
+        with store.transaction():  # blocks nest
+            store.save_position(b"g1", "s2")
+    groups = {g.group_id: g for g in store.load_groups()}
+    assert groups[b"g1"].last_stanza_id == "s2" and groups[b"g1"].ratchets is None
+    assert groups[b"g2"].last_stanza_id == "t1"
+
+
+def test_transaction_survives_reopening(db_path: Path, key: bytes | None) -> None:
+    with SQLiteStore(db_path, key=key) as s:
+        s.save_group(GroupRecord(b"g1", "r@muc.example.org", b"base", "s0", b"rat0"))
+        with s.transaction():
+            s.save_ratchets(b"g1", b"rat1", "s1")
+            s.save_extra(b"g1", "x", b"value")
+    with SQLiteStore(db_path, key=key) as s:
+        assert s.load_groups()[0].ratchets == b"rat1"
+        assert s.load_extra(b"g1", "x") == b"value"

@@ -155,3 +155,118 @@ def test_requeue_keeps_what_the_current_stream_took(tmp_path: Path) -> None:
     restarted = _outbox(store, [])
     assert restarted.requeue(2) == 1  # another process: nothing of it is on this stream
     assert [i.state for i in restarted.items] == ["queued", "queued"]
+
+
+def test_sent_mark_written_with_the_encryption(tmp_path: Path) -> None:
+    """An encryption that stores the ``sent`` entry with its own write (as a session
+    does, in the ratchets' transaction) is not written again by the flush; one whose
+    stanza then does not go out stays queued in memory and is sent anew later."""
+    store = SQLiteStore(tmp_path / "s.db")
+    box, wire = _outbox(store, []), Wire()
+    box.add("a", b"one")
+    box.add("b", b"two")
+    written: list[tuple[str, bytes | None]] = []
+    saves: list[str] = []
+    save_outbox = store.save_outbox
+
+    def counting(record: OutboxRecord) -> None:
+        saves.append(record.message_id)
+        save_outbox(record)
+
+    store.save_outbox = counting  # type: ignore[method-assign]
+
+    async def encrypt(content: bytes) -> bytes:
+        message = await wire.encrypt(content)
+        sent = box.sending(message)
+        assert sent is not None and sent.content == content
+        with store.transaction():
+            store.save_outbox(sent)
+        box.stored_sent(sent)
+        # in the store before the stanza goes out
+        written.append((sent.message_id, store.load_outbox(GID)[0].sent_digest))
+        return message
+
+    wire.fail_prepare = {b"one"}
+    asyncio.run(box.flush(can_send=lambda: wire.up, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    assert box.state("a") == "failed" and box.state("b") == "sent"
+    assert saves == ["a", "b"]  # once each, in the encryption's write
+    assert written[0] == ("a", hashlib.sha256(b"one#1").digest())
+    assert [(r.message_id, r.sent_digest) for r in store.load_outbox(GID)] == [
+        ("b", hashlib.sha256(wire.sent[0]).digest())]
+    assert box.sending(b"x") is None  # nothing is being encrypted now
+
+    # the stream falls after the encryption stored the mark: queued in memory, stored
+    # "sent" (a restart requeues it after reading the archive), sent anew in this process
+    box.add("c", b"three")
+    wire.up = False
+    lost = {"n": 0}
+
+    async def prepare_lost(message: bytes) -> bytes:
+        lost["n"] += 1
+        raise NotConnectedError("gone")
+
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=encrypt, prepare=prepare_lost,
+                          transmit=wire.transmit))
+    assert lost["n"] == 1 and box.state("c") == "queued"
+    assert _outbox(store, []).state("c") == "sent"
+    wire.up = True
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    assert box.state("c") == "sent" and wire.sent[-1].startswith(b"three#")
+    assert store.load_outbox(GID)[-1].sent_digest == hashlib.sha256(wire.sent[-1]).digest()
+
+
+def test_deferred_store_written_once_with_the_encryption_or_queued(tmp_path: Path) -> None:
+    """``add(defer_store=True)``: the entry reaches the store in the encryption's
+    write (one write, already sent), or ``store_pending`` writes it queued."""
+    from mls_xmpp.storage import StorageError
+
+    store = SQLiteStore(tmp_path / "s.db")
+    log: list[tuple[str, str]] = []
+    box, wire = _outbox(store, log), Wire()
+    saves: list[tuple[str, bool]] = []
+    save_outbox = store.save_outbox
+    broken = {"on": False}
+
+    def counting(record: OutboxRecord) -> None:
+        if broken["on"]:
+            raise StorageError("disk full")
+        saves.append((record.message_id, record.sent_digest is not None))
+        save_outbox(record)
+
+    store.save_outbox = counting  # type: ignore[method-assign]
+
+    async def encrypt(content: bytes) -> bytes:
+        message = await wire.encrypt(content)
+        sent = box.sending(message)
+        assert sent is not None
+        store.save_outbox(sent)
+        box.stored_sent(sent)
+        return message
+
+    box.add("a", b"one", defer_store=True)
+    assert store.load_outbox(GID) == [] and box.state("a") == "queued"
+    asyncio.run(box.flush(can_send=lambda: True, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    box.store_pending("a")
+    assert saves == [("a", True)]  # one write, the entry already sent
+    assert [(r.message_id, r.sent_digest) for r in store.load_outbox(GID)] == [
+        ("a", hashlib.sha256(wire.sent[0]).digest())]
+
+    # the flush could not send it: store_pending writes it queued
+    box.add("b", b"two", defer_store=True)
+    asyncio.run(box.flush(can_send=lambda: False, encrypt=encrypt, prepare=wire.prepare,
+                          transmit=wire.transmit))
+    box.store_pending("b")
+    box.store_pending("b")  # once
+    assert saves[1:] == [("b", False)]
+    assert _outbox(store, []).state("b") == "queued"
+
+    # the store refuses it: given up, reported failed, the error raised
+    broken["on"] = True
+    box.add("c", b"three", defer_store=True)
+    with pytest.raises(StorageError):
+        box.store_pending("c")
+    assert box.state("c") == "failed" and ("c", "failed") in log
+    assert [r.message_id for r in store.load_outbox(GID)] == ["a", "b"]
