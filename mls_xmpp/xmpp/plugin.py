@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from slixmpp import JID, ClientXMPP
@@ -951,6 +952,23 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     async def _retry_store(self, session: GroupSession) -> None:
         """Write the (rolled back) group again until the store takes it, then resume."""
+        async def attempt() -> str | None:
+            try:
+                async with session.group_lock:  # the rolled back state, as it is now
+                    self.state_store.save_group(self._record(session))
+            except StorageError as e:
+                return f"the store still fails for {session.room} ({e})"
+            return None
+
+        await self._retry_suspended(session, attempt, "the store takes it again")
+
+    async def _retry_suspended(self, session: GroupSession,
+                               attempt: Callable[[], Awaitable[str | None]],
+                               success: str) -> None:
+        """Call ``attempt`` after ``room_retry`` seconds, the delay doubling up to
+        ``room_retry_max``, until it returns ``None`` (done: the suspended group resumes
+        and reads the archive after its stored position) or the group is gone. It
+        returns why it failed otherwise."""
         delay = float(self.config["room_retry"])
         ceiling = float(self.config["room_retry_max"])
         await session.stop_worker()
@@ -958,17 +976,16 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             await asyncio.sleep(delay)
             if self.sessions.get(session.room) is not session or session.removed:
                 return
-            try:
-                async with session.group_lock:  # the rolled back state, as it is now
-                    self.state_store.save_group(self._record(session))
-            except StorageError as e:
-                log.info("the store still fails for %s (%s); next try in %.0f s",
-                         session.room, e, min(delay * 2, ceiling))
+            failure = await attempt()
+            if session.removed:
+                return  # the attempt ended the group (a removal notice)
+            if failure is not None:
                 delay = min(delay * 2, ceiling)
+                log.info("%s; next try in %.0f s", failure, delay)
                 continue
-            log.info("the store takes %s again: the group resumes", session.room)
+            log.info("%s: %s: the group resumes", session.room, success)
             session.suspended = None
-            session.start(catch_up=True)  # the archive after the stored position
+            session.start(catch_up=True)
             return
 
     def error(self, event: MLSErrorEvent) -> None:
@@ -1024,26 +1041,17 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         session.room_retry = asyncio.ensure_future((retry or self._retry_room)(session))
 
     async def _retry_room(self, session: GroupSession) -> None:
-        delay = float(self.config["room_retry"])
-        ceiling = float(self.config["room_retry_max"])
-        await session.stop_worker()
-        while True:
-            await asyncio.sleep(delay)
-            if self.sessions.get(session.room) is not session or session.removed:
-                return
+        """Join the room again until it takes this device, then resume the group."""
+        async def attempt() -> str | None:
             try:
                 await self.delivery.join_room(session.room, self.nick(session.room))
             except TransportError as e:
                 if await apply_removal_notice(self, session):
-                    return  # it cannot read its removal in the room: the notice ended it
-                log.info("%s still refuses this account (%s); next try in %.0f s",
-                         session.room, e, min(delay * 2, ceiling))
-                delay = min(delay * 2, ceiling)
-                continue
-            log.info("%s takes this account again: the group resumes", session.room)
-            session.suspended = None
-            session.start(catch_up=True)  # the archive it missed first
-            return
+                    return None  # it cannot read its removal in the room: the notice ended it
+                return f"{session.room} still refuses this account ({e})"
+            return None
+
+        await self._retry_suspended(session, attempt, "it takes this account again")
 
     def _on_room_presence(self, presence: Any) -> None:
         """A room says an occupant lost its place: this device (suspend the group) or
