@@ -485,3 +485,36 @@ def test_aead_bad_tag(cs: CipherSuite) -> None:
         cs.aead_open(key, nonce[:-1], b"aad", ct)
     with pytest.raises(DecryptionError):
         cs.aead_open(key, nonce, b"aad", ct[:10])
+
+
+# -- ExpandWithLabel fast paths (RFC 9420 §8) ------------------------------------------
+
+
+def _expand_with_label_reference(cs: CipherSuite, secret: bytes, label: bytes, context: bytes,
+                                 length: int) -> bytes:
+    """ExpandWithLabel spelled out: HKDF-Expand over the KDFLabel, no caches."""
+    info = length.to_bytes(2, "big") + encode_opaque(b"MLS 1.0 " + label) + encode_opaque(context)
+    return cs.expand(secret, info, length)
+
+
+@pytest.mark.parametrize("cs", SUITES, ids=suite_id)
+@pytest.mark.parametrize("context_len", [0, 4, 32, 63, 64, 200])
+def test_expand_with_label_paths_agree(cs: CipherSuite, context_len: int) -> None:
+    rng = counting_rng(context_len + cs.id)
+    secret, context = rng(cs.hash_len), rng(context_len)
+    lengths = [cs.aead_key_len, cs.aead_nonce_len, cs.hash_len, 2 * cs.hash_len + 3]
+    for length in lengths:
+        want = _expand_with_label_reference(cs, secret, b"key", context, length)
+        for label in ("key", b"key", bytearray(b"key")):
+            assert cs.expand_with_label(secret, label, context, length) == want
+            assert cs.expand_with_label(secret, label, context, length) == want  # cached
+    pairs: list[tuple[str | bytes, int]] = [("key", cs.aead_key_len), ("nonce", cs.aead_nonce_len),
+                                            ("secret", cs.hash_len)]
+    assert cs.expand_with_labels(secret, context, pairs) == [
+        _expand_with_label_reference(cs, secret, str(label).encode(), context, n)
+        for label, n in pairs]
+    longer = pairs + [("long", 2 * cs.hash_len + 3)]  # more than one HKDF block
+    assert cs.expand_with_labels(secret, context, longer)[-1] == _expand_with_label_reference(
+        cs, secret, b"long", context, 2 * cs.hash_len + 3)
+    assert cs.derive_tree_secrets(secret, 7, pairs) == [
+        cs.derive_tree_secret(secret, label, 7, n) for label, n in pairs]

@@ -90,8 +90,8 @@ def sender_data_key_nonce(suite: CipherSuite, sender_data_secret: bytes,
     content ciphertext, or all of it when it is shorter.
     """
     sample = ciphertext[: suite.hash_len]
-    key = suite.expand_with_label(sender_data_secret, "key", sample, suite.aead_key_len)
-    nonce = suite.expand_with_label(sender_data_secret, "nonce", sample, suite.aead_nonce_len)
+    key, nonce = suite.expand_with_labels(
+        sender_data_secret, sample, (("key", suite.aead_key_len), ("nonce", suite.aead_nonce_len)))
     return key, nonce
 
 
@@ -280,8 +280,8 @@ class SecretTree:
     def _key_nonce(self, secret: bytes, generation: int) -> tuple[bytes, bytes]:
         """ratchet_key_[N]_[j] and ratchet_nonce_[N]_[j] (RFC 9420 §9.1)."""
         suite = self.suite
-        key = suite.derive_tree_secret(secret, "key", generation, suite.aead_key_len)
-        nonce = suite.derive_tree_secret(secret, "nonce", generation, suite.aead_nonce_len)
+        key, nonce = suite.derive_tree_secrets(
+            secret, generation, (("key", suite.aead_key_len), ("nonce", suite.aead_nonce_len)))
         return key, nonce
 
     def _next_secret(self, secret: bytes, generation: int) -> bytes:
