@@ -50,6 +50,7 @@ from mls_xmpp.core.messages.framing import (
     SenderDataAAD,
     decode_private_message_content,
     encode_private_message_content,
+    private_message_aads,
 )
 from mls_xmpp.core.messages.group_info import GroupContext, GroupInfo
 from mls_xmpp.core.messages.key_package import KeyPackage
@@ -225,6 +226,16 @@ def test_mls_message_wire_format_matches_body(message: MLSMessage) -> None:
     assert int.from_bytes(encoded[:2], "big") == 1
     assert int.from_bytes(encoded[2:4], "big") == message.wire_format
     assert encoded[4:] == message.body.encode()
+
+
+@SETTINGS
+@given(S.private_content_aads)
+def test_private_message_aads_are_the_two_structs(aad: PrivateContentAAD) -> None:
+    # written at once on the path of every message: the same bytes as the structs
+    sender_data_aad, content_aad = private_message_aads(
+        aad.group_id, aad.epoch, aad.content_type, aad.authenticated_data)
+    assert sender_data_aad == SenderDataAAD(aad.group_id, aad.epoch, aad.content_type).encode()
+    assert content_aad == aad.encode()
 
 
 # --------------------------------------------------------------------------- strict decoding

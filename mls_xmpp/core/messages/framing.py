@@ -283,6 +283,17 @@ class PrivateContentAAD(Struct):
         write_opaque(w, self.authenticated_data)
 
 
+def private_message_aads(group_id: bytes, epoch: int, content_type: int,
+                         authenticated_data: bytes) -> tuple[bytes, bytes]:
+    """The encodings of :class:`SenderDataAAD` and :class:`PrivateContentAAD` (§6.3.1,
+    §6.3.2) of one PrivateMessage, written at once: the second extends the first."""
+    w = bytearray()
+    _write_aad_head(w, group_id, epoch, content_type)
+    sender_data_aad = bytes(w)
+    write_opaque(w, authenticated_data)
+    return sender_data_aad, bytes(w)
+
+
 def encode_private_message_content(content_type: int, content: Content,
                                    auth: FramedContentAuthData, padding: int) -> bytes:
     """PrivateMessageContent (§6.3.1) with ``padding`` zero bytes at the end."""

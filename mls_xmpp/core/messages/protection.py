@@ -22,25 +22,30 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import DecodeError, LocalUsageError, ValidationError
+from ..tree.secret_tree import RatchetType, sender_data_key_nonce
 from .common import ContentType, SenderType, WireFormat
 from .framing import (
     AuthenticatedContent,
     FramedContent,
     FramedContentAuthData,
-    PrivateContentAAD,
     PrivateMessage,
     PublicMessage,
     Sender,
     SenderData,
-    SenderDataAAD,
     decode_private_message_content,
     encode_private_message_content,
     framed_content_tbs,
+    private_message_aads,
 )
 
 if TYPE_CHECKING:
     from ..crypto import CipherSuite, Rng
     from ..tree.secret_tree import SecretTree
+
+#: The sender ratchet of each content type a PrivateMessage carries (§6.3.1, §9.1).
+_RATCHETS: dict[int, RatchetType] = {ContentType.APPLICATION: RatchetType.APPLICATION,
+                                     ContentType.PROPOSAL: RatchetType.HANDSHAKE,
+                                     ContentType.COMMIT: RatchetType.HANDSHAKE}
 
 
 def sign_content(suite: CipherSuite, signature_private_key: bytes, wire_format: int,
@@ -112,6 +117,7 @@ def unprotect_public(suite: CipherSuite, msg: PublicMessage, membership_key: byt
 
 def _content_key(suite: CipherSuite, key: bytes, nonce: bytes, reuse_guard: bytes
                  ) -> tuple[bytes, bytes]:
+    """The content key, and the nonce with its first four bytes XORed with ``reuse_guard``."""
     if len(reuse_guard) != 4:
         raise LocalUsageError("reuse_guard must be 4 bytes")
     head = int.from_bytes(reuse_guard, "big") ^ int.from_bytes(nonce[:4], "big")
@@ -126,49 +132,47 @@ def protect_private(suite: CipherSuite, ac: AuthenticatedContent, secret_tree: S
     With ``pad_to`` > 0, zero padding makes the PrivateMessageContent a multiple
     of ``pad_to`` bytes, so ciphertext sizes reveal less about the content.
     """
-    from ..tree.secret_tree import ratchet_type_for_content_type
-
     content = ac.content
     if ac.wire_format != WireFormat.PRIVATE_MESSAGE:
         raise LocalUsageError("content was signed for another wire format")
     if content.sender.sender_type != SenderType.MEMBER:
         raise LocalUsageError("only members send PrivateMessages (§6.3)")
-    leaf = content.sender.index
-    generation, key, nonce = secret_tree.next_key(
-        leaf, ratchet_type_for_content_type(content.content_type))
-    reuse_guard = rng(4)
-    key, nonce = _content_key(suite, key, nonce, reuse_guard)
     if pad_to < 0:
         raise LocalUsageError("pad_to must be >= 0")
-    plaintext = encode_private_message_content(content.content_type, content.content, ac.auth, 0)
+    ctype = content.content_type
+    rtype = _RATCHETS.get(ctype)
+    if rtype is None:
+        raise LocalUsageError(f"content type {ctype} has no sender ratchet")
+    plaintext = encode_private_message_content(ctype, content.content, ac.auth, 0)
     if pad_to:
         plaintext += bytes(-len(plaintext) % pad_to)
-    aad = PrivateContentAAD(content.group_id, content.epoch, content.content_type,
-                            content.authenticated_data).encode()
+    sender_data_aad, aad = private_message_aads(content.group_id, content.epoch, ctype,
+                                                content.authenticated_data)
+    leaf = content.sender.index
+    generation, key, nonce = secret_tree.next_key(leaf, rtype)
+    reuse_guard = rng(4)
+    key, nonce = _content_key(suite, key, nonce, reuse_guard)
     ciphertext = suite.aead_seal(key, nonce, aad, plaintext)
-    encrypted_sender_data = _seal_sender_data(
-        suite, sender_data_secret, ciphertext, SenderData(leaf, generation, reuse_guard),
-        SenderDataAAD(content.group_id, content.epoch, content.content_type).encode())
-    return PrivateMessage(content.group_id, content.epoch, content.content_type,
-                          content.authenticated_data, encrypted_sender_data, ciphertext)
-
-
-def _seal_sender_data(suite: CipherSuite, sender_data_secret: bytes, ciphertext: bytes,
-                      sender_data: SenderData, aad: bytes) -> bytes:
-    from ..tree.secret_tree import sender_data_key_nonce
-
-    key, nonce = sender_data_key_nonce(suite, sender_data_secret, ciphertext)
-    return suite.aead_seal(key, nonce, aad, sender_data.encode())
+    sd_key, sd_nonce = sender_data_key_nonce(suite, sender_data_secret, ciphertext)
+    encrypted_sender_data = suite.aead_seal(sd_key, sd_nonce, sender_data_aad,
+                                            SenderData(leaf, generation, reuse_guard).encode())
+    return PrivateMessage(content.group_id, content.epoch, ctype, content.authenticated_data,
+                          encrypted_sender_data, ciphertext)
 
 
 def decrypt_sender_data(suite: CipherSuite, msg: PrivateMessage,
                         sender_data_secret: bytes) -> SenderData:
     """Decrypt and parse the SenderData of a PrivateMessage (§6.3.2)."""
-    from ..tree.secret_tree import sender_data_key_nonce
+    sender_data_aad, _ = private_message_aads(msg.group_id, msg.epoch, msg.content_type,
+                                              msg.authenticated_data)
+    return _open_sender_data(suite, msg, sender_data_secret, sender_data_aad)
 
+
+def _open_sender_data(suite: CipherSuite, msg: PrivateMessage, sender_data_secret: bytes,
+                      sender_data_aad: bytes) -> SenderData:
     key, nonce = sender_data_key_nonce(suite, sender_data_secret, msg.ciphertext)
-    aad = SenderDataAAD(msg.group_id, msg.epoch, msg.content_type).encode()
-    return SenderData.decode(suite.aead_open(key, nonce, aad, msg.encrypted_sender_data))
+    return SenderData.decode(suite.aead_open(key, nonce, sender_data_aad,
+                                             msg.encrypted_sender_data))
 
 
 def unprotect_private(suite: CipherSuite, msg: PrivateMessage, secret_tree: SecretTree,
@@ -183,10 +187,7 @@ def unprotect_private(suite: CipherSuite, msg: PrivateMessage, secret_tree: Secr
     """
     ac, sd = open_private_message(suite, msg, secret_tree, sender_data_secret)
     if consume:
-        from ..tree.secret_tree import ratchet_type_for_content_type
-
-        secret_tree.consume(sd.leaf_index, ratchet_type_for_content_type(msg.content_type),
-                            sd.generation)
+        secret_tree.consume(sd.leaf_index, _RATCHETS[msg.content_type], sd.generation)
     return ac
 
 
@@ -198,21 +199,20 @@ def open_private_message(suite: CipherSuite, msg: PrivateMessage, secret_tree: S
     Returns the content and the SenderData; the caller checks the signature
     and then calls ``secret_tree.consume(leaf, ratchet, sender_data.generation)``.
     """
-    from ..tree.secret_tree import ratchet_type_for_content_type
-
-    if msg.content_type not in (ContentType.APPLICATION, ContentType.PROPOSAL,
-                                ContentType.COMMIT):
-        raise DecodeError(f"unknown content type {msg.content_type}")
-    sd = decrypt_sender_data(suite, msg, sender_data_secret)
-    if sd.leaf_index >= secret_tree.n_leaves:
-        raise ValidationError(f"sender leaf {sd.leaf_index} is outside the tree (§6.3.2)")
-    rtype = ratchet_type_for_content_type(msg.content_type)
-    key, nonce = secret_tree.peek(sd.leaf_index, rtype, sd.generation)
+    ctype = msg.content_type
+    rtype = _RATCHETS.get(ctype)
+    if rtype is None:
+        raise DecodeError(f"unknown content type {ctype}")
+    sender_data_aad, aad = private_message_aads(msg.group_id, msg.epoch, ctype,
+                                                msg.authenticated_data)
+    sd = _open_sender_data(suite, msg, sender_data_secret, sender_data_aad)
+    leaf = sd.leaf_index
+    if leaf >= secret_tree.n_leaves:
+        raise ValidationError(f"sender leaf {leaf} is outside the tree (§6.3.2)")
+    key, nonce = secret_tree.peek(leaf, rtype, sd.generation)
     key, nonce = _content_key(suite, key, nonce, sd.reuse_guard)
-    aad = PrivateContentAAD(msg.group_id, msg.epoch, msg.content_type,
-                            msg.authenticated_data).encode()
     plaintext = suite.aead_open(key, nonce, aad, msg.ciphertext)
-    body, auth = decode_private_message_content(plaintext, msg.content_type)
-    content = FramedContent(msg.group_id, msg.epoch, Sender.member(sd.leaf_index),
-                            msg.authenticated_data, msg.content_type, body)
+    body, auth = decode_private_message_content(plaintext, ctype)
+    content = FramedContent(msg.group_id, msg.epoch, Sender(SenderType.MEMBER, leaf),
+                            msg.authenticated_data, ctype, body)
     return AuthenticatedContent(WireFormat.PRIVATE_MESSAGE, content, auth), sd
