@@ -146,12 +146,19 @@ def encode_varint(n: int) -> bytes:
 
 def write_opaque(w: bytearray, data: bytes) -> None:
     """Append ``opaque data<V>``."""
-    write_varint(w, len(data))
+    n = len(data)
+    if n < 64:  # the one-byte length of most fields, without a call
+        w.append(n)
+    else:
+        write_varint(w, n)
     w += data
 
 
 def encode_opaque(data: bytes) -> bytes:
     """``opaque data<V>`` as bytes."""
+    n = len(data)
+    if n < 64:
+        return bytes((n,)) + data
     w = bytearray()
     write_opaque(w, data)
     return bytes(w)

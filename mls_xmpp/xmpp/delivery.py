@@ -132,7 +132,7 @@ class Delivery:
 
     def fits_one_stanza(self, env: Envelope) -> bool:
         """Whether ``env`` travels in one stanza, unfragmented."""
-        return len(env.to_base64()) <= self._budget
+        return 4 * -(-env.encoded_size() // 3) <= self._budget  # its base64, not encoded
 
     async def _by_reference(self, env: Envelope) -> Envelope:
         """``env`` with its MLSMessage uploaded (``mls_message_ref``) if it needs

@@ -53,7 +53,7 @@ from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.jid import InvalidJID
 from slixmpp.plugins import BasePlugin
-from slixmpp.xmlstream.handler import CoroutineCallback
+from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..core.errors import (
@@ -261,7 +261,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._room_pings: asyncio.Future[None] | None = None
         #: the read of missed Welcomes from the account's archive, started by :meth:`start`
         self.welcome_scan: asyncio.Future[None] | None = None
-        self.xmpp.register_handler(CoroutineCallback(
+        self.xmpp.register_handler(Callback(
             "mls payload", MatchXPath(f"{{{self.xmpp.default_ns}}}message/{{{NS}}}mls"),
             self._on_payload))
         self.xmpp.add_event_handler("session_start", self._on_session_start)
@@ -1289,8 +1289,13 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
     # -- incoming stanzas -------------------------------------------------------------------
 
-    async def _on_payload(self, msg: Any) -> None:
-        """Route a stanza with an <mls/> payload; never raises."""
+    def _on_payload(self, msg: Any) -> None:
+        """Route a stanza with an <mls/> payload as the stream parses it; never raises.
+
+        A room message goes to its group's queue at once, in stream order (no task
+        per stanza: the group's worker is the one task on a message's way); anything
+        sent to this account directly (a Welcome) is handled in a task of its own.
+        """
         try:
             if msg["type"] == "groupchat":
                 room = str(msg["from"].bare)
@@ -1301,11 +1306,19 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 return
             if msg["type"] == "error":
                 return
+            asyncio.ensure_future(self._on_direct(msg))
+        except Exception as e:  # noqa: BLE001 - hostile input must not kill the loop
+            self._payload_failed(msg, e)
+
+    async def _on_direct(self, msg: Any) -> None:
+        try:
             await self.inbox.on_direct(msg)
         except Exception as e:  # noqa: BLE001 - hostile input must not kill the loop
-            log.exception("payload handling failed")
-            self.error(MLSErrorEvent(f"{type(e).__name__}: {e}", sender=str(msg["from"]),
-                                     error=e))
+            self._payload_failed(msg, e)
+
+    def _payload_failed(self, msg: Any, e: Exception) -> None:
+        log.exception("payload handling failed")
+        self.error(MLSErrorEvent(f"{type(e).__name__}: {e}", sender=str(msg["from"]), error=e))
 
     async def fetch_welcomes(self) -> list[GroupSession]:
         """Join the groups whose Welcome this device missed (see :meth:`.Inbox.fetch`)."""

@@ -190,14 +190,23 @@ class CipherSuite:
         The same bytes as one :meth:`expand_with_label` per item, with the HMAC key
         set up once for all of them (e.g. a key and a nonce from one secret).
         """
-        if len(context) >= 64 or any(not 0 < n <= self.hash_len for _, n in labels):
+        hash_len = self.hash_len
+        for _, length in labels:
+            if not 0 < length <= hash_len:  # more than one HKDF block: one by one
+                return [self.expand_with_label(secret, label, context, n) for label, n in labels]
+        if len(context) >= 64:
             return [self.expand_with_label(secret, label, context, n) for label, n in labels]
         mac = _hmac_new(secret, digestmod=self._hash_name)
         tail = bytes((len(context),)) + context + b"\x01"
+        heads = self._kdf_heads
         out = []
         for label, length in labels:
+            try:
+                head = heads[label, length]
+            except (KeyError, TypeError):  # not cached yet, or an unhashable label
+                head = self._kdf_head(label, length)
             one = mac.copy()
-            one.update(self._kdf_head(label, length) + tail)
+            one.update(head + tail)
             out.append(one.digest()[:length])
         return out
 
