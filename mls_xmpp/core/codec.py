@@ -102,6 +102,14 @@ class Reader:
 
     def opaque(self) -> bytes:
         """Read ``opaque data<V>``: a varint length then that many bytes."""
+        p = self.pos
+        if p < self.end and self.data[p] < 64:  # a one-byte length, without two calls
+            q = p + 1 + self.data[p]
+            if q > self.end:
+                raise DecodeError(f"need {q - p - 1} bytes at offset {p + 1}, "
+                                  f"only {self.end - p - 1} left")
+            self.pos = q
+            return self.data[p + 1:q]
         n = self.varint()
         return self.read(n)
 
