@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     payload = os.urandom(args.payload_bytes)
     evict = Evictor(args.cold)
+    load_at_start = os.getloadavg()
     results: list[dict[str, Any]] = []
     for suite_id in [int(s) for s in args.suites.split(",") if s]:
         for n in [int(s) for s in args.sizes.split(",") if s]:
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['suite']:>5} {r['n']:>5} {r['encrypt_us']:>11.1f} {r['process_us']:>11.1f} "
               f"{r['sign_us']:>8.1f} {r['verify_us']:>9.1f}")
     if args.json:
-        doc = {"options": vars(args) | {"json": str(args.json)},
+        doc = {"benchmark": "bench_message", "options": vars(args) | {"json": str(args.json)},
+               "loadavg_at_start": load_at_start,
                "python": platform.python_version(), "machine": platform.machine(),
                "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
                "results": results}

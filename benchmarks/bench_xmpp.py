@@ -34,8 +34,9 @@ creates fresh accounts, and measures on that one server:
    The same pass gives a timeline (send() returned, stanza written to the
    socket, stanza parsed by bob's stream, event) and the CPU components
    (sender ``Group.encrypt`` and ``persist_ratchets`` + ``persist_position``,
-   receiver ``Group.process`` and ``persist_ratchets``) by hooks set on
-   instances (no library code changes).
+   receiver ``Group.process`` and ``persist_ratchets``, and the signing and
+   the signature check inside encrypt and process, their floor) by hooks set
+   on instances (no library code changes).
 3. ``tp1``: alice sends N messages as fast as she can (awaiting each
    ``send`` but not its delivery); messages/s until bob has all N. Raw
    throughput is measured the same way.
@@ -537,6 +538,11 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
         watch.wrap(alice.plugin["mls"], "persist_position", sender_persist),
         watch.wrap(gb.group, "process", "receiver Group.process"),
         watch.wrap(bob.plugin["mls"], "persist_ratchets", "receiver persist_ratchets"),
+        # the floor inside Group.encrypt and Group.process: one signature and one check
+        # (both clients share the suite's scheme object)
+        watch.wrap(group.group.state.suite.signature, "sign", "sender: signing (in encrypt)"),
+        watch.wrap(group.group.state.suite.signature, "verify",
+                   "receiver: signature check (in process)"),
     ]
     marks = Marks(alice, bob)
     raw_lat: list[float] = []
