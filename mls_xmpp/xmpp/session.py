@@ -613,7 +613,8 @@ class GroupSession:
             except MLSError as e:
                 if not self.healer.refused_message(env, data, e, msg, stanza_id,
                                                    self.last_stanza_id):
-                    self._dropped(e, sender, stanza_id)
+                    self._dropped(e, sender, stanza_id,
+                                  report=not self.healer.superseded_handshake(data, e))
                 return  # else held for the Commit that starts its epoch
             self._mark(stanza_id)
             # events first, then the state: a crash in between replays this message
@@ -669,13 +670,16 @@ class GroupSession:
         """Whether a Commit in this group is worth a thread (see :data:`HEAVY_TREE`)."""
         return self.group.state.tree.n_leaves >= HEAVY_TREE or added >= HEAVY_TREE // 4
 
-    def _dropped(self, e: MLSError, sender: str, stanza_id: str | None) -> None:
-        """Report a room message that changed nothing, and move past it."""
+    def _dropped(self, e: MLSError, sender: str, stanza_id: str | None, *,
+                 report: bool = True) -> None:
+        """Report a room message that changed nothing (unless ``report`` is false), and
+        move past it."""
         log.info("dropped room message %s from %s: %s", stanza_id, sender, e)
         self._mark(stanza_id)
         self.plugin.persist_position(self)
-        self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
-                                        stanza_id, e))
+        if report:
+            self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
+                                            stanza_id, e))
 
     def blob_domains(self) -> list[str]:
         """The XMPP servers blobs of this group may come from: the room's (the MUC

@@ -1,0 +1,128 @@
+"""Senders and committers around a Commit, over the real Prosody (issue 17).
+
+What a member sees when the room takes a Commit between a message's encryption and
+the message itself, and when two Commits race for one epoch: every application
+message is read once by every other member, the sender sees it ``reflected``, and
+nothing is reported as an error (docs/PROTOCOL.md section 9.7). The timing is made
+certain with a :class:`FaultProxy` that holds one client's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from mls_xmpp.testing import Account, FaultProxy, ProsodyServer
+
+from .mls_clients import Recorder, befriend, close, mls_client, synced, until
+
+
+def _run(coro: Any, timeout: float = 180) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def _errors(*recorders: Recorder) -> list[list[str]]:
+    return [[e.reason for e in r.events["mls_error"]] for r in recorders]
+
+
+async def _late(server: ProsodyServer, accs: list[Account]) -> None:
+    """alice's message is encrypted in epoch n; bob's Commit reaches the room first."""
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        alice, ra = await mls_client(server, *accs[0], via=(proxy.host, proxy.port))
+        bob, rb = await mls_client(server, *accs[1])
+        carol, rc = await mls_client(server, *accs[2])
+        states: list[tuple[str, str]] = []
+        alice.add_event_handler("mls_outbox", lambda e: states.append((e.message_id, e.state)))
+        try:
+            await befriend(alice, bob, carol)
+            ga = await alice.plugin["mls"].create_group(members=[accs[1].jid, accs[2].jid])
+            (gb,) = await rb.wait("mls_joined")
+            (gc,) = await rc.wait("mls_joined")
+            await synced(ga, gb, gc)
+            epoch = ga.epoch
+            proxy.stall = True  # alice's stanzas wait in the proxy
+            mid = await ga.send("encrypted before the Commit")
+            assert ga.message_state(mid) == "sent"
+            await gb.update()  # the room takes bob's Commit; carol applies it
+            await synced(gb, gc)
+            assert gb.epoch == epoch + 1 and ga.epoch == epoch
+            proxy.stall = False  # now alice's message, of epoch n, follows the Commit
+            await synced(ga, gb, gc)
+            await until(lambda: ga.message_state(mid) == "reflected")
+            await rb.wait("mls_message")
+            await rc.wait("mls_message")
+            # bob and carol read it with the keys of the epoch they left (past_epochs)
+            assert [(m.body, m.epoch) for m in rb.events["mls_message"]] == [
+                ("encrypted before the Commit", epoch)]
+            assert [(m.body, m.epoch) for m in rc.events["mls_message"]] == [
+                ("encrypted before the Commit", epoch)]
+            assert [s for i, s in states if i == mid] == ["queued", "sent", "reflected"]
+            assert ga.outbox == []
+            # a last message after everything: nothing else was on its way
+            await gc.send("last")
+            await ra.wait("mls_message")
+            await rb.wait("mls_message", 2)
+            assert ra.bodies() == ["last"]
+            assert rb.bodies() == ["encrypted before the Commit", "last"]
+            assert _errors(ra, rb, rc) == [[], [], []]
+        finally:
+            await close(alice, bob, carol)
+
+
+def test_a_message_encrypted_before_a_commit_is_read_by_everyone(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    _run(_late(prosody, [new_account(n) for n in ("alice", "bob", "carol")]))
+
+
+async def _race(server: ProsodyServer, accs: list[Account]) -> None:
+    """bob and carol commit in epoch n while everyone sends: carol's Commit reaches the
+    room first; bob's (and bob's message, encrypted in epoch n) after it."""
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        alice, ra = await mls_client(server, *accs[0])
+        bob, rb = await mls_client(server, *accs[1], via=(proxy.host, proxy.port))
+        carol, rc = await mls_client(server, *accs[2])
+        dave, rd = await mls_client(server, *accs[3])
+        recorders = (ra, rb, rc, rd)
+        try:
+            await befriend(alice, bob, carol, dave)
+            ga = await alice.plugin["mls"].create_group(members=[a.jid for a in accs[1:]])
+            gb, gc, gd = [(await r.wait("mls_joined"))[0] for r in recorders[1:]]
+            groups = (ga, gb, gc, gd)
+            await synced(*groups)
+            epoch = ga.epoch
+            proxy.stall = True  # bob's Commit and message wait in the proxy
+            bob_commit = asyncio.ensure_future(gb.update())
+            await until(lambda: gb.group.pending_commit is not None)
+            bob_mid = await gb.send("bob, in epoch n")
+            sent = [await g.send(f"{name} before") for g, name in
+                    ((ga, "alice"), (gc, "carol"), (gd, "dave"))]
+            await gc.update()  # wins: the room has no other Commit for epoch n yet
+            sent += [await g.send(f"{name} after") for g, name in
+                     ((ga, "alice"), (gc, "carol"), (gd, "dave"))]
+            proxy.stall = False
+            await asyncio.wait_for(bob_commit, 60)  # lost the race, built again, won
+            await synced(*groups)
+            assert ga.epoch == epoch + 2
+            await until(lambda: all(g.outbox == [] for g in groups))
+            assert gb.message_state(bob_mid) == "reflected"
+            assert all(g.message_state(m) == "reflected" for g, m in
+                       zip((ga, gc, gd, ga, gc, gd), sent, strict=True))
+            everyone = {"bob, in epoch n"} | {f"{n} {w}" for n in ("alice", "carol", "dave")
+                                              for w in ("before", "after")}
+            for r, name in zip(recorders, ("alice", "bob", "carol", "dave"), strict=True):
+                mine = {b for b in everyone if b.startswith(name)}
+                await r.wait("mls_message", len(everyone - mine))
+            for r, name in zip(recorders, ("alice", "bob", "carol", "dave"), strict=True):
+                mine = {b for b in everyone if b.startswith(name)}
+                assert sorted(r.bodies()) == sorted(everyone - mine)  # each once
+            # bob's losing Commit came to everyone after carol's: dropped, not an error
+            assert _errors(*recorders) == [[], [], [], []]
+            assert [g.healer.superseded for g in groups] == [1, 0, 1, 1]
+        finally:
+            await close(alice, bob, carol, dave)
+
+
+def test_commits_racing_with_senders_lose_nothing_and_report_nothing(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    _run(_race(prosody, [new_account(n) for n in ("alice", "bob", "carol", "dave")]))
