@@ -707,6 +707,9 @@ async def bench_ten(server: ProsodyServer, accounts: list[Account], clients: Cli
     await quiesce(0.3)
     result["throughput_ten_senders_receiver_only"] = await run("tp10d", everyone=False)
     result["errors"] = sum(len(s.errors) for _, s in started)
+    # Commits that lost a race (e.g. two updates after joining at once), dropped
+    # quietly by every other member (docs/PROTOCOL.md 9.7)
+    result["superseded_handshakes"] = sum(g.healer.superseded for g in [group, *sessions])
     return result
 
 
@@ -783,6 +786,9 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"  {k:<{width - 2}}  {v:8.3f}")
     errors = mls["errors"] + ten["errors"]
     lines.append(f"mls_error events: {errors}")
+    if "superseded_handshakes" in ten:
+        lines.append("Commits/proposals of an ended epoch dropped quietly (ten senders): "
+                     f"{ten['superseded_handshakes']}")
     return "\n".join(lines)
 
 

@@ -126,3 +126,46 @@ async def _race(server: ProsodyServer, accs: list[Account]) -> None:
 def test_commits_racing_with_senders_lose_nothing_and_report_nothing(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     _run(_race(prosody, [new_account(n) for n in ("alice", "bob", "carol", "dave")]))
+
+
+async def _join_storm(server: ProsodyServer, accs: list[Account]) -> None:
+    """Six devices join at once and each updates at once (``update_join_delay`` 0), while
+    the creator sends: their Commits race; every one of them ends updated."""
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        config = {"update_after_join": True, "update_join_delay": 0.0}
+        alice, ra = await mls_client(server, *accs[0], config=config)
+        joiners = [await mls_client(server, *a, config=config, via=(proxy.host, proxy.port))
+                   for a in accs[1:]]
+        recorders = [ra] + [r for _, r in joiners]
+        try:
+            await befriend(alice, *(c for c, _ in joiners))
+            proxy.stall_down = True  # the Welcomes wait in the proxy: all come at once
+            ga = await alice.plugin["mls"].create_group(members=[a.jid for a in accs[1:]])
+            proxy.stall_down = False
+            groups = [ga] + [(await r.wait("mls_joined"))[0] for _, r in joiners]
+            bodies = [f"during the updates {i}" for i in range(10)]
+            for body in bodies:
+                await ga.send(body)
+                await asyncio.sleep(0.05)
+
+            def updated() -> bool:
+                return all(c.plugin["mls"].freshness.record(g).update_due is None
+                           for (c, _), g in zip(joiners, groups[1:], strict=True))
+
+            await until(updated, 120)
+            await synced(*groups)
+            assert ga.epoch >= 1 + len(joiners)  # the add, then an update by each
+            committers = {e.committer for e in ra.events["mls_membership"]}
+            assert committers >= {a.jid for a in accs[1:]}
+            for _, r in joiners:
+                await r.wait("mls_message", len(bodies))
+                assert r.bodies() == bodies
+            assert [r.events["mls_error"] for r in recorders] == [[]] * len(recorders)
+            print("Commits dropped as superseded:", [g.healer.superseded for g in groups])
+        finally:
+            await close(alice, *(c for c, _ in joiners))
+
+
+def test_devices_joining_together_all_update_without_errors(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    _run(_join_storm(prosody, [new_account(f"m{i}") for i in range(7)]))
