@@ -709,7 +709,8 @@ async def bench_ten(server: ProsodyServer, accounts: list[Account], clients: Cli
     result["errors"] = sum(len(s.errors) for _, s in started)
     # Commits that lost a race (e.g. two updates after joining at once), dropped
     # quietly by every other member (docs/PROTOCOL.md 9.7)
-    result["superseded_handshakes"] = sum(g.healer.superseded for g in [group, *sessions])
+    result["superseded_handshakes"] = sum(g.healer.superseded_count
+                                          for g in [group, *sessions])
     return result
 
 

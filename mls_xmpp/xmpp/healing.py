@@ -46,6 +46,7 @@ from ..core.messages.group_info import GroupInfo
 from .envelope import Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent, ResyncEvent
+from .late import resent_application, wire_header
 
 if TYPE_CHECKING:
     from .session import GroupSession
@@ -65,20 +66,6 @@ PROBE_DELAY = 5.0
 PROBE_DELAY_MAX = 300.0
 #: Attempts at an external Commit before giving up until the next evidence.
 RESYNC_ATTEMPTS = 3
-
-
-def wire_header(data: bytes) -> tuple[int, int] | None:
-    """The epoch and content type an MLSMessage's header names (not authenticated);
-    ``None`` when it is not a PublicMessage or PrivateMessage."""
-    try:
-        body = MLSMessage.decode(data).body
-    except MLSError:
-        return None
-    if isinstance(body, PublicMessage):
-        return int(body.content.epoch), int(body.content.content_type)
-    if isinstance(body, PrivateMessage):
-        return int(body.epoch), int(body.content_type)
-    return None
 
 
 def wire_epoch(data: bytes, fallback: int) -> int:
@@ -210,9 +197,8 @@ class Healer:
         self.next_probe = 0.0
         #: how many heals ran (for tests and benchmarks)
         self.heals = 0
-        #: Commits and proposals dropped quietly: of an epoch that had already ended
-        #: (a Commit that lost a race, a proposal the winning Commit left out)
-        self.superseded = 0
+        #: messages dropped without a report (see :meth:`superseded`)
+        self.superseded_count = 0
 
     # -- what the session tells it ---------------------------------------------------
 
@@ -257,28 +243,32 @@ class Healer:
             self._consider()
         return False
 
-    def superseded_handshake(self, data: bytes, error: MLSError) -> bool:
-        """Whether a message the group refused is a Commit or proposal of an epoch
-        that has ended here: the room took another Commit for that epoch first (a
-        race, section 9.7 of docs/PROTOCOL.md), which every member applied alike.
-        Nothing is wrong: its sender learns it from the winning Commit (a committer
-        builds its change again in the new epoch, a leaving member proposes again),
-        so it is dropped without an ``mls_error``. Counted in :attr:`superseded`.
+    def superseded(self, data: bytes, error: MLSError) -> bool:
+        """Whether a message the group refused for its epoch is one that is dropped
+        without a report, since nothing was lost (counted in :attr:`superseded_count`):
+
+        * a Commit or proposal of an epoch that has ended here: the room took another
+          Commit for that epoch first (a race, section 9.7 of docs/PROTOCOL.md), which
+          every member applied alike; its sender learns it from the winning Commit (a
+          committer builds its change again in the new epoch, a leaving member proposes
+          again);
+        * an application message the room took so late that its sender sends it again
+          (:mod:`.late`).
 
         The header is not authenticated, but a message refused for its epoch changed
-        nothing, whatever it claims; an application message is never quiet here (its
-        epoch's keys are gone: it cannot be read)."""
+        nothing, whatever it claims."""
         if not isinstance(error, WrongEpochError):
             return False
         header = wire_header(data)
         if header is None:
             return False
         epoch, content_type = header
-        if (epoch >= self.session.epoch
-                or content_type not in (ContentType.COMMIT, ContentType.PROPOSAL)):
-            return False
-        self.superseded += 1
-        return True
+        quiet = (epoch < self.session.epoch
+                 and content_type in (ContentType.COMMIT, ContentType.PROPOSAL))
+        if quiet or resent_application(data, self.session.epoch):
+            self.superseded_count += 1
+            return True
+        return False
 
     def group_info_ahead(self, env: Envelope, stanza_id: str | None) -> None:
         """A GroupInfo of a later epoch came from the room: check it, then heal."""

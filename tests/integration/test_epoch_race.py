@@ -118,7 +118,7 @@ async def _race(server: ProsodyServer, accs: list[Account]) -> None:
                 assert sorted(r.bodies()) == sorted(everyone - mine)  # each once
             # bob's losing Commit came to everyone after carol's: dropped, not an error
             assert _errors(*recorders) == [[], [], [], []]
-            assert [g.healer.superseded for g in groups] == [1, 0, 1, 1]
+            assert [g.healer.superseded_count for g in groups] == [1, 0, 1, 1]
         finally:
             await close(alice, bob, carol, dave)
 
@@ -161,7 +161,7 @@ async def _join_storm(server: ProsodyServer, accs: list[Account]) -> None:
                 await r.wait("mls_message", len(bodies))
                 assert r.bodies() == bodies
             assert [r.events["mls_error"] for r in recorders] == [[]] * len(recorders)
-            print("Commits dropped as superseded:", [g.healer.superseded for g in groups])
+            print("Commits dropped as superseded:", [g.healer.superseded_count for g in groups])
         finally:
             await close(alice, *(c for c, _ in joiners))
 
@@ -169,3 +169,50 @@ async def _join_storm(server: ProsodyServer, accs: list[Account]) -> None:
 def test_devices_joining_together_all_update_without_errors(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     _run(_join_storm(prosody, [new_account(f"m{i}") for i in range(7)]))
+
+
+async def _too_late(server: ProsodyServer, accs: list[Account]) -> None:
+    """alice's message is encrypted in epoch n; four Commits reach the room before it,
+    so nobody keeps the keys of epoch n any more (``past_epochs`` is 3): alice learns it
+    from the room's order and sends it again, in the current epoch, once."""
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        alice, ra = await mls_client(server, *accs[0], via=(proxy.host, proxy.port))
+        bob, rb = await mls_client(server, *accs[1])
+        carol, rc = await mls_client(server, *accs[2])
+        states: list[tuple[str, str]] = []
+        alice.add_event_handler("mls_outbox", lambda e: states.append((e.message_id, e.state)))
+        try:
+            await befriend(alice, bob, carol)
+            ga = await alice.plugin["mls"].create_group(members=[accs[1].jid, accs[2].jid])
+            (gb,) = await rb.wait("mls_joined")
+            (gc,) = await rc.wait("mls_joined")
+            await synced(ga, gb, gc)
+            epoch = ga.epoch
+            proxy.stall = True
+            mid = await ga.send("held for four epochs")
+            for g in (gb, gc, gb, gc):
+                await g.update()
+            await synced(gb, gc)
+            assert gb.epoch == epoch + 4 and epoch not in gb.group.retained_epochs
+            proxy.stall = False
+            await synced(ga, gb, gc)
+            await until(lambda: ga.message_state(mid) == "reflected")
+            await rb.wait("mls_message")
+            await rc.wait("mls_message")
+            assert [(m.body, m.epoch) for m in rb.events["mls_message"]] == [
+                ("held for four epochs", epoch + 4)]
+            assert [(m.body, m.epoch) for m in rc.events["mls_message"]] == [
+                ("held for four epochs", epoch + 4)]
+            assert [s for i, s in states if i == mid] == [
+                "queued", "sent", "queued", "sent", "reflected"]
+            await gc.send("last")
+            await rb.wait("mls_message", 2)
+            assert rb.bodies() == ["held for four epochs", "last"]  # once
+            assert _errors(ra, rb, rc) == [[], [], []]
+        finally:
+            await close(alice, bob, carol)
+
+
+def test_a_message_the_room_took_too_late_to_be_read_is_sent_again(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    _run(_too_late(prosody, [new_account(n) for n in ("alice", "bob", "carol")]))

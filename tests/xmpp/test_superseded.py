@@ -1,4 +1,5 @@
-"""Which refused room messages are dropped quietly (healing.Healer.superseded_handshake)."""
+"""Which refused room messages are dropped without a report (Healer.superseded), and
+the copies of late messages (late.LateCopies)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mls_xmpp.core.group.client import Client
 from mls_xmpp.core.group.config import GroupConfig
 from mls_xmpp.core.group.group import Group
 from mls_xmpp.xmpp.healing import Healer
+from mls_xmpp.xmpp.late import RESEND_AFTER, LateCopies, sent_too_late
 
 
 def _pair(past_epochs: int = 3) -> tuple[Group, Group]:
@@ -45,8 +47,8 @@ def test_a_commit_that_lost_a_race_is_superseded() -> None:
     healer = _healer(b)
     error = _refused(b, losing)
     assert isinstance(error, WrongEpochError)
-    assert healer.superseded_handshake(losing, error)
-    assert healer.superseded == 1
+    assert healer.superseded(losing, error)
+    assert healer.superseded_count == 1
 
 
 def test_a_proposal_of_an_ended_epoch_is_superseded() -> None:
@@ -56,7 +58,7 @@ def test_a_proposal_of_an_ended_epoch_is_superseded() -> None:
     a.merge_pending_commit()
     b.process(p.message)
     healer = _healer(a)
-    assert healer.superseded_handshake(proposal, _refused(a, proposal))
+    assert healer.superseded(proposal, _refused(a, proposal))
 
 
 def test_unreadable_or_later_messages_are_not_quiet() -> None:
@@ -69,14 +71,43 @@ def test_unreadable_or_later_messages_are_not_quiet() -> None:
     healer = _healer(b)
     error = _refused(b, old)
     assert isinstance(error, WrongEpochError)
-    assert not healer.superseded_handshake(old, error)  # an application message: lost
+    # an application message its sender does not send again (read by members that
+    # keep the default three past epochs): lost here, reported
+    assert not healer.superseded(old, error)
     current = a.commit().message  # a Commit of b's own epoch is not superseded
-    assert not healer.superseded_handshake(current, WrongEpochError("made up"))
+    assert not healer.superseded(current, WrongEpochError("made up"))
     reused = a.encrypt(b"once")
     a.discard_pending_commit()
     b.process(reused)
     error = _refused(b, reused)
     assert isinstance(error, SecretTreeError)
-    assert not healer.superseded_handshake(reused, error)
-    assert not healer.superseded_handshake(b"not an MLSMessage", WrongEpochError("x"))
-    assert healer.superseded == 0
+    assert not healer.superseded(reused, error)
+    assert not healer.superseded(b"not an MLSMessage", WrongEpochError("x"))
+    assert healer.superseded_count == 0
+
+
+def test_an_application_message_too_late_for_anyone_is_superseded() -> None:
+    a, b = _pair(past_epochs=RESEND_AFTER)
+    late = a.encrypt(b"late")
+    for _ in range(RESEND_AFTER + 1):
+        p = a.commit()
+        a.merge_pending_commit()
+        b.process(p.message)
+    healer = _healer(b)
+    assert healer.superseded(late, _refused(b, late))  # its sender sends it again
+    assert healer.superseded_count == 1
+
+
+def test_the_copy_of_a_late_message_read_is_dropped_once() -> None:
+    assert not sent_too_late(4, 4 + RESEND_AFTER)
+    assert sent_too_late(4, 5 + RESEND_AFTER)
+    copies = LateCopies()
+    key = b"k" * 32
+    assert not copies.repeated(key, "m1", 1, 2)  # in time: no copy follows
+    assert not copies.repeated(key, "m1", 2, 2)
+    assert not copies.repeated(key, "m2", 1, 1 + RESEND_AFTER + 1)  # late, read here
+    assert not copies.repeated(b"x" * 32, "m2", 5, 5)  # another sender's m2
+    assert copies.repeated(key, "m2", 5, 5)  # the copy
+    assert not copies.repeated(key, "m2", 5, 5)  # only one copy is dropped
+    assert not copies.repeated(key, "", 1, 9)
+    assert copies.dropped == 1
