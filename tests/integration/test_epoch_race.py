@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mls_xmpp.testing import Account, FaultProxy, ProsodyServer
+from mls_xmpp.xmpp.late import RESEND_AFTER
 
 from .mls_clients import Recorder, befriend, close, mls_client, synced, until
 
@@ -26,8 +27,9 @@ def _errors(*recorders: Recorder) -> list[list[str]]:
     return [[e.reason for e in r.events["mls_error"]] for r in recorders]
 
 
-async def _late(server: ProsodyServer, accs: list[Account]) -> None:
-    """alice's message is encrypted in epoch n; bob's Commit reaches the room first."""
+async def _stalled(server: ProsodyServer, accs: list[Account], commits: int) -> None:
+    """alice's message is encrypted in epoch n; ``commits`` Commits of bob and carol
+    reach the room before it (alice's stanzas wait in a stalled proxy)."""
     async with FaultProxy(server.host, server.c2s_port) as proxy:
         alice, ra = await mls_client(server, *accs[0], via=(proxy.host, proxy.port))
         bob, rb = await mls_client(server, *accs[1])
@@ -42,29 +44,34 @@ async def _late(server: ProsodyServer, accs: list[Account]) -> None:
             await synced(ga, gb, gc)
             epoch = ga.epoch
             proxy.stall = True  # alice's stanzas wait in the proxy
-            mid = await ga.send("encrypted before the Commit")
+            mid = await ga.send("encrypted before the Commits")
             assert ga.message_state(mid) == "sent"
-            await gb.update()  # the room takes bob's Commit; carol applies it
+            for i in range(commits):  # the room takes them; bob and carol apply them
+                await (gb, gc)[i % 2].update()
             await synced(gb, gc)
-            assert gb.epoch == epoch + 1 and ga.epoch == epoch
-            proxy.stall = False  # now alice's message, of epoch n, follows the Commit
+            assert gb.epoch == epoch + commits and ga.epoch == epoch
+            proxy.stall = False  # now alice's message, of epoch n, follows the Commits
             await synced(ga, gb, gc)
             await until(lambda: ga.message_state(mid) == "reflected")
             await rb.wait("mls_message")
             await rc.wait("mls_message")
-            # bob and carol read it with the keys of the epoch they left (past_epochs)
-            assert [(m.body, m.epoch) for m in rb.events["mls_message"]] == [
-                ("encrypted before the Commit", epoch)]
-            assert [(m.body, m.epoch) for m in rc.events["mls_message"]] == [
-                ("encrypted before the Commit", epoch)]
-            assert [s for i, s in states if i == mid] == ["queued", "sent", "reflected"]
+            if commits <= RESEND_AFTER:
+                # bob and carol read it with the keys of an epoch they left (past_epochs)
+                read_in, path = epoch, ["queued", "sent", "reflected"]
+            else:  # nobody keeps epoch n: alice sent it again, in the current epoch
+                read_in = epoch + commits
+                path = ["queued", "sent", "queued", "sent", "reflected"]
+            for r in (rb, rc):
+                assert [(m.body, m.epoch) for m in r.events["mls_message"]] == [
+                    ("encrypted before the Commits", read_in)]
+            assert [s for i, s in states if i == mid] == path
             assert ga.outbox == []
             # a last message after everything: nothing else was on its way
             await gc.send("last")
             await ra.wait("mls_message")
             await rb.wait("mls_message", 2)
             assert ra.bodies() == ["last"]
-            assert rb.bodies() == ["encrypted before the Commit", "last"]
+            assert rb.bodies() == ["encrypted before the Commits", "last"]  # once
             assert _errors(ra, rb, rc) == [[], [], []]
         finally:
             await close(alice, bob, carol)
@@ -72,7 +79,14 @@ async def _late(server: ProsodyServer, accs: list[Account]) -> None:
 
 def test_a_message_encrypted_before_a_commit_is_read_by_everyone(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
-    _run(_late(prosody, [new_account(n) for n in ("alice", "bob", "carol")]))
+    _run(_stalled(prosody, [new_account(n) for n in ("alice", "bob", "carol")], 1))
+
+
+def test_a_message_the_room_took_too_late_to_be_read_is_sent_again(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    """Four Commits before it: the members keep three past epochs (``past_epochs``)."""
+    _run(_stalled(prosody, [new_account(n) for n in ("alice", "bob", "carol")],
+                  RESEND_AFTER + 1))
 
 
 async def _race(server: ProsodyServer, accs: list[Account]) -> None:
@@ -170,49 +184,3 @@ def test_devices_joining_together_all_update_without_errors(
         prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
     _run(_join_storm(prosody, [new_account(f"m{i}") for i in range(7)]))
 
-
-async def _too_late(server: ProsodyServer, accs: list[Account]) -> None:
-    """alice's message is encrypted in epoch n; four Commits reach the room before it,
-    so nobody keeps the keys of epoch n any more (``past_epochs`` is 3): alice learns it
-    from the room's order and sends it again, in the current epoch, once."""
-    async with FaultProxy(server.host, server.c2s_port) as proxy:
-        alice, ra = await mls_client(server, *accs[0], via=(proxy.host, proxy.port))
-        bob, rb = await mls_client(server, *accs[1])
-        carol, rc = await mls_client(server, *accs[2])
-        states: list[tuple[str, str]] = []
-        alice.add_event_handler("mls_outbox", lambda e: states.append((e.message_id, e.state)))
-        try:
-            await befriend(alice, bob, carol)
-            ga = await alice.plugin["mls"].create_group(members=[accs[1].jid, accs[2].jid])
-            (gb,) = await rb.wait("mls_joined")
-            (gc,) = await rc.wait("mls_joined")
-            await synced(ga, gb, gc)
-            epoch = ga.epoch
-            proxy.stall = True
-            mid = await ga.send("held for four epochs")
-            for g in (gb, gc, gb, gc):
-                await g.update()
-            await synced(gb, gc)
-            assert gb.epoch == epoch + 4 and epoch not in gb.group.retained_epochs
-            proxy.stall = False
-            await synced(ga, gb, gc)
-            await until(lambda: ga.message_state(mid) == "reflected")
-            await rb.wait("mls_message")
-            await rc.wait("mls_message")
-            assert [(m.body, m.epoch) for m in rb.events["mls_message"]] == [
-                ("held for four epochs", epoch + 4)]
-            assert [(m.body, m.epoch) for m in rc.events["mls_message"]] == [
-                ("held for four epochs", epoch + 4)]
-            assert [s for i, s in states if i == mid] == [
-                "queued", "sent", "queued", "sent", "reflected"]
-            await gc.send("last")
-            await rb.wait("mls_message", 2)
-            assert rb.bodies() == ["held for four epochs", "last"]  # once
-            assert _errors(ra, rb, rc) == [[], [], []]
-        finally:
-            await close(alice, bob, carol)
-
-
-def test_a_message_the_room_took_too_late_to_be_read_is_sent_again(
-        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
-    _run(_too_late(prosody, [new_account(n) for n in ("alice", "bob", "carol")]))
