@@ -422,7 +422,8 @@ class Freshness:
     async def _update_after(self, session: GroupSession, delay: float) -> None:
         """The update after joining, ``delay`` seconds from now. Devices that joined
         together update about together, so their Commits race (docs/PROTOCOL.md 9.7):
-        one whose every attempt lost tries again after another random delay, up to
+        one whose every attempt lost (or that finds an earlier Commit of this device
+        still waiting for the room) tries again after another random delay, up to
         :data:`UPDATE_AFTER_JOIN_ROUNDS` rounds in all, and only a failure of the last
         round (or any other failure) is reported; ``update_due`` stays until an update
         succeeds, so the periodic check tries again after that."""
@@ -436,13 +437,20 @@ class Freshness:
             if session.group_id in self._busy:
                 return  # the periodic check is at it
             self._busy.add(session.group_id)
+            last = round_ + 1 == UPDATE_AFTER_JOIN_ROUNDS
             try:
                 if self.record(session).update_due is None:
                     return  # done meanwhile (a Commit of this device with a path)
-                await session.update()
-                return
+                if session.group.pending_commit is not None and not last:
+                    # one that timed out may still come back from the room (and then
+                    # is this update), else it is given up on the next stream
+                    log.info("update after joining %s: a Commit is pending; again later",
+                             session.room)
+                else:
+                    await session.update()
+                    return
             except TransportError as e:  # e.g. every attempt lost a Commit race
-                if round_ + 1 == UPDATE_AFTER_JOIN_ROUNDS or isinstance(e, NotConnectedError):
+                if last or isinstance(e, NotConnectedError):
                     self.plugin.error(MLSErrorEvent(f"the update after joining failed: {e}",
                                                     session, error=e))
                     return
