@@ -115,6 +115,8 @@ MESSAGE_TIMEOUT = 30.0
 SETUP_TIMEOUT = 120.0
 #: ``--client-store sqlite``: the directory of the clients' SQLite databases.
 CLIENT_STORE_DIR: Path | None = None
+#: --update-join-delay: the plugin option for every client (None: its default)
+UPDATE_JOIN_DELAY: float | None = None
 
 
 def log(text: str) -> None:
@@ -265,6 +267,8 @@ async def mls_client(server: ProsodyServer, account: Account, clients: Clients,
     base: dict[str, Any] = {"invitations": "any"}
     if CLIENT_STORE_DIR is not None:  # --client-store sqlite: a database per account
         base["store"] = str(CLIENT_STORE_DIR / f"{account.jid}.sqlite")
+    if UPDATE_JOIN_DELAY is not None:  # the updates after joining, all within this
+        base["update_join_delay"] = UPDATE_JOIN_DELAY
     client.register_plugin("mls", {**base, **(config or {})})
     sink = Sink(client)
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -810,6 +814,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=1.5,
                    help="seconds to let background work finish after a group setup")
     p.add_argument("--timeout", type=float, default=900.0, help="whole run (default 900 s)")
+    p.add_argument("--update-join-delay", type=float, default=None,
+                   help="the plugin's update_join_delay (default: the plugin's, 30 s); "
+                        "e.g. 1 makes the ten members' updates after joining race")
     p.add_argument("--json", type=Path, help="write the results as JSON to this file")
     p.add_argument("--profile", action="store_true",
                    help="profile an extra MLS latency pass with cProfile (stderr)")
@@ -821,7 +828,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         p.error("--messages must be at least 10")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    global CLIENT_STORE_DIR
+    global CLIENT_STORE_DIR, UPDATE_JOIN_DELAY
+    UPDATE_JOIN_DELAY = args.update_join_delay
     store_dir = None
     if args.client_store == "sqlite":
         store_dir = tempfile.TemporaryDirectory(prefix="bench-xmpp-store-")
