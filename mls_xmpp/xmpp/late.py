@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ..core.codec import Reader
 from ..core.errors import MLSError
-from ..core.messages.common import ContentType
+from ..core.messages.common import ContentType, WireFormat
 from ..core.messages.framing import MLSMessage, PrivateMessage, PublicMessage
 
 __all__ = ["RESEND_AFTER", "LateCopies", "sent_too_late", "wire_header"]
@@ -41,8 +42,13 @@ MAX_EXPECTED = 1024
 
 def wire_header(data: bytes) -> tuple[int, int] | None:
     """The epoch and content type an MLSMessage's header names (not authenticated);
-    ``None`` when it is not a PublicMessage or PrivateMessage."""
+    ``None`` when it is not a PublicMessage or PrivateMessage. A PrivateMessage's
+    header is read without decoding the rest (the sender reads it for every message)."""
     try:
+        r = Reader(data)
+        if r.uint(2) == 1 and r.uint(2) == WireFormat.PRIVATE_MESSAGE:
+            r.read(r.varint())  # group_id
+            return r.uint(8), r.uint(1)  # epoch, content_type (RFC 9420 §6.3)
         body = MLSMessage.decode(data).body
     except MLSError:
         return None

@@ -111,3 +111,18 @@ def test_the_copy_of_a_late_message_read_is_dropped_once() -> None:
     assert not copies.repeated(key, "m2", 5, 5)  # only one copy is dropped
     assert not copies.repeated(key, "", 1, 9)
     assert copies.dropped == 1
+
+
+def test_wire_header_reads_private_and_public_headers() -> None:
+    from mls_xmpp.xmpp.late import wire_header
+
+    a, b = _pair()
+    assert wire_header(a.encrypt(b"x")) == (a.epoch, 1)  # application
+    private = b.propose_update()
+    assert wire_header(private) == (b.epoch, 2)  # proposal
+    assert wire_header(a.commit().message) == (a.epoch, 3)  # commit
+    assert wire_header(private[:20]) is None  # cut in the header
+    assert wire_header(b"\x00\x02" + private[2:]) is None  # another version
+    public = Client.generate(b"c@example.org", config=GroupConfig(handshake_private=False))
+    group = public.create_group()
+    assert wire_header(group.commit().message) == (0, 3)  # a PublicMessage
