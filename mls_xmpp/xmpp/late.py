@@ -30,7 +30,7 @@ from ..core.errors import MLSError
 from ..core.messages.common import ContentType, WireFormat
 from ..core.messages.framing import MLSMessage, PrivateMessage, PublicMessage
 
-__all__ = ["RESEND_AFTER", "LateCopies", "sent_too_late", "wire_header"]
+__all__ = ["RESEND_AFTER", "LateCopies", "resent_application", "sent_too_late", "wire_header"]
 
 #: A message the room takes more than this many epochs after the one it was encrypted
 #: in is sent again by its sender (a protocol constant: every member's default
