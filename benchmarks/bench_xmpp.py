@@ -116,6 +116,8 @@ MESSAGE_TIMEOUT = 30.0
 SETUP_TIMEOUT = 120.0
 #: ``--client-store sqlite``: the directory of the clients' SQLite databases.
 CLIENT_STORE_DIR: Path | None = None
+#: --update-join-delay: the plugin option for every client (None: its default)
+UPDATE_JOIN_DELAY: float | None = None
 
 
 def log(text: str) -> None:
@@ -266,6 +268,8 @@ async def mls_client(server: ProsodyServer, account: Account, clients: Clients,
     base: dict[str, Any] = {"invitations": "any"}
     if CLIENT_STORE_DIR is not None:  # --client-store sqlite: a database per account
         base["store"] = str(CLIENT_STORE_DIR / f"{account.jid}.sqlite")
+    if UPDATE_JOIN_DELAY is not None:  # the updates after joining, all within this
+        base["update_join_delay"] = UPDATE_JOIN_DELAY
     client.register_plugin("mls", {**base, **(config or {})})
     sink = Sink(client)
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -713,6 +717,10 @@ async def bench_ten(server: ProsodyServer, accounts: list[Account], clients: Cli
     await quiesce(0.3)
     result["throughput_ten_senders_receiver_only"] = await run("tp10d", everyone=False)
     result["errors"] = sum(len(s.errors) for _, s in started)
+    # Commits that lost a race (e.g. two updates after joining at once), dropped
+    # quietly by every other member (docs/PROTOCOL.md 9.7)
+    result["superseded_handshakes"] = sum(g.healer.superseded_count
+                                          for g in [group, *sessions])
     return result
 
 
@@ -789,6 +797,9 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"  {k:<{width - 2}}  {v:8.3f}")
     errors = mls["errors"] + ten["errors"]
     lines.append(f"mls_error events: {errors}")
+    if "superseded_handshakes" in ten:
+        lines.append("Commits/proposals of an ended epoch dropped quietly (ten senders): "
+                     f"{ten['superseded_handshakes']}")
     return "\n".join(lines)
 
 
@@ -809,6 +820,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=1.5,
                    help="seconds to let background work finish after a group setup")
     p.add_argument("--timeout", type=float, default=900.0, help="whole run (default 900 s)")
+    p.add_argument("--update-join-delay", type=float, default=None,
+                   help="the plugin's update_join_delay (default: the plugin's, 30 s); "
+                        "e.g. 1 makes the ten members' updates after joining race")
     p.add_argument("--json", type=Path, help="write the results as JSON to this file")
     p.add_argument("--profile", action="store_true",
                    help="profile an extra MLS latency pass with cProfile (stderr)")
@@ -820,7 +834,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         p.error("--messages must be at least 10")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    global CLIENT_STORE_DIR
+    global CLIENT_STORE_DIR, UPDATE_JOIN_DELAY
+    UPDATE_JOIN_DELAY = args.update_join_delay
     store_dir = None
     if args.client_store == "sqlite":
         store_dir = tempfile.TemporaryDirectory(prefix="bench-xmpp-store-")

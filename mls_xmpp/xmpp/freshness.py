@@ -53,6 +53,7 @@ from ..core.codec import U8, U16, U32, U64, Struct, Vec
 from ..core.errors import DecodeError, MLSError
 from ..core.group.events import CommitApplied
 from ..core.messages.credentials import credential_identity
+from .errors import NotConnectedError, TransportError
 from .events import IdleRemovalEvent, MLSErrorEvent
 from .trust import fingerprint
 
@@ -71,6 +72,12 @@ NOTICE_TAG = 0x4D52  # "MR"
 NOTICE_VERSION = 1
 #: :attr:`RemovalNotice.reason`: the leaf was idle.
 REASON_IDLE = 1
+#: Rounds of attempts at the update after joining when Commits keep winning over it
+#: (each round is ``GroupSession.update``, itself up to 4 Commits).
+UPDATE_AFTER_JOIN_ROUNDS = 4
+#: Seconds within which a round after a lost one starts (random), at least: else
+#: ``update_join_delay``.
+RACE_RETRY_WINDOW = 1.0
 
 
 @dataclass(frozen=True)
@@ -413,23 +420,48 @@ class Freshness:
             await session.update()
 
     async def _update_after(self, session: GroupSession, delay: float) -> None:
-        await asyncio.sleep(delay)
-        while not self._ready(session):
-            if session.removed or self.plugin.sessions.get(session.room) is not session:
+        """The update after joining, ``delay`` seconds from now. Devices that joined
+        together update about together, so their Commits race (docs/PROTOCOL.md 9.7):
+        one whose every attempt lost (or that finds an earlier Commit of this device
+        still waiting for the room) tries again after another random delay, up to
+        :data:`UPDATE_AFTER_JOIN_ROUNDS` rounds in all, and only a failure of the last
+        round (or any other failure) is reported; ``update_due`` stays until an update
+        succeeds, so the periodic check tries again after that."""
+        window = max(float(self.plugin.config["update_join_delay"] or 0), RACE_RETRY_WINDOW)
+        for round_ in range(UPDATE_AFTER_JOIN_ROUNDS):
+            await asyncio.sleep(delay)
+            while not self._ready(session):
+                if session.removed or self.plugin.sessions.get(session.room) is not session:
+                    return
+                await asyncio.sleep(0.2)
+            if session.group_id in self._busy:
+                return  # the periodic check is at it
+            self._busy.add(session.group_id)
+            last = round_ + 1 == UPDATE_AFTER_JOIN_ROUNDS
+            try:
+                if self.record(session).update_due is None:
+                    return  # done meanwhile (a Commit of this device with a path)
+                if session.group.pending_commit is not None and not last:
+                    # one that timed out may still come back from the room (and then
+                    # is this update), else it is given up on the next stream
+                    log.info("update after joining %s: a Commit is pending; again later",
+                             session.room)
+                else:
+                    await session.update()
+                    return
+            except TransportError as e:  # e.g. every attempt lost a Commit race
+                if last or isinstance(e, NotConnectedError):
+                    self.plugin.error(MLSErrorEvent(f"the update after joining failed: {e}",
+                                                    session, error=e))
+                    return
+                log.info("update after joining %s: %s; again later", session.room, e)
+            except MLSError as e:
+                self.plugin.error(MLSErrorEvent(f"the update after joining failed: {e}",
+                                                session, error=e))
                 return
-            await asyncio.sleep(0.2)
-        if session.group_id in self._busy:
-            return  # the periodic check is at it
-        self._busy.add(session.group_id)
-        try:
-            rec = self.record(session)
-            if rec.update_due is not None:
-                await session.update()
-        except MLSError as e:  # update_due stays: the periodic check tries again
-            self.plugin.error(MLSErrorEvent(f"the update after joining failed: {e}", session,
-                                            error=e))
-        finally:
-            self._busy.discard(session.group_id)
+            finally:
+                self._busy.discard(session.group_id)
+            delay = random.uniform(0.0, window)  # noqa: S311 - spreading, not secrecy
 
     # -- idle devices ----------------------------------------------------------------------
 

@@ -40,11 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import MLSError, ValidationError, WrongEpochError
 from ..core.group.join import tree_from_group_info, verify_group_info
+from ..core.messages.common import ContentType
 from ..core.messages.framing import MLSMessage, PrivateMessage, PublicMessage
 from ..core.messages.group_info import GroupInfo
 from .envelope import Envelope, Kind
 from .errors import TransportError
 from .events import MLSErrorEvent, ResyncEvent
+from .late import resent_application, wire_header
 
 if TYPE_CHECKING:
     from .session import GroupSession
@@ -195,6 +197,8 @@ class Healer:
         self.next_probe = 0.0
         #: how many heals ran (for tests and benchmarks)
         self.heals = 0
+        #: messages dropped without a report (see :meth:`superseded`)
+        self.superseded_count = 0
 
     # -- what the session tells it ---------------------------------------------------
 
@@ -237,6 +241,33 @@ class Healer:
             self.refused += 1
             self.gap.append(stanza_id)
             self._consider()
+        return False
+
+    def superseded(self, data: bytes, error: MLSError) -> bool:
+        """Whether a message the group refused for its epoch is one that is dropped
+        without a report, since nothing was lost (counted in :attr:`superseded_count`):
+
+        * a Commit or proposal of an epoch that has ended here: the room took another
+          Commit for that epoch first (a race, section 9.7 of docs/PROTOCOL.md), which
+          every member applied alike; its sender learns it from the winning Commit (a
+          committer builds its change again in the new epoch, a leaving member proposes
+          again);
+        * an application message the room took so late that its sender sends it again
+          (:mod:`.late`).
+
+        The header is not authenticated, but a message refused for its epoch changed
+        nothing, whatever it claims."""
+        if not isinstance(error, WrongEpochError):
+            return False
+        header = wire_header(data)
+        if header is None:
+            return False
+        epoch, content_type = header
+        quiet = (epoch < self.session.epoch
+                 and content_type in (ContentType.COMMIT, ContentType.PROPOSAL))
+        if quiet or resent_application(data, self.session.epoch):
+            self.superseded_count += 1
+            return True
         return False
 
     def group_info_ahead(self, env: Envelope, stanza_id: str | None) -> None:

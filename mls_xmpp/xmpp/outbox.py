@@ -16,7 +16,9 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
     SHA-256 of the MLSMessage is stored with the entry.
 ``reflected``
     The room sent it back (live or in its archive): every member can read it
-    in the room's order. The entry is gone from the store.
+    in the room's order. The entry is gone from the store. (Unless the room
+    took it so late that members no longer keep the keys of its epoch: then
+    it is ``queued`` again and sent anew, see :mod:`.late`.)
 
 A message that cannot be sent at all (this device left the group, an upload
 of a large message failed) ends ``failed`` and is reported.
@@ -48,6 +50,7 @@ from typing import Any
 from ..core.errors import MLSError
 from ..storage import OutboxRecord, StateStore
 from .errors import NotConnectedError
+from .late import sent_too_late, wire_header
 
 __all__ = ["FAILED", "QUEUED", "REFLECTED", "SENT", "Outbox", "OutboxItem"]
 
@@ -100,6 +103,8 @@ class Outbox:
         self._stored_sent: OutboxRecord | None = None
         #: ids of entries accepted with ``defer_store`` and not written yet
         self._unstored: set[str] = set()
+        #: message id -> the epoch a ``sent`` entry was encrypted in (in this process)
+        self._epochs: dict[str, int] = {}
 
     # -- what is in it -----------------------------------------------------------------
 
@@ -181,6 +186,25 @@ class Outbox:
                 return True
         return False
 
+    def too_late(self, digest: bytes, epoch: int) -> bool:
+        """The room reflected an MLSMessage of this device while the group was in
+        ``epoch``: if its entry was encrypted so many epochs before that members no
+        longer read it (:func:`.late.sent_too_late`), queue it again (to be encrypted
+        anew, in the current epoch) and return ``True``; else nothing changes."""
+        for i, e in enumerate(self._entries):
+            if e.sent_digest != digest:
+                continue
+            sent_in = self._epochs.get(e.message_id)
+            if sent_in is None or not sent_too_late(sent_in, epoch):
+                return False
+            self._entries[i] = replace(e, sent_digest=None)
+            self._store.save_outbox(self._entries[i])
+            self._streams.pop(e.message_id, None)
+            del self._epochs[e.message_id]
+            self._notify(e.message_id, QUEUED, None, None)
+            return True
+        return False
+
     def requeue(self, stream: int | None = None) -> int:
         """Queue again the ``sent`` entries that were handed to a stream other than
         ``stream`` (an earlier one, or another process): the room archive, read
@@ -207,6 +231,7 @@ class Outbox:
 
     def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
         self._streams.pop(entry.message_id, None)
+        self._epochs.pop(entry.message_id, None)
         self._unstored.discard(entry.message_id)
         try:
             self._store.delete_outbox(self._group_id, entry.seq)
@@ -279,5 +304,8 @@ class Outbox:
                 self._entries[self._entries.index(entry)] = sent
                 if stream is not None:
                     self._streams[entry.message_id] = stream
+                header = wire_header(message)
+                if header is not None:
+                    self._epochs[entry.message_id] = header[0]
                 transmit(prepared)
                 self._notify(entry.message_id, SENT, None, None)

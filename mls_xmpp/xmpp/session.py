@@ -51,6 +51,7 @@ from .errors import (
 )
 from .events import MembershipEvent, MLSErrorEvent, MLSMessageEvent, OutboxEvent, ProgressEvent
 from .healing import Healer
+from .late import LateCopies
 from .outbox import FAILED, Outbox, OutboxItem
 from .params import follow_parameters
 from .privacy import group_info_key, open_group_info, seal_group_info
@@ -259,6 +260,8 @@ class GroupSession:
         self.removal_notice: Envelope | None = None
         #: early messages, epoch gaps and their healing (:mod:`.healing`)
         self.healer = Healer(self)
+        #: late messages read whose copy is dropped (mls_xmpp.xmpp.late)
+        self.late_copies = LateCopies()
         #: what send() accepted and the room has not reflected yet (see :mod:`.outbox`)
         self._outbox = Outbox(plugin.state_store, group.group_id, self._outbox_changed)
         self._flushing: asyncio.Future[None] | None = None
@@ -613,7 +616,8 @@ class GroupSession:
             except MLSError as e:
                 if not self.healer.refused_message(env, data, e, msg, stanza_id,
                                                    self.last_stanza_id):
-                    self._dropped(e, sender, stanza_id)
+                    self._dropped(e, sender, stanza_id,
+                                  report=not self.healer.superseded(data, e))
                 return  # else held for the Commit that starts its epoch
             self._mark(stanza_id)
             # events first, then the state: a crash in between replays this message
@@ -642,11 +646,17 @@ class GroupSession:
         in one store transaction."""
         if digest not in self._sent and not self._outbox.holds(digest):
             return False
+        again = False
         with self.plugin.store_transaction():
             if self._sent.pop(digest, None) is None:
-                self._outbox.reflected(digest, stanza_id)
+                # too late for members to read (mls_xmpp.xmpp.late): it goes again
+                again = self._outbox.too_late(digest, self.epoch)
+                if not again:
+                    self._outbox.reflected(digest, stanza_id)
             self._mark(stanza_id)
             self.plugin.persist_position(self)
+        if again:
+            self.kick_outbox()
         return True
 
     def _process_and_encode(self, data: bytes) -> tuple[object, tuple[bytes, bytes]]:
@@ -669,13 +679,16 @@ class GroupSession:
         """Whether a Commit in this group is worth a thread (see :data:`HEAVY_TREE`)."""
         return self.group.state.tree.n_leaves >= HEAVY_TREE or added >= HEAVY_TREE // 4
 
-    def _dropped(self, e: MLSError, sender: str, stanza_id: str | None) -> None:
-        """Report a room message that changed nothing, and move past it."""
+    def _dropped(self, e: MLSError, sender: str, stanza_id: str | None, *,
+                 report: bool = True) -> None:
+        """Report a room message that changed nothing (unless ``report`` is false), and
+        move past it."""
         log.info("dropped room message %s from %s: %s", stanza_id, sender, e)
         self._mark(stanza_id)
         self.plugin.persist_position(self)
-        self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
-                                        stanza_id, e))
+        if report:
+            self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
+                                            stanza_id, e))
 
     def blob_domains(self) -> list[str]:
         """The XMPP servers blobs of this group may come from: the room's (the MUC
@@ -835,6 +848,9 @@ class GroupSession:
                 self.plugin.error(MLSErrorEvent(f"bad application content: {e}", self,
                                                 member_jid(event.sender), stanza_id, e))
                 return
+            if self.late_copies.repeated(event.sender.signature_key, content.message_id,
+                                         event.epoch, self.epoch):
+                return  # the copy of a late message read already (mls_xmpp.xmpp.late)
             self.plugin.xmpp.event("mls_message", MLSMessageEvent(
                 self, member_jid(event.sender), fingerprint(event.sender.signature_key),
                 content.body, event.epoch, content, stanza_id))

@@ -270,3 +270,41 @@ def test_deferred_store_written_once_with_the_encryption_or_queued(tmp_path: Pat
         box.store_pending("c")
     assert box.state("c") == "failed" and ("c", "failed") in log
     assert [r.message_id for r in store.load_outbox(GID)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", [0, 1])
+def test_a_message_reflected_too_late_is_queued_again(tmp_path: Path, kind: int) -> None:
+    from mls_xmpp.core.messages.framing import MLSMessage, PrivateMessage
+    from mls_xmpp.xmpp.late import RESEND_AFTER
+
+    class Epochs(Wire):
+        epoch = 5
+
+        async def encrypt(self, content: bytes) -> bytes:
+            self.counter += 1
+            return MLSMessage(PrivateMessage(GID, self.epoch, 1, b"",
+                                             b"s", content + bytes([self.counter]))).encode()
+
+    store = _stores(tmp_path)[kind]
+    log: list[tuple[str, str]] = []
+    box, wire = _outbox(store, log), Epochs()
+    box.add("in-time", b"a")
+    box.add("late", b"b")
+    asyncio.run(wire.flush(box))
+    first, second = (hashlib.sha256(m).digest() for m in wire.sent)
+    # the room took the first within RESEND_AFTER epochs: it ends as usual
+    assert not box.too_late(first, 5 + RESEND_AFTER)
+    assert box.reflected(first, "s1")
+    # the second came back one epoch later than that: queued again, stored so
+    assert box.too_late(second, 6 + RESEND_AFTER)
+    assert box.state("late") == "queued"
+    assert [r.sent_digest for r in store.load_outbox(GID)] == [None]
+    wire.epoch = 6 + RESEND_AFTER
+    asyncio.run(wire.flush(box))
+    third = hashlib.sha256(wire.sent[-1]).digest()
+    assert len(wire.sent) == 3 and not box.too_late(third, 6 + RESEND_AFTER)
+    assert box.reflected(third, "s2") and box.items == []
+    assert log == [("in-time", "queued"), ("late", "queued"), ("in-time", "sent"),
+                   ("late", "sent"), ("in-time", "reflected"), ("late", "queued"),
+                   ("late", "sent"), ("late", "reflected")]
+    assert not box.too_late(b"unknown" * 4, 100)
