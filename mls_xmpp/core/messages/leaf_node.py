@@ -58,8 +58,9 @@ class Capabilities(Struct):
             sub = Reader(raw)
             caps = cls.read(sub)
             sub.finish()
-            if len(_CAPABILITIES) < _CAPABILITIES_MAX:
-                _CAPABILITIES[raw] = caps
+            if len(_CAPABILITIES) >= _CAPABILITIES_MAX:  # odd input: start afresh
+                _CAPABILITIES.clear()
+            _CAPABILITIES[raw] = caps
         return caps
 
 
