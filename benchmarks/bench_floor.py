@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_floor.py [--sizes 1000,5000] [--include-50k] [--runs 3]
                                      [--modes pool,serial] [--tree in,out]
                                      [--no-prehash] [--json PATH]
+    python benchmarks/bench_floor.py --batches 16,64,256,1024 [--runs 7] [--json PATH]
 
 For each size ``n``, each worker mode (``pool``: a :class:`~mls_xmpp.workers.WorkerPool`
 with its default workers; ``serial``: one core, no worker) and each place of the
@@ -29,7 +30,10 @@ same keys and signed contents (built beforehand, so encoding is not part of it):
   resolution: every other member, §7.6) and one signature.
 
 The ratio ``op / floor`` is reported per run; tables show the median over
-``--runs``. ``--no-prehash`` turns off the single hashing of a large Welcome
+``--runs``. ``--batches`` measures instead the pool's fixed costs: one batch of
+each size (signature verifications, HPKE seals) with the worker pool (its
+threshold set to 1) against serially, alternated ``--runs`` times.
+``--no-prehash`` turns off the single hashing of a large Welcome
 ``info`` (:data:`mls_xmpp.core.crypto.batch.PREHASH_INFO_BYTES`), to measure what it
 saves: every seal then hashes the whole encrypted GroupInfo again.
 """
@@ -148,6 +152,36 @@ def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -
     return r
 
 
+def small_batches(sizes: list[int], runs: int) -> dict[str, Any]:
+    """Pool against serial for single batches of ``sizes`` (median seconds per batch)."""
+    suite = get_suite(SUITE_ID)
+    n = max(sizes)
+    items = []
+    for _ in range(n):
+        sk, pk = suite.generate_signature_key_pair()
+        content = os.urandom(200)
+        items.append((pk, content, suite.signature.sign(sk, content)))
+    keys = [suite.generate_kem_key_pair()[1] for _ in range(n)]
+    out: dict[str, Any] = {}
+    with WorkerPool(threshold=1) as pool:
+        pool.start(wait=5)
+        for size in sizes:
+            vb = VerifyBatch(SUITE_ID, tuple(items[:size]))
+            sb = SealBatch(SUITE_ID, b"\0" * 100, tuple((k, b"\1" * 66) for k in keys[:size]))
+            t: dict[str, list[float]] = {"verify serial": [], "verify pool": [],
+                                         "seal serial": [], "seal pool": []}
+            for _ in range(runs):
+                t["verify serial"].append(timed(vb.run)[1])
+                t["verify pool"].append(timed(lambda vb=vb: pool.verify(vb))[1])
+                t["seal serial"].append(timed(sb.run)[1])
+                t["seal pool"].append(timed(lambda sb=sb: pool.seal(sb))[1])
+            med = {k: statistics.median(v) for k, v in t.items()}
+            out[str(size)] = {"median": med, "runs": t}
+            log(f"[batch {size}] verify {med['verify pool'] / med['verify serial']:.2f}x serial, "
+                f"seal {med['seal pool'] / med['seal serial']:.2f}x serial")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1000,5000")
@@ -158,7 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-prehash", action="store_true",
                    help="hash a Welcome's info once per recipient (the code of before)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--batches", help="sizes of single batches: the pool against serial")
     args = p.parse_args(argv)
+    if args.batches:
+        t0 = time.perf_counter()
+        small = small_batches([int(x) for x in args.batches.split(",") if x], args.runs)
+        if args.json:
+            args.json.write_text(json.dumps({
+                "benchmark": "floor-batches", "cipher_suite": SUITE_ID,
+                "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
+                "runs": args.runs, "total_seconds": time.perf_counter() - t0,
+                "batches": small}, indent=2) + "\n")
+        return 0
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.include_50k and 50000 not in sizes:
         sizes.append(50000)

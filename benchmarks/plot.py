@@ -300,8 +300,13 @@ FLOOR_OPS = [("add", "add n"), ("join", "join"), ("upd1", "first update")]
 
 
 def plot_floor(data: dict[str, Any], plt: Any) -> Any:
-    """Each operation as a multiple of its cryptographic floor, per size and mode."""
+    """Each operation as a multiple of its cryptographic floor, per size and mode.
+
+    With a ``"before"`` mapping (the same keys and form as ``"results"``, from
+    the code before a change), its ratios are drawn as black marks on the bars.
+    """
     results = data["results"]
+    before = data.get("before", {})
     keys = list(results)
     fig, ax = plt.subplots(figsize=(max(8, len(keys) * 0.9), 4.8), dpi=110)
     width = 0.8 / len(FLOOR_OPS)
@@ -309,6 +314,11 @@ def plot_floor(data: dict[str, Any], plt: Any) -> Any:
         xs = [i + (k - 1) * width for i in range(len(keys))]
         ys = [results[key]["median"][f"{op} ratio"] for key in keys]
         ax.bar(xs, ys, width, label=label)
+        old = [(x, before[key]["median"][f"{op} ratio"]) for x, key in zip(xs, keys, strict=True)
+               if key in before]
+        if old:
+            ax.scatter([x for x, _ in old], [y for _, y in old], marker="_", s=120,
+                       color="k", zorder=3, label="before" if k == 0 else None)
     ax.axhline(data.get("target_ratio", 1.3), color="k", ls="--", lw=1, label="target")
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xticks(range(len(keys)),

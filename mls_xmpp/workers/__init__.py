@@ -41,6 +41,16 @@ The slixmpp plugin creates one (its ``workers`` option) and shuts it down in
   itself and turns the pool off until :meth:`reset`; the core verifies a
   failed signature again serially, so errors are those of the serial code.
 
+* :meth:`WorkerPool.start_verify` (through
+  :func:`mls_xmpp.core.crypto.ahead.start_verify`) takes signature items one by
+  one while the caller does serial work (a join decodes and checks the tree, a
+  bulk add runs the KeyPackages' other checks): once ``threshold`` items are
+  in, a feeder thread (it waits on the pipes with the GIL released) keeps the
+  worker ~20 ms of items ahead, and the caller's ``result()`` shares what was
+  not sent yet as :meth:`WorkerPool.verify` does. The pipes to the workers are
+  asked to hold 1 MiB (Linux ``F_SETPIPE_SZ``) so a chunk never waits for the
+  caller's next look at them.
+
 Only one batch at a time uses the workers; a batch started meanwhile from
 another thread is computed serially. A child forked from the process drops
 its copies of the workers' pipes (they belong to the parent) and starts its
