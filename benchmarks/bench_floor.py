@@ -30,9 +30,13 @@ same keys and signed contents (built beforehand, so encoding is not part of it):
   resolution: every other member, §7.6) and one signature.
 
 The ratio ``op / floor`` is reported per run; tables show the median over
-``--runs``. ``--batches`` measures instead the pool's fixed costs: one batch of
-each size (signature verifications, HPKE seals) with the worker pool (its
-threshold set to 1) against serially, alternated ``--runs`` times.
+``--runs``. Each also has its CPU time in this process (``"add cpu"``, ...) and
+``"add cpu ratio"``: on one core (``serial``) that ratio holds on a loaded
+machine where wall-clock ratios do not; with the pool it leaves out the workers'
+CPU, so it is only the parent's share. ``--batches`` measures instead the
+pool's fixed costs: one batch of each size (signature verifications, HPKE
+seals) with the worker pool (its threshold set to 1) against serially,
+alternated ``--runs`` times.
 ``--no-prehash`` turns off the single hashing of a large Welcome
 ``info`` (:data:`mls_xmpp.core.crypto.batch.PREHASH_INFO_BYTES`), to measure what it
 saves: every seal then hashes the whole encrypted GroupInfo again.
@@ -74,11 +78,28 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: CPU seconds of this process (all its threads) taken by the last call of :func:`timed`.
+last_cpu = 0.0
+
+
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    global last_cpu
     gc.collect()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    last_cpu = time.process_time() - c0
+    return out, elapsed
+
+
+def timed_into(r: dict[str, Any], key: str, fn: Callable[[], T]) -> T:
+    """:func:`timed`, its wall time stored as ``r[key]`` and this process's CPU time
+    as ``r[key + " cpu"]`` (on one core, the CPU ratio does not depend on the load
+    of a shared machine as the wall-clock one does)."""
+    out, r[key] = timed(fn)
+    r[key + " cpu"] = last_cpu
+    return out
 
 
 def make_key_packages(n: int, config: GroupConfig) -> list[KeyPackage]:
@@ -104,7 +125,7 @@ def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -
                                                            kp.signature_item())))
     seal_items = tuple((kp.init_key, os.urandom(66)) for kp in members)  # GroupSecrets ~66 B
 
-    pending, r["add"] = timed(lambda: ga.commit(add=members))
+    pending = timed_into(r, "add", lambda: ga.commit(add=members))
     welcome_info_len = 0
     welcome = pending.welcomes[members[0].ref(suite)]
     if tree_in:
@@ -116,10 +137,10 @@ def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -
         crypto.seal(SealBatch(SUITE_ID, b"\0" * 100, seal_items))
         if tree_in:
             suite.hpke.info_hash(bytes(welcome_info_len))
-    _, r["add floor"] = timed(add_floor)
+    timed_into(r, "add floor", add_floor)
 
     tree = None if tree_in else ga.ratchet_tree()
-    gj, r["join"] = timed(lambda: joiner.join(welcome, ratchet_tree=tree))
+    gj = timed_into(r, "join", lambda: joiner.join(welcome, ratchet_tree=tree))
     leaf_items = VerifyBatch(SUITE_ID, tuple(
         (pk, suite.labelled(label) + _opaque(content), sig)
         for i, leaf in gj.state.tree.leaves()
@@ -134,9 +155,9 @@ def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -
     def join_floor() -> None:
         crypto.verify(leaf_items)
         suite.hpke.open_base(enc, sk, info, b"", ct)
-    _, r["join floor"] = timed(join_floor)
+    timed_into(r, "join floor", join_floor)
 
-    _, r["upd1"] = timed(gj.commit)
+    timed_into(r, "upd1", gj.commit)
     n_ct = sum(len(gj.state.tree.resolution(s))
                for _, s in gj.state.tree.filtered_direct_path(gj.own_leaf_index))
     r["upd1 ciphertexts"] = n_ct
@@ -146,9 +167,10 @@ def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -
     def upd_floor() -> None:
         crypto.seal(SealBatch(SUITE_ID, b"\0" * 120, upd_items))
         suite.signature.sign(sig_key, b"\0" * 200)
-    _, r["upd1 floor"] = timed(upd_floor)
+    timed_into(r, "upd1 floor", upd_floor)
     for op in ("add", "join", "upd1"):
         r[f"{op} ratio"] = r[op] / r[f"{op} floor"]
+        r[f"{op} cpu ratio"] = r[f"{op} cpu"] / r[f"{op} floor cpu"]
     return r
 
 
@@ -228,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         runs.append(r)
                         log(f"[{key}] run {k + 1}: " + ", ".join(
                             f"{op} {r[op]:.3f} s / floor {r[op + ' floor']:.3f} s"
-                            f" = {r[op + ' ratio']:.2f}x" for op in ("add", "join", "upd1")))
+                            f" = {r[op + ' ratio']:.2f}x (cpu {r[op + ' cpu ratio']:.2f}x)"
+                            for op in ("add", "join", "upd1")))
                     med = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
                     results[key] = {"n": n, "mode": mode, "tree_in_welcome": tree_in,
                                     "median": med, "runs": runs}
