@@ -108,6 +108,24 @@ def make_key_packages(n: int, config: GroupConfig) -> list[KeyPackage]:
             for i in range(n)]
 
 
+class NoAhead:
+    """The worker pool without ``start_verify``: mode ``pool-noahead``.
+
+    Each batch is then computed where the serial code looks at its answers, as
+    before signatures were handed over ahead (issue 17, round 5): the A/B of
+    that overlap alone, in the same process and run by run.
+    """
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def verify(self, batch: VerifyBatch) -> list[bool]:
+        return self.pool.verify(batch)
+
+    def seal(self, batch: SealBatch) -> list[Any]:
+        return self.pool.seal(batch)
+
+
 def one_run(n: int, kps: list[KeyPackage], crypto: BatchCrypto, tree_in: bool) -> dict[str, Any]:
     """One add / join / first update and their floors on a fresh group."""
     suite = get_suite(SUITE_ID)
@@ -209,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1000,5000")
     p.add_argument("--include-50k", action="store_true")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--modes", default="pool,serial", help="pool, serial or both")
+    p.add_argument("--modes", default="pool,serial",
+                   help="pool, serial, pool-noahead (the pool without start_verify)")
     p.add_argument("--tree", default="in,out", help="in, out or both")
     p.add_argument("--no-prehash", action="store_true",
                    help="hash a Welcome's info once per recipient (the code of before)")
@@ -240,21 +259,25 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             log(f"[n={n}] generating {n} KeyPackages")
             kps = make_key_packages(n, GroupConfig())
-            for mode in modes:
-                crypto: BatchCrypto = pool if mode == "pool" else SERIAL
-                for tree_in in trees:
-                    key = f"{n}/{mode}/tree-{'in' if tree_in else 'out'}"
-                    runs = []
-                    for k in range(args.runs):
-                        r = one_run(n, kps, crypto, tree_in)
+            cryptos: dict[str, BatchCrypto] = {"pool": pool, "serial": SERIAL,
+                                               "pool-noahead": NoAhead(pool)}
+            for tree_in in trees:
+                keys = {mode: f"{n}/{mode}/tree-{'in' if tree_in else 'out'}" for mode in modes}
+                by_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+                for k in range(args.runs):  # the modes alternate, run by run
+                    for mode in modes:
+                        key, runs = keys[mode], by_mode[mode]
+                        r = one_run(n, kps, cryptos[mode], tree_in)
                         runs.append(r)
                         log(f"[{key}] run {k + 1}: " + ", ".join(
                             f"{op} {r[op]:.3f} s / floor {r[op + ' floor']:.3f} s"
                             f" = {r[op + ' ratio']:.2f}x (cpu {r[op + ' cpu ratio']:.2f}x)"
                             for op in ("add", "join", "upd1")))
+                for mode in modes:
+                    runs = by_mode[mode]
                     med = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
-                    results[key] = {"n": n, "mode": mode, "tree_in_welcome": tree_in,
-                                    "median": med, "runs": runs}
+                    results[keys[mode]] = {"n": n, "mode": mode, "tree_in_welcome": tree_in,
+                                           "median": med, "runs": runs}
             del kps
     print(f"{'n/mode/tree':<24} " + " ".join(f"{op:>22}" for op in ("add", "join", "upd1")))
     for key, v in results.items():
