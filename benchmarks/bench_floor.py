@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
     with WorkerPool() as pool:
-        log(f"{pool.workers} worker process(es) in mode 'pool'")
+        ready = pool.start(wait=10)  # their start-up is not part of the first operation
+        log(f"{pool.workers} worker process(es) in mode 'pool', {ready} ready")
         for n in sizes:
             log(f"[n={n}] generating {n} KeyPackages")
             kps = make_key_packages(n, GroupConfig())
