@@ -46,7 +46,7 @@ The slixmpp plugin creates one (its ``workers`` option) and shuts it down in
   one while the caller does serial work (a join decodes and checks the tree, a
   bulk add runs the KeyPackages' other checks): once ``threshold`` items are
   in, a feeder thread (it waits on the pipes with the GIL released) keeps the
-  worker ~20 ms of items ahead, and the caller's ``result()`` shares what was
+  worker ~10 ms of items ahead, and the caller's ``result()`` shares what was
   not sent yet as :meth:`WorkerPool.verify` does. The pipes to the workers are
   asked to hold 1 MiB (Linux ``F_SETPIPE_SZ``) so a chunk never waits for the
   caller's next look at them.
@@ -92,8 +92,8 @@ _MAX_CHUNK = 512  # largest (~50 ms of work): keeps the end of a batch balanced
 _DEPTH = 2  # chunks queued per worker, so it never waits for the parent
 _STEP = 8  # items the parent computes between two looks at its workers
 _STALL = 30.0  # seconds without any answer before busy workers are given up
-_STREAM_CHUNK = 64  # items sent together while the caller is still adding (start_verify)
-_AHEAD_ITEMS = 3 * _STREAM_CHUNK  # items queued per worker while the caller adds (~20 ms)
+_STREAM_CHUNK = 32  # items sent together while the caller is still adding (start_verify)
+_AHEAD_ITEMS = 3 * _STREAM_CHUNK  # items queued per worker while the caller adds (~10 ms)
 
 _B = TypeVar("_B", VerifyBatch, SealBatch)
 
