@@ -300,23 +300,43 @@ FLOOR_OPS = [("add", "add n"), ("join", "join"), ("upd1", "first update")]
 
 
 def plot_floor(data: dict[str, Any], plt: Any) -> Any:
-    """Each operation as a multiple of its cryptographic floor, per size and mode."""
+    """Each operation as a multiple of its cryptographic floor, per size and mode.
+
+    With a ``"before"`` mapping (the same keys and form as ``"results"``, from
+    the code before a change), its ratios are drawn as black marks on the bars.
+    """
     results = data["results"]
+    before = data.get("before", {})
     keys = list(results)
-    fig, ax = plt.subplots(figsize=(max(8, len(keys) * 0.9), 4.8), dpi=110)
+    # with CPU times (bench_floor.py from issue 17 round 5 on): a second panel with the
+    # CPU ratios on one core, which a loaded machine does not blur as it does wall time
+    cpu_keys = [k for k in keys if results[k].get("mode") == "serial"
+                and "add cpu ratio" in results[k]["median"]]
+    panels = [(keys, "ratio", "time / floor (median of runs)")]
+    if cpu_keys:
+        panels.append((cpu_keys, "cpu ratio", "CPU time / floor, one core"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, len(keys) * 0.9),
+                                                      4.8 * len(panels)), dpi=110, squeeze=False)
     width = 0.8 / len(FLOOR_OPS)
-    for k, (op, label) in enumerate(FLOOR_OPS):
-        xs = [i + (k - 1) * width for i in range(len(keys))]
-        ys = [results[key]["median"][f"{op} ratio"] for key in keys]
-        ax.bar(xs, ys, width, label=label)
-    ax.axhline(data.get("target_ratio", 1.3), color="k", ls="--", lw=1, label="target")
-    ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks(range(len(keys)),
-                  [key.replace("/tree-", "\ntree ").replace("/", " ", 1) for key in keys],
-                  fontsize=7)
-    ax.set_ylabel("time / floor (median of runs)")
-    ax.set_title("core operations against the public-key work they cannot avoid")
-    ax.legend(fontsize=8)
+    for ax, (pkeys, field, ylabel) in zip(axes[:, 0], panels, strict=True):
+        for k, (op, label) in enumerate(FLOOR_OPS):
+            xs = [i + (k - 1) * width for i in range(len(pkeys))]
+            ys = [results[key]["median"][f"{op} {field}"] for key in pkeys]
+            ax.bar(xs, ys, width, label=label)
+            old = [(x, before[key]["median"][f"{op} {field}"])
+                   for x, key in zip(xs, pkeys, strict=True)
+                   if f"{op} {field}" in before.get(key, {}).get("median", {})]
+            if old:
+                ax.scatter([x for x, _ in old], [y for _, y in old], marker="_", s=120,
+                           color="k", zorder=3, label="before" if k == 0 else None)
+        ax.axhline(data.get("target_ratio", 1.3), color="k", ls="--", lw=1, label="target")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks(range(len(pkeys)),
+                      [key.replace("/tree-", "\ntree ").replace("/", " ", 1) for key in pkeys],
+                      fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title("core operations against the public-key work they cannot avoid")
     return fig
 
 

@@ -41,6 +41,16 @@ The slixmpp plugin creates one (its ``workers`` option) and shuts it down in
   itself and turns the pool off until :meth:`reset`; the core verifies a
   failed signature again serially, so errors are those of the serial code.
 
+* :meth:`WorkerPool.start_verify` (through
+  :func:`mls_xmpp.core.crypto.ahead.start_verify`) takes signature items one by
+  one while the caller does serial work (a join decodes and checks the tree, a
+  bulk add runs the KeyPackages' other checks): once ``threshold`` items are
+  in, a feeder thread (it waits on the pipes with the GIL released) keeps the
+  worker ~10 ms of items ahead, and the caller's ``result()`` shares what was
+  not sent yet as :meth:`WorkerPool.verify` does. The pipes to the workers are
+  asked to hold 1 MiB (Linux ``F_SETPIPE_SZ``) so a chunk never waits for the
+  caller's next look at them.
+
 Only one batch at a time uses the workers; a batch started meanwhile from
 another thread is computed serially. A child forked from the process drops
 its copies of the workers' pipes (they belong to the parent) and starts its
@@ -59,7 +69,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..core.crypto.batch import SERIAL, SealBatch, SealResult, VerifyBatch
+from ..core.crypto.batch import SERIAL, SealBatch, SealResult, VerifyBatch, VerifyItem
 from ..core.errors import LocalUsageError
 from ._pool import Pool, WorkerGone
 from ._worker import frame
@@ -82,6 +92,8 @@ _MAX_CHUNK = 512  # largest (~50 ms of work): keeps the end of a batch balanced
 _DEPTH = 2  # chunks queued per worker, so it never waits for the parent
 _STEP = 8  # items the parent computes between two looks at its workers
 _STALL = 30.0  # seconds without any answer before busy workers are given up
+_STREAM_CHUNK = 32  # items sent together while the caller is still adding (start_verify)
+_AHEAD_ITEMS = 3 * _STREAM_CHUNK  # items queued per worker while the caller adds (~10 ms)
 
 _B = TypeVar("_B", VerifyBatch, SealBatch)
 
@@ -253,6 +265,19 @@ class WorkerPool:
         """The HPKE seals of ``batch`` (see :class:`SealBatch`)."""
         return self._run(batch)
 
+    def start_verify(self, suite_id: int) -> _VerifyStream:
+        """Signature checks handed over one by one while the caller does other work.
+
+        The :class:`~mls_xmpp.core.crypto.ahead.PendingVerify` of
+        :func:`mls_xmpp.core.crypto.ahead.start_verify`: once ``threshold``
+        items are in, the workers verify them in chunks as they come (the
+        caller itself computes none of them yet); :meth:`_VerifyStream.result`
+        then shares the rest between the caller and the workers as
+        :meth:`verify` does. The workers are this stream's until its
+        ``result`` or ``close``.
+        """
+        return _VerifyStream(self, suite_id)
+
     def _run(self, batch: _B) -> list[Any]:
         """``batch.run()``, with the workers' help when the batch is large."""
         if not self.use_workers(len(batch)) or not self._lock.acquire(blocking=False):
@@ -266,17 +291,23 @@ class WorkerPool:
             self._after_batch()
             self._lock.release()
 
-    def _share(self, pool: Pool, batch: _B) -> list[Any]:
-        """Workers take chunks from the back of ``batch``, the caller items from the front."""
+    def _share(self, pool: Pool, batch: _B, results: list[Any] | None = None,
+               lo: int = 0) -> list[Any]:
+        """Workers take chunks from the back of ``batch``, the caller items from the front.
+
+        ``lo``: the items before it were handed to the workers already (their
+        answers go to ``results``, as do those of this call).
+        """
         n = len(batch)
-        results: list[Any] = [None] * n
+        if results is None:
+            results = [None] * n
 
         def redo(start: int, end: int) -> None:
             results[start:end] = batch.part(start, end).run()
             self._stats["local_items"] += end - start
 
         self._stats["batches"] += 1
-        lo, hi = 0, n
+        hi = n
         last = time.monotonic()
         while True:
             for w in list(pool.workers):
@@ -303,6 +334,177 @@ class WorkerPool:
                         pool.drop(w, redo)
             else:
                 return results
+
+
+class _VerifyStream:
+    """:meth:`WorkerPool.start_verify`: items verified by the workers as they are added.
+
+    While the caller adds items and does its own serial work, a feeder thread
+    keeps each worker :data:`_AHEAD_ITEMS` items ahead: it waits for answers
+    with the GIL released and, on each, hands out the next chunk (the caller
+    itself never looks at the pipes in between, and hands a worker no more
+    than it will have done by then: what has not been sent stays for
+    :meth:`result` to share). ``_mu`` guards the pipes and the lists below
+    between the two threads.
+    """
+
+    def __init__(self, owner: WorkerPool, suite_id: int) -> None:
+        self._owner = owner
+        self._suite_id = suite_id
+        self._items: list[VerifyItem] = []
+        self._results: list[Any] = []
+        self._sent = 0  # items before this one are in chunks handed to workers
+        self._pool: Pool | None = None  # set while this stream holds the workers
+        self._tried = False  # whether it tried to take the workers
+        self._done = False
+        self._mu = threading.Lock()
+        self._stop = threading.Event()
+        self._feeder: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+
+    def add(self, item: VerifyItem) -> None:
+        """Append one item; a full chunk goes to a worker with room for it."""
+        with self._mu:
+            self._items.append(item)
+            self._results.append(None)
+            if len(self._items) - self._sent < _STREAM_CHUNK:
+                return
+            if self._pool is None and not self._tried \
+                    and len(self._items) >= self._owner.threshold:
+                self._take()
+            if self._pool is not None:
+                self._dispatch()
+
+    def poll(self) -> None:
+        """Nothing to do: the feeder thread serves the workers."""
+
+    def _take(self) -> None:
+        """Take the workers for this stream, if they are usable and free (``_mu`` held)."""
+        self._tried = True
+        owner = self._owner
+        if not owner.use_workers(len(self._items)) or not owner._lock.acquire(blocking=False):
+            return
+        pool = owner._get_pool()
+        if pool is None:
+            owner._lock.release()
+            return
+        self._pool = pool
+        try:
+            self._wake_r, self._wake_w = os.pipe()
+            self._feeder = threading.Thread(target=self._feed, args=(pool,),
+                                            name="mls-xmpp-verify-feeder", daemon=True)
+            self._feeder.start()
+        except Exception:  # no thread or pipe here: the workers get what add() sends
+            self._feeder = None
+
+    def _feed(self, pool: Pool) -> None:
+        """The feeder thread: on each answer of a worker, hand out the next chunk."""
+        import selectors
+
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            for w in pool.workers:
+                sel.register(w.r, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                sel.select(1.0)  # the GIL is released while it waits
+                if self._stop.is_set():
+                    return
+                with self._mu:
+                    if self._pool is None:
+                        return
+                    self._dispatch()
+                    if not pool.workers:
+                        return
+
+    def _redo(self, start: int, end: int) -> None:
+        """Compute ``start:end`` here (the chunks of a worker that was given up)."""
+        self._results[start:end] = VerifyBatch(self._suite_id,
+                                               tuple(self._items[start:end])).run()
+        self._owner._stats["local_items"] += end - start
+
+    def _dispatch(self) -> None:
+        """Take in answers, then top each worker up to :data:`_AHEAD_ITEMS` (``_mu`` held)."""
+        pool = self._pool
+        assert pool is not None
+        pool.pump(self._results, 0.0, self._redo)
+        n = len(self._items)
+        for w in list(pool.workers):
+            queued = sum(end - start for start, end in w.inflight)
+            while w.ready and n - self._sent >= _STREAM_CHUNK and queued < _AHEAD_ITEMS:
+                start, end = self._sent, self._sent + _STREAM_CHUNK
+                w.inflight.append((start, end))
+                self._sent = end
+                queued += end - start
+                try:
+                    w.send(frame(VerifyBatch(self._suite_id, tuple(self._items[start:end]))))
+                except WorkerGone:
+                    pool.drop(w, self._redo)
+                    break
+
+    def _stop_feeder(self) -> None:
+        """End the feeder thread (before this thread uses the pipes alone)."""
+        self._stop.set()
+        feeder, self._feeder = self._feeder, None
+        if feeder is not None:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+            feeder.join()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def result(self) -> list[bool]:
+        """Whether each item verifies, in order; the rest shared with the workers."""
+        if self._done:
+            raise LocalUsageError("the result of these checks was taken already")
+        self._done = True
+        self._stop_feeder()
+        batch = VerifyBatch(self._suite_id, tuple(self._items))
+        pool = self._pool
+        if pool is None:
+            return self._owner.verify(batch)
+        try:
+            return self._owner._share(pool, batch, self._results, self._sent)
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Give the workers back (waiting for the chunks they have, if any)."""
+        self._done = True
+        self._stop_feeder()
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            last = time.monotonic()
+            while pool.busy() and pool.workers:
+                if pool.pump(self._results, 0.5, self._redo):
+                    last = time.monotonic()
+                elif time.monotonic() - last > _STALL:
+                    for w in [w for w in pool.workers if w.inflight]:
+                        pool.drop(w, self._redo)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._pool is None:
+            return
+        self._pool = None
+        owner = self._owner
+        try:
+            owner._after_batch()
+        finally:
+            owner._lock.release()
+
+    def __enter__(self) -> _VerifyStream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 def _chunk_size(remaining: int, n_workers: int) -> int:

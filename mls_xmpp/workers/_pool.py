@@ -11,6 +11,7 @@ back to the caller.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import selectors
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ._worker import HEADER, READY
+
+#: The size asked for the pipe to each worker (Linux; where refused, the system's default):
+#: chunks queued ahead of the caller's next look at its pipes fit in it.
+PIPE_BYTES = 1 << 20
 
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
          "from mls_xmpp.workers._worker import main; main()")
@@ -43,6 +48,12 @@ class Worker:
         self.w = self.proc.stdin.fileno()
         self.r = self.proc.stdout.fileno()
         os.set_blocking(self.w, False)
+        set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+        if set_size is not None:
+            try:
+                fcntl.fcntl(self.w, set_size, PIPE_BYTES)
+            except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
+                pass
         os.set_blocking(self.r, False)
         self.ready = False
         self.out = bytearray()  # bytes not yet written

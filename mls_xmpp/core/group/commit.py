@@ -206,11 +206,16 @@ def _welcome(state: EpochState, secrets: EpochSecrets, info: GroupInfo,
     assert secrets.joiner_secret is not None and secrets.welcome_secret is not None
     encrypted_info = encrypt_group_info(suite, secrets.welcome_secret, info)
     items = []
+    # one GroupSecrets per distinct path secret (a few dozen for thousands of joiners),
+    # each encoded once by encrypt_group_secrets_many
+    shared: dict[bytes | None, GroupSecrets] = {}
     for leaf, kp in added:
-        path_secret = None
-        if path is not None:
-            path_secret = PathSecret(path.path_secret_for(leaf))
-        items.append((kp.init_key, GroupSecrets(secrets.joiner_secret, path_secret, tuple(psks))))
+        secret = None if path is None else path.path_secret_for(leaf)
+        gs = shared.get(secret)
+        if gs is None:
+            gs = shared[secret] = GroupSecrets(secrets.joiner_secret, None if secret is None
+                                               else PathSecret(secret), tuple(psks))
+        items.append((kp.init_key, gs))
     sealed = encrypt_group_secrets_many(suite, encrypted_info, items, crypto)
     entries = tuple(EncryptedGroupSecrets(kp.ref(suite), ct)
                     for (_, kp), ct in zip(added, sealed, strict=True))

@@ -12,7 +12,6 @@ from ..messages.framing import MLSMessage
 from ..messages.group_info import GroupContext, GroupInfo
 from ..messages.key_package import KeyPackageBundle
 from ..messages.leaf_node import LeafNode
-from ..messages.nodes import RATCHET_TREE
 from ..messages.validation import check_credential
 from ..messages.welcome import Welcome, decrypt_group_info, decrypt_group_secrets
 from ..schedule.key_schedule import EpochSecrets, epoch_secrets_from_joiner, welcome_secret
@@ -21,31 +20,45 @@ from ..schedule.transcript import interim_transcript_hash
 from ..tree.ratchet_tree import RatchetTree
 from ..tree.secret_tree import SecretTree
 from ..tree.treekem import TreePrivateKeys
-from ..tree.validation import validate_tree
+from ..tree.validation import LeafSignatures, validate_tree
 from .config import GroupConfig
 from .epoch import PskLookup
 from .state import EpochState
 
 
 def tree_from_group_info(info: GroupInfo, ratchet_tree: RatchetTree | bytes | None,
-                         suite_id: int) -> RatchetTree:
-    """The ratchet tree: supplied out of band, or from the ratchet_tree extension (§12.4.3.3)."""
+                         suite_id: int, signatures: LeafSignatures | None = None
+                         ) -> RatchetTree:
+    """The ratchet tree: supplied out of band, or from the ratchet_tree extension (§12.4.3.3).
+
+    ``signatures``: every leaf is handed to it as soon as it is known (while
+    decoding), for :func:`verify_group_info`.
+    """
     from ..crypto import get_suite
 
     suite = get_suite(suite_id)
+    on_leaf = None if signatures is None else signatures.add
     if isinstance(ratchet_tree, RatchetTree):
-        return ratchet_tree.copy()
+        tree = ratchet_tree.copy()
+        if on_leaf is not None:
+            for i, leaf in tree.leaves():
+                on_leaf(i, leaf)
+        return tree
     if ratchet_tree is not None:
-        return RatchetTree.decode(suite, ratchet_tree)
+        return RatchetTree.decode(suite, ratchet_tree, on_leaf)
     data = find_extension(info.extensions, 2)
     if data is None:
         raise ValidationError("no ratchet tree: neither supplied nor in the GroupInfo "
                               "(§12.4.3.1)")
-    return RatchetTree.from_nodes(suite, RATCHET_TREE.decode(data))
+    return RatchetTree.decode(suite, data, on_leaf)
 
 
-def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -> None:
-    """Signature of the GroupInfo by its signer and the integrity of the tree (§12.4.3.1)."""
+def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig,
+                      signatures: LeafSignatures | None = None) -> None:
+    """Signature of the GroupInfo by its signer and the integrity of the tree (§12.4.3.1).
+
+    ``signatures``: the leaves' signatures started by :func:`tree_from_group_info`.
+    """
     suite = tree.suite
     if info.signer >= tree.n_leaves or tree.leaf(info.signer) is None:
         raise ValidationError("the GroupInfo signer is not a member (§12.4.3.1)")
@@ -58,7 +71,8 @@ def verify_group_info(info: GroupInfo, tree: RatchetTree, config: GroupConfig) -
     rc_data = find_extension(ctx.extensions, 3)
     validate_tree(tree, ctx.group_id, ctx.tree_hash,
                   required_capabilities=None if rc_data is None
-                  else RequiredCapabilities.decode(rc_data), crypto=config.batch_crypto)
+                  else RequiredCapabilities.decode(rc_data), crypto=config.batch_crypto,
+                  signatures=signatures)
     for _, leaf in tree.leaves():
         check_credential(leaf.credential, leaf.signature_key)
         config.credential_validator(leaf.credential, leaf.signature_key)
@@ -161,8 +175,11 @@ def join_from_welcome(welcome: Welcome | bytes | OpenedWelcome, bundle: KeyPacka
     info = opened.group_info
     ctx = info.group_context
     epoch = opened.epoch_secrets
-    tree = tree_from_group_info(info, ratchet_tree, suite.id)
-    verify_group_info(info, tree, config)
+    # the leaves' signatures are verified by the batch crypto while this thread
+    # decodes and checks the rest of the tree (answers looked at in validate_tree)
+    with LeafSignatures(suite, ctx.group_id, config.batch_crypto) as signatures:
+        tree = tree_from_group_info(info, ratchet_tree, suite.id, signatures)
+        verify_group_info(info, tree, config, signatures)
     if signer_check is not None:
         signer = tree.leaf(info.signer)
         assert signer is not None  # verify_group_info checked it

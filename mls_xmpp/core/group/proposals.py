@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import InvalidSignatureError, PolicyError, ValidationError
+from ..errors import PolicyError, ValidationError
 from ..messages.common import LeafNodeSource, ProtocolVersion, SenderType
 from ..messages.extensions import (
     EXTERNAL_SENDERS,
@@ -35,12 +35,11 @@ from ..messages.proposals import (
 )
 from ..messages.validation import (
     LeafContext,
-    validate_key_package,
     validate_leaf_node,
-    verify_key_package_signatures,
 )
 from ..schedule.psk import PreSharedKeyID, PSKType, ResumptionPSKUsage
 from ..tree.ratchet_tree import RatchetTree
+from .adds import add_key_packages
 from .config import GroupConfig
 from .state import EpochState
 
@@ -223,26 +222,10 @@ def apply_proposals(state: EpochState, config: GroupConfig,
     for index, _ in out.removed:
         tree.remove_leaf(index)
 
-    seen_keys: set[bytes] = set()
-    verified: list[bool] = []
     if adds:
-        ctx = leaf_context(state, tree, extensions)
-        # the signatures are checked ahead as one batch (config.batch_crypto)
-        verified = verify_key_package_signatures(suite, [a.key_package for a, _ in adds],
-                                                 config.batch_crypto)
-    for k, (add, _sender) in enumerate(adds):
-        kp = add.key_package
-        try:
-            validate_key_package(suite, kp, now=now, ctx=ctx,
-                                 credential_validator=config.credential_validator,
-                                 signatures_verified=verified[k])
-        except InvalidSignatureError as err:
-            raise InvalidSignatureError(f"§10.1: a signature of the KeyPackage of Add {k} "
-                                        f"does not verify ({err})") from err
-        if kp.leaf_node.signature_key in seen_keys:
-            raise ValidationError("two Adds for the same client (§12.2)")
-        seen_keys.add(kp.leaf_node.signature_key)
-        out.added.append((tree.add_leaf(kp.leaf_node), kp))
+        # the signatures are verified by config.batch_crypto while the other checks run
+        out.added += add_key_packages(tree, [a.key_package for a, _ in adds],
+                                      leaf_context(state, tree, extensions), now, config)
 
     psk_ids: set[bytes] = set()
     for psk in psks:

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 _EXTS = Vec(Extension.codec())
 _U16S = Vec(U16)
+#: Capabilities decoded, by their encoding: the members of a group mostly run the
+#: same software, so a tree of thousands of leaves holds a few distinct ones.
+_CAPABILITIES: dict[bytes, Capabilities] = {}
+_CAPABILITIES_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,32 @@ class Capabilities(Struct):
     def read(cls, r: Reader) -> Capabilities:  # one per leaf of a tree: spelled out
         v = _U16S.read
         return cls(v(r), v(r), v(r), v(r), v(r))
+
+    @classmethod
+    def read_shared(cls, r: Reader) -> Capabilities:
+        """:meth:`read`, returning the instance decoded before from the same bytes.
+
+        (Frozen and made of tuples of ints: one instance can serve many leaves.)
+        """
+        start = pos = r.pos
+        for _ in range(5):  # the five vectors' extent, bounds-checked
+            r.pos = pos
+            pos = r.varint()
+            pos += r.pos
+            if pos > r.end:
+                raise DecodeError(f"vector of {pos - r.pos} bytes at offset {r.pos} runs "
+                                  "past the end")
+        r.pos = pos
+        raw = r.data[start:pos]
+        caps = _CAPABILITIES.get(raw)
+        if caps is None:
+            sub = Reader(raw)
+            caps = cls.read(sub)
+            sub.finish()
+            if len(_CAPABILITIES) >= _CAPABILITIES_MAX:  # odd input: start afresh
+                _CAPABILITIES.clear()
+            _CAPABILITIES[raw] = caps
+        return caps
 
 
 @dataclass(frozen=True)
@@ -94,7 +124,7 @@ class LeafNode(EncodeOnce):
         encryption_key = r.opaque()
         signature_key = r.opaque()
         credential = Credential.read(r)
-        capabilities = Capabilities.read(r)
+        capabilities = Capabilities.read_shared(r)
         src = r.uint(1)
         lifetime = parent_hash = None
         if src == LeafNodeSource.KEY_PACKAGE:
@@ -103,7 +133,11 @@ class LeafNode(EncodeOnce):
             parent_hash = r.opaque()
         elif src != LeafNodeSource.UPDATE:
             raise DecodeError(f"unknown leaf_node_source {src}")
-        extensions = _EXTS.read(r)
+        if r.pos < r.end and r.data[r.pos] == 0:  # no extensions, as in most leaves
+            r.pos += 1
+            extensions: Extensions = ()
+        else:
+            extensions = _EXTS.read(r)
         signature = r.opaque()
         return cls(encryption_key, signature_key, credential, capabilities, src, lifetime,
                    parent_hash, extensions, signature)
@@ -113,7 +147,10 @@ class LeafNode(EncodeOnce):
         # LeafNodeTBS starts with the encoding minus its trailing signature
         encoded = self.encode()
         n = len(self.signature)
-        w = bytearray(encoded[:len(encoded) - n - varint_size(n)])
+        content = encoded[:len(encoded) - n - varint_size(n)]
+        if self.leaf_node_source == LeafNodeSource.KEY_PACKAGE:
+            return content
+        w = bytearray(content)
         if self.leaf_node_source in (LeafNodeSource.UPDATE, LeafNodeSource.COMMIT):
             if group_id is None or leaf_index is None:
                 raise ValidationError("an update/commit leaf node is signed in a group context")

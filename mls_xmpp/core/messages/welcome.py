@@ -67,8 +67,14 @@ def encrypt_group_secrets_many(suite: CipherSuite, encrypted_group_info: bytes,
     The encryptions are computed as one batch by ``crypto``
     (:mod:`~mls_xmpp.core.crypto.batch`; serially by default).
     """
-    sealed = suite.encrypt_with_label_many(
-        "Welcome", encrypted_group_info, [(key, gs.encode()) for key, gs in items], crypto)
+    encoded: dict[int, bytes] = {}  # by object: the same GroupSecrets is encoded once
+    plaintexts = []
+    for key, gs in items:
+        data = encoded.get(id(gs))
+        if data is None:
+            data = encoded[id(gs)] = gs.encode()
+        plaintexts.append((key, data))
+    sealed = suite.encrypt_with_label_many("Welcome", encrypted_group_info, plaintexts, crypto)
     return [HPKECiphertext(kem_output, ct) for kem_output, ct in sealed]
 
 

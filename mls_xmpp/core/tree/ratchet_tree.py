@@ -29,14 +29,14 @@ group layer can apply a Commit to a copy and keep the original on failure.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 
-from ..codec import encode_opaque
+from ..codec import Optional, Reader, encode_opaque
 from ..crypto import CipherSuite
 from ..errors import DecodeError, LocalUsageError, ValidationError
 from ..messages.leaf_node import LeafNode
-from ..messages.nodes import RATCHET_TREE, Node, ParentNode
+from ..messages.nodes import NODE, RATCHET_TREE, Node, ParentNode
 from . import math as tm
 
 __all__ = ["RatchetTree"]
@@ -109,6 +109,9 @@ class _KeyIndex:
         return new
 
 
+_OPTIONAL_NODE = Optional(NODE)
+
+
 class RatchetTree:
     """A ratchet tree of one cipher suite (RFC 9420 §4.1, §7).
 
@@ -179,13 +182,30 @@ class RatchetTree:
         return cls(suite, padded)
 
     @classmethod
-    def decode(cls, suite: CipherSuite, data: bytes) -> RatchetTree:
+    def decode(cls, suite: CipherSuite, data: bytes,
+               on_leaf: Callable[[int, LeafNode], None] | None = None) -> RatchetTree:
         """Decode ``optional<Node> ratchet_tree<V>`` (§12.4.3.3); see :meth:`from_nodes`.
 
         This checks the encoding only; validate a tree received from outside
-        with :func:`mls_xmpp.core.tree.validation.validate_tree`.
+        with :func:`mls_xmpp.core.tree.validation.validate_tree`. ``on_leaf``
+        is called with each leaf at a leaf position as soon as it is decoded
+        (leaf index, leaf), e.g. to start verifying its signature
+        (:class:`~mls_xmpp.core.tree.validation.LeafSignatures`) while the rest
+        is decoded; whether the whole is a valid tree is only known on return.
         """
-        return cls.from_nodes(suite, RATCHET_TREE.decode(data))
+        if on_leaf is None:
+            return cls.from_nodes(suite, RATCHET_TREE.decode(data))
+        r = Reader(bytes(data))
+        s = r.sub()  # the vector's bytes, as RATCHET_TREE reads them
+        read = _OPTIONAL_NODE.read
+        nodes: list[Node | None] = []
+        while s.pos < s.end:
+            node = read(s)
+            if isinstance(node, LeafNode) and not len(nodes) & 1:
+                on_leaf(len(nodes) >> 1, node)
+            nodes.append(node)
+        r.finish()
+        return cls.from_nodes(suite, nodes)
 
     def encode(self) -> bytes:
         """The ``ratchet_tree`` encoding, without blank nodes after the last non-blank one."""

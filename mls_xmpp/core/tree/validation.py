@@ -23,7 +23,12 @@ signatures dominate.
 
 from __future__ import annotations
 
-from ..crypto.batch import BatchCrypto
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from ..codec import encode_opaque as _opaque
+from ..crypto.ahead import PendingVerify, start_verify
+from ..crypto.batch import SERIAL, BatchCrypto
 from ..errors import InvalidSignatureError, MLSError, ValidationError
 from ..messages.common import LeafNodeSource
 from ..messages.extensions import RequiredCapabilities
@@ -31,11 +36,15 @@ from ..messages.leaf_node import LeafNode
 from ..messages.nodes import ParentNode
 from .ratchet_tree import RatchetTree
 
+if TYPE_CHECKING:
+    from ..crypto import CipherSuite
+
 __all__ = [
     "check_leaf_node_capabilities",
     "check_parent_hashes",
     "check_unique_keys",
     "check_unmerged_leaves",
+    "LeafSignatures",
     "validate_tree",
     "verify_leaf_signatures",
 ]
@@ -46,24 +55,117 @@ _DEFAULT_EXTENSIONS = frozenset({1, 2, 3, 4, 5})
 
 def validate_tree(tree: RatchetTree, group_id: bytes, tree_hash: bytes | None = None, *,
                   required_capabilities: RequiredCapabilities | None = None,
-                  verify_signatures: bool = True, crypto: BatchCrypto | None = None) -> None:
+                  verify_signatures: bool = True, crypto: BatchCrypto | None = None,
+                  signatures: LeafSignatures | None = None) -> None:
     """Run all the checks of the module docstring on ``tree``.
 
     ``tree_hash`` is the expected root tree hash (``GroupContext.tree_hash``);
     ``None`` skips that comparison. ``group_id`` is the signing context of
     update/commit leaves. ``required_capabilities`` is the group's
     ``required_capabilities`` extension, if any. ``crypto`` computes the
-    batch of leaf signatures (serially by default).
+    batch of leaf signatures (serially by default); it is started before the
+    other checks and its answers looked at after them, so that a ``crypto``
+    with other cores verifies while this thread checks. ``signatures``: the
+    leaves' signatures already started (every leaf of ``tree``, in order, see
+    :class:`LeafSignatures`), e.g. while the tree was decoded.
     """
-    check_unmerged_leaves(tree)
-    if tree_hash is not None and tree.tree_hash() != tree_hash:
-        raise ValidationError("§12.4.3.1: the tree hash of the ratchet tree does not match "
-                              "the group context")
-    check_parent_hashes(tree)
-    check_unique_keys(tree)
-    check_leaf_node_capabilities(tree, required_capabilities)
-    if verify_signatures:
-        verify_leaf_signatures(tree, group_id, crypto)
+    if signatures is None and verify_signatures:
+        signatures = LeafSignatures(tree.suite, group_id, crypto)
+        for i, leaf in tree.leaves():
+            signatures.add(i, leaf)
+    with signatures if signatures is not None else _NoSignatures() as sigs:
+        check_unmerged_leaves(tree)
+        sigs.poll()
+        if tree_hash is not None and tree.tree_hash() != tree_hash:
+            raise ValidationError("§12.4.3.1: the tree hash of the ratchet tree does not "
+                                  "match the group context")
+        sigs.poll()
+        check_parent_hashes(tree)
+        sigs.poll()
+        check_unique_keys(tree)
+        sigs.poll()
+        check_leaf_node_capabilities(tree, required_capabilities)
+        if verify_signatures:
+            sigs.check()
+
+
+class LeafSignatures:
+    """The signatures of a tree's leaves (§7.3), handed over as the leaves become known.
+
+    :meth:`add` every non-blank leaf in increasing leaf index; :meth:`check`
+    raises :class:`InvalidSignatureError` for the leftmost leaf whose
+    signature does not verify, as :func:`verify_leaf_signatures` does. The
+    verifications run on ``crypto`` (:func:`~mls_xmpp.core.crypto.ahead.start_verify`:
+    with a worker pool, while the caller carries on; serially, in :meth:`check`).
+    Use it as a context manager, or :meth:`close` it.
+    """
+
+    def __init__(self, suite: CipherSuite, group_id: bytes,
+                 crypto: BatchCrypto | None = None) -> None:
+        self._suite = suite
+        self._group_id = group_id
+        self._pending: PendingVerify = start_verify(crypto or SERIAL, suite.id)
+        self._leaves: list[tuple[int, LeafNode, bytes | None]] = []
+        self._index: list[int] = []  # positions in _leaves of the items added, in order
+
+    def add(self, leaf_index: int, leaf: LeafNode) -> None:
+        """Hand over the signature of ``leaf`` at ``leaf_index``."""
+        gid = None if leaf.leaf_node_source == LeafNodeSource.KEY_PACKAGE else self._group_id
+        k = len(self._leaves)
+        self._leaves.append((leaf_index, leaf, gid))
+        try:
+            pk, label, content, sig = leaf.signature_item(gid, None if gid is None
+                                                          else leaf_index)
+        except MLSError:
+            return  # left to the serial check in check()
+        self._index.append(k)
+        self._pending.add((pk, self._suite.labelled(label) + _opaque(content), sig))
+
+    def poll(self) -> None:
+        """Let the batch crypto move along (see :meth:`PendingVerify.poll`)."""
+        self._pending.poll()
+
+    def check(self) -> None:
+        """Raise for the leftmost leaf whose signature does not verify (§7.3)."""
+        verified = [False] * len(self._leaves)
+        for k, ok in zip(self._index, self._pending.result(), strict=True):
+            verified[k] = ok
+        for k, (i, leaf, gid) in enumerate(self._leaves):
+            if verified[k]:
+                continue
+            try:
+                leaf.verify_signature(self._suite, gid, None if gid is None else i)
+            except InvalidSignatureError as e:
+                raise InvalidSignatureError(f"§7.3: the signature of leaf {i} does not "
+                                            f"verify ({e})") from e
+
+    def close(self) -> None:
+        """Give up the verifications not answered yet."""
+        self._pending.close()
+
+    def __enter__(self) -> LeafSignatures:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class _NoSignatures:
+    """Stands in for :class:`LeafSignatures` when they are not verified."""
+
+    def poll(self) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoSignatures:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        pass
 
 
 def check_unmerged_leaves(tree: RatchetTree) -> None:
@@ -196,28 +298,10 @@ def verify_leaf_signatures(tree: RatchetTree, group_id: bytes,
     serially by default); a leaf that fails there is verified again serially,
     so errors are the serial ones.
     """
-    suite = tree.suite
-    leaves = [(i, leaf, None if leaf.leaf_node_source == LeafNodeSource.KEY_PACKAGE
-               else group_id) for i, leaf in tree.leaves()]
-    verified = [False] * len(leaves)
-    index: list[int] = []
-    items: list[tuple[bytes, str | bytes, bytes, bytes]] = []
-    for k, (i, leaf, gid) in enumerate(leaves):
-        try:
-            items.append(leaf.signature_item(gid, None if gid is None else i))
-        except MLSError:
-            continue  # left to the serial check below
-        index.append(k)
-    for k, ok in zip(index, suite.verify_with_label_many(items, crypto), strict=True):
-        verified[k] = ok
-    for k, (i, leaf, gid) in enumerate(leaves):
-        if verified[k]:
-            continue
-        try:
-            leaf.verify_signature(suite, gid, None if gid is None else i)
-        except InvalidSignatureError as e:
-            raise InvalidSignatureError(f"§7.3: the signature of leaf {i} does not verify "
-                                        f"({e})") from e
+    with LeafSignatures(tree.suite, group_id, crypto) as signatures:
+        for i, leaf in tree.leaves():
+            signatures.add(i, leaf)
+        signatures.check()
 
 
 def check_leaf_node_capabilities(tree: RatchetTree,
