@@ -171,12 +171,17 @@ class Outbox:
         """Whether an entry was sent as the MLSMessage of this digest."""
         return any(e.sent_digest == digest for e in self._entries)
 
-    def reflected(self, digest: bytes, stanza_id: str | None) -> bool:
-        """The room reflected an MLSMessage of this device: end its entry, if one."""
+    def reflected(self, digest: bytes, stanza_id: str | None, *,
+                  later: list[int] | None = None) -> bool:
+        """The room reflected an MLSMessage of this device: end its entry, if one.
+
+        With ``later``, the entry's ``seq`` is appended to it instead of deleted
+        from the store here: the caller deletes it with the archive position
+        that moves past the reflection, in one transaction."""
         for i, e in enumerate(self._entries):
             if e.sent_digest == digest:
                 del self._entries[i]
-                self._finish(e, REFLECTED, None)
+                self._finish(e, REFLECTED, None, later)
                 self._notify(e.message_id, REFLECTED, stanza_id, None)
                 return True
         return False
@@ -205,13 +210,17 @@ class Outbox:
         self._finish(entry, FAILED, error)
         self._notify(entry.message_id, FAILED, None, error)
 
-    def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
+    def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None,
+                later: list[int] | None = None) -> None:
         self._streams.pop(entry.message_id, None)
         self._unstored.discard(entry.message_id)
-        try:
-            self._store.delete_outbox(self._group_id, entry.seq)
-        except MLSError:  # a leftover row: reflected again later, it is ignored then
-            pass
+        if later is not None:
+            later.append(entry.seq)
+        else:
+            try:
+                self._store.delete_outbox(self._group_id, entry.seq)
+            except MLSError:  # a leftover row: reflected again later, it is ignored then
+                pass
         self._finished[entry.message_id] = (state, error)
         while len(self._finished) > MAX_FINISHED:
             self._finished.popitem(last=False)
@@ -237,7 +246,9 @@ class Outbox:
     async def flush(self, *, can_send: Callable[[], bool],
                     encrypt: Callable[[bytes], Awaitable[bytes]],
                     prepare: Callable[[bytes], Awaitable[Any]],
-                    transmit: Callable[[Any], None], stream: int | None = None) -> None:
+                    transmit: Callable[[Any], None], stream: int | None = None,
+                    store_later: Callable[[OutboxRecord], Awaitable[None]] | None = None
+                    ) -> None:
         """Send the queued entries, oldest first, while ``can_send()`` holds.
 
         ``encrypt(content)`` encrypts in the current epoch (and stores the
@@ -250,6 +261,15 @@ class Outbox:
         stream) is given up and reported ``failed``; a lost stream stops the
         flush and leaves the rest queued. ``stream`` names the stream the entries
         are handed to (see :meth:`requeue`).
+
+        ``store_later(record)``: for an entry not in the store yet (accepted with
+        ``defer_store``, and not written with the ratchets), its ``sent`` record
+        is written by this awaitable *after* the transmission, off the event
+        loop, and the flush waits for it: a crash before it committed lost a
+        message whose ``send()`` had not returned, sent once at most. An entry
+        already in the store (``queued``) is written ``sent`` before it is
+        transmitted, as without ``store_later``: else a crash would leave it
+        ``queued`` and it would be encrypted and sent again.
         """
         async with self.lock:
             for entry in list(self._entries):
@@ -273,7 +293,9 @@ class Outbox:
                 if not can_send() or entry not in self._entries:
                     return  # stays queued: encrypted again next time
                 sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
-                if sent != self._stored_sent:  # not written with the ratchets
+                later = (sent != self._stored_sent and store_later is not None
+                         and entry.message_id in self._unstored)
+                if sent != self._stored_sent and not later:  # not written with the ratchets
                     self._store.save_outbox(sent)
                     self._unstored.discard(sent.message_id)
                 self._entries[self._entries.index(entry)] = sent
@@ -281,3 +303,9 @@ class Outbox:
                     self._streams[entry.message_id] = stream
                 transmit(prepared)
                 self._notify(entry.message_id, SENT, None, None)
+                if later:
+                    assert store_later is not None
+                    try:
+                        await store_later(sent)
+                    finally:  # written, or its failure raised (and the group suspended)
+                        self._unstored.discard(sent.message_id)
