@@ -9,8 +9,9 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
     ``Content``, sealed when the store is encrypted), not yet encrypted. A
     message sent while the device is offline, or while its group is still
     reading the room archive, waits here. Online, ``send()`` encrypts at once
-    and writes the entry only then, already ``sent``, with the ratchets (one
-    commit); either way it is in the store before ``send()`` returns.
+    and writes the entry only after its stanza has left, already ``sent``
+    (off the event loop, :meth:`Outbox.flush` ``store_later``); either way
+    it is in the store before ``send()`` returns.
 ``sent``
     Encrypted in the epoch of that moment and handed to the XMPP stream; the
     SHA-256 of the MLSMessage is stored with the entry.
@@ -21,10 +22,14 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
 A message that cannot be sent at all (this device left the group, an upload
 of a large message failed) ends ``failed`` and is reported.
 
-Exactly once: an entry is marked ``sent`` (its digest written) in the same
-store transaction as the ratchet state that encrypted it (or, when the
-encryption does not offer it to that transaction, right after it), before
-the stanza goes out or a large message is uploaded. An entry whose stanza
+Exactly once: an entry already in the store is marked ``sent`` (its digest
+written) before the stanza goes out or a large message is uploaded -- in the
+transaction of the ratchet state that encrypted it when that is written
+(a new reservation of generations, ``Group.reserve_generations``), else
+alone. An entry not in the store yet (``send()`` online) is written ``sent``
+after its stanza left, and ``send()`` returns once that committed: a crash
+in between loses a message whose ``send()`` had not returned, sent once at
+most. An entry whose stanza
 then did not go out (the stream fell, the upload failed) is ``queued`` again
 in memory while the store still says ``sent``: after a restart it is treated
 as one that never reached the room, below. After a new XMPP stream (a reconnection, a restart), the

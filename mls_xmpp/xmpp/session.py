@@ -994,7 +994,7 @@ class GroupSession:
         :raises TransportError: online, the upload of a large message failed
             (the message is not kept).
         :raises StorageError: the state store did not take the message (it is
-            not kept).
+            not kept; online, its stanza may have gone out once).
         :raises UntrustedDeviceError: the group holds a device the ``refuse_send_to``
             option refuses; nothing was sent.
         """
