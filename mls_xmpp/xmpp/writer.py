@@ -136,7 +136,8 @@ class StoreWriter:
                 self._thread = threading.Thread(target=self._run, name="mls-store-writer",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            elif not self._busy:  # a busy thread takes the queue when its batch is done
+                self._cond.notify_all()
         return future
 
     def drain(self) -> None:
