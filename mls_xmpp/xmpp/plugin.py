@@ -129,7 +129,7 @@ from .stanza import NS, register_stanzas
 from .suites import decode_identities, encode_identities, preference, suite_feature
 from .trust import DeviceRecord, TrustChange, TrustStore, safety_number
 from .trust import fingerprint as trust_fingerprint
-from .writer import StoreWriter
+from .writer import BURST, LAZY_DELAY, StoreWriter
 from .x509 import load_trust_anchors, load_x509_credential
 
 log = logging.getLogger(__name__)
@@ -911,17 +911,45 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._write(session, self.writer.store.save_position, session.group_id,
                     session.stored_position)
 
-    def persist_later(self, session: GroupSession) -> asyncio.Future[None] | None:
+    def persist_later(self, session: GroupSession, *, lazy: bool = False
+                      ) -> asyncio.Future[None] | None:
         """Submit what the group changed since its last write (:attr:`GroupSession.unsaved`:
         ratchets moved by messages read, the position, echoes' outbox entries) as one
         write off the event loop (:mod:`.writer`), after every write submitted before.
         A failure rolls the group back and suspends it (:meth:`storage_failed`).
-        The write's future (``None``: nothing to write)."""
-        from ..core.group.serialize import encode_ratchets
+        The write's future (``None``: nothing submitted now).
 
+        ``lazy`` (the end of a burst): when only echoes of this device's own
+        messages moved the position (no ratchet changed), the write waits for
+        the group's next one (e.g. the next message's outbox entry) or
+        :data:`~.writer.LAZY_DELAY` seconds: a crash meanwhile reads those echoes
+        again from the archive, which ends their entries as before.
+        """
         unsaved = session.unsaved
         if not unsaved or not self._writable(session):
             return None
+        if lazy and not unsaved.ratchets and unsaved.messages < BURST:
+            if session.lazy_write is None:
+                session.lazy_write = asyncio.get_running_loop().call_later(
+                    LAZY_DELAY, self._lazy_write, session)
+            return None
+        return self._watched(session, self.writer.submit(session.group_id,
+                                                         self._unsaved_job(session)))
+
+    def _lazy_write(self, session: GroupSession) -> None:
+        session.lazy_write = None
+        self.persist_later(session)
+
+    def _unsaved_job(self, session: GroupSession) -> Callable[[StateStore], None]:
+        """The write of what is unsaved, encoded now (nothing, if nothing is)."""
+        from ..core.group.serialize import encode_ratchets
+
+        unsaved = session.unsaved
+        if session.lazy_write is not None:
+            session.lazy_write.cancel()
+            session.lazy_write = None
+        if not unsaved:
+            return lambda store: None
         gid, position = session.group_id, session.stored_position
         ratchets = encode_ratchets(session.group) if unsaved.ratchets else None
         deletes = list(unsaved.deletes)
@@ -934,15 +962,24 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 store.save_position(gid, position)
             for seq in deletes:
                 store.delete_outbox(gid, seq)
-        return self._watched(session, self.writer.submit(gid, job))
+        return job
 
     def store_sent_later(self, session: GroupSession,
                          record: OutboxRecord) -> asyncio.Future[None]:
         """Submit the ``sent`` mark of an outbox entry that was not stored yet (its
-        stanza has left: see :meth:`Outbox.flush <.outbox.Outbox.flush>`); the future
-        ends once it committed. A failure suspends the group like any failed write."""
-        return self._watched(session, self.writer.submit(
-            session.group_id, lambda store: store.save_outbox(record)))
+        stanza has left: see :meth:`Outbox.flush <.outbox.Outbox.flush>`), with what
+        the group has unsaved, in one transaction; the future ends once it committed.
+        A failure suspends the group like any failed write."""
+        if not self._writable(session):  # left or removed: nothing of it is kept
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        unsaved = self._unsaved_job(session)
+
+        def job(store: StateStore) -> None:
+            store.save_outbox(record)
+            unsaved(store)
+        return self._watched(session, self.writer.submit(session.group_id, job))
 
     def _watched(self, session: GroupSession,
                  future: asyncio.Future[None]) -> asyncio.Future[None]:

@@ -272,6 +272,8 @@ class GroupSession:
         #: what changed since the group's last write, written after a burst of room
         #: messages, off the event loop (:meth:`XEP_MLS.persist_later`)
         self.unsaved = Unsaved()
+        #: the delayed write of a position only this device's echoes moved
+        self.lazy_write: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Future[None] | None = None
         #: the worker was stopped before it finished reading the archive
         self._unread = False
@@ -533,7 +535,7 @@ class GroupSession:
                     continue
                 await self._handle_safely(msg, sid)
                 if self._queue.empty():  # the end of a burst: write what it changed
-                    self.plugin.persist_later(self)
+                    self.plugin.persist_later(self, lazy=True)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the worker must never die silently

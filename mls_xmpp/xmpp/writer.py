@@ -38,13 +38,16 @@ from typing import Any, cast
 
 from ..storage import GroupRecord, OutboxRecord, StateStore, StorageError, TrustRecord
 
-__all__ = ["BURST", "OrderedStore", "StoreWriter", "Unsaved"]
+__all__ = ["BURST", "LAZY_DELAY", "OrderedStore", "StoreWriter", "Unsaved"]
 
 log = logging.getLogger(__name__)
 
 #: A group's receive-side writes wait for the end of a burst (its worker's queue
 #: empty), but not for more than this many messages.
 BURST = 64
+#: Seconds a write of only a position moved by this device's own echoes waits for
+#: the group's next write (see ``XEP_MLS.persist_later``).
+LAZY_DELAY = 1.0
 
 #: ``job(store)``: one write, run in the writer's thread (inside its transaction).
 Job = Callable[[StateStore], None]
