@@ -532,8 +532,8 @@ class GroupSession:
                 msg, sid = await self._queue.get()
                 if msg is _CALL:
                     sid()
-                    continue
-                await self._handle_safely(msg, sid)
+                else:
+                    await self._handle_safely(msg, sid)
                 if self._queue.empty():  # the end of a burst: write what it changed
                     self.plugin.persist_later(self, lazy=True)
         except asyncio.CancelledError:
