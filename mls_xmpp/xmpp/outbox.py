@@ -191,6 +191,23 @@ class Outbox:
                 return True
         return False
 
+    def restore_stored(self) -> int:
+        """After the group was rolled back to its stored state (a failed write): the
+        entries the store still holds whose end in memory was not written (an echo
+        whose deletion waited for the group's next write) come back, ``sent``, to be
+        ended again by their reflection when the archive is read again from the
+        stored position -- else a restart would find them and send them twice.
+        Their number."""
+        try:
+            stored = self._store.load_outbox(self._group_id)
+        except MLSError:
+            return 0
+        have = {e.seq for e in self._entries}
+        back = [r for r in stored if r.seq not in have and r.sent_digest is not None]
+        if back:
+            self._entries = sorted(self._entries + back, key=lambda e: e.seq)
+        return len(back)
+
     def requeue(self, stream: int | None = None) -> int:
         """Queue again the ``sent`` entries that were handed to a stream other than
         ``stream`` (an earlier one, or another process): the room archive, read

@@ -463,6 +463,7 @@ class GroupSession:
         self.group = group
         self.last_stanza_id = position
         self.unsaved.clear()
+        self._outbox.restore_stored()  # echoes whose end was not written yet
         self._seen.clear()
         self._seen_set.clear()
         self._inflight = None
