@@ -16,8 +16,8 @@ after newer ones, an outbox save cannot land after its deletion, and a read
 A submitted write that fails marks its group *failed* in the writer: every
 later write of that group submitted before the plugin learnt of it fails
 too, without writing (the plugin then rolls the group back to what the store
-holds and suspends it, :meth:`MLSPlugin.storage_failed
-<mls_xmpp.xmpp.plugin.MLSPlugin.storage_failed>`); the mark ends with the
+holds and suspends it, :meth:`XEP_MLS.storage_failed
+<mls_xmpp.xmpp.plugin.XEP_MLS.storage_failed>`); the mark ends with the
 plugin's next whole write of the group (its retry, :meth:`StoreWriter.clear`).
 
 A store that cannot be used from another thread (without ``thread_safe``,
