@@ -548,6 +548,13 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
         watch.wrap(group.group.state.suite.signature, "verify",
                    "receiver: signature check (in process)"),
     ]
+    # with the store writer (branch permsg): the writes' time on the event loop
+    # (encoding, submitting); the commits themselves run in the writer's thread
+    for obj, name, label in ((alice.plugin["mls"], "persist_later", sender_persist),
+                             (alice.plugin["mls"], "store_sent_later", sender_persist),
+                             (bob.plugin["mls"], "persist_later", "receiver persist_ratchets")):
+        if hasattr(obj, name):
+            undo.append(watch.wrap(obj, name, label))
     marks = Marks(alice, bob)
     raw_lat: list[float] = []
     mls_lat: list[float] = []

@@ -356,7 +356,7 @@ class Chat:
             del self.mls.sessions[session.room]
         asyncio.ensure_future(session.stop())
         try:
-            self.mls.state_store.delete_group(session.group_id)
+            self.mls.writer.store.delete_group(session.group_id)  # after its pending writes
         except Exception as e:  # noqa: BLE001 - a storage failure is reported, not fatal
             self.group_line(session.room, "!", f"could not delete the group from the store: "
                             f"{_one_line(str(e))}")

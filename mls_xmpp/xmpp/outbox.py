@@ -9,8 +9,9 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
     ``Content``, sealed when the store is encrypted), not yet encrypted. A
     message sent while the device is offline, or while its group is still
     reading the room archive, waits here. Online, ``send()`` encrypts at once
-    and writes the entry only then, already ``sent``, with the ratchets (one
-    commit); either way it is in the store before ``send()`` returns.
+    and writes the entry only after its stanza has left, already ``sent``
+    (off the event loop, :meth:`Outbox.flush` ``store_later``); either way
+    it is in the store before ``send()`` returns.
 ``sent``
     Encrypted in the epoch of that moment and handed to the XMPP stream; the
     SHA-256 of the MLSMessage is stored with the entry.
@@ -23,10 +24,14 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
 A message that cannot be sent at all (this device left the group, an upload
 of a large message failed) ends ``failed`` and is reported.
 
-Exactly once: an entry is marked ``sent`` (its digest written) in the same
-store transaction as the ratchet state that encrypted it (or, when the
-encryption does not offer it to that transaction, right after it), before
-the stanza goes out or a large message is uploaded. An entry whose stanza
+Exactly once: an entry already in the store is marked ``sent`` (its digest
+written) before the stanza goes out or a large message is uploaded -- in the
+transaction of the ratchet state that encrypted it when that is written
+(a new reservation of generations, ``Group.reserve_generations``), else
+alone. An entry not in the store yet (``send()`` online) is written ``sent``
+after its stanza left, and ``send()`` returns once that committed: a crash
+in between loses a message whose ``send()`` had not returned, sent once at
+most. An entry whose stanza
 then did not go out (the stream fell, the upload failed) is ``queued`` again
 in memory while the store still says ``sent``: after a restart it is treated
 as one that never reached the room, below. After a new XMPP stream (a reconnection, a restart), the
@@ -176,12 +181,17 @@ class Outbox:
         """Whether an entry was sent as the MLSMessage of this digest."""
         return any(e.sent_digest == digest for e in self._entries)
 
-    def reflected(self, digest: bytes, stanza_id: str | None) -> bool:
-        """The room reflected an MLSMessage of this device: end its entry, if one."""
+    def reflected(self, digest: bytes, stanza_id: str | None, *,
+                  later: list[int] | None = None) -> bool:
+        """The room reflected an MLSMessage of this device: end its entry, if one.
+
+        With ``later``, the entry's ``seq`` is appended to it instead of deleted
+        from the store here: the caller deletes it with the archive position
+        that moves past the reflection, in one transaction."""
         for i, e in enumerate(self._entries):
             if e.sent_digest == digest:
                 del self._entries[i]
-                self._finish(e, REFLECTED, None)
+                self._finish(e, REFLECTED, None, later)
                 self._notify(e.message_id, REFLECTED, stanza_id, None)
                 return True
         return False
@@ -204,6 +214,23 @@ class Outbox:
             self._notify(e.message_id, QUEUED, None, None)
             return True
         return False
+
+    def restore_stored(self) -> int:
+        """After the group was rolled back to its stored state (a failed write): the
+        entries the store still holds whose end in memory was not written (an echo
+        whose deletion waited for the group's next write) come back, ``sent``, to be
+        ended again by their reflection when the archive is read again from the
+        stored position -- else a restart would find them and send them twice.
+        Their number."""
+        try:
+            stored = self._store.load_outbox(self._group_id)
+        except MLSError:
+            return 0
+        have = {e.seq for e in self._entries}
+        back = [r for r in stored if r.seq not in have and r.sent_digest is not None]
+        if back:
+            self._entries = sorted(self._entries + back, key=lambda e: e.seq)
+        return len(back)
 
     def requeue(self, stream: int | None = None) -> int:
         """Queue again the ``sent`` entries that were handed to a stream other than
@@ -229,14 +256,18 @@ class Outbox:
         self._finish(entry, FAILED, error)
         self._notify(entry.message_id, FAILED, None, error)
 
-    def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None) -> None:
+    def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None,
+                later: list[int] | None = None) -> None:
         self._streams.pop(entry.message_id, None)
         self._epochs.pop(entry.message_id, None)
         self._unstored.discard(entry.message_id)
-        try:
-            self._store.delete_outbox(self._group_id, entry.seq)
-        except MLSError:  # a leftover row: reflected again later, it is ignored then
-            pass
+        if later is not None:
+            later.append(entry.seq)
+        else:
+            try:
+                self._store.delete_outbox(self._group_id, entry.seq)
+            except MLSError:  # a leftover row: reflected again later, it is ignored then
+                pass
         self._finished[entry.message_id] = (state, error)
         while len(self._finished) > MAX_FINISHED:
             self._finished.popitem(last=False)
@@ -262,7 +293,9 @@ class Outbox:
     async def flush(self, *, can_send: Callable[[], bool],
                     encrypt: Callable[[bytes], Awaitable[bytes]],
                     prepare: Callable[[bytes], Awaitable[Any]],
-                    transmit: Callable[[Any], None], stream: int | None = None) -> None:
+                    transmit: Callable[[Any], None], stream: int | None = None,
+                    store_later: Callable[[OutboxRecord], Awaitable[None]] | None = None
+                    ) -> None:
         """Send the queued entries, oldest first, while ``can_send()`` holds.
 
         ``encrypt(content)`` encrypts in the current epoch (and stores the
@@ -275,6 +308,15 @@ class Outbox:
         stream) is given up and reported ``failed``; a lost stream stops the
         flush and leaves the rest queued. ``stream`` names the stream the entries
         are handed to (see :meth:`requeue`).
+
+        ``store_later(record)``: for an entry not in the store yet (accepted with
+        ``defer_store``, and not written with the ratchets), its ``sent`` record
+        is written by this awaitable *after* the transmission, off the event
+        loop, and the flush waits for it: a crash before it committed lost a
+        message whose ``send()`` had not returned, sent once at most. An entry
+        already in the store (``queued``) is written ``sent`` before it is
+        transmitted, as without ``store_later``: else a crash would leave it
+        ``queued`` and it would be encrypted and sent again.
         """
         async with self.lock:
             for entry in list(self._entries):
@@ -298,7 +340,9 @@ class Outbox:
                 if not can_send() or entry not in self._entries:
                     return  # stays queued: encrypted again next time
                 sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
-                if sent != self._stored_sent:  # not written with the ratchets
+                later = (sent != self._stored_sent and store_later is not None
+                         and entry.message_id in self._unstored)
+                if sent != self._stored_sent and not later:  # not written with the ratchets
                     self._store.save_outbox(sent)
                     self._unstored.discard(sent.message_id)
                 self._entries[self._entries.index(entry)] = sent
@@ -309,3 +353,9 @@ class Outbox:
                     self._epochs[entry.message_id] = header[0]
                 transmit(prepared)
                 self._notify(entry.message_id, SENT, None, None)
+                if later:
+                    assert store_later is not None
+                    try:
+                        await store_later(sent)
+                    finally:  # written, or its failure raised (and the group suspended)
+                        self._unstored.discard(sent.message_id)

@@ -47,7 +47,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
@@ -129,6 +129,7 @@ from .stanza import NS, register_stanzas
 from .suites import decode_identities, encode_identities, preference, suite_feature
 from .trust import DeviceRecord, TrustChange, TrustStore, safety_number
 from .trust import fingerprint as trust_fingerprint
+from .writer import BURST, LAZY_DELAY, StoreWriter
 from .x509 import load_trust_anchors, load_x509_credential
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,9 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             store = SQLiteStore(store, key=cfg["store_key"])
         #: where groups and the identity are kept (config ``store``)
         self.state_store: StateStore = store or MemoryStore()
+        #: every write and read of group state, in order; the hot path's writes off
+        #: the event loop (:mod:`.writer`)
+        self.writer = StoreWriter(self.state_store)
         self.sessions: dict[str, GroupSession] = {}
         workers = cfg["workers"]  # a WorkerPool given by the application stays its own
         self._workers_pool = workers if isinstance(workers, WorkerPool) else WorkerPool(workers)
@@ -296,6 +300,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             self.xmpp.plugin["xep_0030"].del_feature(feature=suite_feature(suite))
         for session in list(self.sessions.values()):
             asyncio.ensure_future(session.stop())
+        self.writer.close()
         if self._owns_workers_pool:
             self._workers_pool.shutdown()
 
@@ -388,6 +393,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         self._ready.clear()
         for session in list(self.sessions.values()):
             await session.pause()
+        self.writer.drain()  # what the sessions wrote last is in the store
 
     def _on_connected(self, _: Any) -> None:
         self._link_error = None  # a new attempt: its own outcome decides
@@ -477,7 +483,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
 
         await self.check_server()
         resumed = [s for s in self.sessions.values() if not s.removed]
-        for record in self.state_store.load_groups(on_error=unreadable):
+        for record in self.writer.store.load_groups(on_error=unreadable):
             if str(JID(record.room).bare) in self.sessions:
                 continue  # this process has it already: the same object goes on
             try:
@@ -496,7 +502,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 self.reinit.restore(group, record)
                 continue
             if not group.active:  # removed while we were away
-                self.state_store.delete_group(record.group_id)
+                self.writer.store.delete_group(record.group_id)
                 continue
             client.groups[group.group_id] = group
             session = GroupSession(self, group, record.room, record.last_stanza_id)
@@ -827,7 +833,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         """
         if not self._writable(session):
             return  # left or removed: nothing of it is kept
-        self._write(session, self.state_store.save_group, self._record(session, parts))
+        self._write(session, self.writer.store.save_group, self._record(session, parts))
 
     @staticmethod
     def _record(session: GroupSession, parts: tuple[bytes, bytes] | None = None
@@ -846,12 +852,19 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         so that the event loop goes on meanwhile. The caller holds the group's lock."""
         if not self._writable(session):
             return
-        if not getattr(self.state_store, "thread_safe", False):
+        if not self.writer.threaded:
             self.persist(session, parts)
             return
         record = self._record(session, parts)
+        gid, deletes = session.group_id, list(session.unsaved.deletes)
+
+        def job(store: StateStore) -> None:
+            store.save_group(record)
+            for seq in deletes:
+                store.delete_outbox(gid, seq)
+        session.unsaved.clear()
         try:
-            await asyncio.to_thread(self.state_store.save_group, record)
+            await self.writer.submit(gid, job)
         except StorageError as e:
             self.storage_failed(session, e)
             raise
@@ -871,31 +884,119 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             return False
         ratchets = encode_ratchets(session.group)
         if outbox is None:
-            self._write(session, self.state_store.save_ratchets, session.group_id,
+            self._write(session, self.writer.store.save_ratchets, session.group_id,
                         ratchets, session.stored_position)
             return True
 
         def both() -> None:
-            with self.store_transaction():
-                self.state_store.save_ratchets(session.group_id, ratchets,
-                                               session.stored_position)
-                self.state_store.save_outbox(outbox)
+            self.writer.store.save_ratchets(session.group_id, ratchets,
+                                            session.stored_position)
+            self.writer.store.save_outbox(outbox)
         self._write(session, both)
         return True
 
     def store_transaction(self) -> contextlib.AbstractContextManager[None]:
         """The store's ``transaction()`` (the writes of the block in one commit), or
         nothing for a store without one (each write its own)."""
-        tx = getattr(self.state_store, "transaction", None)
-        return contextlib.nullcontext() if tx is None else cast(
-            "contextlib.AbstractContextManager[None]", tx())
+        return self.writer.store.transaction()
 
     def persist_position(self, session: GroupSession) -> None:
-        """Record only the archive position (an echo or a GroupInfo changed nothing else)."""
+        """Record only the archive position (an echo or a GroupInfo changed nothing else);
+        with the ratchets if messages read since the last write moved them."""
         if not self._writable(session):
             return
-        self._write(session, self.state_store.save_position, session.group_id,
+        if session.unsaved.ratchets:
+            self.persist_ratchets(session)
+            return
+        self._write(session, self.writer.store.save_position, session.group_id,
                     session.stored_position)
+
+    def persist_later(self, session: GroupSession, *, lazy: bool = False
+                      ) -> asyncio.Future[None] | None:
+        """Submit what the group changed since its last write (:attr:`GroupSession.unsaved`:
+        ratchets moved by messages read, the position, echoes' outbox entries) as one
+        write off the event loop (:mod:`.writer`), after every write submitted before.
+        A failure rolls the group back and suspends it (:meth:`storage_failed`).
+        The write's future (``None``: nothing submitted now).
+
+        ``lazy`` (the end of a burst): when only echoes of this device's own
+        messages moved the position (no ratchet changed), the write waits for
+        the group's next one (e.g. the next message's outbox entry) or
+        :data:`~.writer.LAZY_DELAY` seconds: a crash meanwhile reads those echoes
+        again from the archive, which ends their entries as before.
+        """
+        unsaved = session.unsaved
+        if not unsaved or not self._writable(session):
+            return None
+        if lazy and not unsaved.ratchets and unsaved.messages < BURST:
+            if session.lazy_write is None:
+                session.lazy_write = asyncio.get_running_loop().call_later(
+                    LAZY_DELAY, self._lazy_write, session)
+            return None
+        return self._watched(session, self.writer.submit(session.group_id,
+                                                         self._unsaved_job(session)))
+
+    def _lazy_write(self, session: GroupSession) -> None:
+        session.lazy_write = None
+        self.persist_later(session)
+
+    def _unsaved_job(self, session: GroupSession) -> Callable[[StateStore], None]:
+        """The write of what is unsaved, encoded now (nothing, if nothing is)."""
+        from ..core.group.serialize import encode_ratchets
+
+        unsaved = session.unsaved
+        if session.lazy_write is not None:
+            session.lazy_write.cancel()
+            session.lazy_write = None
+        if not unsaved:
+            return lambda store: None
+        gid, position = session.group_id, session.stored_position
+        ratchets = encode_ratchets(session.group) if unsaved.ratchets else None
+        deletes = list(unsaved.deletes)
+        unsaved.clear()
+
+        def job(store: StateStore) -> None:
+            if ratchets is not None:
+                store.save_ratchets(gid, ratchets, position)
+            else:
+                store.save_position(gid, position)
+            for seq in deletes:
+                store.delete_outbox(gid, seq)
+        return job
+
+    def store_sent_later(self, session: GroupSession,
+                         record: OutboxRecord) -> asyncio.Future[None]:
+        """Submit the ``sent`` mark of an outbox entry that was not stored yet (its
+        stanza has left: see :meth:`Outbox.flush <.outbox.Outbox.flush>`), with what
+        the group has unsaved, in one transaction; the future ends once it committed.
+        A failure suspends the group like any failed write."""
+        if not self._writable(session):  # left or removed: nothing of it is kept
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        unsaved = self._unsaved_job(session)
+
+        def job(store: StateStore) -> None:
+            store.save_outbox(record)
+            unsaved(store)
+        return self._watched(session, self.writer.submit(session.group_id, job))
+
+    def _watched(self, session: GroupSession,
+                 future: asyncio.Future[None]) -> asyncio.Future[None]:
+        """``future``, whose failure rolls the group back and suspends it (under the
+        group's lock: not in the middle of a change)."""
+        def done(f: asyncio.Future[None]) -> None:
+            if f.cancelled():
+                return
+            error = f.exception()
+            if isinstance(error, StorageError):
+                asyncio.ensure_future(self._deferred_failed(session, error))
+        future.add_done_callback(done)
+        return future
+
+    async def _deferred_failed(self, session: GroupSession, error: StorageError) -> None:
+        async with session.group_lock:
+            self.storage_failed(session, error)
 
     def _writable(self, session: GroupSession) -> bool:
         """Whether the group's state is written: it is this device's live session, and
@@ -904,11 +1005,21 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
                 and not (session.suspended or "").startswith(_STORAGE))
 
     def _write(self, session: GroupSession, fn: Any, *args: Any) -> None:
+        """``fn(*args)`` writes the group's ratchets (or whole state) and position; the
+        outbox deletions of echoes read since the last write go in its transaction."""
+        deletes = session.unsaved.deletes
         try:
-            fn(*args)
+            if deletes:
+                with self.store_transaction():
+                    fn(*args)
+                    for seq in deletes:
+                        self.writer.store.delete_outbox(session.group_id, seq)
+            else:
+                fn(*args)
         except StorageError as e:
             self.storage_failed(session, e)
             raise
+        session.unsaved.clear()
 
     def storage_failed(self, session: GroupSession, error: StorageError) -> None:
         """A write of the group failed: roll it back to its stored state, suspend it.
@@ -940,7 +1051,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         assert self.identity is not None
         config, psks = self.identity.config, self.identity.psk_lookup
         try:
-            for record in self.state_store.load_groups(on_error=lambda *_: None):
+            for record in self.writer.store.load_groups(on_error=lambda *_: None):
                 if record.group_id == group_id:
                     group = (decode_group(record.state, config, psks) if record.ratchets is None
                              else decode_group_parts(record.state, record.ratchets, config,
@@ -955,7 +1066,8 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         async def attempt() -> str | None:
             try:
                 async with session.group_lock:  # the rolled back state, as it is now
-                    self.state_store.save_group(self._record(session))
+                    self.writer.clear(session.group_id)  # written whole: writes go on
+                    self.writer.store.save_group(self._record(session))
             except StorageError as e:
                 return f"the store still fails for {session.room} ({e})"
             return None
@@ -1005,7 +1117,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
             "was sent"))
         self.xmpp.event("mls_removed", session)
         # its secrets are of no more use: forget the group (forward secrecy on disk)
-        self.state_store.delete_group(session.group_id)
+        self.writer.store.delete_group(session.group_id)
         self.freshness.forget(session.group_id)
         self.sessions.pop(session.room, None)
         asyncio.ensure_future(session.stop())
@@ -1089,7 +1201,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         if isinstance(room_or_id, str) and self.reinit.forget(_bare(room_or_id)):
             return  # a group closed by ReInit, kept for its successor's Welcome
         session = self.group(room_or_id)
-        self.state_store.delete_group(session.group_id)
+        self.writer.store.delete_group(session.group_id)
         self.sessions.pop(session.room, None)
         await session.stop()
         self.delivery.leave_room(session.room, self.nick(session.room))

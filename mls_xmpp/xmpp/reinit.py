@@ -391,7 +391,7 @@ class ReInitFlow:
         client = plugin.identity
         if client is not None and client.groups.get(session.group_id) is session.group:
             del client.groups[session.group_id]
-        plugin.state_store.delete_group(session.group_id)
+        plugin.writer.store.delete_group(session.group_id)
         live = plugin.sessions.get(session.room) is session
         if live:
             del plugin.sessions[session.room]

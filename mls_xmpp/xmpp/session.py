@@ -11,6 +11,7 @@ that lost the race is rebuilt and sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -59,6 +60,7 @@ from .publication import watch_publication
 from .removal import send_removal_notices
 from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
+from .writer import BURST, Unsaved
 
 if TYPE_CHECKING:
     from ..core.messages.proposals import Proposal
@@ -97,6 +99,12 @@ WELCOME_WAIT = 120.0
 REPAIR_DELAY = 2.0
 #: a queue item that is a call to run in room order (:meth:`GroupSession.in_room_order`)
 _CALL = object()
+#: Generations of its own application ratchet a sender reserves at once (stored
+#: ahead, so that no write is needed before each message; see
+#: :meth:`Group.reserve_generations <mls_xmpp.core.group.group.Group.reserve_generations>`).
+#: After a crash receivers see a gap of at most this many and keep those keys
+#: until their out-of-order window drops them.
+RESERVED_GENERATIONS = 32
 
 
 def member_jid(member: Member) -> str:
@@ -263,7 +271,12 @@ class GroupSession:
         #: late messages read whose copy is dropped (mls_xmpp.xmpp.late)
         self.late_copies = LateCopies()
         #: what send() accepted and the room has not reflected yet (see :mod:`.outbox`)
-        self._outbox = Outbox(plugin.state_store, group.group_id, self._outbox_changed)
+        self._outbox = Outbox(plugin.writer.store, group.group_id, self._outbox_changed)
+        #: what changed since the group's last write, written after a burst of room
+        #: messages, off the event loop (:meth:`XEP_MLS.persist_later`)
+        self.unsaved = Unsaved()
+        #: the delayed write of a position only this device's echoes moved
+        self.lazy_write: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Future[None] | None = None
         #: the worker was stopped before it finished reading the archive
         self._unread = False
@@ -432,6 +445,15 @@ class GroupSession:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
             self._worker = None
+        # what the worker read last is written now (not when it was rolled back)
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Write what is unsaved and wait for it (its failure is handled by the plugin)."""
+        pending = self.plugin.persist_later(self)
+        if pending is not None:
+            with contextlib.suppress(MLSError):
+                await pending
 
     @property
     def group_lock(self) -> asyncio.Lock:
@@ -443,6 +465,8 @@ class GroupSession:
         its epoch, its ratchets and its archive position, read again from there."""
         self.group = group
         self.last_stanza_id = position
+        self.unsaved.clear()
+        self._outbox.restore_stored()  # echoes whose end was not written yet
         self._seen.clear()
         self._seen_set.clear()
         self._inflight = None
@@ -505,14 +529,17 @@ class GroupSession:
                 # re-reading the archive must not send it twice)
                 self._outbox.requeue(self.plugin.stream)
             self._unread = False
+            self.plugin.persist_later(self)  # what the archive's messages changed
             self.ready.set()
             self.kick_outbox()
             while True:
                 msg, sid = await self._queue.get()
                 if msg is _CALL:
                     sid()
-                    continue
-                await self._handle_safely(msg, sid)
+                else:
+                    await self._handle_safely(msg, sid)
+                if self._queue.empty():  # the end of a burst: write what it changed
+                    self.plugin.persist_later(self, lazy=True)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the worker must never die silently
@@ -622,7 +649,9 @@ class GroupSession:
             self._mark(stanza_id)
             # events first, then the state: a crash in between replays this message
             # after the restart (same stanza-id, for the application to deduplicate)
-            # instead of losing it
+            # instead of losing it. After an application message the ratchets are
+            # written once per burst (when the worker's queue is empty, or every
+            # BURST messages), off the event loop: a crash replays up to a burst.
             try:
                 self._dispatch(event, stanza_id)
             except Exception as e:  # noqa: BLE001 - the state moved on: save it anyway
@@ -630,7 +659,7 @@ class GroupSession:
                 self.plugin.error(MLSErrorEvent(f"{type(e).__name__}: {e}", self, sender,
                                                 stanza_id, e))
             if isinstance(event, ApplicationMessage) and parts is None:
-                self.plugin.persist_ratchets(self)  # only the secret trees changed
+                self._unsaved_message(ratchets=True)  # only the secret trees changed
             elif parts is not None:
                 await self.plugin.persist_off_loop(self, parts)  # a large group's state
             else:
@@ -642,22 +671,33 @@ class GroupSession:
 
     def _reflected(self, digest: bytes, stanza_id: str | None) -> bool:
         """Whether the MLSMessage of ``digest`` is this device's own, reflected by the
-        room; if so its outbox entry ends and the archive position moves past it,
-        in one store transaction."""
+        room; if so its outbox entry ends (or is queued again when the room took it too
+        late, :mod:`.late`) and the archive position moves past it, both written with
+        the group's next write (after the burst)."""
         if digest not in self._sent and not self._outbox.holds(digest):
             return False
         again = False
-        with self.plugin.store_transaction():
-            if self._sent.pop(digest, None) is None:
-                # too late for members to read (mls_xmpp.xmpp.late): it goes again
-                again = self._outbox.too_late(digest, self.epoch)
-                if not again:
-                    self._outbox.reflected(digest, stanza_id)
-            self._mark(stanza_id)
-            self.plugin.persist_position(self)
+        if self._sent.pop(digest, None) is None:
+            # too late for members to read (mls_xmpp.xmpp.late): it goes again
+            again = self._outbox.too_late(digest, self.epoch)
+            if not again:
+                # the entry's deletion is written with the position, after the burst
+                self._outbox.reflected(digest, stanza_id, later=self.unsaved.deletes)
+        self._mark(stanza_id)
+        self._unsaved_message(ratchets=False)
         if again:
             self.kick_outbox()
         return True
+
+    def _unsaved_message(self, *, ratchets: bool) -> None:
+        """A room message changed the ratchets (or only the position): written after
+        the burst (see :meth:`_run`), or now when the burst is long."""
+        unsaved = self.unsaved
+        unsaved.position = True
+        unsaved.ratchets = unsaved.ratchets or ratchets
+        unsaved.messages += 1
+        if unsaved.messages >= BURST:
+            self.plugin.persist_later(self)
 
     def _process_and_encode(self, data: bytes) -> tuple[object, tuple[bytes, bytes]]:
         """``group.process`` and the new state's encoding (run in a worker thread)."""
@@ -974,7 +1014,7 @@ class GroupSession:
         :raises TransportError: online, the upload of a large message failed
             (the message is not kept).
         :raises StorageError: the state store did not take the message (it is
-            not kept).
+            not kept; online, its stanza may have gone out once).
         :raises UntrustedDeviceError: the group holds a device the ``refuse_send_to``
             option refuses; nothing was sent.
         """
@@ -1065,11 +1105,16 @@ class GroupSession:
                 if not self._can_send():
                     raise NotConnectedError("the stream went down")
                 follow_parameters(self.group)  # pad as the group says
+                # a generation is never reused after a crash: the store holds the
+                # own ratchet RESERVED_GENERATIONS ahead, written only when that
+                # reservation is used up (docs/PROTOCOL.md, crash and durability)
+                reserve = self.group.reserve_generations(self._reservation())
                 data = self.group.encrypt(content)  # in the epoch of this moment
                 epoch = self.epoch
-                sent = self._outbox.sending(data)  # marked sent in the same commit
-                if self.plugin.persist_ratchets(self, sent) and sent is not None:
-                    self._outbox.stored_sent(sent)
+                if reserve:  # written before the stanza leaves
+                    sent = self._outbox.sending(data)  # marked sent in the same commit
+                    if self.plugin.persist_ratchets(self, sent) and sent is not None:
+                        self._outbox.stored_sent(sent)
             return data
 
         async def prepare(data: bytes) -> Envelope:
@@ -1080,8 +1125,15 @@ class GroupSession:
         await self._outbox.flush(
             can_send=self._can_send, encrypt=encrypt, prepare=prepare,
             transmit=lambda env: self.plugin.delivery.send_prepared(self.room, env),
-            stream=self.plugin.stream)
+            stream=self.plugin.stream,
+            store_later=lambda record: self.plugin.store_sent_later(self, record))
         await asyncio.sleep(0)  # let the stream write
+
+    def _reservation(self) -> int:
+        """How many generations a reservation holds: :data:`RESERVED_GENERATIONS`, but
+        well inside the gap receivers accept (``max_generation_gap``)."""
+        gap = self.group.state.secret_tree.max_generation_gap
+        return max(1, min(RESERVED_GENERATIONS, gap // 2))
 
     def _check_trust(self) -> None:
         """With ``refuse_send_to``, refuse to send to a group holding such devices."""

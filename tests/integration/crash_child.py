@@ -1,10 +1,12 @@
 """A device that the crash test kills with SIGKILL: a plugin client on an SQLite store.
 
-Usage: python crash_child.py HOST PORT JID PASSWORD DB LOG
+Usage: python crash_child.py HOST PORT JID PASSWORD DB LOG [send]
 
 Appends to LOG, with fsync, one line per event: ``msg <stanza-id> <body>``,
 ``joined``, ``epoch <n> <epoch_authenticator hex>`` (after start and after every
-Commit). Runs until killed.
+Commit). Runs until killed. With ``send`` it also sends messages to its group
+without pause once ready, each body ``<pid>-<n>``, logging ``sending <body>``
+before ``send()`` and ``sent <body>`` once it returned.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 
 def main() -> None:
     host, port, jid, password, db, log_path = sys.argv[1:7]
+    sender = sys.argv[7:8] == ["send"]
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
     def write(line: str) -> None:
@@ -54,6 +57,19 @@ def main() -> None:
             await g.ready.wait()
         status()
         write("ready")
+        if sender:
+            asyncio.ensure_future(send_forever())
+
+    async def send_forever() -> None:
+        n = 0
+        while True:
+            for g in client.plugin["mls"].groups:
+                body = f"{os.getpid()}-{n}"
+                n += 1
+                write(f"sending {body}")
+                await g.send(body)
+                write(f"sent {body}")
+            await asyncio.sleep(0.005)
 
     client.add_event_handler("mls_ready", ready)
     client.connect(host, int(port))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mls_xmpp.testing import Account, ProsodyServer
 
-from .mls_clients import befriend, close, mls_client
+from .mls_clients import befriend, close, mls_client, until
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KILLS = int(os.environ.get("MLS_XMPP_CRASH_KILLS", "50"))
@@ -30,10 +30,11 @@ KILLS = int(os.environ.get("MLS_XMPP_CRASH_KILLS", "50"))
 class Child:
     """The member that gets killed."""
 
-    def __init__(self, server: ProsodyServer, account: Account, tmp: Path) -> None:
+    def __init__(self, server: ProsodyServer, account: Account, tmp: Path,
+                 *more: str) -> None:
         self.args = [sys.executable, str(CHILD), server.host, str(server.c2s_port),
                      account.jid, account.password, str(tmp / "child.db"),
-                     str(tmp / "child.log")]
+                     str(tmp / "child.log"), *more]
         self.log = tmp / "child.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -118,3 +119,51 @@ def test_sigkill_at_random_moments(prosody: ProsodyServer, tmp_path: Path,
                                    new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(
         _crash(prosody, new_account("alice"), new_account("bob"), tmp_path), 900))
+
+
+async def _sender_crash(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
+                        tmp: Path) -> None:
+    """The killed device sends without pause (reserved generations, its outbox entry
+    written after the stanza left, the writes in a thread): after each restart it
+    resumes ahead of every generation it used, so the others never refuse a
+    message as a reused key, and each message whose send() returned arrives once."""
+    rng = random.Random(int(os.environ.get("MLS_XMPP_CRASH_SEED", "9420")))
+    child = Child(server, bob_acc, tmp, "send")
+    alice, ra = await mls_client(server, *alice_acc)
+    try:
+        child.start()
+        await child.wait_for(lambda ls: "ready" in ls)
+        await befriend(alice, bob_acc.jid)
+        await alice.plugin["mls"].create_group(members=[bob_acc.jid])
+        await child.wait_for(lambda ls: any(x.startswith("sent ") for x in ls))
+        for _ in range(max(3, KILLS // 4)):
+            await asyncio.sleep(rng.uniform(0.05, 0.6))
+            child.kill()
+            mark = len(child.lines())
+            child.start()  # killed again once this life has sent something
+            await child.wait_for(
+                lambda ls, m=mark: any(x.startswith("sent ") for x in ls[m:]), 60)
+        child.kill()
+        mark = len(child.lines())
+        child.start()  # the last life: what it had queued goes out
+        await child.wait_for(lambda ls, m=mark: "ready" in ls[m:], 60)
+        sent = [x.split(" ", 1)[1] for x in child.lines() if x.startswith("sent ")]
+        await until(lambda: set(sent) <= set(ra.bodies()), 90)
+        child.kill()
+        await asyncio.sleep(1.0)
+        bodies = ra.bodies()
+        assert len(bodies) == len(set(bodies)), "a message arrived twice"
+        sending = {x.split(" ", 1)[1] for x in child.lines() if x.startswith("sending ")}
+        assert set(bodies) <= sending
+        assert ra.events["mls_error"] == [], [e.reason for e in ra.events["mls_error"]]
+        assert len(sent) > KILLS // 4
+    finally:
+        if child.proc is not None and child.proc.poll() is None:
+            child.kill()
+        await close(alice)
+
+
+def test_sigkill_of_a_sender_at_random_moments(prosody: ProsodyServer, tmp_path: Path,
+                                               new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(
+        _sender_crash(prosody, new_account("alice"), new_account("bob"), tmp_path), 900))

@@ -123,6 +123,7 @@ async def _offline(server: ProsodyServer, alice_acc: Account, bob_acc: Account) 
             await synced(group, gb)
             await group.send("online")
             await rb.wait("mls_message", 1)
+            await until(lambda: group.outbox == [])  # alice read its echo too
 
             await _down(alice, proxy, refuse=True)
             client_try = time.monotonic()

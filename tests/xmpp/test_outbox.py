@@ -308,3 +308,26 @@ def test_a_message_reflected_too_late_is_queued_again(tmp_path: Path, kind: int)
                    ("late", "sent"), ("in-time", "reflected"), ("late", "queued"),
                    ("late", "sent"), ("late", "reflected")]
     assert not box.too_late(b"unknown" * 4, 100)
+
+
+@pytest.mark.parametrize("kind", [0, 1])
+def test_an_end_not_written_comes_back_after_a_rollback(tmp_path: Path, kind: int) -> None:
+    """An echo's deletion waiting for the group's next write (``later``) is lost when
+    the group is rolled back: the stored entry comes back, to be ended by its
+    reflection read again, instead of being found (and sent again) after a restart."""
+    store = _stores(tmp_path)[kind]
+    log: list[tuple[str, str]] = []
+    box, wire = _outbox(store, log), Wire()
+    box.add("m0", b"body 0")
+    box.add("m1", b"body 1")
+    asyncio.run(wire.flush(box))
+    later: list[int] = []
+    first = hashlib.sha256(wire.sent[0]).digest()
+    assert box.reflected(first, "s0", later=later) and later == [0]
+    assert [e.message_id for e in store.load_outbox(GID)] == ["m0", "m1"]  # not yet
+    assert [i.message_id for i in box.items] == ["m1"]
+    assert box.restore_stored() == 1  # the rollback: later is dropped, m0 comes back
+    assert [(i.message_id, i.state) for i in box.items] == [("m0", "sent"), ("m1", "sent")]
+    assert box.reflected(first, "s0")  # read again from the archive: ended for good
+    assert [e.message_id for e in store.load_outbox(GID)] == ["m1"]
+    assert box.restore_stored() == 0

@@ -155,6 +155,21 @@ class Group:
         self._require_active()
         return self._frame(ContentType.APPLICATION, data, authenticated_data, True)
 
+    def reserve_generations(self, ahead: int) -> bool:
+        """Reserve the next ``ahead`` generations of this member's application ratchet
+        in the current epoch (:meth:`SecretTree.reserve
+        <mls_xmpp.core.tree.secret_tree.SecretTree.reserve>`): until they are used up,
+        the serialised state is ahead of every generation :meth:`encrypt` uses, so
+        a stored copy need not be written before each message.
+
+        Returns ``True`` when the caller must store the state (at least the
+        ratchets) before the next :meth:`encrypt`: a new reservation was made
+        (the first one of the epoch, or the previous one is used up).
+        """
+        self._require_active()
+        s = self._state
+        return s.secret_tree.reserve(s.own_leaf, ahead)
+
     def propose(self, proposal: Proposal, *, authenticated_data: bytes = b"") -> bytes:
         """Send a proposal (by reference in a later Commit); returns the MLSMessage."""
         self._require_active()

@@ -579,9 +579,17 @@ def _secrets_from(suite: CipherSuite, rec: _SecretsRecord) -> EpochSecrets:
 # -- secret tree (reads and writes SecretTree internals, see the module docstring) -------
 
 
-def _ratchet_record(r: _Ratchet | None) -> _RatchetRecord | None:
+def _ratchet_record(r: _Ratchet | None, reserved: tuple[int, bytes] | None = None
+                    ) -> _RatchetRecord | None:
+    """A ratchet as stored; with a sending reservation ``(M, secret_M)``
+    (:meth:`SecretTree.reserve`), as if it had advanced to ``M`` (no keys kept
+    for the generations in between: they are this device's own)."""
     if r is None:
         return None
+    if reserved is not None:
+        generation, secret = reserved
+        return _RatchetRecord(generation, secret,
+                              tuple(_SkippedKey(g, k, n) for g, (k, n) in sorted(r.keys.items())))
     return _RatchetRecord(r.generation, r.secret,
                           tuple(_SkippedKey(g, k, n) for g, (k, n) in sorted(r.keys.items())))
 
@@ -589,7 +597,8 @@ def _ratchet_record(r: _Ratchet | None) -> _RatchetRecord | None:
 def _secret_tree_record(st: SecretTree) -> _SecretTreeRecord:
     hs = st._ratchets[RatchetType.HANDSHAKE]
     app = st._ratchets[RatchetType.APPLICATION]
-    leaves = tuple(_LeafRatchets(i, _ratchet_record(hs.get(i)), _ratchet_record(app.get(i)))
+    leaves = tuple(_LeafRatchets(i, _ratchet_record(hs.get(i)),
+                                 _ratchet_record(app.get(i), st.reserved_ratchet(i)))
                    for i in sorted(set(hs) | set(app)))
     nodes = tuple(_NodeSecret(x, s) for x, s in sorted(st._tree.items()))
     return _SecretTreeRecord(st.n_leaves, st.max_generation_gap, st.out_of_order_window,

@@ -35,6 +35,19 @@ Limits, both configurable per tree:
 
 Refusals caused by a peer's message raise :class:`SecretTreeError`.
 
+Reserved generations (sending, :meth:`SecretTree.reserve`): a sender that
+stores its state may reserve generations of its own application ratchet up
+to ``M``; the tree's serialisation (``core/group/serialize``) then writes that
+ratchet as if it had advanced to ``max(next generation, M)`` (its secret
+derived forward, no keys kept for the generations in between). The stored
+state is thus always ahead of every generation handed out within the
+reservation, and the sender needs to write it only when the next message
+would reach ``M``. After a crash the sender resumes at ``M`` and never reuses
+a generation; receivers see a gap (at most the reservation, which must stay
+below their ``max_generation_gap``) and keep the keys of the skipped
+generations until their out-of-order window drops them: a small
+forward-secrecy cost, bounded by the reservation.
+
 Python cannot wipe ``bytes`` in place: "deleted" means every reference the
 tree held is dropped. The state is plain data (``dict[int, bytes]`` of node
 secrets, and per ratchet a generation, a secret and a ``dict[int, (key,
@@ -130,6 +143,9 @@ class SecretTree:
             RatchetType.HANDSHAKE: {},
             RatchetType.APPLICATION: {},
         }
+        #: leaf -> (M, ratchet_secret_[leaf]_[M]): the application generations reserved
+        #: for sending (see :meth:`reserve`), while the ratchet is below M.
+        self._reserved: dict[int, tuple[int, bytes]] = {}
 
     # -- sending -------------------------------------------------------------
 
@@ -147,6 +163,44 @@ class SecretTree:
         assert key_nonce is not None
         key, nonce = key_nonce
         return generation, key, nonce
+
+    def reserve(self, leaf: int, ahead: int) -> bool:
+        """Reserve the next ``ahead`` generations of ``leaf``'s application ratchet for
+        sending, unless the next one is reserved already.
+
+        From now on the serialisation of this tree writes that ratchet as if
+        it had advanced to ``M = next generation + ahead`` (see the module
+        docstring), so a stored copy is ahead of every generation
+        :meth:`next_key` hands out below ``M``. Returns ``True`` when a new
+        reservation was made: the caller must store the tree before it sends
+        (the invariant: whenever generation ``g`` is handed out, the store
+        holds ``g + 1`` or more); ``False`` when the next generation lies
+        inside the current reservation (nothing to store). ``ahead`` must be
+        at least 1 and at most ``max_generation_gap`` (receivers refuse a
+        larger gap).
+        """
+        if not 1 <= ahead <= max(1, self.max_generation_gap):
+            raise LocalUsageError(
+                f"a reservation of {ahead} generations is outside 1..{self.max_generation_gap}")
+        ratchet = self._ratchet(leaf, RatchetType.APPLICATION)
+        held = self._reserved.get(leaf)
+        if held is not None and ratchet.generation < held[0]:
+            return False
+        upto = min(ratchet.generation + ahead, MAX_GENERATION + 1)
+        secret = ratchet.secret
+        for j in range(ratchet.generation, upto):
+            secret = self._next_secret(secret, j)
+        self._reserved[leaf] = (upto, secret)
+        return True
+
+    def reserved_ratchet(self, leaf: int) -> tuple[int, bytes] | None:
+        """``(M, ratchet_secret_[leaf]_[M])`` of the reservation of ``leaf``'s application
+        ratchet while its next generation is below ``M``; ``None`` otherwise."""
+        held = self._reserved.get(leaf)
+        ratchet = self._ratchets[RatchetType.APPLICATION].get(leaf)
+        if held is None or ratchet is None or ratchet.generation >= held[0]:
+            return None
+        return held
 
     # -- receiving -----------------------------------------------------------
 

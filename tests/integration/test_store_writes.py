@@ -1,0 +1,206 @@
+"""SQLite writes per message over a real Prosody (issue 17, per-message cost):
+reserved generations, the sender's outbox entry written after its stanza left,
+the receiver's writes once per burst, off the event loop.
+
+The commits are counted with SQLite's statement trace of each device's store,
+with the thread that made each one; the moment a stanza leaves is marked by
+wrapping the plugin's ``send_prepared``. A failed write in the writer's thread
+is a wrapper around SQLiteStore that raises StorageError, as a full disk does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mls_xmpp.storage import SQLiteStore, StorageError
+from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.errors import GroupSuspendedError
+from mls_xmpp.xmpp.writer import StoreWriter
+
+from .mls_clients import TIMEOUT, befriend, close, mls_client, synced, until
+
+WRITER = "mls-store-writer"
+
+
+class Trace:
+    """The COMMITs of one device's SQLiteStore, and marks, in order, with threads."""
+
+    def __init__(self, client: Any) -> None:
+        mls = client.plugin["mls"]
+        store = mls.state_store
+        assert isinstance(store, SQLiteStore)
+        self.events: list[tuple[str, str]] = []
+        store._conn().set_trace_callback(self._statement)
+        delivery = mls.delivery
+        send_prepared = delivery.send_prepared
+
+        def marked(room: str, env: Any) -> None:
+            self.mark("transmit")
+            send_prepared(room, env)
+        delivery.send_prepared = marked
+
+    def _statement(self, sql: str) -> None:
+        if sql.strip().upper() == "COMMIT":
+            self.mark("commit")
+
+    def mark(self, what: str) -> None:
+        self.events.append((what, threading.current_thread().name))
+
+    def clear(self) -> None:
+        self.events.clear()
+
+    def commits(self, thread: str | None = None) -> int:
+        return sum(1 for what, t in self.events
+                   if what == "commit" and (thread is None or t == thread))
+
+
+def _writer(client: Any) -> StoreWriter:
+    writer = client.plugin["mls"].writer
+    assert isinstance(writer, StoreWriter) and writer.threaded
+    return writer
+
+
+async def _counts(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+    alice, ra = await mls_client(server, *accounts[0], config={"store": str(tmp / "a.db")})
+    bob, rb = await mls_client(server, *accounts[1], config={"store": str(tmp / "b.db")})
+    try:
+        await befriend(alice, bob)
+        group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        await group.send("the first: it reserves generations, written before it leaves")
+        await rb.wait("mls_message", 1)
+        await until(lambda: group.outbox == [] and _writer(alice).idle
+                    and _writer(bob).idle)
+        ta, tb = Trace(alice), Trace(bob)
+
+        # the sender, within the reservation: nothing is committed before the stanza
+        # leaves; its outbox entry ("sent") is committed in the writer's thread
+        # before send() returns
+        commits = 0
+        for i in range(5):
+            ta.clear()
+            ta.mark("send")
+            await group.send(f"reserved {i}")
+            ta.mark("returned")
+            whats = [what for what, _ in ta.events]
+            assert whats.index("transmit") < whats.index("commit") < whats.index("returned")
+            assert ta.commits("MainThread") == 0
+            commits += ta.commits()
+        await rb.wait("mls_message", 6)
+        # the echoes' writes join the next message's (or one after a delay): with the
+        # five sent marks, at most six commits for five messages
+        ta.clear()
+        await until(lambda: group.outbox == [] and not group.unsaved and _writer(alice).idle)
+        commits += ta.commits()
+        assert commits <= 6 and ta.commits("MainThread") == 0
+
+        # the receiver: a burst of 10 messages is written once, off the event loop
+        await until(lambda: group.outbox == [] and _writer(bob).idle)
+        await gb.group_lock.acquire()  # the worker stops at the first message
+        try:
+            for i in range(10):
+                await group.send(f"burst {i}")
+            await until(lambda: gb._queue.qsize() == 9)  # the rest is queued behind it
+            tb.clear()
+        finally:
+            gb.group_lock.release()
+        await rb.wait("mls_message", 16)
+        await until(lambda: _writer(bob).idle and not gb.unsaved)
+        assert tb.commits() == 1 and tb.commits(WRITER) == 1
+        await until(lambda: group.outbox == [] and _writer(alice).idle)
+        assert ta.commits("MainThread") == 0  # the echoes too, off the loop
+        assert rb.bodies() == ["the first: it reserves generations, written before it leaves",
+                               *(f"reserved {i}" for i in range(5)),
+                               *(f"burst {i}" for i in range(10))]
+        assert ra.events["mls_error"] == [] and rb.events["mls_error"] == []
+        position = gb.stored_position
+        await close(bob)
+        stored = SQLiteStore(tmp / "b.db")  # what a restart reads: nothing to replay
+        try:
+            assert [r.last_stanza_id for r in stored.load_groups()] == [position]
+        finally:
+            stored.close()
+    finally:
+        await close(alice, bob)
+
+
+def test_commits_per_message(prosody: ProsodyServer, tmp_path: Path,
+                             new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_counts(prosody, accounts, tmp_path), 150))
+
+
+class FailingRatchets:
+    """An SQLiteStore whose next ``fail`` calls of ``save_ratchets`` raise StorageError
+    (a full disk); the threads they ran in are recorded."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = SQLiteStore(path)
+        self.fail = 0
+        self.failed_in: list[str] = []
+
+    def save_ratchets(self, group_id: bytes, ratchets: bytes, last: str | None) -> None:
+        if self.fail:
+            self.fail -= 1
+            self.failed_in.append(threading.current_thread().name)
+            raise StorageError("database or disk is full")
+        self.inner.save_ratchets(group_id, ratchets, last)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def _failed_later(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+    db = tmp / "bob.db"
+    store = FailingRatchets(db)
+    alice, ra = await mls_client(server, *accounts[0])
+    bob, rb = await mls_client(server, *accounts[1],
+                               config={"store": store, "room_retry": 1.0})
+    try:
+        await befriend(alice, bob)
+        group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        store.fail = 1  # the write after the next message fails, in the writer's thread
+        await group.send("one")
+        errors = await rb.wait("mls_error", 1)
+        assert any(isinstance(e.error, GroupSuspendedError) for e in errors)
+        assert store.failed_in == [WRITER]
+        # rolled back to what is stored, and suspended; then the store takes writes
+        # again, the group resumes and reads the message again from the archive (a
+        # replay with the same stanza-id: the rule "events first, then the state")
+        await until(lambda: gb.suspended is None, TIMEOUT)
+        await rb.wait("mls_message", 2)
+        replays = [e.stanza_id for e in rb.events["mls_message"]]
+        assert rb.bodies() == ["one", "one"] and replays[0] == replays[1]
+        await group.send("two")
+        await rb.wait("mls_message", 3)
+        await synced(group, gb)
+        await close(bob)
+        store.inner.close()
+
+        # a restart reads what the last writes stored: nothing is read twice
+        bob2, rb2 = await mls_client(server, *accounts[1], config={"store": str(db)})
+        try:
+            gb2 = bob2.plugin["mls"].group(group.room)
+            await synced(group, gb2)
+            await group.send("three")
+            await rb2.wait("mls_message", 1)
+            await asyncio.sleep(0.5)
+            assert rb2.bodies() == ["three"]
+        finally:
+            await close(bob2)
+    finally:
+        await close(alice, bob)
+
+
+def test_a_failed_write_off_the_loop_rolls_back_and_catches_up(
+        prosody: ProsodyServer, tmp_path: Path,
+        new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_failed_later(prosody, accounts, tmp_path), 150))
