@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import cProfile
 import io
@@ -86,9 +87,10 @@ import statistics
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -392,8 +394,36 @@ ROOM_CONFIG = {
 }
 
 
+def send_shaped_like_mls(client: Any, room: str, data: bytes) -> str:
+    """:func:`send_payload` with what the mapping adds to every MLS stanza besides the
+    payload: the fallback ``<body/>`` and the XEP-0380 ``<encryption/>`` element
+    (``--raw-shape mls``; the server treats a message with a body differently)."""
+    from mls_xmpp.xmpp.delivery import FALLBACK_BODY
+
+    msg = client.make_message(mto=room, mtype="groupchat", mbody=FALLBACK_BODY)
+    msg["id"] = client.new_id()
+    payload = ET.SubElement(msg.xml, f"{{{NS}}}mls")
+    payload.text = base64.b64encode(data).decode("ascii")
+    ET.SubElement(msg.xml, "{urn:xmpp:hints}store")
+    eme = ET.SubElement(msg.xml, "{urn:xmpp:eme:0}encryption")
+    eme.set("namespace", NS)
+    eme.set("name", "MLS")
+    msg.send()
+    return cast(str, msg["id"])
+
+
 class RawPair:
     """Two plain slixmpp clients in one MUC room configured like an MLS group's room."""
+
+    def __init__(self, shape: str = "payload") -> None:
+        #: ``payload``: only the payload element (and the store hint); ``mls``: also the
+        #: fallback body and the EME element every MLS stanza carries
+        self.shape = shape
+
+    def _send(self) -> str:
+        if self.shape == "mls":
+            return send_shaped_like_mls(self.a, self.room, self.data)
+        return send_payload(self.a, self.room, self.data)
 
     async def setup(self, server: ProsodyServer, accounts: list[Account], clients: Clients,
                     payload_bytes: int) -> float:
@@ -429,7 +459,7 @@ class RawPair:
     async def round_trip(self) -> float:
         """Send one payload; seconds until b has it."""
         start = time.perf_counter()
-        mid = send_payload(self.a, self.room, self.data)
+        mid = self._send()
         while True:
             msg = await self.inbox.get(timeout=MESSAGE_TIMEOUT)
             if msg["id"] == mid:
@@ -441,7 +471,7 @@ class RawPair:
         start = time.perf_counter()
         ids = set()
         for _ in range(n):
-            ids.add(send_payload(self.a, self.room, self.data))
+            ids.add(self._send())
             await asyncio.sleep(0)
         sent = time.perf_counter()
         while ids:
@@ -518,8 +548,8 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
                      cpu: CpuMeter, args: argparse.Namespace) -> dict[str, Any]:
     """Steps 1-3: raw and MLS latency (interleaved), then one-sender throughputs."""
     n, warmup = args.messages, args.warmup
-    raw = RawPair()
-    result: dict[str, Any] = {"raw": {}, "mls": {}}
+    raw = RawPair(args.raw_shape)
+    result: dict[str, Any] = {"raw": {"shape": args.raw_shape}, "mls": {}}
     result["raw"]["setup_s"] = round(
         await raw.setup(server, accounts[0:2], clients, args.payload_bytes), 4)
     result["raw"]["payload_bytes"] = args.payload_bytes
@@ -830,6 +860,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--update-join-delay", type=float, default=None,
                    help="the plugin's update_join_delay (default: the plugin's, 30 s); "
                         "e.g. 1 makes the ten members' updates after joining race")
+    p.add_argument("--raw-shape", choices=("payload", "mls"), default="payload",
+                   help="raw messages: the payload only (default), or shaped like the MLS "
+                        "stanza: with its fallback <body/> and EME element")
     p.add_argument("--json", type=Path, help="write the results as JSON to this file")
     p.add_argument("--profile", action="store_true",
                    help="profile an extra MLS latency pass with cProfile (stderr)")
