@@ -669,6 +669,22 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
     result["mls"]["throughput_one_sender"] = {
         "messages": n, "send_s": round(sent - start, 4), "total_s": round(done - start, 4),
         "msgs_per_s": round(n / (done - start), 1), **cpu.per_message(before, n)}
+    # the same, the n send() calls made at once (a burst a bot posts): each still
+    # returns once its message is durable, but the store writer commits what queued up
+    # meanwhile together; the order of the calls is the order bob reads
+    await quiesce(0.3)
+    sb.reset()
+    before = cpu.snapshot()
+    start = time.perf_counter()
+    bodies = [f"tp1b-{i:05d}" for i in range(n)]
+    sb.keep_bodies = True
+    await asyncio.gather(*(group.send(b) for b in bodies))
+    sent = time.perf_counter()
+    done = await sb.wait_count(n, max(MESSAGE_TIMEOUT, n * 0.5))
+    result["mls"]["throughput_one_sender_burst"] = {
+        "messages": n, "send_s": round(sent - start, 4), "total_s": round(done - start, 4),
+        "msgs_per_s": round(n / (done - start), 1), "in_order": sb.bodies[:n] == bodies,
+        **cpu.per_message(before, n)}
     result["mls"]["errors"] = len(sa.errors) + len(sb.errors)
     return result
 
@@ -808,6 +824,10 @@ def table(r: dict[str, Any]) -> str:
                for k in ("first in pair", "second in pair")))),
         ("raw throughput, one sender", f"{t1r['msgs_per_s']:.0f} msg/s" + cpu(t1r)),
         ("MLS throughput, one sender", f"{t1m['msgs_per_s']:.0f} msg/s" + cpu(t1m)),
+        *((("MLS throughput, one sender, n send() at once",
+            f"{t1b['msgs_per_s']:.0f} msg/s" + cpu(t1b)
+            + ("" if t1b.get("in_order") else "  (OUT OF ORDER)")),)
+          if (t1b := mls.get("throughput_one_sender_burst")) else ()),
         ("MLS throughput, ten senders", f"{t10['msgs_per_s']:.0f} msg/s" + cpu(t10)),
         ("  (every member has every message)", f"after {t10['all_members_s']:.2f} s,"
          f" {t10['decryptions']} decryptions in this process"),

@@ -311,51 +311,80 @@ class Outbox:
 
         ``store_later(record)``: for an entry not in the store yet (accepted with
         ``defer_store``, and not written with the ratchets), its ``sent`` record
-        is written by this awaitable *after* the transmission, off the event
-        loop, and the flush waits for it: a crash before it committed lost a
-        message whose ``send()`` had not returned, sent once at most. An entry
+        is submitted *after* the transmission, to be written off the event loop
+        (the call submits it, the awaitable it returns ends once it committed),
+        and the flush waits for all of them before it returns -- after the
+        loop, so that the writes of a burst of entries are submitted together
+        and committed together: a crash before they committed lost messages
+        whose ``send()`` had not returned, each sent once at most. An entry
         already in the store (``queued``) is written ``sent`` before it is
         transmitted, as without ``store_later``: else a crash would leave it
         ``queued`` and it would be encrypted and sent again.
         """
         async with self.lock:
-            for entry in list(self._entries):
-                if entry.sent_digest is not None or entry not in self._entries:
-                    continue
+            writes: list[tuple[str, Awaitable[None]]] = []
+            try:
+                await self._flush_entries(can_send, encrypt, prepare, transmit, stream,
+                                          store_later, writes)
+            finally:
+                await self._settle(writes)
+
+    async def _settle(self, writes: list[tuple[str, Awaitable[None]]]) -> None:
+        """Wait for the ``sent`` marks submitted by a flush; the first failure is
+        raised once every one ended (written, or failed and the group suspended)."""
+        first: BaseException | None = None
+        for message_id, write in writes:
+            try:
+                await write
+            except BaseException as e:  # noqa: BLE001 - raised below, after the rest
+                first = first or e
+            finally:
+                self._unstored.discard(message_id)
+        if first is not None:
+            raise first
+
+    async def _flush_entries(self, can_send: Callable[[], bool],
+                             encrypt: Callable[[bytes], Awaitable[bytes]],
+                             prepare: Callable[[bytes], Awaitable[Any]],
+                             transmit: Callable[[Any], None], stream: int | None,
+                             store_later: Callable[[OutboxRecord], Awaitable[None]] | None,
+                             writes: list[tuple[str, Awaitable[None]]]) -> None:
+        """The loop of :meth:`flush` (its lock held); ``store_later``'s awaitables are
+        added to ``writes`` for the caller to wait for."""
+        for entry in list(self._entries):
+            if entry.sent_digest is not None or entry not in self._entries:
+                continue
+            if not can_send():
+                return
+            self._encrypting, self._stored_sent = entry, None
+            try:
+                message = await encrypt(entry.content)
+                prepared = await prepare(message)
+            except NotConnectedError:
+                return
+            except MLSError as e:
                 if not can_send():
-                    return
-                self._encrypting, self._stored_sent = entry, None
-                try:
-                    message = await encrypt(entry.content)
-                    prepared = await prepare(message)
-                except NotConnectedError:
-                    return
-                except MLSError as e:
-                    if not can_send():
-                        return  # e.g. an upload cut by the lost stream: try again later
-                    self._fail(entry, e)
-                    continue
-                finally:
-                    self._encrypting = None
-                if not can_send() or entry not in self._entries:
-                    return  # stays queued: encrypted again next time
-                sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
-                later = (sent != self._stored_sent and store_later is not None
-                         and entry.message_id in self._unstored)
-                if sent != self._stored_sent and not later:  # not written with the ratchets
-                    self._store.save_outbox(sent)
-                    self._unstored.discard(sent.message_id)
-                self._entries[self._entries.index(entry)] = sent
-                if stream is not None:
-                    self._streams[entry.message_id] = stream
-                header = wire_header(message)
-                if header is not None:
-                    self._epochs[entry.message_id] = header[0]
-                transmit(prepared)
-                self._notify(entry.message_id, SENT, None, None)
-                if later:
-                    assert store_later is not None
-                    try:
-                        await store_later(sent)
-                    finally:  # written, or its failure raised (and the group suspended)
-                        self._unstored.discard(sent.message_id)
+                    return  # e.g. an upload cut by the lost stream: try again later
+                self._fail(entry, e)
+                continue
+            finally:
+                self._encrypting = None
+            if not can_send() or entry not in self._entries:
+                return  # stays queued: encrypted again next time
+            sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
+            later = (sent != self._stored_sent and store_later is not None
+                     and entry.message_id in self._unstored)
+            if sent != self._stored_sent and not later:  # not written with the ratchets
+                self._store.save_outbox(sent)
+                self._unstored.discard(sent.message_id)
+            self._entries[self._entries.index(entry)] = sent
+            if stream is not None:
+                self._streams[entry.message_id] = stream
+            header = wire_header(message)
+            if header is not None:
+                self._epochs[entry.message_id] = header[0]
+            transmit(prepared)
+            self._notify(entry.message_id, SENT, None, None)
+            if later:  # submitted now, waited for after the loop (_settle)
+                assert store_later is not None
+                writes.append((sent.message_id, store_later(sent)))

@@ -114,9 +114,21 @@ async def _counts(server: ProsodyServer, accounts: list[Account], tmp: Path) -> 
         assert tb.commits() == 1 and tb.commits(WRITER) == 1
         await until(lambda: group.outbox == [] and _writer(alice).idle)
         assert ta.commits("MainThread") == 0  # the echoes too, off the loop
+
+        # ten send() calls at once (a burst a bot posts): each returns once its entry
+        # committed, but the entries submitted meanwhile are committed together (one
+        # commit each before), and bob reads them in the order of the calls
+        ta.clear()
+        await asyncio.gather(*(group.send(f"at once {i}") for i in range(10)))
+        assert [what for what, _ in ta.events].count("transmit") == 10
+        assert 1 <= ta.commits() <= 4 and ta.commits("MainThread") == 0
+        await rb.wait("mls_message", 26)
+        await until(lambda: group.outbox == [] and _writer(alice).idle and _writer(bob).idle
+                    and not gb.unsaved)
         assert rb.bodies() == ["the first: it reserves generations, written before it leaves",
                                *(f"reserved {i}" for i in range(5)),
-                               *(f"burst {i}" for i in range(10))]
+                               *(f"burst {i}" for i in range(10)),
+                               *(f"at once {i}" for i in range(10))]
         assert ra.events["mls_error"] == [] and rb.events["mls_error"] == []
         position = gb.stored_position
         await close(bob)
