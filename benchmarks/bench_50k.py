@@ -69,7 +69,6 @@ from bench_fleet import (  # noqa: E402
     rss_mib,
 )
 
-
 # -- the late device (its own process, so that its memory is its own) --------------------
 
 

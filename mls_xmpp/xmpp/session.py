@@ -31,6 +31,7 @@ from ..core.group.group import Group
 from ..core.messages.common import CredentialType
 from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.key_package import KeyPackage
+from .affiliations import apply_affiliations, counting
 from .attachments import upload_attachment
 from .blobs import jid_domain, room_server_domains
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
@@ -1457,26 +1458,21 @@ class GroupSession:
             changes += [(j, "none") for j in sorted(revoke or ())]
         if only is not None:
             changes = [(j, a) for j, a in changes if j in only]
-        gate = asyncio.Semaphore(PARALLEL_REQUESTS)
-        finished = 0
         if progress is not None:
             progress.start("affiliations", len(changes))
 
-        async def affiliate(jid: str, affiliation: Any) -> None:
-            nonlocal finished
-            async with gate:
-                try:
-                    if affiliation == "none" or jid in self.jids():  # still a member?
-                        await self.plugin.delivery.set_affiliation(self.room, jid,
-                                                                   affiliation)
-                except (TransportError, ValueError) as e:  # the MLS change stands: go on
-                    self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
-                                                    error=e))
-            finished += 1
-            if progress is not None:
-                progress.advance("affiliations", finished, len(changes))
+        def failed(jid: str, e: Exception) -> None:  # the MLS change stands: go on
+            self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self, error=e))
 
-        await asyncio.gather(*(affiliate(j, a) for j, a in changes))
+        def advance(done: int, total: int) -> None:
+            if progress is not None:
+                progress.advance("affiliations", done, total)
+
+        # several items per muc#admin request where the room applies them all
+        await apply_affiliations(
+            self.plugin.delivery, self.room, changes,
+            wanted=lambda jid, a: a == "none" or jid in self.jids(),  # still a member?
+            failed=failed, advanced=counting(advance, len(changes)))
 
     def _own_room_affiliation(self) -> str | None:
         """This device's affiliation as the room last announced it (its presence)."""
