@@ -265,6 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await fleet.wait("every online device in the new epoch",
                              lambda: len(fleet.epochs.get(epoch, {})) == n_on, args.timeout)
             results["commit_converge_s"] = round(max(fleet.epochs[epoch].values()) - t0, 3)
+            results["epoch_after_update"] = epoch
             log(f"  update returned after {results['commit_returned_s']} s, applied by all "
                 f"online after {results['commit_converge_s']} s")
 

@@ -93,6 +93,16 @@ _POLL = 0.2
 #: waited for each stream.
 WELCOME_ATTEMPTS = 5
 WELCOME_WAIT = 120.0
+#: Seconds the server may take, per Welcome sent, before the round trip after them
+#: (:meth:`Delivery.barrier`) counts as lost (plus 10 s): the server answers it after
+#: it handled every Welcome, and storing 2,000 for offline accounts took it ~30 s
+#: under load (benchmarks/bench_50k.py). Taken as lost, they were all sent again.
+WELCOME_BARRIER_PER_STANZA = 0.05
+
+
+def welcome_barrier_timeout(count: int) -> float:
+    """Seconds to wait for the server to answer after ``count`` Welcomes."""
+    return 10.0 + WELCOME_BARRIER_PER_STANZA * count
 #: Seconds each member waits after the one before it to repair a lost affiliation.
 REPAIR_DELAY = 2.0
 #: a queue item that is a call to run in room order (:meth:`GroupSession.in_room_order`)
@@ -1140,8 +1150,9 @@ class GroupSession:
         for number, batch in enumerate(batches or [[]], 1):
             progress.batch = number
             first = proposals if number == 1 else None
+            # the GroupInfo (with the whole tree) once, after the last Commit
             await self._commit(add=batch, progress=progress, proposals=first,
-                               reinitialising=bool(first))
+                               reinitialising=bool(first), publish=number == len(batches))
 
     async def remove(self, *jids: str) -> None:
         """Remove every device of each user (bare JIDs).
@@ -1263,13 +1274,15 @@ class GroupSession:
                       proposals: list[Proposal] | None = None,
                       include_pending: bool = True,
                       reinitialising: bool = False,
-                      authenticated_data: bytes = b"") -> CommitApplied:
+                      authenticated_data: bytes = b"",
+                      publish: bool = True) -> CommitApplied:
         """Commit (with pending proposals), wait for the room, rebuild if another won.
 
         Removals are named by signature key, so a retry after another Commit
         never removes whoever took over a freed leaf. ``proposals`` go in by
         value (a ReInit, a PSK); ``include_pending=False`` leaves out others'
         proposals (a ReInit must be alone in its Commit, RFC 9420 §12.2).
+        ``publish=False`` leaves the GroupInfo to a later Commit (several of one add).
         """
         more: dict[str, Any] = {}
         if proposals or not include_pending or reinitialising:
@@ -1337,7 +1350,8 @@ class GroupSession:
                     if progress is not None:
                         progress.advance("room", 1, 1)
                     if event.reinit is None:  # a ReInit closed the group: nothing follows
-                        await self._after_own_commit(pending, stanza_id, progress)
+                        await self._after_own_commit(pending, stanza_id, progress,
+                                                     publish=publish)
                     return event
                 # our Commit lost the race: its echo, when it comes, is not news
                 self._remember_sent(pending.message)
@@ -1354,7 +1368,8 @@ class GroupSession:
                                             error=e))
 
     async def _after_own_commit(self, pending: PendingCommit, stanza_id: str | None,
-                                progress: Progress | None = None) -> None:
+                                progress: Progress | None = None, *,
+                                publish: bool = True) -> None:
         """Affiliations follow membership; Welcomes go out; the GroupInfo is published."""
         now_jids = self.jids()
         added = {_jid_of(kp.leaf_node.credential) for _, kp in pending.added}
@@ -1386,11 +1401,17 @@ class GroupSession:
                 self.plugin.error(MLSErrorEvent(f"Welcome to {jid}: {e}", self, error=e))
             if progress is not None:
                 progress.advance("welcomes", i, len(welcomes))
-        if out and not await self.plugin.delivery.barrier():
+        if out and not await self.plugin.delivery.barrier(welcome_barrier_timeout(len(out))):
             # the stream went down before the server took them: nobody else sends
             # them, and the added devices would never join
             asyncio.ensure_future(self._resend_welcomes(out))
-        await self.publish_group_info()
+        if not publish:
+            return
+        try:
+            await self.publish_group_info()
+        except TransportError as e:  # for external joins only: the Commit stands
+            self.plugin.error(MLSErrorEvent(f"publishing the GroupInfo failed: {e}", self,
+                                            error=e))
 
     async def _resend_welcomes(self, welcomes: list[tuple[str, Envelope]]) -> None:
         """Send Welcomes again on the next streams until the server takes them
@@ -1410,7 +1431,7 @@ class GroupSession:
             except (TransportError, ValueError) as e:
                 self.plugin.error(MLSErrorEvent(f"sending Welcomes again: {e}", self, error=e))
                 return
-            if await self.plugin.delivery.barrier():
+            if await self.plugin.delivery.barrier(welcome_barrier_timeout(len(welcomes))):
                 return
         err = TransportError(f"Welcomes to {', '.join(sorted({j for j, _ in welcomes}))} "
                              "could not be sent: the connection kept failing")
