@@ -227,7 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             def on_progress(ev: Any) -> None:  # the creator's mls_progress: stage times
                 key = f"{ev.stage} ({ev.batch}/{ev.batches})"
-                if args.grant_offline_in_server and key == "commit (1/%d)" % ev.batches \
+                if args.grant_offline_in_server and ev.stage == "commit" and ev.batch == 1 \
                         and ev.done == 0:  # the room exists: its offline members, in bulk
                     from mls_xmpp.xmpp.room import wanted_affiliation
 
