@@ -1489,11 +1489,16 @@ class GroupSession:
             if progress is not None:
                 progress.advance("affiliations", done, total)
 
+        known: list[Any] = [None, set()]
+
+        def wanted(jid: str, affiliation: str) -> bool:  # still a member?
+            if self.group.state is not known[0]:  # (the member set once per epoch)
+                known[:] = [self.group.state, self.jids()]
+            return affiliation == "none" or jid in known[1]
+
         # several items per muc#admin request where the room applies them all
-        await apply_affiliations(
-            self.plugin.delivery, self.room, changes,
-            wanted=lambda jid, a: a == "none" or jid in self.jids(),  # still a member?
-            failed=failed, advanced=counting(advance, len(changes)))
+        await apply_affiliations(self.plugin.delivery, self.room, changes, wanted=wanted,
+                                 failed=failed, advanced=counting(advance, len(changes)))
 
     def _own_room_affiliation(self) -> str | None:
         """This device's affiliation as the room last announced it (its presence)."""
