@@ -52,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +180,13 @@ def grant_in_server(server: Any, room: str, jids: list[str], affiliation: str) -
     return time.monotonic() - t0
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """The run; ``results`` fills as it goes (what it holds is written on a failure too)."""
     from mls_xmpp.testing import ProsodyServer
 
     n_off, n_on = args.offline, args.online
-    results: dict[str, Any] = {"devices": n_off + n_on + 1, "offline": n_off,
-                               "online": n_on, "device_processes": args.procs}
+    results.update({"devices": n_off + n_on + 1, "offline": n_off,
+                    "online": n_on, "device_processes": args.procs})
     settings: dict[str, bool | int | float | str] = {}
     if args.upload_limit:
         settings["http_file_share_size_limit"] = args.upload_limit
@@ -247,6 +249,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"    {key}: {ev.total} in {stages[key]:.2f} s")
 
             creator.add_event_handler("mls_progress", on_progress)
+            results["create_stages_s"] = stages  # (rounded when the group is complete)
             await ready(creator, CONNECT_TIMEOUT)
             await fleet.wait("the devices to connect",
                              lambda: len(fleet.ready) == args.procs
@@ -358,7 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     load_start = os.getloadavg()
-    results = asyncio.run(run(args))
+    results: dict[str, Any] = {}
+    error = None
+    try:
+        asyncio.run(run(args, results))
+    except Exception as e:  # noqa: BLE001 - the figures so far are written, then it fails
+        error = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+        log(f"FAILED: {error}")
     for k, v in results.items():
         print(f"{k:32} {v}")
     if args.json:
@@ -371,10 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "total_seconds": round(time.monotonic() - t0, 1),
             "results": results,
+            **({"error": error} if error else {}),
         }
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         log(f"wrote {args.json}")
-    return 0
+    return 1 if error else 0
 
 
 if __name__ == "__main__":
