@@ -203,16 +203,27 @@ class Delivery:
     async def barrier(self, timeout: float | None = None) -> bool:
         """Whether the server took everything this stream sent before the call: one
         round trip (a disco#info query to the server, answered in the stream's
-        order). ``False`` when no answer came (the stream went down: what was
-        handed to it may be lost)."""
+        order). ``False`` when no answer came within ``timeout`` (default 10 s), or
+        at once when the stream went down meanwhile (what was handed to it may be
+        lost). A server still working through what was sent answers late, not
+        never: a caller that sent much gives a longer ``timeout``."""
+        transport = getattr(self.xmpp, "transport", None)
+        query = asyncio.ensure_future(self.xmpp.plugin["xep_0030"].get_info(
+            jid=JID(self.xmpp.boundjid.domain), cached=False,
+            timeout=timeout or min(self.timeout, 10.0)))
         try:
-            await self.xmpp.plugin["xep_0030"].get_info(
-                jid=JID(self.xmpp.boundjid.domain), cached=False,
-                timeout=timeout or min(self.timeout, 10.0))
+            while not query.done():
+                await asyncio.wait({query}, timeout=1.0)
+                if transport is None or getattr(self.xmpp, "transport", None) is not transport:
+                    return False  # the stream that carried them is gone
+            query.result()
         except IqError:
             return True  # an answer, even an error, comes after what was sent before
         except Exception:  # noqa: BLE001 - a timeout, or the stream gone
             return False
+        finally:
+            if not query.done():
+                query.cancel()
         return True
 
     # -- reading stanzas -----------------------------------------------------------

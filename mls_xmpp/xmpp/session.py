@@ -94,10 +94,12 @@ _POLL = 0.2
 WELCOME_ATTEMPTS = 5
 WELCOME_WAIT = 120.0
 #: Seconds the server may take, per Welcome sent, before the round trip after them
-#: (:meth:`Delivery.barrier`) counts as lost (plus 10 s): the server answers it after
-#: it handled every Welcome, and storing 2,000 for offline accounts took it ~30 s
-#: under load (benchmarks/bench_50k.py). Taken as lost, they were all sent again.
-WELCOME_BARRIER_PER_STANZA = 0.05
+#: (:meth:`Delivery.barrier`) counts as lost (plus 10 s; a stream that goes down ends
+#: the wait at once): the server answers it after it handled every Welcome, and
+#: 2,000 Welcomes to offline accounts took Prosody 0.12 more than 110 s under load
+#: (benchmarks/bench_50k.py). Taken as lost, they were all sent again, behind the
+#: next Commit, which then missed ``commit_timeout``.
+WELCOME_BARRIER_PER_STANZA = 0.25
 
 
 def welcome_barrier_timeout(count: int) -> float:
