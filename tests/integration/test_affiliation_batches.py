@@ -97,3 +97,29 @@ async def _run(server: XmppServer, new_account: Callable[[str], Account]) -> Non
 def test_many_members_get_their_affiliation_in_few_requests(
         server: XmppServer, new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(_run(server, new_account), 240))
+
+
+async def _barrier(server: XmppServer, account: Account) -> None:
+    from mls_xmpp.testing import FaultProxy
+
+    async with FaultProxy(server.host, server.c2s_port) as proxy:
+        client, _ = await mls_client(server, *account, via=(proxy.host, proxy.port))
+        try:
+            delivery = client.plugin["mls"].delivery
+            assert await delivery.barrier(30.0)
+            # the server is slow to answer (held replies): a long barrier keeps waiting ...
+            proxy.stall_down = True
+            waiting = asyncio.ensure_future(delivery.barrier(600.0))
+            await asyncio.sleep(2.0)
+            assert not waiting.done()
+            # ... until the stream goes down: then it says so without waiting its 600 s
+            proxy.cut_all()
+            assert await asyncio.wait_for(waiting, 60.0) is False
+        finally:
+            proxy.stall_down = False
+            await close(client)
+
+
+def test_the_round_trip_after_welcomes_waits_while_the_stream_is_up(
+        prosody: XmppServer, new_account: Callable[[str], Account]) -> None:
+    asyncio.run(asyncio.wait_for(_barrier(prosody, new_account("slow")), 240))
