@@ -212,8 +212,10 @@ class Delivery:
             jid=JID(self.xmpp.boundjid.domain), cached=False,
             timeout=timeout or min(self.timeout, 10.0)))
         try:
-            while not query.done():
+            while True:
                 await asyncio.wait({query}, timeout=1.0)
+                if query.done():
+                    break
                 if transport is None or getattr(self.xmpp, "transport", None) is not transport:
                     return False  # the stream that carried them is gone
             query.result()
