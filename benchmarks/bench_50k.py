@@ -78,7 +78,8 @@ async def late_main(spec: dict[str, Any]) -> dict[str, Any]:
     store and wait for the group: joined, the message, the epoch of the update."""
     base = rss_mib()
     config = {"invitations": "any", "workers": 0, "pool_size": 1, "store": spec["store"],
-              "blob_origins": spec["origins"]}
+              "blob_origins": spec["origins"],
+              "update_after_join": spec.get("update_after_join", True)}
     loop = asyncio.get_running_loop()
     t0 = time.monotonic()
     out: dict[str, Any] = {}
@@ -215,7 +216,8 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
         origins = [f"http://{server.host}:{server.http_port}"]
         late_spec = {"host": server.host, "port": server.c2s_port, "jid": late_acc.jid,
                      "password": late_acc.password, "store": str(workdir / "late.sqlite"),
-                     "origins": origins, "timeout": args.timeout}
+                     "origins": origins, "timeout": args.timeout,
+                     "update_after_join": args.update_after_join}
 
         # the late device: KeyPackages on PEP, private keys in its store, then offline
         published = await run_late({**late_spec, "phase": "publish"})
@@ -230,7 +232,8 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
                 await fleet.spawn({"host": server.host, "port": server.c2s_port,
                                    "accounts": [list(a) for a in devices[k::args.procs]],
                                    "concurrency": 4,
-                                   "config": {"pool_size": 2, "blob_origins": origins}})
+                                   "config": {"pool_size": 2, "blob_origins": origins,
+                                              "update_after_join": args.update_after_join}})
             creator = new_client(server.host, server.c2s_port, *creator_acc,
                                  {"invitations": "any", "pool_size": 2,
                                   "blob_origins": origins})
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                         "own: 1,000 with memory storage)")
     p.add_argument("--archive-expires", default="never",
                    help="archive_expires_after of the server (default never; see run())")
+    p.add_argument("--no-update-after-join", dest="update_after_join", action="store_false",
+                   help="the joiners do not update after joining (the plugin's default is to, "
+                        "within update_join_delay: 50 Commits with large paths at once)")
     p.add_argument("--grant-offline-in-server", action="store_true",
                    help="give the offline accounts their room affiliation in bulk as the "
                         "server's admin (Prosody 0.12 takes one per request, O(N) each)")
@@ -380,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     error = None
     try:
         asyncio.run(run(args, results))
-    except Exception as e:  # noqa: BLE001 - the figures so far are written, then it fails
+    except (Exception, KeyboardInterrupt, SystemExit) as e:  # noqa: BLE001 - the figures
+        # so far are written (also on SIGTERM / Ctrl-C), then it fails
         error = f"{type(e).__name__}: {e}"
         traceback.print_exc()
         log(f"FAILED: {error}")
