@@ -192,8 +192,13 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
     # Prosody's memory storage keeps at most 1,000 items per archive (10,000 with internal
     # storage): past that, each message archived (the creator's archive keeps every
     # Welcome it sent) first scans and truncates the archive. Raised (--archive-item-limit).
+    # The creator uploads the tree of every Commit's epoch for its Welcomes: at 50,000
+    # (26 Commits, trees growing to ~9.5 MB) ~120 MB in all, more than Prosody's daily
+    # upload quota per account (http_file_share_daily_quota, 10 x the size limit =
+    # 100 MiB): raised to --upload-quota.
     settings: dict[str, bool | int | float | str] = {
-        "storage_archive_item_limit": args.archive_item_limit}
+        "storage_archive_item_limit": args.archive_item_limit,
+        "http_file_share_daily_quota": args.upload_quota}
     if args.upload_limit:
         settings["http_file_share_size_limit"] = args.upload_limit
     workdir = Path(tempfile.mkdtemp(prefix="bench50k-"))
@@ -371,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archive-item-limit", type=int, default=1_000_000,
                    help="Prosody's storage_archive_item_limit (default 1,000,000; Prosody's "
                         "own: 1,000 with memory storage)")
+    p.add_argument("--upload-quota", type=int, default=4 << 30,
+                   help="Prosody's http_file_share_daily_quota (default 4 GiB; Prosody's "
+                        "own: 10 x the upload size limit, 100 MiB)")
     p.add_argument("--archive-expires", default="never",
                    help="archive_expires_after of the server (default never; see run())")
     p.add_argument("--no-update-after-join", dest="update_after_join", action="store_false",
