@@ -367,8 +367,9 @@ class ProsodyServer:
         is one Lua loop inside the server over Prosody's own ``usermanager.create_user``
         (the same call ``user:create`` makes; the password is hashed as for any
         account), ``chunk`` accounts per command, instead of one command per account:
-        about 0.1-0.3 ms of shell per account instead of ~15 ms with
-        :meth:`create_users`. The server is busy for the length of one chunk.
+        50,051 accounts took 123-309 s here under load 2-7 (2.5-6 ms each, mostly the
+        server hashing the password) against ~15 ms each with :meth:`create_users`.
+        The server is busy for the length of one chunk.
 
         :raises ValueError: the prefix or password is unusable here.
         :raises ProsodyError: Prosody refused one of them (the message says how many
