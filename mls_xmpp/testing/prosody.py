@@ -359,6 +359,45 @@ class ProsodyServer:
             out += [Account(f"{name}@{self.domain}", password) for name, password in chunk]
         return out
 
+    def create_numbered_users(self, prefix: str, count: int, password: str, *,
+                              start: int = 0, chunk: int = 5000) -> list[Account]:
+        """Create ``{prefix}{start}`` ... ``{prefix}{start + count - 1}`` with one password.
+
+        For benchmarks with tens of thousands of accounts: each admin shell command
+        is one Lua loop inside the server over Prosody's own ``usermanager.create_user``
+        (the same call ``user:create`` makes; the password is hashed as for any
+        account), ``chunk`` accounts per command, instead of one command per account:
+        50,051 accounts took 123-309 s here under load 2-7 (2.5-6 ms each, mostly the
+        server hashing the password) against ~15 ms each with :meth:`create_users`.
+        The server is busy for the length of one chunk.
+
+        :raises ValueError: the prefix or password is unusable here.
+        :raises ProsodyError: Prosody refused one of them (the message says how many
+            of the chunk were created).
+        """
+        if not prefix or not set(prefix) <= _LOCALPART_CHARS or count < 0 or start < 0:
+            raise ValueError(f"use a simple lowercase prefix, not {prefix!r}")
+        if not password or set(password) & set("\"\\\n") or password.startswith("-"):
+            raise ValueError("password must be non-empty, one line, without quotes")
+        if not self.running:
+            raise ProsodyError("Prosody is not running")
+        for first in range(start, start + count, chunk):
+            last = min(start + count, first + chunk) - 1
+            script = (f'>local um = require "core.usermanager"; local n = 0; '
+                      f'for i = {first}, {last} do '
+                      f'if um.create_user("{prefix}" .. i, "{password}", "{self.domain}") '
+                      f'then n = n + 1 end end; return "created " .. n\n')
+            proc = subprocess.run(
+                [self.prosodyctl, "--config", str(self.config_path), "shell"],
+                input=script, env=self.environment, capture_output=True, text=True,
+                timeout=60 + (last - first) // 10, check=False)
+            if proc.returncode != 0 or f"created {last - first + 1}" not in proc.stdout:
+                raise ProsodyError(
+                    f"creating {prefix}{first}..{last} failed (exit {proc.returncode}): "
+                    f"{proc.stdout[-500:]}{proc.stderr[-500:]}")
+        return [Account(f"{prefix}{i}@{self.domain}", password)
+                for i in range(start, start + count)]
+
     def create_account(self, prefix: str = "user") -> Account:
         """Create an account with a unique name ``<prefix>-<n>-<random>`` and password."""
         name = f"{prefix}-{next(_unique)}-{secrets.token_hex(3)}"

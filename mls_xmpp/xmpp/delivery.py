@@ -102,6 +102,9 @@ class Delivery:
         #: called with ``(room, nick)`` before this client enters a room: a client UI
         #: whose own MUC code must know the room first (the poezio plugin opens its tab)
         self.before_join: list[Callable[[str, str], None]] = []
+        #: per MUC service: whether it applies every item of a ``muc#admin`` set
+        #: (learned and checked by :mod:`.affiliations`; absent: not known yet)
+        self.batching: dict[str, bool] = {}
 
     # -- building stanzas ----------------------------------------------------------
 
@@ -200,16 +203,29 @@ class Delivery:
     async def barrier(self, timeout: float | None = None) -> bool:
         """Whether the server took everything this stream sent before the call: one
         round trip (a disco#info query to the server, answered in the stream's
-        order). ``False`` when no answer came (the stream went down: what was
-        handed to it may be lost)."""
+        order). ``False`` when no answer came within ``timeout`` (default 10 s), or
+        at once when the stream went down meanwhile (what was handed to it may be
+        lost). A server still working through what was sent answers late, not
+        never: a caller that sent much gives a longer ``timeout``."""
+        transport = getattr(self.xmpp, "transport", None)
+        query = asyncio.ensure_future(self.xmpp.plugin["xep_0030"].get_info(
+            jid=JID(self.xmpp.boundjid.domain), cached=False,
+            timeout=timeout or min(self.timeout, 10.0)))
         try:
-            await self.xmpp.plugin["xep_0030"].get_info(
-                jid=JID(self.xmpp.boundjid.domain), cached=False,
-                timeout=timeout or min(self.timeout, 10.0))
+            while True:
+                await asyncio.wait({query}, timeout=1.0)
+                if query.done():
+                    break
+                if transport is None or getattr(self.xmpp, "transport", None) is not transport:
+                    return False  # the stream that carried them is gone
+            query.result()
         except IqError:
             return True  # an answer, even an error, comes after what was sent before
         except Exception:  # noqa: BLE001 - a timeout, or the stream gone
             return False
+        finally:
+            if not query.done():
+                query.cancel()
         return True
 
     # -- reading stanzas -----------------------------------------------------------
@@ -347,6 +363,28 @@ class Delivery:
                 room, affiliation, jid=JID(jid).bare, timeout=self.timeout)
         except (IqError, IqTimeout) as e:
             raise TransportError(f"setting {jid} to {affiliation} in {room} failed: {e}") from e
+
+    async def set_affiliations(self, room: str, changes: list[tuple[str, str]]) -> None:
+        """Several affiliation changes in one ``muc#admin`` request (XEP-0045 §9.5, §10.6).
+
+        A result does not prove that every item took effect (Prosody 0.12 applies
+        only the first): :mod:`.affiliations` checks that before relying on it.
+
+        :raises TransportError: the room refused the request or did not answer.
+        :raises ValueError: an affiliation is not one of XEP-0045's.
+        """
+        from .room import RANK
+
+        for _, affiliation in changes:
+            if affiliation not in RANK:
+                raise ValueError(f"{affiliation!r} is not an affiliation")
+        try:
+            await self.xmpp.plugin["xep_0045"].send_affiliation_list(
+                room, [(JID(jid).bare, affiliation) for jid, affiliation in changes],
+                timeout=self.timeout)
+        except (IqError, IqTimeout) as e:
+            raise TransportError(f"setting {len(changes)} affiliations in {room} failed: "
+                                 f"{e}") from e
 
     async def affiliations(self, room: str) -> dict[str, str]:
         """The room's owners, admins and members (bare JID -> affiliation): three

@@ -32,6 +32,7 @@ from ..core.group.group import Group
 from ..core.messages.common import CredentialType
 from ..core.messages.credentials import Credential, credential_identity
 from ..core.messages.key_package import KeyPackage
+from .affiliations import apply_affiliations, counting
 from .attachments import upload_attachment
 from .blobs import jid_domain, room_server_domains
 from .envelope import Attachment, Envelope, Kind, decode_content, encode_content
@@ -95,6 +96,18 @@ _POLL = 0.2
 #: waited for each stream.
 WELCOME_ATTEMPTS = 5
 WELCOME_WAIT = 120.0
+#: Seconds the server may take, per Welcome sent, before the round trip after them
+#: (:meth:`Delivery.barrier`) counts as lost (plus 10 s; a stream that goes down ends
+#: the wait at once): the server answers it after it handled every Welcome, and
+#: 2,000 Welcomes to offline accounts took Prosody 0.12 more than 110 s under load
+#: (benchmarks/bench_50k.py). Taken as lost, they were all sent again, behind the
+#: next Commit, which then missed ``commit_timeout``.
+WELCOME_BARRIER_PER_STANZA = 0.25
+
+
+def welcome_barrier_timeout(count: int) -> float:
+    """Seconds to wait for the server to answer after ``count`` Welcomes."""
+    return 10.0 + WELCOME_BARRIER_PER_STANZA * count
 #: Seconds each member waits after the one before it to repair a lost affiliation.
 REPAIR_DELAY = 2.0
 #: a queue item that is a call to run in room order (:meth:`GroupSession.in_room_order`)
@@ -1207,8 +1220,9 @@ class GroupSession:
         for number, batch in enumerate(batches or [[]], 1):
             progress.batch = number
             first = proposals if number == 1 else None
+            # the GroupInfo (with the whole tree) once, after the last Commit
             await self._commit(add=batch, progress=progress, proposals=first,
-                               reinitialising=bool(first))
+                               reinitialising=bool(first), publish=number == len(batches))
 
     async def remove(self, *jids: str) -> None:
         """Remove every device of each user (bare JIDs).
@@ -1330,13 +1344,15 @@ class GroupSession:
                       proposals: list[Proposal] | None = None,
                       include_pending: bool = True,
                       reinitialising: bool = False,
-                      authenticated_data: bytes = b"") -> CommitApplied:
+                      authenticated_data: bytes = b"",
+                      publish: bool = True) -> CommitApplied:
         """Commit (with pending proposals), wait for the room, rebuild if another won.
 
         Removals are named by signature key, so a retry after another Commit
         never removes whoever took over a freed leaf. ``proposals`` go in by
         value (a ReInit, a PSK); ``include_pending=False`` leaves out others'
         proposals (a ReInit must be alone in its Commit, RFC 9420 §12.2).
+        ``publish=False`` leaves the GroupInfo to a later Commit (several of one add).
         """
         more: dict[str, Any] = {}
         if proposals or not include_pending or reinitialising:
@@ -1404,7 +1420,8 @@ class GroupSession:
                     if progress is not None:
                         progress.advance("room", 1, 1)
                     if event.reinit is None:  # a ReInit closed the group: nothing follows
-                        await self._after_own_commit(pending, stanza_id, progress)
+                        await self._after_own_commit(pending, stanza_id, progress,
+                                                     publish=publish)
                     return event
                 # our Commit lost the race: its echo, when it comes, is not news
                 self._remember_sent(pending.message)
@@ -1421,7 +1438,8 @@ class GroupSession:
                                             error=e))
 
     async def _after_own_commit(self, pending: PendingCommit, stanza_id: str | None,
-                                progress: Progress | None = None) -> None:
+                                progress: Progress | None = None, *,
+                                publish: bool = True) -> None:
         """Affiliations follow membership; Welcomes go out; the GroupInfo is published."""
         now_jids = self.jids()
         added = {_jid_of(kp.leaf_node.credential) for _, kp in pending.added}
@@ -1453,11 +1471,17 @@ class GroupSession:
                 self.plugin.error(MLSErrorEvent(f"Welcome to {jid}: {e}", self, error=e))
             if progress is not None:
                 progress.advance("welcomes", i, len(welcomes))
-        if out and not await self.plugin.delivery.barrier():
+        if out and not await self.plugin.delivery.barrier(welcome_barrier_timeout(len(out))):
             # the stream went down before the server took them: nobody else sends
             # them, and the added devices would never join
             asyncio.ensure_future(self._resend_welcomes(out))
-        await self.publish_group_info()
+        if not publish:
+            return
+        try:
+            await self.publish_group_info()
+        except TransportError as e:  # for external joins only: the Commit stands
+            self.plugin.error(MLSErrorEvent(f"publishing the GroupInfo failed: {e}", self,
+                                            error=e))
 
     async def _resend_welcomes(self, welcomes: list[tuple[str, Envelope]]) -> None:
         """Send Welcomes again on the next streams until the server takes them
@@ -1477,7 +1501,7 @@ class GroupSession:
             except (TransportError, ValueError) as e:
                 self.plugin.error(MLSErrorEvent(f"sending Welcomes again: {e}", self, error=e))
                 return
-            if await self.plugin.delivery.barrier():
+            if await self.plugin.delivery.barrier(welcome_barrier_timeout(len(welcomes))):
                 return
         err = TransportError(f"Welcomes to {', '.join(sorted({j for j, _ in welcomes}))} "
                              "could not be sent: the connection kept failing")
@@ -1525,26 +1549,26 @@ class GroupSession:
             changes += [(j, "none") for j in sorted(revoke or ())]
         if only is not None:
             changes = [(j, a) for j, a in changes if j in only]
-        gate = asyncio.Semaphore(PARALLEL_REQUESTS)
-        finished = 0
         if progress is not None:
             progress.start("affiliations", len(changes))
 
-        async def affiliate(jid: str, affiliation: Any) -> None:
-            nonlocal finished
-            async with gate:
-                try:
-                    if affiliation == "none" or jid in self.jids():  # still a member?
-                        await self.plugin.delivery.set_affiliation(self.room, jid,
-                                                                   affiliation)
-                except (TransportError, ValueError) as e:  # the MLS change stands: go on
-                    self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self,
-                                                    error=e))
-            finished += 1
-            if progress is not None:
-                progress.advance("affiliations", finished, len(changes))
+        def failed(jid: str, e: Exception) -> None:  # the MLS change stands: go on
+            self.plugin.error(MLSErrorEvent(f"room affiliation of {jid}: {e}", self, error=e))
 
-        await asyncio.gather(*(affiliate(j, a) for j, a in changes))
+        def advance(done: int, total: int) -> None:
+            if progress is not None:
+                progress.advance("affiliations", done, total)
+
+        known: list[Any] = [None, set()]
+
+        def wanted(jid: str, affiliation: str) -> bool:  # still a member?
+            if self.group.state is not known[0]:  # (the member set once per epoch)
+                known[:] = [self.group.state, self.jids()]
+            return affiliation == "none" or jid in known[1]
+
+        # several items per muc#admin request where the room applies them all
+        await apply_affiliations(self.plugin.delivery, self.room, changes, wanted=wanted,
+                                 failed=failed, advanced=counting(advance, len(changes)))
 
     def _own_room_affiliation(self) -> str | None:
         """This device's affiliation as the room last announced it (its presence)."""
