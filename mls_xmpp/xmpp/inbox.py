@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,13 @@ ARCHIVE_SLACK = 24 * 3600
 #: Seconds a used KeyPackage's private keys stay in memory (never on disk), for a second
 #: Welcome from an adder that fetched the same KeyPackage before it was retracted.
 REUSE_GRACE = 600.0
+#: Attempts at downloading a Welcome's tree (sent by reference) before the Welcome is
+#: refused: a failure may pass (many joiners fetch the same tree at once from a
+#: single upload service, a connection drops), and a refused Welcome is never joined.
+TREE_ATTEMPTS = 4
+#: Seconds before the second attempt; doubled after each, each wait spread by +-50 %
+#: so that joiners that failed together do not come back together.
+TREE_RETRY = 2.0
 
 
 class _PositionUnknown(TransportError):
@@ -375,7 +383,7 @@ class Inbox:
             tree = None
             if env.ratchet_tree is not None:
                 domains = [*room_server_domains(str(room)), jid_domain(sender) or ""]
-                tree = await plugin.delivery.download(env.ratchet_tree, domains=domains)
+                tree = await self._download_tree(env, domains)
             group = client.join(opened, ratchet_tree=tree, signer_check=signed_by_inviter)
         except BaseException:
             if restored:  # a refused Welcome leaves the KeyPackages as they were
@@ -406,6 +414,26 @@ class Inbox:
                                                    client.suite_id))
         plugin.xmpp.event("mls_joined", JoinedEvent(session, "welcome", inviter))
         return session
+
+    async def _download_tree(self, env: Envelope, domains: list[str]) -> bytes:
+        """A Welcome's tree sent by reference, tried :data:`TREE_ATTEMPTS` times while
+        the download fails (:class:`TransportError`: a timeout, a dropped connection,
+        an HTTP error); a refused URL or a blob that is not the one described is not
+        tried again. Nothing of the Welcome is used before the tree is here."""
+        assert env.ratchet_tree is not None
+        wait = TREE_RETRY
+        for attempt in range(1, TREE_ATTEMPTS + 1):
+            try:
+                return await self.plugin.delivery.download(env.ratchet_tree, domains=domains)
+            except TransportError as e:
+                if attempt == TREE_ATTEMPTS:
+                    raise
+                pause = wait * random.uniform(0.5, 1.5)  # noqa: S311 - spreading only
+                log.info("the tree of a Welcome into %s: attempt %d failed (%s); again in "
+                         "%.1f s", env.room, attempt, e, pause)
+                await asyncio.sleep(pause)
+                wait *= 2
+        raise AssertionError("unreachable")
 
     async def fetch(self) -> list[GroupSession]:
         """Join the groups whose Welcome this device missed, from the account's archive.

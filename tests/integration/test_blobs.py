@@ -31,13 +31,15 @@ class HttpSpy:
     """A tiny HTTP/1.1 server on ``host`` that records each request it gets.
 
     ``mode``: ``"serve"`` answers ``body``; ``"stall"`` sends nothing, for ever;
-    ``"redirect"`` answers 302 to ``location``.
+    ``"redirect"`` answers 302 to ``location``; ``"fail"`` answers 503 to the first
+    ``failures`` requests, then serves ``body``.
     """
 
     def __init__(self, host: str, mode: str = "serve", body: bytes = b"",
                  location: str = "") -> None:
         self.host, self.mode, self.body, self.location = host, mode, body, location
         self.requests: list[str] = []
+        self.failures = 0
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -59,6 +61,9 @@ class HttpSpy:
             self.requests.append(head.split(b"\r\n", 1)[0].decode())
             if self.mode == "stall":
                 await asyncio.sleep(3600)
+            elif self.mode == "fail" and len(self.requests) <= self.failures:
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
             elif self.mode == "redirect":
                 writer.write(b"HTTP/1.1 302 Found\r\nLocation: " + self.location.encode()
                              + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -151,6 +156,41 @@ async def _welcome_tree(server: ProsodyServer, bob_acc: Account, mallory_acc: Ac
             assert set(bob.plugin["mls"].identity.key_packages) == kept
     finally:
         await close(bob, mallory)
+
+
+async def _tree_retried(server: ProsodyServer, alice_acc: Account, bob_acc: Account) -> None:
+    alice, _ = await mls_client(server, *alice_acc)
+    bob, rb = await mls_client(server, *bob_acc)
+    try:
+        await befriend(alice, bob)
+        async with HttpSpy("127.0.0.1", mode="fail") as spy:
+            spy.failures = 2  # the upload service fails twice (busy), then serves
+            mls = alice.plugin["mls"]
+            kp = (await mls.keystore.fetch(bob_acc.jid))[0].key_package
+            g = mls.identity.create_group(os.urandom(16))
+            g.config = replace(g.config, ratchet_tree_in_welcome=False)
+            pending = g.commit(add=[kp])
+            g.merge_pending_commit()
+            (welcome,) = pending.welcomes.values()
+            spy.body = g.ratchet_tree()
+            await mls.delivery.send_welcome(bob_acc.jid, Envelope(
+                kind=Kind.WELCOME, group_id=g.group_id, epoch=g.epoch, mls_message=welcome,
+                room=server.room_jid("retried"),
+                ratchet_tree=_ref(spy.url(host="localhost"), spy.body)))
+            (gb,) = await rb.wait("mls_joined", timeout=60)
+            assert len(spy.requests) == 3, spy.requests
+            assert gb.group.epoch_authenticator == g.epoch_authenticator
+            assert not any("Welcome refused" in e.reason for e in rb.events["mls_error"])
+    finally:
+        await close(alice, bob)
+
+
+def test_blob_a_welcome_tree_download_that_fails_is_tried_again(
+        prosody: ProsodyServer, new_account: Callable[[str], Account]) -> None:
+    """A Welcome whose tree download fails for a while is not refused (it would never be
+    joined): the download is tried again, after a growing, spread wait."""
+    asyncio.run(asyncio.wait_for(
+        _tree_retried(prosody, new_account("alice"), new_account("bob")), 120))
 
 
 def test_blob_a_welcome_tree_url_on_a_foreign_host_is_not_fetched(
