@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import secrets
 import signal
 import statistics
@@ -65,6 +64,7 @@ from bench_fleet import (  # noqa: E402
     MESSAGE_TIMEOUT,
     Fleet,
     disconnect,
+    error_kinds,
     log,
     new_client,
     ready,
@@ -348,11 +348,7 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
             results["creator_mib"] = round(rss_mib(), 1)
             results["mls_errors"] = len(fleet.errors)
             results["mls_error_samples"] = [e["reason"][:200] for e in fleet.errors[:10]]
-            kinds: dict[str, int] = {}
-            for e in fleet.errors:  # as bench_fleet: reasons without JIDs, ids and hex
-                kind = re.sub(r"\S+@\S+|[0-9a-f]{16,}|<iq.*", "…", e["reason"])[:120]
-                kinds[kind] = kinds.get(kind, 0) + 1
-            results["mls_error_kinds"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+            results["mls_error_kinds"] = error_kinds(fleet.errors)
         finally:
             if creator is not None:
                 await disconnect([creator])

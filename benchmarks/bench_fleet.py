@@ -406,17 +406,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["server_mib"] = round(server_rss, 1)
             results["creator_mib"] = round(rss_mib(), 1)
             results["mls_errors"] = len(fleet.errors)
-            kinds: dict[str, int] = {}
-            for e in fleet.errors:  # reasons without JIDs, ids and hex: what kind of error
-                kind = re.sub(r"\S+@\S+|[0-9a-f]{16,}|<iq.*", "…", e["reason"])[:120]
-                kinds[kind] = kinds.get(kind, 0) + 1
-            results["mls_error_kinds"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+            results["mls_error_kinds"] = error_kinds(fleet.errors)
             results["latency_samples_ms"] = [round(s * 1000, 3) for s in samples]
         finally:
             if creator is not None:
                 await disconnect([creator])
             await fleet.close()
     return results
+
+
+def error_kinds(errors: list[dict[str, Any]]) -> dict[str, int]:
+    """How many ``mls_error`` reasons of each kind (JIDs, ids and hex left out), most
+    frequent first."""
+    kinds: dict[str, int] = {}
+    for e in errors:
+        kind = re.sub(r"\S+@\S+|[0-9a-f]{16,}|<iq.*", "…", e["reason"])[:120]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv: list[str] | None = None) -> int:

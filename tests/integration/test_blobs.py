@@ -124,6 +124,17 @@ async def _until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> Non
         await asyncio.sleep(0.02)
 
 
+def _welcome_out_of_band(mls: Any, kp: Any) -> tuple[Any, bytes, bytes]:
+    """A new group of ``mls``'s identity with ``kp`` added, the tree left out of the
+    Welcome: the group, the Welcome and the tree."""
+    g = mls.identity.create_group(os.urandom(16))
+    g.config = replace(g.config, ratchet_tree_in_welcome=False)
+    pending = g.commit(add=[kp])
+    g.merge_pending_commit()
+    (welcome,) = pending.welcomes.values()
+    return g, welcome, g.ratchet_tree()
+
+
 # -- (a) a stranger's Welcome names a tree URL of its choosing ------------------------------
 
 
@@ -134,12 +145,7 @@ async def _welcome_tree(server: ProsodyServer, bob_acc: Account, mallory_acc: Ac
         async with HttpSpy("127.0.0.2") as spy:
             evil = mallory.plugin["mls"]
             kp = (await evil.keystore.fetch(bob_acc.jid))[0].key_package
-            g = evil.identity.create_group(os.urandom(16))
-            g.config = replace(g.config, ratchet_tree_in_welcome=False)
-            pending = g.commit(add=[kp])
-            g.merge_pending_commit()
-            (welcome,) = pending.welcomes.values()
-            tree = g.ratchet_tree()
+            g, welcome, tree = _welcome_out_of_band(evil, kp)
             spy.body = tree
             kept = set(bob.plugin["mls"].identity.key_packages)
             # the tree "by reference" on a host of mallory's choosing (127.0.0.2: on
@@ -167,12 +173,7 @@ async def _tree_retried(server: ProsodyServer, alice_acc: Account, bob_acc: Acco
             spy.failures = 2  # the upload service fails twice (busy), then serves
             mls = alice.plugin["mls"]
             kp = (await mls.keystore.fetch(bob_acc.jid))[0].key_package
-            g = mls.identity.create_group(os.urandom(16))
-            g.config = replace(g.config, ratchet_tree_in_welcome=False)
-            pending = g.commit(add=[kp])
-            g.merge_pending_commit()
-            (welcome,) = pending.welcomes.values()
-            spy.body = g.ratchet_tree()
+            g, welcome, spy.body = _welcome_out_of_band(mls, kp)
             await mls.delivery.send_welcome(bob_acc.jid, Envelope(
                 kind=Kind.WELCOME, group_id=g.group_id, epoch=g.epoch, mls_message=welcome,
                 room=server.room_jid("retried"),
