@@ -13,6 +13,7 @@ name (without one, its old leaf cannot be told from its account's other devices)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,6 +46,10 @@ _PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 _NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
 #: ``max_items`` asked for when a server refuses "max" in the node configuration.
 _MAX_ITEMS_FALLBACK = "256"
+#: publishes of a registry item after the node was configured (item-not-found retried)
+_PUBLISH_ATTEMPTS = 3
+#: seconds before the second publish (twice that before the third)
+_RETRY_DELAY = 0.5
 
 
 class NoGroupInfo(TransportError):
@@ -103,11 +108,23 @@ class GroupRegistry:
                      GROUPS_NODE, e.condition)
         except IqTimeout as e:
             raise TransportError(f"recording {room} failed: {e}") from e
-        await self._configure()
-        try:
-            await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el, timeout=self.timeout)
-        except (IqError, IqTimeout) as e:
-            raise TransportError(f"recording {room} failed: {e}") from e
+        for attempt in range(_PUBLISH_ATTEMPTS):
+            await self._configure()
+            try:
+                await pubsub.publish(jid, GROUPS_NODE, id=room, payload=el,
+                                     timeout=self.timeout)
+                return
+            except IqTimeout as e:
+                raise TransportError(f"recording {room} failed: {e}") from e
+            except IqError as e:
+                # A two-node ejabberd cluster answered item-not-found now and then
+                # to the publish right after the node's creation (CI, session 5):
+                # configure and publish again after a short wait.
+                if e.condition != "item-not-found" or attempt + 1 == _PUBLISH_ATTEMPTS:
+                    raise TransportError(f"recording {room} failed: {e}") from e
+                log.info("publishing to %s: item-not-found, again in %.1f s",
+                         GROUPS_NODE, _RETRY_DELAY * (attempt + 1))
+                await asyncio.sleep(_RETRY_DELAY * (attempt + 1))
 
     async def _configure(self) -> None:
         """Create the node whitelisted with room for every group, or configure it so.
