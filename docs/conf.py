@@ -184,6 +184,11 @@ OPTION_DOCS: dict[str, str] = {
                          "updates, whatever this says.",
     "update_join_delay": "The update after a join waits a random time up to this many "
                          "seconds, so that many new members do not all commit at once.",
+    "update_join_spread": "In a group of N members the updates after joining spread over "
+                          "N times this many seconds when that is longer than "
+                          "``update_join_delay`` (each new member in its own slot, by leaf "
+                          "order): in a large group made in one go every member is new. "
+                          "``0``: ``update_join_delay`` alone.",
     "update_interval": "Seconds without an update of this device's leaf before it sends one "
                        "(a week); ``0`` or ``None``: never.",
     "idle_timeout": "Seconds a member device's leaf may go without an update before one admin "

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from ..core.codec import U8, U16, U32, U64, Struct, Vec
 from ..core.errors import DecodeError, MLSError
 from ..core.group.events import CommitApplied
+from ..core.messages.common import LeafNodeSource
 from ..core.messages.credentials import credential_identity
 from .errors import NotConnectedError, TransportError
 from .events import IdleRemovalEvent, MLSErrorEvent
@@ -72,12 +73,15 @@ NOTICE_TAG = 0x4D52  # "MR"
 NOTICE_VERSION = 1
 #: :attr:`RemovalNotice.reason`: the leaf was idle.
 REASON_IDLE = 1
-#: Rounds of attempts at the update after joining when Commits keep winning over it
-#: (each round is ``GroupSession.update``, itself up to 4 Commits).
-UPDATE_AFTER_JOIN_ROUNDS = 4
-#: Seconds within which a round after a lost one starts (random), at least: else
-#: ``update_join_delay``.
+#: Commits one device sends at most for its update after joining when others' Commits
+#: keep winning over it (one a round; each lost round doubles the back-off).
+UPDATE_AFTER_JOIN_ROUNDS = 6
+#: Seconds the first back-off after a lost race spans at least (random in
+#: [0.5, 1.5] times this, or the device's slot when longer, doubled each round).
 RACE_RETRY_WINDOW = 1.0
+#: Times the update after joining waits at most for a pause in others' Commits
+#: (:meth:`Freshness._quiet`) before it is sent anyway.
+QUIET_WAITS = 30
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,8 @@ class Freshness:
         self.plugin = plugin
         self._records: dict[bytes, GroupFreshness] = {}
         self._busy: set[bytes] = set()
+        #: group id -> when (event loop time) this device last applied a Commit there
+        self._last_commit: dict[bytes, float] = {}
         self._loop: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -263,6 +269,7 @@ class Freshness:
     def forget(self, group_id: bytes) -> None:
         """The group is gone from this device (its stored record goes with the group)."""
         self._records.pop(group_id, None)
+        self._last_commit.pop(group_id, None)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -271,13 +278,45 @@ class Freshness:
         self._records.pop(session.group_id, None)
         rec = self.record(session)
         if last_resort or self.plugin.config["update_after_join"]:
-            window = max(0.0, float(self.plugin.config["update_join_delay"] or 0))
-            delay = random.uniform(0.0, window)  # noqa: S311 - spreading, not secrecy
+            delay = self.join_update_delay(session)
             rec.update_due = self.now() + delay
             self.save(session)
             self._spawn(self._update_after(session, delay))
         else:
             self.save(session)
+
+    def join_update_window(self, members: int) -> float:
+        """Seconds over which the updates after joining a group of ``members`` spread:
+        ``update_join_delay``, or ``members`` times ``update_join_spread`` when longer
+        (a group made in one go has as many new members wanting to update)."""
+        delay = max(0.0, float(self.plugin.config["update_join_delay"] or 0))
+        spread = max(0.0, float(self.plugin.config["update_join_spread"] or 0))
+        return max(delay, members * spread)
+
+    def join_update_delay(self, session: GroupSession) -> float:
+        """When (seconds from now) this device's update after joining ``session`` goes:
+        in its own slot of :meth:`join_update_window` -- the members' leaf order, so
+        that the devices added by one Commit take turns rather than race -- at a
+        random point of it. Local scheduling only: no member judges a Commit by it."""
+        leaves = [m.leaf_index for m in session.group.members]
+        window = self.join_update_window(len(leaves))
+        own = session.group.own_leaf_index
+        rank = sum(1 for i in leaves if i < own)
+        slot = window / max(1, len(leaves))
+        return (rank + random.random()) * slot  # noqa: S311 - spreading, not secrecy
+
+    def _update_needed(self, session: GroupSession) -> bool:
+        """Whether the update after joining is still to be made: not when a Commit of
+        this device with a path, or a committed Update of its leaf, refreshed the
+        leaf since (its leaf no longer holds the KeyPackage's keys)."""
+        if self.record(session).update_due is None:
+            return False
+        leaf = session.group.state.tree.leaf(session.group.own_leaf_index)
+        if leaf is not None and leaf.leaf_node_source != LeafNodeSource.KEY_PACKAGE:
+            self.record(session).update_due = None
+            self.save(session)
+            return False
+        return True
 
     def created(self, session: GroupSession) -> None:
         """This device created ``session``, or rejoined it by external Commit: its
@@ -288,6 +327,7 @@ class Freshness:
 
     def commit_applied(self, session: GroupSession, event: CommitApplied) -> None:
         """A Commit moved the group on: note whose keys changed, tell why leaves left."""
+        self._last_commit[session.group_id] = asyncio.get_running_loop().time()
         notice = RemovalNotice.parse(event.authenticated_data) if event.removed else None
         if notice is not None and notice.reason == REASON_IDLE:
             self._report_idle(session, event, notice)
@@ -311,6 +351,7 @@ class Freshness:
             rec.update_due = None
         if any(m.leaf_index == own for m in event.updated):
             rec.own_updated_at = now
+            rec.update_due = None  # an Update proposal of this device, committed
         kept = set(session.group.retained_epochs)
         rec.epochs_ended = {e: t for e, t in rec.epochs_ended.items() if e in kept}
         for e in kept:
@@ -414,32 +455,40 @@ class Freshness:
         due = rec.update_due is not None and now >= rec.update_due
         stale = (interval is not None
                  and (rec.own_updated_at is None or now - rec.own_updated_at >= interval))
+        if due and not stale and not self._update_needed(session):
+            return
         if due or stale:
             log.info("automatic update of %s (%s)", session.room,
                      "after joining" if due else "periodic")
-            await session.update()
+            # one Commit: one that loses a race is tried again at the next check
+            await session.update(attempts=1 if due else 4)
 
     async def _update_after(self, session: GroupSession, delay: float) -> None:
-        """The update after joining, ``delay`` seconds from now. Devices that joined
-        together update about together, so their Commits race (docs/PROTOCOL.md 9.7):
-        one whose every attempt lost (or that finds an earlier Commit of this device
-        still waiting for the room) tries again after another random delay, up to
+        """The update after joining, ``delay`` seconds from now (:meth:`joined`).
+        Devices that joined together may still update about together, so their
+        Commits race (docs/PROTOCOL.md 9.7): each round sends one Commit; one that
+        lost (or that finds an earlier Commit of this device still waiting for the
+        room) backs off a random, doubling time before the next round, up to
         :data:`UPDATE_AFTER_JOIN_ROUNDS` rounds in all, and only a failure of the last
         round (or any other failure) is reported; ``update_due`` stays until an update
-        succeeds, so the periodic check tries again after that."""
-        window = max(float(self.plugin.config["update_join_delay"] or 0), RACE_RETRY_WINDOW)
+        succeeds, so the periodic check tries again after that. An update no longer
+        needed (:meth:`_update_needed`) is not sent."""
+        members = len(session.group.members)
+        base = max(RACE_RETRY_WINDOW,
+                   self.join_update_window(members) / max(1, members))
         for round_ in range(UPDATE_AFTER_JOIN_ROUNDS):
             await asyncio.sleep(delay)
             while not self._ready(session):
                 if session.removed or self.plugin.sessions.get(session.room) is not session:
                     return
                 await asyncio.sleep(0.2)
+            await self._quiet(session, base)
             if session.group_id in self._busy:
                 return  # the periodic check is at it
             self._busy.add(session.group_id)
             last = round_ + 1 == UPDATE_AFTER_JOIN_ROUNDS
             try:
-                if self.record(session).update_due is None:
+                if not self._update_needed(session):
                     return  # done meanwhile (a Commit of this device with a path)
                 if session.group.pending_commit is not None and not last:
                     # one that timed out may still come back from the room (and then
@@ -447,7 +496,7 @@ class Freshness:
                     log.info("update after joining %s: a Commit is pending; again later",
                              session.room)
                 else:
-                    await session.update()
+                    await session.update(attempts=1)
                     return
             except TransportError as e:  # e.g. every attempt lost a Commit race
                 if last or isinstance(e, NotConnectedError):
@@ -461,7 +510,21 @@ class Freshness:
                 return
             finally:
                 self._busy.discard(session.group_id)
-            delay = random.uniform(0.0, window)  # noqa: S311 - spreading, not secrecy
+            # back off: random, doubling with each lost round
+            delay = base * (2 ** round_) * random.uniform(0.5, 1.5)  # noqa: S311
+
+    async def _quiet(self, session: GroupSession, quiet: float) -> None:
+        """Listen before committing: while another Commit was applied here less than
+        ``quiet`` seconds ago (others are updating now), wait until ``quiet`` after it
+        plus a random time that doubles with each wait, :data:`QUIET_WAITS` times at
+        most. Cuts the races of the many updates of a group made in one go."""
+        loop = asyncio.get_running_loop()
+        for n in range(QUIET_WAITS):
+            since = loop.time() - self._last_commit.get(session.group_id, -math.inf)
+            if since >= quiet or session.removed:
+                return
+            spread = quiet * (2 ** min(n, 5))
+            await asyncio.sleep(quiet - since + random.uniform(0.0, spread))  # noqa: S311
 
     # -- idle devices ----------------------------------------------------------------------
 

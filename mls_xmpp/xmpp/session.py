@@ -1291,14 +1291,19 @@ class GroupSession:
         return await self.plugin.reinit.move(self, suite, allow_downgrade=allow_downgrade,
                                              require_all=require_all)
 
-    async def update(self) -> None:
+    async def update(self, *, attempts: int = 4) -> None:
         """Fresh keys for this device: an empty Commit with a path (PCS).
+
+        ``attempts``: how many Commits to send when others' Commits win the race
+        (each rebuilt in the new epoch at once).
 
         :raises NotConnectedError: there is no XMPP session (raised at once).
         :raises NotInGroupError: this device is no longer in the group.
+        :raises TransportError: every attempt lost a race, or the room did not
+            reflect the Commit in time.
         """
         await self._usable()
-        await self._commit()
+        await self._commit(attempts=attempts)
 
     async def remove_idle(self, signature_keys: list[bytes], notice: bytes) -> None:
         """Remove devices by signature key with a reason in the Commit's
