@@ -72,6 +72,9 @@ class OutboxRecord:
         sent_digest: SHA-256 of the MLSMessage of the last attempt to send it,
             ``None`` while it is queued; the room's reflection of that message
             ends the entry.
+        sent_epoch: the epoch that attempt was encrypted in (``None`` while
+            queued): a reflection the room took too late to be read -- even
+            after a restart -- is told by it (:mod:`mls_xmpp.xmpp.late`).
     """
 
     group_id: bytes
@@ -79,6 +82,7 @@ class OutboxRecord:
     message_id: str
     content: bytes
     sent_digest: bytes | None = None
+    sent_epoch: int | None = None
 
 
 class StateStore(Protocol):

@@ -23,7 +23,8 @@ Schema (version 5)::
               state TEXT, first_seen INTEGER, current INTEGER)
     outbox   (group_id BLOB, seq INTEGER,               messages send() accepted that
               message_id TEXT, content BLOB,            the room has not reflected yet
-              sent_digest BLOB, updated_at INTEGER)     (plaintext Content: sealed)
+              sent_digest BLOB, updated_at INTEGER,     (plaintext Content: sealed)
+              sent_epoch INTEGER)                       since version 6
     extra    (owner BLOB, name TEXT, value BLOB,       small records of other modules
               updated_at INTEGER)                       (owner: a group ID, or b"" for
                                                         the account; value sealed)
@@ -257,6 +258,11 @@ def _migration_5_extra(db: sqlite3.Connection) -> None:
                " PRIMARY KEY (owner, name))")
 
 
+def _migration_6_outbox_epoch(db: sqlite3.Connection) -> None:
+    """Version 5 -> 6: the epoch an outbox entry was sent in (NULL: unknown, as before)."""
+    db.execute("ALTER TABLE outbox ADD COLUMN sent_epoch INTEGER")
+
+
 #: One function per schema version: ``_MIGRATIONS[i]`` turns version ``i`` into ``i + 1``.
 #: Append new ones; never edit or reorder a released one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -265,6 +271,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_3_trust,
     _migration_4_outbox,
     _migration_5_extra,
+    _migration_6_outbox_epoch,
 ]
 
 #: The schema version this code writes.
@@ -647,16 +654,17 @@ class SQLiteStore:
         gid = bytes(group_id)
         with _sql_errors("cannot read the outbox"):
             rows = self._conn().execute(
-                "SELECT seq, message_id, content, sent_digest FROM outbox "
+                "SELECT seq, message_id, content, sent_digest, sent_epoch FROM outbox "
                 "WHERE group_id = ? ORDER BY seq", (gid,)).fetchall()
         out = []
-        for seq, message_id, content, digest in rows:
+        for seq, message_id, content, digest, epoch in rows:
             if not (isinstance(seq, int) and isinstance(message_id, str)
-                    and (digest is None or isinstance(digest, bytes))):
+                    and (digest is None or isinstance(digest, bytes))
+                    and (epoch is None or isinstance(epoch, int))):
                 raise StorageError("an outbox row has columns of the wrong type")
             out.append(OutboxRecord(gid, seq, message_id,
                                     self._open(content, _OUTBOX, _outbox_pk(gid, seq)),
-                                    digest))
+                                    digest, epoch))
         return out
 
     def save_outbox(self, record: OutboxRecord) -> None:
@@ -665,13 +673,15 @@ class SQLiteStore:
         blob = self._seal(record.content, _OUTBOX, _outbox_pk(gid, record.seq))
         with self._transaction("cannot save the outbox entry") as db:
             db.execute("INSERT INTO outbox (group_id, seq, message_id, content, sent_digest,"
-                       " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (group_id, seq)"
+                       " updated_at, sent_epoch) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                       " ON CONFLICT (group_id, seq)"
                        " DO UPDATE SET message_id = excluded.message_id,"
                        " content = excluded.content, sent_digest = excluded.sent_digest,"
-                       " updated_at = excluded.updated_at",
+                       " updated_at = excluded.updated_at, sent_epoch = excluded.sent_epoch",
                        (gid, int(record.seq), record.message_id, blob,
                         None if record.sent_digest is None else bytes(record.sent_digest),
-                        int(time.time())))
+                        int(time.time()),
+                        None if record.sent_epoch is None else int(record.sent_epoch)))
 
     def delete_outbox(self, group_id: bytes, seq: int) -> None:
         """Forget one outbox entry (its content is overwritten with zeros in the file)."""

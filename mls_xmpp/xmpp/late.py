@@ -17,8 +17,9 @@ at that point. So:
   reporting it (the copy follows), and one that could read it (it keeps more
   past epochs) drops the copy that follows (same sender, same ``message_id``).
 
-The epoch a message was encrypted in is known to the sender in memory only:
-a reflection that comes after a restart of the sender ends its entry as usual.
+The epoch a message was encrypted in is stored with its outbox entry
+(``OutboxRecord.sent_epoch``), so a reflection read after a restart of the
+sender (from the room archive) is judged the same way.
 """
 
 from __future__ import annotations

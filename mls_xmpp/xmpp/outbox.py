@@ -14,7 +14,7 @@ event (:class:`~mls_xmpp.xmpp.events.OutboxEvent`) and readable with
     it is in the store before ``send()`` returns.
 ``sent``
     Encrypted in the epoch of that moment and handed to the XMPP stream; the
-    SHA-256 of the MLSMessage is stored with the entry.
+    SHA-256 of the MLSMessage and that epoch are stored with the entry.
 ``reflected``
     The room sent it back (live or in its archive): every member can read it
     in the room's order. The entry is gone from the store. (Unless the room
@@ -108,8 +108,6 @@ class Outbox:
         self._stored_sent: OutboxRecord | None = None
         #: ids of entries accepted with ``defer_store`` and not written yet
         self._unstored: set[str] = set()
-        #: message id -> the epoch a ``sent`` entry was encrypted in (in this process)
-        self._epochs: dict[str, int] = {}
 
     # -- what is in it -----------------------------------------------------------------
 
@@ -204,13 +202,11 @@ class Outbox:
         for i, e in enumerate(self._entries):
             if e.sent_digest != digest:
                 continue
-            sent_in = self._epochs.get(e.message_id)
-            if sent_in is None or not sent_too_late(sent_in, epoch):
+            if e.sent_epoch is None or not sent_too_late(e.sent_epoch, epoch):
                 return False
-            self._entries[i] = replace(e, sent_digest=None)
+            self._entries[i] = replace(e, sent_digest=None, sent_epoch=None)
             self._store.save_outbox(self._entries[i])
             self._streams.pop(e.message_id, None)
-            del self._epochs[e.message_id]
             self._notify(e.message_id, QUEUED, None, None)
             return True
         return False
@@ -241,7 +237,7 @@ class Outbox:
         for i, e in enumerate(self._entries):
             if (e.sent_digest is not None
                     and (stream is None or self._streams.get(e.message_id) != stream)):
-                self._entries[i] = replace(e, sent_digest=None)
+                self._entries[i] = replace(e, sent_digest=None, sent_epoch=None)
                 self._store.save_outbox(self._entries[i])
                 count += 1
         return count
@@ -259,7 +255,6 @@ class Outbox:
     def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None,
                 later: list[int] | None = None) -> None:
         self._streams.pop(entry.message_id, None)
-        self._epochs.pop(entry.message_id, None)
         self._unstored.discard(entry.message_id)
         if later is not None:
             later.append(entry.seq)
@@ -283,7 +278,7 @@ class Outbox:
         entry = self._encrypting
         if entry is None or entry not in self._entries:
             return None
-        return replace(entry, sent_digest=hashlib.sha256(message).digest())
+        return _sent(entry, message)
 
     def stored_sent(self, record: OutboxRecord) -> None:
         """The record :meth:`sending` gave is in the store."""
@@ -371,7 +366,7 @@ class Outbox:
                 self._encrypting = None
             if not can_send() or entry not in self._entries:
                 return  # stays queued: encrypted again next time
-            sent = replace(entry, sent_digest=hashlib.sha256(message).digest())
+            sent = _sent(entry, message)
             later = (sent != self._stored_sent and store_later is not None
                      and entry.message_id in self._unstored)
             if sent != self._stored_sent and not later:  # not written with the ratchets
@@ -380,11 +375,16 @@ class Outbox:
             self._entries[self._entries.index(entry)] = sent
             if stream is not None:
                 self._streams[entry.message_id] = stream
-            header = wire_header(message)
-            if header is not None:
-                self._epochs[entry.message_id] = header[0]
             transmit(prepared)
             self._notify(entry.message_id, SENT, None, None)
             if later:  # submitted now, waited for after the loop (_settle)
                 assert store_later is not None
                 writes.append((sent.message_id, store_later(sent)))
+
+
+def _sent(entry: OutboxRecord, message: bytes) -> OutboxRecord:
+    """``entry`` marked ``sent`` as ``message``: its digest and its epoch (read from
+    the header this device wrote), stored together (:mod:`.late`)."""
+    header = wire_header(message)
+    return replace(entry, sent_digest=hashlib.sha256(message).digest(),
+                   sent_epoch=None if header is None else header[0])

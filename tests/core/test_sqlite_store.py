@@ -106,7 +106,7 @@ def test_is_a_state_store(store: SQLiteStore) -> None:
 
 
 def test_new_store_settings(db_path: Path, store: SQLiteStore) -> None:
-    assert store.schema_version == sqlite_mod.SCHEMA_VERSION == 5
+    assert store.schema_version == sqlite_mod.SCHEMA_VERSION == 6
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
     db = store._db
     assert db is not None
