@@ -399,6 +399,29 @@ def test_later_migration_runs_once_on_an_existing_store(db_path: Path,
     assert runs == [1]
 
 
+def test_migration_6_keeps_outbox_entries_of_version_5(db_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry written by version 5 loads with no epoch; one saved now keeps it."""
+    from mls_xmpp.storage import OutboxRecord
+
+    monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", sqlite_mod._MIGRATIONS[:5])
+    with SQLiteStore(db_path) as s:
+        assert s.schema_version == 5
+        db = s._db
+        assert db is not None
+        db.execute("INSERT INTO outbox (group_id, seq, message_id, content, sent_digest,"
+                   " updated_at) VALUES (?, 0, 'm', ?, ?, 0)",
+                   (b"g", s._seal(b"hi", sqlite_mod._OUTBOX, sqlite_mod._outbox_pk(b"g", 0)),
+                    b"d" * 32))
+    monkeypatch.undo()
+    with SQLiteStore(db_path) as s:
+        assert s.schema_version == sqlite_mod.SCHEMA_VERSION == 6
+        assert s.load_outbox(b"g") == [OutboxRecord(b"g", 0, "m", b"hi", b"d" * 32, None)]
+        s.save_outbox(OutboxRecord(b"g", 1, "n", b"yo", b"e" * 32, 9))
+    with SQLiteStore(db_path) as s:
+        assert [r.sent_epoch for r in s.load_outbox(b"g")] == [None, 9]
+
+
 def test_failing_migration_leaves_previous_version(db_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     with SQLiteStore(db_path) as s:

@@ -311,6 +311,34 @@ def test_a_message_reflected_too_late_is_queued_again(tmp_path: Path, kind: int)
 
 
 @pytest.mark.parametrize("kind", [0, 1])
+def test_the_epoch_sent_in_survives_a_restart(tmp_path: Path, kind: int) -> None:
+    """The epoch an entry was encrypted in is stored with it: an Outbox made anew from
+    the store (a restart) still tells a reflection taken too late (issue 17)."""
+    from mls_xmpp.core.messages.framing import MLSMessage, PrivateMessage
+    from mls_xmpp.xmpp.late import RESEND_AFTER
+
+    class Epochs(Wire):
+        async def encrypt(self, content: bytes) -> bytes:
+            self.counter += 1
+            return MLSMessage(PrivateMessage(GID, 7, 1, b"", b"s",
+                                             content + bytes([self.counter]))).encode()
+
+    store = _stores(tmp_path)[kind]
+    box, wire = _outbox(store, []), Epochs()
+    box.add("in-time", b"a")
+    box.add("late", b"b")
+    asyncio.run(wire.flush(box))
+    assert [r.sent_epoch for r in store.load_outbox(GID)] == [7, 7]
+    first, second = (hashlib.sha256(m).digest() for m in wire.sent)
+    again = _outbox(store, [])  # a new process: the store is all it has
+    assert not again.too_late(first, 7 + RESEND_AFTER)
+    assert again.reflected(first, "s1")
+    assert again.too_late(second, 8 + RESEND_AFTER)
+    assert again.state("late") == "queued"
+    assert [(r.sent_digest, r.sent_epoch) for r in store.load_outbox(GID)] == [(None, None)]
+
+
+@pytest.mark.parametrize("kind", [0, 1])
 def test_an_end_not_written_comes_back_after_a_rollback(tmp_path: Path, kind: int) -> None:
     """An echo's deletion waiting for the group's next write (``later``) is lost when
     the group is rolled back: the stored entry comes back, to be ended by its
