@@ -1,7 +1,7 @@
 """Every error mls-xmpp raises on purpose, in one tree.
 
 Catch :class:`MLSError` for all of them, or one branch for a kind of failure.
-The three branches under the root say whose fault a failure is::
+The branches under the root say whose fault a failure is::
 
     MLSError
     ├── RemoteProtocolError     a peer or the server sent something invalid
@@ -25,17 +25,21 @@ The three branches under the root say whose fault a failure is::
     │   ├── UntrustedDeviceError  refusing to send to a distrusted device (``.devices``)
     │   ├── TooLargeError       too large even by reference; the message says what to do
     │   └── UnsupportedCipherSuiteError
-    └── TransportError          the XMPP side failed (timeout, error from the server)
-        ├── NotConnectedError   no XMPP session: connect first (raised at once)
-        │   ├── AuthenticationError  the server refused the credentials
-        │   └── ServerFeatureError   the server lacks MUC+MAM or PEP (``.feature``)
-        ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
-        │   ├── NoCommonSuiteError  no cipher suite every invited device supports
-        │   └── CannotFollowError   devices cannot follow a ReInit's new suite
-        ├── GroupSuspendedError the room refused or dropped this account, or its state
-        │                       could not be written: the group is kept (rolled back
-        │                       to its last stored epoch) and retried (``.reason``)
-        └── ArchiveBudgetError  an archive read took more pages or time than allowed
+    ├── TransportError          the XMPP side failed (timeout, error from the server)
+    │   ├── NotConnectedError   no XMPP session: connect first (raised at once)
+    │   │   ├── AuthenticationError  the server refused the credentials
+    │   │   └── ServerFeatureError   the server lacks MUC+MAM or PEP (``.feature``)
+    │   ├── NoKeyPackageError   an account has no usable KeyPackage (``.jids``)
+    │   │   ├── NoCommonSuiteError  no cipher suite every invited device supports
+    │   │   └── CannotFollowError   devices cannot follow a ReInit's new suite
+    │   ├── GroupSuspendedError the room refused or dropped this account, or its state
+    │   │                       could not be written: the group is kept (rolled back
+    │   │                       to its last stored epoch) and retried (``.reason``)
+    │   └── ArchiveBudgetError  an archive read took more pages or time than allowed
+    └── StorageError            the state store could not be read or written
+        └── SentNotStoredError  ``send()``: the message WAS transmitted, only its outbox
+                                entry was not written: do not send it again
+                                (``.message_ids``)
 
 What each branch means for the caller:
 
@@ -46,6 +50,11 @@ What each branch means for the caller:
   state is unchanged.
 * :class:`TransportError`: the call may be retried later. A Commit that timed
   out waiting for the room stays pending and is merged if the room reflects it.
+* :class:`~mls_xmpp.storage.StorageError` (importable from
+  :mod:`mls_xmpp.storage`): the state store failed (e.g. a full disk); the group is
+  rolled back to what the store holds and suspended until it takes writes again.
+  From ``send()``: the message was not transmitted -- unless it is a
+  :class:`SentNotStoredError`, whose message *was* transmitted: do not re-send it.
 
 Example::
 
@@ -99,6 +108,7 @@ from .xmpp.errors import (
     NotConnectedError,
     NotInGroupError,
     RulesError,
+    SentNotStoredError,
     ServerFeatureError,
     TooLargeError,
     TransportError,
@@ -136,6 +146,7 @@ __all__ = [
     "RemoteProtocolError",
     "RulesError",
     "SecretTreeError",
+    "SentNotStoredError",
     "ServerFeatureError",
     "TooLargeError",
     "TransportError",

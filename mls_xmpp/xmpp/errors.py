@@ -26,6 +26,11 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
   * :class:`ArchiveBudgetError` -- an archive read ran out of its budget of
     pages or time (a server paging for ever, or an archive too long to follow).
 
+* :class:`SentNotStoredError` -- a
+  :class:`~mls_xmpp.storage.StorageError` raised by ``send()`` after the
+  message's stanza left: the message *was* transmitted (do not send it again);
+  only writing its outbox entry failed.
+
 * :class:`EnvelopeError` -- a peer sent a malformed payload: text that is not
   base64, bytes that are not the expected protobuf message, or an envelope that
   breaks a rule of the mapping. Like every
@@ -50,6 +55,7 @@ importable) in :mod:`mls_xmpp.errors`. Defined here:
 from __future__ import annotations
 
 from mls_xmpp.core.errors import GroupStateError, LocalUsageError, MLSError, RemoteProtocolError
+from mls_xmpp.storage.errors import StorageError
 
 __all__ = [
     "ArchiveBudgetError",
@@ -66,6 +72,7 @@ __all__ = [
     "NotConnectedError",
     "NotInGroupError",
     "RulesError",
+    "SentNotStoredError",
     "ServerFeatureError",
     "TooLargeError",
     "TransportError",
@@ -164,6 +171,30 @@ class GroupSuspendedError(TransportError):
         super().__init__(message)
         #: what the room did (e.g. ``registration-required``, ``affiliation lost``)
         self.reason = reason
+
+
+class SentNotStoredError(StorageError):
+    """``send()`` raised this: the message **was transmitted** -- its stanza left
+    for the room, which gives it to every member -- but writing its outbox entry
+    afterwards failed (e.g. a full disk). Do not send it again: the members read
+    it once. ``message_ids`` names it (``send()`` did not return its id).
+
+    The group was rolled back to its stored state and suspended like after any
+    failed write (:class:`GroupSuspendedError`); when the store takes writes again
+    it resumes, reads the room archive, and the message's state
+    (``message_state(id)``) becomes ``reflected`` when its reflection is read (or,
+    if the room never took it, it is sent again then, once). A plain
+    :class:`~mls_xmpp.storage.StorageError` from ``send()`` means the message was
+    not transmitted.
+    """
+
+    #: always true: what tells this error from a StorageError before transmission
+    transmitted = True
+
+    def __init__(self, message: str, message_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        #: the messages transmitted whose outbox entry was not written
+        self.message_ids = message_ids
 
 
 class ArchiveBudgetError(TransportError):

@@ -53,8 +53,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.errors import MLSError
-from ..storage import OutboxRecord, StateStore
-from .errors import NotConnectedError
+from ..storage import OutboxRecord, StateStore, StorageError
+from .errors import NotConnectedError, SentNotStoredError
 from .late import sent_too_late, wire_header
 
 __all__ = ["FAILED", "QUEUED", "REFLECTED", "SENT", "Outbox", "OutboxItem"]
@@ -326,15 +326,23 @@ class Outbox:
 
     async def _settle(self, writes: list[tuple[str, Awaitable[None]]]) -> None:
         """Wait for the ``sent`` marks submitted by a flush; the first failure is
-        raised once every one ended (written, or failed and the group suspended)."""
+        raised once every one ended (written, or failed and the group suspended).
+        Those messages were transmitted: a failed write is raised as
+        :class:`SentNotStoredError` naming every message whose write failed."""
         first: BaseException | None = None
+        unstored: list[str] = []
         for message_id, write in writes:
             try:
                 await write
             except BaseException as e:  # noqa: BLE001 - raised below, after the rest
                 first = first or e
+                unstored.append(message_id)
             finally:
                 self._unstored.discard(message_id)
+        if isinstance(first, StorageError):
+            raise SentNotStoredError(
+                f"transmitted, but writing the outbox entry failed: {first}",
+                tuple(unstored)) from first
         if first is not None:
             raise first
 

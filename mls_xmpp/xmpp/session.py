@@ -45,6 +45,7 @@ from .errors import (
     NotConnectedError,
     NotInGroupError,
     RulesError,
+    SentNotStoredError,
     TooLargeError,
     TransportError,
     UnknownDeviceError,
@@ -1026,8 +1027,13 @@ class GroupSession:
         :raises GroupSuspendedError: the room does not take this device now.
         :raises TransportError: online, the upload of a large message failed
             (the message is not kept).
-        :raises StorageError: the state store did not take the message (it is
-            not kept; online, its stanza may have gone out once).
+        :raises SentNotStoredError: the message **was transmitted** (its stanza
+            left for the room; the members read it once), but writing its outbox
+            entry afterwards failed: **do not send it again**. Its id is in
+            ``.message_ids``; the group is suspended until the store takes writes
+            again (a :class:`~mls_xmpp.storage.StorageError` subclass).
+        :raises StorageError: the state store did not take the message: it was
+            not transmitted and is not kept.
         :raises UntrustedDeviceError: the group holds a device the ``refuse_send_to``
             option refuses; nothing was sent.
         """
@@ -1050,6 +1056,14 @@ class GroupSession:
         if online:
             try:
                 await self._flush_outbox()
+            except SentNotStoredError as e:
+                if message_id in e.message_ids:  # this message left: say so
+                    raise SentNotStoredError(
+                        f"message {message_id} was transmitted, but writing its outbox "
+                        f"entry failed (do not send it again): {e.__cause__ or e}",
+                        (message_id,)) from e
+                # only others' writes failed (the group's suspension reports it):
+                # this message's own fate follows
             finally:
                 self._outbox.store_pending(message_id)  # stored before send() returns
             if self._outbox.state(message_id) == FAILED:

@@ -16,7 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mls_xmpp.storage import SQLiteStore, StorageError
+import pytest
+
+from mls_xmpp.errors import SentNotStoredError
+from mls_xmpp.storage import OutboxRecord, SQLiteStore, StorageError
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.errors import GroupSuspendedError
 from mls_xmpp.xmpp.writer import StoreWriter
@@ -216,3 +219,72 @@ def test_a_failed_write_off_the_loop_rolls_back_and_catches_up(
         new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob")]
     asyncio.run(asyncio.wait_for(_failed_later(prosody, accounts, tmp_path), 150))
+
+
+class FailingOutbox:
+    """An SQLiteStore whose next ``fail`` ``sent`` outbox writes in the writer's thread
+    (those made after the stanza left) raise StorageError, as a full disk does."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = SQLiteStore(path)
+        self.fail = 0
+
+    def save_outbox(self, record: OutboxRecord) -> None:
+        if (self.fail and record.sent_digest is not None
+                and threading.current_thread().name == WRITER):
+            self.fail -= 1
+            raise StorageError("database or disk is full")
+        self.inner.save_outbox(record)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def _sent_not_stored(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+    store = FailingOutbox(tmp / "alice.db")
+    alice, ra = await mls_client(server, *accounts[0],
+                                 config={"store": store, "room_retry": 1.0})
+    bob, rb = await mls_client(server, *accounts[1])
+    try:
+        await befriend(alice, bob)
+        group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
+        (gb,) = await rb.wait("mls_joined")
+        await synced(group, gb)
+        # the first message reserves generations: its entry goes with those ratchets,
+        # before the stanza leaves; the next ones are written after it left
+        await group.send("zero")
+        delivery = alice.plugin["mls"].delivery
+        send_prepared, transmitted = delivery.send_prepared, []
+
+        def marked(room: str, env: Any) -> None:
+            transmitted.append(env)
+            send_prepared(room, env)
+        delivery.send_prepared = marked
+        store.fail = 1  # the write after the stanza left fails
+        with pytest.raises(SentNotStoredError) as info:
+            await group.send("one")
+        error = info.value
+        assert isinstance(error, StorageError) and error.transmitted
+        (mid,) = error.message_ids
+        assert "do not send it again" in str(error)
+        assert len(transmitted) == 1  # it did leave
+        # what the error says holds: bob reads it (once), and alice's device, once
+        # its store takes writes again, resumes and sees its reflection
+        await rb.wait("mls_message", 2)
+        assert rb.bodies() == ["zero", "one"]
+        await until(lambda: group.suspended is None, TIMEOUT)
+        await until(lambda: group.message_state(mid) == "reflected", TIMEOUT)
+        await group.send("two")
+        await rb.wait("mls_message", 3)
+        await synced(group, gb)
+        assert rb.bodies() == ["zero", "one", "two"]  # nothing twice
+        await until(lambda: group.outbox == [], TIMEOUT)  # "two" reflected too
+    finally:
+        await close(alice, bob)
+
+
+def test_send_says_a_message_was_transmitted_when_its_write_failed_after(
+        prosody: ProsodyServer, tmp_path: Path,
+        new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_sent_not_stored(prosody, accounts, tmp_path), 150))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mls_xmpp.errors import NotConnectedError, TransportError
-from mls_xmpp.storage import MemoryStore, OutboxRecord, SQLiteStore, StateStore
+from mls_xmpp.storage import MemoryStore, OutboxRecord, SQLiteStore, StateStore, StorageError
 from mls_xmpp.xmpp.outbox import Outbox
 
 GID = b"g" * 16
@@ -359,3 +359,39 @@ def test_an_end_not_written_comes_back_after_a_rollback(tmp_path: Path, kind: in
     assert box.reflected(first, "s0")  # read again from the archive: ended for good
     assert [e.message_id for e in store.load_outbox(GID)] == ["m1"]
     assert box.restore_stored() == 0
+
+
+def test_a_write_failed_after_transmission_is_told_apart(tmp_path: Path) -> None:
+    """``store_later`` writes of a burst run after the stanzas left: one that fails
+    is raised as SentNotStoredError (a StorageError) naming the messages that were
+    transmitted without their entry written; the others' writes stand."""
+    from mls_xmpp.errors import SentNotStoredError
+
+    store = SQLiteStore(tmp_path / "s.db", key=b"k" * 32)
+    box, wire = _outbox(store, []), Wire()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        def store_later(record: OutboxRecord) -> asyncio.Future[None]:
+            done: asyncio.Future[None] = loop.create_future()
+            if record.message_id == "b":
+                done.set_exception(StorageError("database or disk is full"))
+            else:
+                store.save_outbox(record)
+                done.set_result(None)
+            return done
+
+        for m in ("a", "b", "c"):
+            box.add(m, m.encode(), defer_store=True)
+        with pytest.raises(SentNotStoredError) as info:
+            await box.flush(can_send=lambda: True, encrypt=wire.encrypt,
+                            prepare=wire.prepare, transmit=wire.transmit,
+                            store_later=store_later)
+        assert info.value.message_ids == ("b",) and info.value.transmitted
+        assert isinstance(info.value.__cause__, StorageError)
+
+    asyncio.run(run())
+    assert len(wire.sent) == 3  # all three left
+    assert [r.message_id for r in store.load_outbox(GID)] == ["a", "c"]
+    assert [i.state for i in box.items] == ["sent"] * 3
