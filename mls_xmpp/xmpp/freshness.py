@@ -212,7 +212,7 @@ class Freshness:
         self.plugin = plugin
         self._records: dict[bytes, GroupFreshness] = {}
         self._busy: set[bytes] = set()
-        #: group id -> when (event loop time) this device last applied a Commit there
+        #: group id -> when (time.monotonic) this device last applied a Commit there
         self._last_commit: dict[bytes, float] = {}
         self._loop: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -327,7 +327,7 @@ class Freshness:
 
     def commit_applied(self, session: GroupSession, event: CommitApplied) -> None:
         """A Commit moved the group on: note whose keys changed, tell why leaves left."""
-        self._last_commit[session.group_id] = asyncio.get_running_loop().time()
+        self._last_commit[session.group_id] = time.monotonic()
         notice = RemovalNotice.parse(event.authenticated_data) if event.removed else None
         if notice is not None and notice.reason == REASON_IDLE:
             self._report_idle(session, event, notice)
@@ -518,9 +518,8 @@ class Freshness:
         ``quiet`` seconds ago (others are updating now), wait until ``quiet`` after it
         plus a random time that doubles with each wait, :data:`QUIET_WAITS` times at
         most. Cuts the races of the many updates of a group made in one go."""
-        loop = asyncio.get_running_loop()
         for n in range(QUIET_WAITS):
-            since = loop.time() - self._last_commit.get(session.group_id, -math.inf)
+            since = time.monotonic() - self._last_commit.get(session.group_id, -math.inf)
             if since >= quiet or session.removed:
                 return
             spread = quiet * (2 ** min(n, 5))
