@@ -184,11 +184,13 @@ OPTION_DOCS: dict[str, str] = {
                          "updates, whatever this says.",
     "update_join_delay": "The update after a join waits a random time up to this many "
                          "seconds, so that many new members do not all commit at once.",
-    "update_join_spread": "In a group of N members the updates after joining spread over "
-                          "N times this many seconds when that is longer than "
-                          "``update_join_delay`` (each new member in its own slot, by leaf "
-                          "order): in a large group made in one go every member is new. "
-                          "``0``: ``update_join_delay`` alone.",
+    "update_join_spread": "In a group of N members the update after joining waits at most "
+                          "N times this many seconds after the last Commit when that is "
+                          "longer than ``update_join_delay``: the new members update in "
+                          "turns, in leaf order (in a large group made in one go every "
+                          "member is new), a turn being that window over N (at least 5 s) "
+                          "when the device whose turn it is does not update. ``0``: "
+                          "``update_join_delay`` alone.",
     "update_interval": "Seconds without an update of this device's leaf before it sends one "
                        "(a week); ``0`` or ``None``: never.",
     "idle_timeout": "Seconds a member device's leaf may go without an update before one admin "

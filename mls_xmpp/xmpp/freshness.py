@@ -79,9 +79,12 @@ UPDATE_AFTER_JOIN_ROUNDS = 6
 #: Seconds the first back-off after a lost race spans at least (random in
 #: [0.5, 1.5] times this, or the device's slot when longer, doubled each round).
 RACE_RETRY_WINDOW = 1.0
-#: Times the update after joining waits at most for a pause in others' Commits
-#: (:meth:`Freshness._quiet`) before it is sent anyway.
-QUIET_WAITS = 30
+#: Seconds one turn of the updates after joining lasts at least, when the device
+#: whose turn it is does not update (longer than a Commit takes to reach everyone).
+TURN_MIN = 5.0
+#: Seconds between two looks of a device waiting for its turn to update
+#: (:meth:`Freshness._turn`) at whether a Commit came meanwhile.
+TURN_POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -278,10 +281,10 @@ class Freshness:
         self._records.pop(session.group_id, None)
         rec = self.record(session)
         if last_resort or self.plugin.config["update_after_join"]:
-            delay = self.join_update_delay(session)
-            rec.update_due = self.now() + delay
+            self._last_commit[session.group_id] = time.monotonic()  # the Welcome's
+            rec.update_due = self.now() + self.join_update_delay(session)
             self.save(session)
-            self._spawn(self._update_after(session, delay))
+            self._spawn(self._update_after(session))
         else:
             self.save(session)
 
@@ -293,17 +296,32 @@ class Freshness:
         spread = max(0.0, float(self.plugin.config["update_join_spread"] or 0))
         return max(delay, members * spread)
 
-    def join_update_delay(self, session: GroupSession) -> float:
-        """When (seconds from now) this device's update after joining ``session`` goes:
-        in its own slot of :meth:`join_update_window` -- the members' leaf order, so
-        that the devices added by one Commit take turns rather than race -- at a
-        random point of it. Local scheduling only: no member judges a Commit by it."""
-        leaves = [m.leaf_index for m in session.group.members]
-        window = self.join_update_window(len(leaves))
+    def join_slot(self, session: GroupSession) -> float:
+        """Seconds of one turn: :meth:`join_update_window` over the members."""
+        members = sum(1 for _ in session.group.state.tree.leaves())
+        return self.join_update_window(members) / max(1, members)
+
+    def waiting_ahead(self, session: GroupSession) -> int:
+        """The leaves left of this device's that still hold their KeyPackage's keys
+        (not updated since they joined): the updates whose turn comes first. Read
+        from the tree, so every member counts alike (in the same epoch)."""
         own = session.group.own_leaf_index
-        rank = sum(1 for i in leaves if i < own)
-        slot = window / max(1, len(leaves))
-        return (rank + random.random()) * slot  # noqa: S311 - spreading, not secrecy
+        key_package = LeafNodeSource.KEY_PACKAGE
+        return sum(1 for i, leaf in session.group.state.tree.leaves()
+                   if i < own and leaf.leaf_node_source == key_package)
+
+    def join_update_delay(self, session: GroupSession) -> float:
+        """When (seconds after the last Commit) this device's update after joining
+        ``session`` goes if nobody else commits meanwhile: a turn
+        (:meth:`join_slot`, at least :data:`TURN_MIN`) for each update ahead of it
+        (:meth:`waiting_ahead`), then a random part of a second at most (of a slot
+        when shorter); never later than :meth:`join_update_window`. Local
+        scheduling only: no member judges a Commit by it."""
+        slot = self.join_slot(session)
+        ahead = self.waiting_ahead(session)
+        part = random.random()  # noqa: S311 - spreading, not secrecy
+        window = self.join_update_window(sum(1 for _ in session.group.state.tree.leaves()))
+        return min(ahead * max(slot, TURN_MIN) + part * min(slot, RACE_RETRY_WINDOW), window)
 
     def _update_needed(self, session: GroupSession) -> bool:
         """Whether the update after joining is still to be made: not when a Commit of
@@ -463,26 +481,26 @@ class Freshness:
             # one Commit: one that loses a race is tried again at the next check
             await session.update(attempts=1 if due else 4)
 
-    async def _update_after(self, session: GroupSession, delay: float) -> None:
-        """The update after joining, ``delay`` seconds from now (:meth:`joined`).
-        Devices that joined together may still update about together, so their
-        Commits race (docs/PROTOCOL.md 9.7): each round sends one Commit; one that
-        lost (or that finds an earlier Commit of this device still waiting for the
-        room) backs off a random, doubling time before the next round, up to
-        :data:`UPDATE_AFTER_JOIN_ROUNDS` rounds in all, and only a failure of the last
-        round (or any other failure) is reported; ``update_due`` stays until an update
-        succeeds, so the periodic check tries again after that. An update no longer
-        needed (:meth:`_update_needed`) is not sent."""
-        members = len(session.group.members)
-        base = max(RACE_RETRY_WINDOW,
-                   self.join_update_window(members) / max(1, members))
+    async def _update_after(self, session: GroupSession) -> None:
+        """The update after joining (:meth:`joined`), when its turn came
+        (:meth:`_turn`). Devices that joined together would otherwise update about
+        together, and their Commits race (docs/PROTOCOL.md 9.7): each round sends one
+        Commit; one that lost (or that finds an earlier Commit of this device still
+        waiting for the room) backs off a random, doubling time before the next
+        round, up to :data:`UPDATE_AFTER_JOIN_ROUNDS` rounds in all, and only a
+        failure of the last round (or any other failure) is reported; ``update_due``
+        stays until an update succeeds, so the periodic check tries again after that.
+        An update no longer needed (:meth:`_update_needed`) is not sent."""
+        slot = self.join_slot(session)
+        base = max(RACE_RETRY_WINDOW, slot)
+        delay = 0.0
         for round_ in range(UPDATE_AFTER_JOIN_ROUNDS):
             await asyncio.sleep(delay)
             while not self._ready(session):
                 if session.removed or self.plugin.sessions.get(session.room) is not session:
                     return
                 await asyncio.sleep(0.2)
-            await self._quiet(session, base)
+            await self._turn(session)
             if session.group_id in self._busy:
                 return  # the periodic check is at it
             self._busy.add(session.group_id)
@@ -513,17 +531,25 @@ class Freshness:
             # back off: random, doubling with each lost round
             delay = base * (2 ** round_) * random.uniform(0.5, 1.5)  # noqa: S311
 
-    async def _quiet(self, session: GroupSession, quiet: float) -> None:
-        """Listen before committing: while another Commit was applied here less than
-        ``quiet`` seconds ago (others are updating now), wait until ``quiet`` after it
-        plus a random time that doubles with each wait, :data:`QUIET_WAITS` times at
-        most. Cuts the races of the many updates of a group made in one go."""
-        for n in range(QUIET_WAITS):
-            since = time.monotonic() - self._last_commit.get(session.group_id, -math.inf)
-            if since >= quiet or session.removed:
+    async def _turn(self, session: GroupSession) -> None:
+        """Wait for this device's turn to update: :meth:`join_update_delay` after the
+        last Commit this device applied, counted anew at each Commit. So the new
+        members of a group made in one go update one after the other, in leaf
+        order, each soon after it applied the one before (no race); one ahead that
+        does not update (offline, or with ``update_after_join`` off) holds those
+        behind it up by a turn, at most :meth:`join_update_window` after the last
+        Commit."""
+        start = time.monotonic()
+        seen: float | None = None
+        delay = 0.0
+        while not session.removed:
+            last = self._last_commit.get(session.group_id, start)
+            if last != seen:  # a Commit came: count anew
+                seen, delay = last, self.join_update_delay(session)
+            wait = last + delay - time.monotonic()
+            if wait <= 0:
                 return
-            spread = quiet * (2 ** min(n, 5))
-            await asyncio.sleep(quiet - since + random.uniform(0.0, spread))  # noqa: S311
+            await asyncio.sleep(min(wait, TURN_POLL))
 
     # -- idle devices ----------------------------------------------------------------------
 

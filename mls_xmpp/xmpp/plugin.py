@@ -185,7 +185,7 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         "clock": None,  # a callable: seconds since the Unix epoch (default time.time)
         "update_after_join": True,  # update soon after joining (always after a last resort)
         "update_join_delay": 30.0,  # the update after a join waits up to this (random)
-        "update_join_spread": 1.0,  # ... or members x this, when longer (large groups)
+        "update_join_spread": 1.0,  # ... or members x this, when longer (turns, leaf order)
         "update_interval": 7 * 86400.0,  # seconds without an update before one is sent
         "idle_timeout": 90 * 86400.0,  # seconds without an update before removal; 0: never
         "freshness_interval": 3600.0,  # seconds between checks of the above
