@@ -4,9 +4,10 @@ Every device the creator adds updates after joining (``update_after_join``). Wit
 many of them in one group, their Commits raced: one wins each epoch, the others
 were rebuilt and sent again at once (up to 16 Commits a device, O(K^2) in all,
 each encrypting to nearly every leaf while the parent nodes are blank). The
-updates now take turns (a slot per leaf over a window that grows with the
-group), a device whose Commit lost backs off, and one that no longer needs its
-update does not send it. These tests count the Commits the joiners sent.
+updates now take turns in leaf order (each device counts, in the tree, the
+leaves ahead of its own not updated yet), a device whose Commit lost backs off,
+and one that no longer needs its update does not send it. These tests count the
+Commits the joiners sent.
 """
 
 from __future__ import annotations
