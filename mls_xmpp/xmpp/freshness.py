@@ -217,6 +217,9 @@ class Freshness:
         self._busy: set[bytes] = set()
         #: group id -> when (time.monotonic) this device last applied a Commit there
         self._last_commit: dict[bytes, float] = {}
+        #: groups joined with the last-resort KeyPackage: their update waits at most
+        #: ``update_join_delay`` (that key may have opened other Welcomes)
+        self._last_resort: set[bytes] = set()
         self._loop: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -273,6 +276,7 @@ class Freshness:
         """The group is gone from this device (its stored record goes with the group)."""
         self._records.pop(group_id, None)
         self._last_commit.pop(group_id, None)
+        self._last_resort.discard(group_id)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -282,6 +286,8 @@ class Freshness:
         rec = self.record(session)
         if last_resort or self.plugin.config["update_after_join"]:
             self._last_commit[session.group_id] = time.monotonic()  # the Welcome's
+            if last_resort:
+                self._last_resort.add(session.group_id)
             rec.update_due = self.now() + self.join_update_delay(session)
             self.save(session)
             self._spawn(self._update_after(session))
@@ -316,11 +322,14 @@ class Freshness:
         (:meth:`join_slot`, at least :data:`TURN_MIN`) for each update ahead of it
         (:meth:`waiting_ahead`), then a random part of a second at most (of a slot
         when shorter); never later than :meth:`join_update_window`. Local
-        scheduling only: no member judges a Commit by it."""
+        scheduling only: no member judges a Commit by it. After a join with the
+        last-resort KeyPackage, never later than ``update_join_delay``."""
         slot = self.join_slot(session)
         ahead = self.waiting_ahead(session)
         part = random.random()  # noqa: S311 - spreading, not secrecy
         window = self.join_update_window(sum(1 for _ in session.group.state.tree.leaves()))
+        if session.group_id in self._last_resort:
+            window = min(window, max(0.0, float(self.plugin.config["update_join_delay"] or 0)))
         return min(ahead * max(slot, TURN_MIN) + part * min(slot, RACE_RETRY_WINDOW), window)
 
     def _update_needed(self, session: GroupSession) -> bool:
