@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..storage import GroupRecord, OutboxRecord, StateStore, StorageError, TrustRecord
+from ..storage.sqlite import SQLiteStore
 
 __all__ = ["BURST", "LAZY_DELAY", "OrderedStore", "StoreWriter", "Unsaved"]
 
@@ -123,7 +124,7 @@ class StoreWriter:
         if not self._threaded:
             try:
                 self._check(group_id)
-                with _transaction(self._raw):  # all of the job or none of it
+                with _transaction(self._raw, whole=True):  # all of the job or none of it
                     job(self._raw)
             except StorageError as e:
                 self._failed.setdefault(group_id, e)
@@ -210,7 +211,7 @@ class StoreWriter:
             gid, job, _loop, _future = batch[0]
             try:
                 self._check(gid)
-                with _transaction(self._raw):
+                with _transaction(self._raw, whole=True):
                     job(self._raw)
             except Exception as e:  # noqa: BLE001 - reported to its caller
                 error = e if isinstance(e, StorageError) else StorageError(
@@ -226,7 +227,7 @@ class StoreWriter:
                 for gid, job, _loop, _future in batch:
                     try:
                         self._check(gid)
-                        with _transaction(self._raw):  # a savepoint: all of the job or none
+                        with _transaction(self._raw, whole=True):  # a savepoint: all or none
                             job(self._raw)
                     except StorageError as e:  # rolled back alone
                         self._failed.setdefault(gid, e)
@@ -257,10 +258,17 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.exception()  # retrieved: a fire-and-forget write reports it by callback
 
 
-def _transaction(store: StateStore) -> contextlib.AbstractContextManager[None]:
+def _transaction(store: StateStore, *, whole: bool = False
+                 ) -> contextlib.AbstractContextManager[None]:
+    """The store's ``transaction()``; ``whole``: all of it or nothing, no savepoint per
+    write inside (``parts=False``, where the store offers it: fewer SQLite calls, each
+    of which takes the GIL back in the writer's thread)."""
     tx = getattr(store, "transaction", None)
-    return contextlib.nullcontext() if tx is None else cast(
-        "contextlib.AbstractContextManager[None]", tx())
+    if tx is None:
+        return contextlib.nullcontext()
+    if whole and isinstance(store, SQLiteStore):
+        return store.transaction(parts=False)
+    return cast("contextlib.AbstractContextManager[None]", tx())
 
 
 class OrderedStore:
