@@ -82,6 +82,7 @@ import asyncio
 import base64
 import contextlib
 import cProfile
+import inspect
 import io
 import json
 import logging
@@ -738,6 +739,23 @@ async def _bench_pair(server: ProsodyServer, accounts: list[Account], clients: C
     result["mls"]["throughput_one_sender"] = {
         "messages": n, "send_s": round(sent - start, 4), "total_s": round(done - start, 4),
         "msgs_per_s": round(n / (done - start), 1), **cpu.per_message(before, n)}
+    # the same with send(durable=False) (round 6, where the plugin offers it): each
+    # send() returns once its stanza left; one wait_stored() at the end
+    if "durable" in inspect.signature(group.send).parameters:
+        await quiesce(0.3)
+        sb.reset()
+        before = cpu.snapshot()
+        start = time.perf_counter()
+        for i in range(n):
+            await group.send(f"tp1n-{i:05d}", durable=False)
+        sent = time.perf_counter()
+        await group.wait_stored()
+        stored = time.perf_counter()
+        done = await sb.wait_count(n, max(MESSAGE_TIMEOUT, n * 0.5))
+        result["mls"]["throughput_one_sender_nodurable"] = {
+            "messages": n, "send_s": round(sent - start, 4),
+            "stored_s": round(stored - start, 4), "total_s": round(done - start, 4),
+            "msgs_per_s": round(n / (done - start), 1), **cpu.per_message(before, n)}
     # the same, the n send() calls made at once (a burst a bot posts): each still
     # returns once its message is durable, but the store writer commits what queued up
     # meanwhile together; the order of the calls is the order bob reads
@@ -1099,6 +1117,10 @@ def table(r: dict[str, Any]) -> str:
             f"{t1b['msgs_per_s']:.0f} msg/s" + cpu(t1b)
             + ("" if t1b.get("in_order") else "  (OUT OF ORDER)")),)
           if (t1b := mls.get("throughput_one_sender_burst")) else ()),
+        *((("MLS throughput, one sender, send(durable=False)",
+            f"{t1n['msgs_per_s']:.0f} msg/s" + cpu(t1n)
+            + f"  (all stored after {t1n['stored_s']:.2f} s)"),)
+          if (t1n := mls.get("throughput_one_sender_nodurable")) else ()),
         ("MLS throughput, ten senders", f"{t10['msgs_per_s']:.0f} msg/s" + cpu(t10)),
         ("  (every member has every message)", f"after {t10['all_members_s']:.2f} s,"
          f" {t10['decryptions']} decryptions in this process"),

@@ -1000,7 +1000,7 @@ class GroupSession:
             del self._sent[next(iter(self._sent))]
 
     async def send(self, body: str, *, thread_id: str = "", reply_to: str = "",
-                   attachments: tuple[Attachment, ...] = ()) -> str:
+                   attachments: tuple[Attachment, ...] = (), durable: bool = True) -> str:
         """Encrypt ``body`` for the group and send it through the room.
 
         The message goes through the group's outbox (:mod:`.outbox`): it is
@@ -1017,6 +1017,18 @@ class GroupSession:
         A message too large for one stanza is uploaded (HTTP File Upload,
         XEP-0363) and sent by reference; members download and check it. The
         limit is :data:`MAX_MESSAGE_SIZE` (16 MiB of encoded content).
+
+        ``durable=False`` (an explicit choice, for a sender of many messages
+        that cannot wait for one store commit each): online, ``send()`` returns
+        once the stanza was handed to the stream; the outbox entry is still
+        written (in the next commit of the store writer, with whatever queued
+        up) but not waited for. Until :meth:`wait_stored` returns, a crash of
+        the process may lose such a message without a report (if its stanza had
+        not reached the server). Everything else holds as with ``durable=True``:
+        no generation is ever used twice (the reservation is written before the
+        stanza leaves), a lost stream or failed write is handled and reported
+        the same way, and offline the message is stored before ``send()``
+        returns. docs/PROTOCOL.md, "Crash and durability".
 
         :returns: the message's id (``Content.message_id``, random), which
             others may name in ``reply_to``.
@@ -1046,7 +1058,7 @@ class GroupSession:
         online = self._can_send()
         # online, the entry is written by the flush below, already "sent", in the
         # transaction of the ratchets that encrypt it (store_pending: if it was not)
-        self._outbox.add(message_id, content, defer_store=online)
+        self._outbox.add(message_id, content, defer_store=online, lazy=not durable)
         if online:
             try:
                 await self._flush_outbox()
@@ -1058,6 +1070,17 @@ class GroupSession:
                     raise error
                 raise TransportError(f"the message was not sent: {error}")
         return message_id
+
+    async def wait_stored(self) -> None:
+        """Return once every message :meth:`send` accepted before this call is in the
+        state store (those sent with ``durable=False`` included): from then on a
+        crash loses none of them -- each is delivered or reported ``failed``.
+
+        :raises StorageError: a write failed (the group is suspended and rolled
+            back, as for any failed write; the messages whose write failed may
+            be lost in a crash, their stanzas went out).
+        """
+        await self._outbox.written()
 
     @property
     def outbox(self) -> list[OutboxItem]:
