@@ -195,13 +195,16 @@ class Outbox:
         :raises StorageError: one of them failed (the first error, once all ended).
         """
         first: BaseException | None = None
-        for write in list(self._writing.values()):
+        for message_id, write in list(self._writing.items()):
             try:
                 await asyncio.shield(write)
             except asyncio.CancelledError:
-                raise
+                if not write.cancelled():
+                    raise  # this wait was cancelled
             except BaseException as e:  # noqa: BLE001 - raised below, after the rest
                 first = first or e
+            if self._writing.get(message_id) is write:  # ended: raised once
+                del self._writing[message_id]
         if first is not None:
             raise first
 
