@@ -1179,6 +1179,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--receiver-process", action="store_true",
                    help="run the pair's receiving clients (raw and MLS alike) in a process "
                         "of their own (default: every client in this one process)")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="sys.setswitchinterval() for this process, in seconds (an experiment "
+                        "on the GIL; default: Python's, 0.005)")
     p.add_argument("--json", type=Path, help="write the results as JSON to this file")
     p.add_argument("--profile", action="store_true",
                    help="profile an extra MLS latency pass with cProfile (stderr)")
@@ -1189,6 +1192,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     if args.messages < 10:
         p.error("--messages must be at least 10")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     global CLIENT_STORE_DIR, UPDATE_JOIN_DELAY
     UPDATE_JOIN_DELAY = args.update_join_delay
