@@ -59,6 +59,7 @@ from .params import follow_parameters
 from .privacy import group_info_key, open_group_info, seal_group_info
 from .publication import watch_publication
 from .removal import send_removal_notices
+from .reservation import Reservation
 from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 from .writer import BURST, Unsaved
@@ -291,6 +292,8 @@ class GroupSession:
         #: the delayed write of a position only this device's echoes moved
         self.lazy_write: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Future[None] | None = None
+        #: what the store holds of the own sending reservation (.reservation)
+        self._reserved = Reservation()
         #: the worker was stopped before it finished reading the archive
         self._unread = False
         #: set when a ReInit closed the group: the group that replaces it (:mod:`.reinit`)
@@ -1142,15 +1145,31 @@ class GroupSession:
                     raise NotConnectedError("the stream went down")
                 follow_parameters(self.group)  # pad as the group says
                 # a generation is never reused after a crash: the store holds the
-                # own ratchet RESERVED_GENERATIONS ahead, written only when that
-                # reservation is used up (docs/PROTOCOL.md, crash and durability)
-                reserve = self.group.reserve_generations(self._reservation())
+                # own ratchet RESERVED_GENERATIONS ahead, renewed off the event loop
+                # when half of it is used, and written before the stanza leaves only
+                # when no committed write covers the generation (.reservation;
+                # docs/PROTOCOL.md, crash and durability)
+                ahead = self._reservation()
+                generation = self.group.sending_generation()
+                if not self._reserved.covered(self.epoch, generation):
+                    await self._reserved.wait_renewal()  # the lock stays held
+                renewed = self.group.reserve_generations(ahead, early=ahead // 2)
+                write_now = not self._reserved.covered(self.epoch, generation)
+                upto = self.group.reserved_generations()
                 data = self.group.encrypt(content)  # in the epoch of this moment
                 epoch = self.epoch
-                if reserve:  # written before the stanza leaves
+                if write_now:  # written before the stanza leaves
                     sent = self._outbox.sending(data)  # marked sent in the same commit
-                    if self.plugin.persist_ratchets(self, sent) and sent is not None:
-                        self._outbox.stored_sent(sent)
+                    if self.plugin.persist_ratchets(self, sent):
+                        if upto is not None:
+                            self._reserved.stored(epoch, upto)
+                        if sent is not None:
+                            self._outbox.stored_sent(sent)
+                elif renewed and upto is not None:  # written off the loop, not waited for
+                    self.unsaved.ratchets = True
+                    write = self.plugin.persist_later(self)
+                    if write is not None:
+                        self._reserved.renewing(epoch, upto, write)
             return data
 
         async def prepare(data: bytes) -> Envelope:
