@@ -446,6 +446,15 @@ class RawPair:
         t0 = time.perf_counter()
         self.a = await connect_client(server, *accounts[0], timeout=CONNECT_TIMEOUT)
         clients.all.append(self.a)
+        #: the size of each payload stanza a wrote, as serialised (as Marks does for MLS)
+        self.sizes: list[int] = []
+        send_raw = self.a.send_raw
+
+        def sized(data: Any) -> None:
+            if NS in data:
+                self.sizes.append(len(data))
+            send_raw(data)
+        self.a.send_raw = sized
         if self.remote is None:
             self.b = await connect_client(server, *accounts[1], timeout=CONNECT_TIMEOUT)
             clients.all.append(self.b)
@@ -526,11 +535,14 @@ class Marks:
         self.start = 0.0
         self.wire: float | None = None
         self.parsed: float | None = None
+        #: the size of each message's first write (its stanza, as serialised)
+        self.sizes: list[int] = []
         original = sender.send_raw
 
         def send_raw(data: Any) -> None:
             if self.wire is None:
                 self.wire = time.perf_counter()
+                self.sizes.append(len(data))
             original(data)
 
         sender.send_raw = send_raw
@@ -710,6 +722,8 @@ async def _bench_pair(server: ProsodyServer, accounts: list[Account], clients: C
         label: ms(statistics.median(v)) for label, v in split.items()}
     result["mls"]["latency_timeline_median_ms"]["mls_message event"] = ms(
         statistics.median(mls_lat))
+    result["mls"]["stanza_chars_median"] = statistics.median(marks.sizes) if marks.sizes else 0
+    result["raw"]["stanza_chars_median"] = statistics.median(raw.sizes) if raw.sizes else 0
     from mls_xmpp.core.group.serialize import encode_group
     result["mls"]["persisted_state_bytes"] = len(encode_group(group.group))
 
@@ -1100,6 +1114,8 @@ def table(r: dict[str, Any]) -> str:
                 f" Prosody {t['prosody_cpu_ms_per_msg']:.2f} ms]")
 
     rows = [
+        ("stanza size, raw / MLS (characters, median)",
+         f"{raw.get('stanza_chars_median', 0):.0f} / {mls.get('stanza_chars_median', 0):.0f}"),
         ("raw groupchat round trip, median / p95",
          f"{rl['median_ms']:.2f} / {rl['p95_ms']:.2f} ms"),
         ("MLS send -> decrypted, median / p95",
