@@ -166,7 +166,18 @@ async def bounded(aw: Awaitable[T], timeout: float, what: str) -> T:
 # -- clients ------------------------------------------------------------------------
 
 
-class Sink:
+class Expecting:
+    """``expect(body)``: a future resolved with the arrival time of that body."""
+
+    _waiters: dict[str, asyncio.Future[float]]
+
+    def expect(self, body: str) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters[body] = fut
+        return fut
+
+
+class Sink(Expecting):
     """Collects one client's ``mls_message`` events (a plain, synchronous handler).
 
     ``expect(body)`` returns a future resolved with the arrival time of that
@@ -206,11 +217,6 @@ class Sink:
     def _on_joined(self, event: Any) -> None:
         self.joined.append(event.group)
         self._joined_event.set()
-
-    def expect(self, body: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters[body] = fut
-        return fut
 
     def reset(self) -> None:
         self.count = 0
@@ -454,7 +460,7 @@ class RawPair:
             if NS in data:
                 self.sizes.append(len(data))
             send_raw(data)
-        self.a.send_raw = sized
+        self.a.send_raw = sized  # type: ignore[method-assign]
         if self.remote is None:
             self.b = await connect_client(server, *accounts[1], timeout=CONNECT_TIMEOUT)
             clients.all.append(self.b)
@@ -617,10 +623,11 @@ async def _bench_pair(server: ProsodyServer, accounts: list[Account], clients: C
     gb: Any = None
     sb: Sink | RemoteSink
     if remote is None:
-        (alice, sa), (bob, sb) = await asyncio.gather(
+        (alice, sa), (bob, sink_b) = await asyncio.gather(
             mls_client(server, accounts[2], clients), mls_client(server, accounts[3], clients))
+        sb = sink_b
         result["mls"]["client_start_s_2_concurrent"] = round(time.perf_counter() - t0, 4)
-        group, (gb,), setup = await make_group(alice, [(bob, sb)])
+        group, (gb,), setup = await make_group(alice, [(bob, sink_b)])
     else:
         (alice, sa), _ = await asyncio.gather(
             mls_client(server, accounts[2], clients),
@@ -881,7 +888,7 @@ async def bench_ten(server: ProsodyServer, accounts: list[Account], clients: Cli
 # -- the pair's receivers in a process of their own (--receiver-process) -----------------
 
 
-class RemoteSink:
+class RemoteSink(Expecting):
     """What :class:`Sink` offers the pair's steps, for bob in the child process: the
     arrival times are the child's ``time.perf_counter()`` at its ``mls_message`` event
     (``CLOCK_MONOTONIC`` on Linux: one clock for every process)."""
@@ -906,11 +913,6 @@ class RemoteSink:
         if self._count_target and self.count >= self._count_target and not self._count_time:
             self._count_time = t
             self._count_event.set()
-
-    def expect(self, body: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters[body] = fut
-        return fut
 
     def reset(self) -> None:
         self.count = 0

@@ -64,15 +64,22 @@ def _writer(client: Any) -> StoreWriter:
     return writer
 
 
+async def _group_of_two(alice: Any, bob: Any, rb: Any) -> tuple[Any, Any]:
+    """Alice's group with bob, both caught up, and its first message sent (it makes
+    the first reservation of generations, written before its stanza leaves)."""
+    await befriend(alice, bob)
+    group = await alice.plugin["mls"].create_group(members=[bob.boundjid.bare])
+    (gb,) = await rb.wait("mls_joined")
+    await synced(group, gb)
+    await group.send("the first: it reserves generations, written before it leaves")
+    return group, gb
+
+
 async def _counts(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
     alice, ra = await mls_client(server, *accounts[0], config={"store": str(tmp / "a.db")})
     bob, rb = await mls_client(server, *accounts[1], config={"store": str(tmp / "b.db")})
     try:
-        await befriend(alice, bob)
-        group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
-        (gb,) = await rb.wait("mls_joined")
-        await synced(group, gb)
-        await group.send("the first: it reserves generations, written before it leaves")
+        group, gb = await _group_of_two(alice, bob, rb)
         await rb.wait("mls_message", 1)
         await until(lambda: group.outbox == [] and _writer(alice).idle
                     and _writer(bob).idle)
@@ -227,11 +234,7 @@ async def _renewal(server: ProsodyServer, accounts: list[Account], tmp: Path) ->
     alice, ra = await mls_client(server, *accounts[0], config={"store": str(tmp / "a.db")})
     bob, rb = await mls_client(server, *accounts[1], config={"store": str(tmp / "b.db")})
     try:
-        await befriend(alice, bob)
-        group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
-        (gb,) = await rb.wait("mls_joined")
-        await synced(group, gb)
-        await group.send("the first: it reserves generations, written before it leaves")
+        group, _ = await _group_of_two(alice, bob, rb)
         await until(lambda: group.outbox == [] and _writer(alice).idle)
         ta = Trace(alice)
         # 2N messages one by one: each reservation after the first is renewed off the
