@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--modes", default="pool,serial",
                    help="pool, serial, pool-noahead (the pool without start_verify)")
-    p.add_argument("--tree", default="in,out", help="in, out or both")
+    p.add_argument("--tree", default="in,out",
+                   help="in, out, or both (in,out): the tree in the Welcome or out of band")
     p.add_argument("--no-prehash", action="store_true",
                    help="hash a Welcome's info once per recipient (the code of before)")
     p.add_argument("--json", type=Path)
@@ -249,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.include_50k and 50000 not in sizes:
         sizes.append(50000)
     modes = [m for m in args.modes.split(",") if m]
-    trees = [t == "in" for t in args.tree.split(",") if t]
+    names = ["in", "out"] if args.tree == "both" else [t for t in args.tree.split(",") if t]
+    if set(names) - {"in", "out"}:
+        p.error(f"--tree: {args.tree!r} (in, out, both)")
+    trees = [t == "in" for t in names]
     if args.no_prehash:
         batch_module.PREHASH_INFO_BYTES = 1 << 62
     t_all = time.perf_counter()

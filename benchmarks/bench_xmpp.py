@@ -53,6 +53,12 @@ Throughput steps also report CPU milliseconds per message of this process
 (every client together) and of Prosody, which other load on the machine
 disturbs much less than wall-clock rates.
 
+``--receiver-process`` runs the pair's receiving clients (raw b and MLS bob alike) in a
+child process of this script (``--receiver-child``), as two devices would be: the
+sender's and the receiver's CPU and GIL no longer add up; arrivals are timed in the child
+with the same monotonic clock, its CPU counts as the clients'. The ten-sender step
+stays in one process.
+
 ``--json PATH`` writes every figure, and every latency sample of steps 1
 and 2 (``latency_samples_ms``), with the run's options and environment;
 ``benchmarks/plot.py`` draws it.
@@ -76,6 +82,7 @@ import asyncio
 import base64
 import contextlib
 import cProfile
+import inspect
 import io
 import json
 import logging
@@ -159,7 +166,18 @@ async def bounded(aw: Awaitable[T], timeout: float, what: str) -> T:
 # -- clients ------------------------------------------------------------------------
 
 
-class Sink:
+class Expecting:
+    """``expect(body)``: a future resolved with the arrival time of that body."""
+
+    _waiters: dict[str, asyncio.Future[float]]
+
+    def expect(self, body: str) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters[body] = fut
+        return fut
+
+
+class Sink(Expecting):
     """Collects one client's ``mls_message`` events (a plain, synchronous handler).
 
     ``expect(body)`` returns a future resolved with the arrival time of that
@@ -199,11 +217,6 @@ class Sink:
     def _on_joined(self, event: Any) -> None:
         self.joined.append(event.group)
         self._joined_event.set()
-
-    def expect(self, body: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters[body] = fut
-        return fut
 
     def reset(self) -> None:
         self.count = 0
@@ -255,7 +268,8 @@ class Clients:
 
 
 async def mls_client(server: ProsodyServer, account: Account, clients: Clients,
-                     config: dict[str, Any] | None = None) -> tuple[Any, Sink]:
+                     config: dict[str, Any] | None = None,
+                     sink_class: type[Sink] | None = None) -> tuple[Any, Sink]:
     """A connected slixmpp client with the "mls" plugin, started (KeyPackages on PEP).
 
     The benchmark's accounts are not roster contacts: they take anyone's
@@ -273,7 +287,7 @@ async def mls_client(server: ProsodyServer, account: Account, clients: Clients,
     if UPDATE_JOIN_DELAY is not None:  # the updates after joining, all within this
         base["update_join_delay"] = UPDATE_JOIN_DELAY
     client.register_plugin("mls", {**base, **(config or {})})
-    sink = Sink(client)
+    sink = (sink_class or Sink)(client)
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_ready(_: Any) -> None:
@@ -361,16 +375,22 @@ class CpuMeter:
     def __init__(self, server: ProsodyServer) -> None:
         self.pid = server.pid
         self.tick = os.sysconf("SC_CLK_TCK")
+        #: clients in processes of their own (``--receiver-process``): counted as clients
+        self.children: list[int] = []
 
-    def _prosody(self) -> float:
+    def _cpu(self, pid: int) -> float:
         try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
         except (OSError, IndexError, ValueError):
             return float("nan")
 
+    def _prosody(self) -> float:
+        return self._cpu(self.pid)
+
     def snapshot(self) -> tuple[float, float]:
-        return time.process_time(), self._prosody()
+        return (time.process_time() + sum(self._cpu(pid) for pid in self.children),
+                self._prosody())
 
     def per_message(self, before: tuple[float, float], messages: int) -> dict[str, float]:
         client, prosody = self.snapshot()
@@ -415,10 +435,12 @@ def send_shaped_like_mls(client: Any, room: str, data: bytes) -> str:
 class RawPair:
     """Two plain slixmpp clients in one MUC room configured like an MLS group's room."""
 
-    def __init__(self, shape: str = "payload") -> None:
+    def __init__(self, shape: str = "payload", remote: RemoteReceiver | None = None) -> None:
         #: ``payload``: only the payload element (and the store hint); ``mls``: also the
         #: fallback body and the EME element every MLS stanza carries
         self.shape = shape
+        #: ``--receiver-process``: b runs in this child process
+        self.remote = remote
 
     def _send(self) -> str:
         if self.shape == "mls":
@@ -430,8 +452,18 @@ class RawPair:
         t0 = time.perf_counter()
         self.a = await connect_client(server, *accounts[0], timeout=CONNECT_TIMEOUT)
         clients.all.append(self.a)
-        self.b = await connect_client(server, *accounts[1], timeout=CONNECT_TIMEOUT)
-        clients.all.append(self.b)
+        #: the size of each payload stanza a wrote, as serialised (as Marks does for MLS)
+        self.sizes: list[int] = []
+        send_raw = self.a.send_raw
+
+        def sized(data: Any) -> None:
+            if NS in data:
+                self.sizes.append(len(data))
+            send_raw(data)
+        self.a.send_raw = sized  # type: ignore[method-assign]
+        if self.remote is None:
+            self.b = await connect_client(server, *accounts[1], timeout=CONNECT_TIMEOUT)
+            clients.all.append(self.b)
         self.room = server.room_jid(f"raw-bench-{secrets.token_hex(4)}")
         await join_room(self.a, self.room, "a", timeout=MESSAGE_TIMEOUT)
         muc = self.a.plugin["xep_0045"]
@@ -443,10 +475,14 @@ class RawPair:
         for var, value in ROOM_CONFIG.items():
             fields[var]["value"] = value
         await muc.set_room_config(self.room, form, timeout=MESSAGE_TIMEOUT)
-        await muc.set_affiliation(self.room, "member", jid=self.b.boundjid.bare,
+        await muc.set_affiliation(self.room, "member", jid=accounts[1].jid,
                                   timeout=MESSAGE_TIMEOUT)
-        await join_room(self.b, self.room, "b", timeout=MESSAGE_TIMEOUT)
         self.data = secrets.token_bytes(payload_bytes)
+        if self.remote is not None:
+            await self.remote.request("raw", jid=accounts[1].jid, password=accounts[1].password,
+                                      room=self.room)
+            return time.perf_counter() - t0
+        await join_room(self.b, self.room, "b", timeout=MESSAGE_TIMEOUT)
         self.inbox = PayloadInbox(self.b)
         # the arrival is timed in a stanza handler, like the MLS message's in its event
         # handler (not when the waiting task resumes)
@@ -460,6 +496,8 @@ class RawPair:
         """Send one payload; seconds until b has it."""
         start = time.perf_counter()
         mid = self._send()
+        if self.remote is not None:
+            return await self.remote.raw_arrival(mid) - start
         while True:
             msg = await self.inbox.get(timeout=MESSAGE_TIMEOUT)
             if msg["id"] == mid:
@@ -474,14 +512,19 @@ class RawPair:
             ids.add(self._send())
             await asyncio.sleep(0)
         sent = time.perf_counter()
-        while ids:
-            ids.discard((await self.inbox.get(timeout=MESSAGE_TIMEOUT))["id"])
-        done = time.perf_counter()
+        if self.remote is not None:
+            done = max(await asyncio.gather(*(self.remote.raw_arrival(i) for i in ids)))
+        else:
+            while ids:
+                ids.discard((await self.inbox.get(timeout=MESSAGE_TIMEOUT))["id"])
+            done = time.perf_counter()
         return {"messages": n, "send_s": round(sent - start, 4),
                 "total_s": round(done - start, 4),
                 "msgs_per_s": round(n / (done - start), 1), **cpu.per_message(before, n)}
 
     def close(self) -> None:
+        if self.remote is not None:
+            return
         self.inbox.close()
         self.b.remove_handler("bench raw arrival")
         self.arrived.clear()
@@ -498,19 +541,23 @@ class Marks:
         self.start = 0.0
         self.wire: float | None = None
         self.parsed: float | None = None
+        #: the size of each message's first write (its stanza, as serialised)
+        self.sizes: list[int] = []
         original = sender.send_raw
 
         def send_raw(data: Any) -> None:
             if self.wire is None:
                 self.wire = time.perf_counter()
+                self.sizes.append(len(data))
             original(data)
 
         sender.send_raw = send_raw
         self._sender = sender
         self._receiver = receiver
-        receiver.register_handler(Callback(
-            "bench parsed", MatchXPath(f"{{{receiver.default_ns}}}message/{{{NS}}}mls"),
-            self._on_parsed, instream=True))
+        if receiver is not None:  # None: in a process of its own (not timed)
+            receiver.register_handler(Callback(
+                "bench parsed", MatchXPath(f"{{{receiver.default_ns}}}message/{{{NS}}}mls"),
+                self._on_parsed, instream=True))
 
     def _on_parsed(self, _: Any) -> None:
         if self.parsed is None:
@@ -526,10 +573,12 @@ class Marks:
     def close(self) -> None:
         with contextlib.suppress(AttributeError):
             del self._sender.send_raw
-        self._receiver.remove_handler("bench parsed")
+        if self._receiver is not None:
+            self._receiver.remove_handler("bench parsed")
 
 
-async def mls_round_trip(group: Any, receiver: Sink, body: str) -> tuple[float, float]:
+async def mls_round_trip(group: Any, receiver: Sink | RemoteSink, body: str
+                         ) -> tuple[float, float]:
     """``group.send(body)`` -> receiver's ``mls_message``: (total, until send returned)."""
     arrived = receiver.expect(body)
     start = time.perf_counter()
@@ -548,16 +597,52 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
                      cpu: CpuMeter, args: argparse.Namespace) -> dict[str, Any]:
     """Steps 1-3: raw and MLS latency (interleaved), then one-sender throughputs."""
     n, warmup = args.messages, args.warmup
-    raw = RawPair(args.raw_shape)
-    result: dict[str, Any] = {"raw": {"shape": args.raw_shape}, "mls": {}}
+    remote: RemoteReceiver | None = None
+    if args.receiver_process:  # the receivers (raw b, MLS bob) in a process of their own
+        remote = await RemoteReceiver.start(server)
+        cpu.children.append(remote.pid)
+    try:
+        return await _bench_pair(server, accounts, clients, cpu, args, n, warmup, remote)
+    finally:
+        if remote is not None:
+            await remote.close()
+            cpu.children.remove(remote.pid)
+
+
+async def _bench_pair(server: ProsodyServer, accounts: list[Account], clients: Clients,
+                      cpu: CpuMeter, args: argparse.Namespace, n: int, warmup: int,
+                      remote: RemoteReceiver | None) -> dict[str, Any]:
+    raw = RawPair(args.raw_shape, remote)
+    result: dict[str, Any] = {"raw": {"shape": args.raw_shape}, "mls": {},
+                              "receiver_process": remote is not None}
     result["raw"]["setup_s"] = round(
         await raw.setup(server, accounts[0:2], clients, args.payload_bytes), 4)
     result["raw"]["payload_bytes"] = args.payload_bytes
     t0 = time.perf_counter()
-    (alice, sa), (bob, sb) = await asyncio.gather(
-        mls_client(server, accounts[2], clients), mls_client(server, accounts[3], clients))
-    result["mls"]["client_start_s_2_concurrent"] = round(time.perf_counter() - t0, 4)
-    group, (gb,), setup = await make_group(alice, [(bob, sb)])
+    bob: Any = None
+    gb: Any = None
+    sb: Sink | RemoteSink
+    if remote is None:
+        (alice, sa), (bob, sink_b) = await asyncio.gather(
+            mls_client(server, accounts[2], clients), mls_client(server, accounts[3], clients))
+        sb = sink_b
+        result["mls"]["client_start_s_2_concurrent"] = round(time.perf_counter() - t0, 4)
+        group, (gb,), setup = await make_group(alice, [(bob, sink_b)])
+    else:
+        (alice, sa), _ = await asyncio.gather(
+            mls_client(server, accounts[2], clients),
+            remote.request("mls", jid=accounts[3].jid, password=accounts[3].password))
+        result["mls"]["client_start_s_2_concurrent"] = round(time.perf_counter() - t0, 4)
+        sb = remote.sink
+        t0 = time.perf_counter()
+        group = await bounded(alice.plugin["mls"].create_group(members=[accounts[3].jid]),
+                              SETUP_TIMEOUT, "create_group")
+        t_created = time.perf_counter()
+        joined = await bounded(remote.joined, SETUP_TIMEOUT, "bob joining (child process)")
+        if joined != group.epoch:
+            raise RuntimeError(f"members disagree on the epoch: {group.epoch}, {joined}")
+        setup = {"members_added": 1, "create_group_s": round(t_created - t0, 4),
+                 "all_joined_and_ready_s": round(time.perf_counter() - t0, 4)}
     result["mls"]["group_setup_1_member"] = setup
     await quiesce(args.settle)
 
@@ -570,19 +655,23 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
         watch.wrap(group.group, "encrypt", "sender Group.encrypt"),
         watch.wrap(alice.plugin["mls"], "persist_ratchets", sender_persist),
         watch.wrap(alice.plugin["mls"], "persist_position", sender_persist),
-        watch.wrap(gb.group, "process", "receiver Group.process"),
-        watch.wrap(bob.plugin["mls"], "persist_ratchets", "receiver persist_ratchets"),
         # the floor inside Group.encrypt and Group.process: one signature and one check
         # (both clients share the suite's scheme object)
         watch.wrap(group.group.state.suite.signature, "sign", "sender: signing (in encrypt)"),
-        watch.wrap(group.group.state.suite.signature, "verify",
-                   "receiver: signature check (in process)"),
     ]
+    if gb is not None:  # the receiver in this process
+        undo += [
+            watch.wrap(gb.group, "process", "receiver Group.process"),
+            watch.wrap(bob.plugin["mls"], "persist_ratchets", "receiver persist_ratchets"),
+            watch.wrap(group.group.state.suite.signature, "verify",
+                       "receiver: signature check (in process)"),
+        ]
     # with the store writer (branch permsg): the writes' time on the event loop
     # (encoding, submitting); the commits themselves run in the writer's thread
     for obj, name, label in ((alice.plugin["mls"], "persist_later", sender_persist),
                              (alice.plugin["mls"], "store_sent_later", sender_persist),
-                             (bob.plugin["mls"], "persist_later", "receiver persist_ratchets")):
+                             *(((bob.plugin["mls"], "persist_later",
+                                 "receiver persist_ratchets"),) if bob is not None else ())):
         if hasattr(obj, name):
             undo.append(watch.wrap(obj, name, label))
     marks = Marks(alice, bob)
@@ -640,6 +729,8 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
         label: ms(statistics.median(v)) for label, v in split.items()}
     result["mls"]["latency_timeline_median_ms"]["mls_message event"] = ms(
         statistics.median(mls_lat))
+    result["mls"]["stanza_chars_median"] = statistics.median(marks.sizes) if marks.sizes else 0
+    result["raw"]["stanza_chars_median"] = statistics.median(raw.sizes) if raw.sizes else 0
     from mls_xmpp.core.group.serialize import encode_group
     result["mls"]["persisted_state_bytes"] = len(encode_group(group.group))
 
@@ -669,6 +760,23 @@ async def bench_pair(server: ProsodyServer, accounts: list[Account], clients: Cl
     result["mls"]["throughput_one_sender"] = {
         "messages": n, "send_s": round(sent - start, 4), "total_s": round(done - start, 4),
         "msgs_per_s": round(n / (done - start), 1), **cpu.per_message(before, n)}
+    # the same with send(durable=False) (round 6, where the plugin offers it): each
+    # send() returns once its stanza left; one wait_stored() at the end
+    if "durable" in inspect.signature(group.send).parameters:
+        await quiesce(0.3)
+        sb.reset()
+        before = cpu.snapshot()
+        start = time.perf_counter()
+        for i in range(n):
+            await group.send(f"tp1n-{i:05d}", durable=False)
+        sent = time.perf_counter()
+        await group.wait_stored()
+        stored = time.perf_counter()
+        done = await sb.wait_count(n, max(MESSAGE_TIMEOUT, n * 0.5))
+        result["mls"]["throughput_one_sender_nodurable"] = {
+            "messages": n, "send_s": round(sent - start, 4),
+            "stored_s": round(stored - start, 4), "total_s": round(done - start, 4),
+            "msgs_per_s": round(n / (done - start), 1), **cpu.per_message(before, n)}
     # the same, the n send() calls made at once (a burst a bot posts): each still
     # returns once its message is durable, but the store writer commits what queued up
     # meanwhile together; the order of the calls is the order bob reads
@@ -777,6 +885,203 @@ async def bench_ten(server: ProsodyServer, accounts: list[Account], clients: Cli
     return result
 
 
+# -- the pair's receivers in a process of their own (--receiver-process) -----------------
+
+
+class RemoteSink(Expecting):
+    """What :class:`Sink` offers the pair's steps, for bob in the child process: the
+    arrival times are the child's ``time.perf_counter()`` at its ``mls_message`` event
+    (``CLOCK_MONOTONIC`` on Linux: one clock for every process)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bodies: list[str] = []
+        self.errors: list[str] = []
+        self.keep_bodies = False
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self._count_target = 0
+        self._count_time = 0.0
+        self._count_event = asyncio.Event()
+
+    def arrived(self, body: str, t: float) -> None:
+        self.count += 1
+        if self.keep_bodies:
+            self.bodies.append(body)
+        waiter = self._waiters.pop(body, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(t)
+        if self._count_target and self.count >= self._count_target and not self._count_time:
+            self._count_time = t
+            self._count_event.set()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.bodies.clear()
+        self._count_target = 0
+        self._count_time = 0.0
+        self._count_event.clear()
+
+    async def wait_count(self, n: int, timeout: float) -> float:
+        """Wait until ``n`` messages arrived (since :meth:`reset`); when the n-th did."""
+        self._count_target = n
+        if self.count >= n and not self._count_time:
+            self._count_time = time.perf_counter()
+            self._count_event.set()
+        await bounded(self._count_event.wait(), timeout, f"{n} messages in the child")
+        return self._count_time
+
+
+class RemoteReceiver:
+    """A child process (this script, ``--receiver-child``) holding the pair's receiving
+    clients: raw b and MLS bob, each started by :meth:`request`. It reports every
+    arrival as one JSON line on its stdout, with its own ``perf_counter()``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.sink = RemoteSink()
+        self.joined: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._raw: dict[str, float] = {}
+        self._raw_waiters: dict[str, asyncio.Future[float]] = {}
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, server: ProsodyServer) -> RemoteReceiver:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--receiver-child",
+                server.host, str(server.c2s_port)]
+        if CLIENT_STORE_DIR is not None:
+            argv += ["--store-dir", str(CLIENT_STORE_DIR)]
+        if UPDATE_JOIN_DELAY is not None:
+            argv += ["--update-join-delay", str(UPDATE_JOIN_DELAY)]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=1 << 20)
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            ev = json.loads(line)
+            kind = ev["ev"]
+            if kind == "msg":
+                self.sink.arrived(ev["body"], ev["t"])
+            elif kind == "raw":
+                waiter = self._raw_waiters.pop(ev["id"], None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(ev["t"])
+                else:
+                    self._raw[ev["id"]] = ev["t"]
+            elif kind == "joined":
+                if not self.joined.done():
+                    self.joined.set_result(ev["epoch"])
+            elif kind == "error":
+                self.sink.errors.append(ev["reason"])
+                log(f"  ! mls_error in the child: {ev['reason']}")
+            else:
+                await self._replies.put(ev)
+        await self._replies.put({"ev": "exit"})
+
+    async def request(self, op: str, **kw: Any) -> dict[str, Any]:
+        """Send a command; its reply (``ready``), or RuntimeError."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kw}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        reply = await bounded(self._replies.get(), SETUP_TIMEOUT, f"the child's {op}")
+        if reply["ev"] != "ready":
+            raise RuntimeError(f"the child's {op}: {reply}")
+        return reply
+
+    async def raw_arrival(self, stanza_id: str) -> float:
+        """When the child's raw client had the stanza (its perf_counter())."""
+        t = self._raw.pop(stanza_id, None)
+        if t is not None:
+            return t
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._raw_waiters[stanza_id] = fut
+        return await bounded(fut, MESSAGE_TIMEOUT, f"raw {stanza_id} in the child")
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.request("close"), 30.0)
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reader
+
+
+async def receiver_child(host: str, port: int) -> None:
+    """``--receiver-child``: the clients :class:`RemoteReceiver` asks for; one JSON
+    line per event on stdout, commands as JSON lines on stdin."""
+    from types import SimpleNamespace
+
+    server: Any = SimpleNamespace(host=host, c2s_port=port)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout
+
+    def emit(**ev: Any) -> None:
+        out.write(json.dumps(ev) + "\n")
+        out.flush()
+
+    class ChildSink(Sink):
+        def _on_message(self, event: Any) -> None:
+            emit(ev="msg", body=event.body, t=time.perf_counter())
+
+        def _on_error(self, event: Any) -> None:
+            emit(ev="error", reason=str(event.reason))
+
+        def _on_joined(self, event: Any) -> None:
+            session = event.group
+
+            async def ready() -> None:
+                await session.ready.wait()
+                emit(ev="joined", epoch=session.epoch)
+            asyncio.ensure_future(ready())
+
+    clients = Clients()
+    try:
+        while line := await reader.readline():
+            cmd = json.loads(line)
+            op = cmd["op"]
+            if op == "close":
+                break
+            if op == "raw":
+                b = await connect_client(server, cmd["jid"], cmd["password"],
+                                         timeout=CONNECT_TIMEOUT)
+                clients.all.append(b)
+                b.register_handler(Callback(
+                    "bench raw arrival", MatchXPath(f"{{{b.default_ns}}}message/{{{NS}}}mls"),
+                    lambda msg: emit(ev="raw", id=msg["id"], t=time.perf_counter())))
+                await join_room(b, cmd["room"], "b", timeout=MESSAGE_TIMEOUT)
+            elif op == "mls":
+                await mls_client(server, Account(cmd["jid"], cmd["password"]), clients,
+                                 sink_class=ChildSink)
+            emit(ev="ready", op=op)
+    finally:
+        await clients.close()
+        emit(ev="closed")
+
+
+def child_main(argv: list[str]) -> int:
+    """The entry of ``--receiver-child HOST PORT [--store-dir D] [--update-join-delay S]``."""
+    global CLIENT_STORE_DIR, UPDATE_JOIN_DELAY
+    p = argparse.ArgumentParser()
+    p.add_argument("--receiver-child", nargs=2, metavar=("HOST", "PORT"), required=True)
+    p.add_argument("--store-dir", type=Path)
+    p.add_argument("--update-join-delay", type=float)
+    args = p.parse_args(argv)
+    CLIENT_STORE_DIR = args.store_dir
+    UPDATE_JOIN_DELAY = args.update_join_delay
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    asyncio.run(receiver_child(args.receiver_child[0], int(args.receiver_child[1])))
+    return 0
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -811,6 +1116,8 @@ def table(r: dict[str, Any]) -> str:
                 f" Prosody {t['prosody_cpu_ms_per_msg']:.2f} ms]")
 
     rows = [
+        ("stanza size, raw / MLS (characters, median)",
+         f"{raw.get('stanza_chars_median', 0):.0f} / {mls.get('stanza_chars_median', 0):.0f}"),
         ("raw groupchat round trip, median / p95",
          f"{rl['median_ms']:.2f} / {rl['p95_ms']:.2f} ms"),
         ("MLS send -> decrypted, median / p95",
@@ -828,6 +1135,10 @@ def table(r: dict[str, Any]) -> str:
             f"{t1b['msgs_per_s']:.0f} msg/s" + cpu(t1b)
             + ("" if t1b.get("in_order") else "  (OUT OF ORDER)")),)
           if (t1b := mls.get("throughput_one_sender_burst")) else ()),
+        *((("MLS throughput, one sender, send(durable=False)",
+            f"{t1n['msgs_per_s']:.0f} msg/s" + cpu(t1n)
+            + f"  (all stored after {t1n['stored_s']:.2f} s)"),)
+          if (t1n := mls.get("throughput_one_sender_nodurable")) else ()),
         ("MLS throughput, ten senders", f"{t10['msgs_per_s']:.0f} msg/s" + cpu(t10)),
         ("  (every member has every message)", f"after {t10['all_members_s']:.2f} s,"
          f" {t10['decryptions']} decryptions in this process"),
@@ -883,6 +1194,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--raw-shape", choices=("payload", "mls"), default="payload",
                    help="raw messages: the payload only (default), or shaped like the MLS "
                         "stanza: with its fallback <body/> and EME element")
+    p.add_argument("--receiver-process", action="store_true",
+                   help="run the pair's receiving clients (raw and MLS alike) in a process "
+                        "of their own (default: every client in this one process)")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="sys.setswitchinterval() for this process, in seconds (an experiment "
+                        "on the GIL; default: Python's, 0.005)")
     p.add_argument("--json", type=Path, help="write the results as JSON to this file")
     p.add_argument("--profile", action="store_true",
                    help="profile an extra MLS latency pass with cProfile (stderr)")
@@ -893,6 +1210,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     if args.messages < 10:
         p.error("--messages must be at least 10")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     global CLIENT_STORE_DIR, UPDATE_JOIN_DELAY
     UPDATE_JOIN_DELAY = args.update_join_delay
@@ -933,4 +1252,6 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if "--receiver-child" in sys.argv[1:]:
+        sys.exit(child_main(sys.argv[1:]))
     sys.exit(main())

@@ -189,17 +189,22 @@ def plot_xmpp(data: dict[str, Any], plt: Any) -> Any:
     steps = [
         ("raw\n1 sender", raw["throughput_one_sender"]),
         ("MLS\n1 sender", mls["throughput_one_sender"]),
+        # where the run has them: the n send() calls at once, and send(durable=False)
+        *((("MLS\n1 sender\nat once", mls["throughput_one_sender_burst"]),)
+          if "throughput_one_sender_burst" in mls else ()),
+        *((("MLS\n1 sender\ndurable=False", mls["throughput_one_sender_nodurable"]),)
+          if "throughput_one_sender_nodurable" in mls else ()),
         ("MLS\n10 senders\nall decrypt", ten["throughput_ten_senders"]),
         ("MLS\n10 senders\n1 decrypts", ten["throughput_ten_senders_receiver_only"]),
     ]
     names = [name for name, _ in steps]
-    colors = ["tab:gray", "tab:blue", "tab:orange", "tab:green"]
+    colors = ["tab:gray", *["tab:blue"] * (len(steps) - 3), "tab:orange", "tab:green"]
     bars = ax_t.bar(names, [t["msgs_per_s"] for _, t in steps], color=colors)
     bar_labels(ax_t, bars, "{:.0f}")
     ax_t.margins(y=0.1)
     ax_t.set_ylabel("messages per second")
     ax_t.set_title("throughput")
-    ax_t.tick_params(axis="x", labelsize=8)
+    ax_t.tick_params(axis="x", labelsize=7)
 
     clients = [t["clients_cpu_ms_per_msg"] for _, t in steps]
     prosody = [t["prosody_cpu_ms_per_msg"] for _, t in steps]
@@ -212,7 +217,7 @@ def plot_xmpp(data: dict[str, Any], plt: Any) -> Any:
     ax_c.margins(y=0.25)  # room for the legend above the bars
     ax_c.set_ylabel("CPU milliseconds per message")
     ax_c.set_title("CPU per message (throughput steps)")
-    ax_c.tick_params(axis="x", labelsize=8)
+    ax_c.tick_params(axis="x", labelsize=7)
     ax_c.legend(fontsize=8, loc="upper left")
 
     env = data["environment"]

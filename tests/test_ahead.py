@@ -276,3 +276,20 @@ def test_leaf_signature_items_are_the_labelled_content() -> None:
     leaf = _key_package_leaves(1)[0]
     pk, label, content, sig = leaf.signature_item()
     SUITE.signature.verify(pk, SUITE.labelled(label) + encode_opaque(content), sig)
+
+
+def test_stream_add_looks_at_the_workers_once_per_chunk(pool: WorkerPool) -> None:
+    """The caller's ``add`` hands chunks out at most once per chunk of items it adds
+    (the feeder thread tops the worker up as it answers); it used to look at the
+    pipes on every item once the worker was behind, a ``select`` per leaf."""
+    from mls_xmpp.workers import _STREAM_CHUNK
+
+    batch = _signed(2000, {5, 1999})
+    with start_verify(pool, SUITE.id) as pending:
+        for item in batch.items:
+            pending.add(item)
+        got = pending.result()
+    assert got == batch.run()
+    assert pool.stats()["worker_items"] > 0, "the worker took no part"
+    dispatches = pool.stats()["stream_dispatches"]
+    assert 0 < dispatches <= len(batch.items) // _STREAM_CHUNK

@@ -108,6 +108,10 @@ class Outbox:
         self._stored_sent: OutboxRecord | None = None
         #: ids of entries accepted with ``defer_store`` and not written yet
         self._unstored: set[str] = set()
+        #: ids of entries accepted with ``lazy``: a flush does not wait for their write
+        self._lazy: set[str] = set()
+        #: message id -> the submitted write of a ``lazy`` entry, until it ended
+        self._writing: dict[str, asyncio.Future[None]] = {}
 
     # -- what is in it -----------------------------------------------------------------
 
@@ -136,7 +140,8 @@ class Outbox:
 
     # -- changes ------------------------------------------------------------------------
 
-    def add(self, message_id: str, content: bytes, *, defer_store: bool = False) -> None:
+    def add(self, message_id: str, content: bytes, *, defer_store: bool = False,
+            lazy: bool = False) -> None:
         """Accept a message: stored (durably) before this returns.
 
         With ``defer_store``, it is only kept in memory here, for a :meth:`flush`
@@ -145,12 +150,18 @@ class Outbox:
         calls :meth:`store_pending` before it reports the message accepted, which
         writes it ``queued`` if the flush did not.
 
+        ``lazy`` (with ``defer_store``): a flush that sends it submits its write
+        after the stanza left but does not wait for it (``send(durable=False)``);
+        :meth:`written` waits for such writes.
+
         :raises StorageError: the store refused it (then it was not accepted).
         """
         seq = self._entries[-1].seq + 1 if self._entries else 0
         record = OutboxRecord(self._group_id, seq, message_id, content)
         if defer_store:
             self._unstored.add(message_id)
+            if lazy:
+                self._lazy.add(message_id)
         else:
             self._store.save_outbox(record)
         self._entries.append(record)
@@ -163,9 +174,10 @@ class Outbox:
         :raises StorageError: the store refused it; the entry is given up
             (reported ``failed``), the message was not accepted.
         """
-        if message_id not in self._unstored:
-            return
+        if message_id not in self._unstored or message_id in self._writing:
+            return  # written, or its write submitted (lazy)
         self._unstored.discard(message_id)
+        self._lazy.discard(message_id)
         for e in self._entries:
             if e.message_id == message_id:
                 try:
@@ -174,6 +186,39 @@ class Outbox:
                     self._fail(e, err)
                     raise
                 return
+
+    async def written(self) -> None:
+        """Wait until the writes submitted so far for ``lazy`` entries have ended.
+
+        :raises StorageError: one of them failed (the first error, once all ended).
+        """
+        first: BaseException | None = None
+        for message_id, write in list(self._writing.items()):
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if not write.cancelled():
+                    raise  # this wait was cancelled
+            except BaseException as e:  # noqa: BLE001 - raised below, after the rest
+                first = first or e
+            if self._writing.get(message_id) is write:  # ended: raised once
+                del self._writing[message_id]
+        if first is not None:
+            raise first
+
+    def _write_in_background(self, message_id: str, write: Awaitable[None]) -> None:
+        """A ``lazy`` entry's submitted write: kept for :meth:`written`, not waited for."""
+        future = asyncio.ensure_future(write)
+        self._writing[message_id] = future
+
+        def done(f: asyncio.Future[None]) -> None:
+            if self._writing.get(message_id) is f:
+                del self._writing[message_id]
+            self._unstored.discard(message_id)
+            self._lazy.discard(message_id)
+            if not f.cancelled():
+                f.exception()  # retrieved: a failure is reported by the write's callback
+        future.add_done_callback(done)
 
     def holds(self, digest: bytes) -> bool:
         """Whether an entry was sent as the MLSMessage of this digest."""
@@ -255,7 +300,9 @@ class Outbox:
     def _finish(self, entry: OutboxRecord, state: str, error: BaseException | None,
                 later: list[int] | None = None) -> None:
         self._streams.pop(entry.message_id, None)
-        self._unstored.discard(entry.message_id)
+        if entry.message_id not in self._writing:
+            self._unstored.discard(entry.message_id)
+            self._lazy.discard(entry.message_id)
         if later is not None:
             later.append(entry.seq)
         else:
@@ -387,7 +434,10 @@ class Outbox:
             self._notify(entry.message_id, SENT, None, None)
             if later:  # submitted now, waited for after the loop (_settle)
                 assert store_later is not None
-                writes.append((sent.message_id, store_later(sent)))
+                if entry.message_id in self._lazy:  # send(durable=False): not waited for
+                    self._write_in_background(sent.message_id, store_later(sent))
+                else:
+                    writes.append((sent.message_id, store_later(sent)))
 
 
 def _sent(entry: OutboxRecord, message: bytes) -> OutboxRecord:

@@ -129,7 +129,7 @@ from .stanza import NS, register_stanzas
 from .suites import decode_identities, encode_identities, preference, suite_feature
 from .trust import DeviceRecord, TrustChange, TrustStore, safety_number
 from .trust import fingerprint as trust_fingerprint
-from .writer import BURST, LAZY_DELAY, StoreWriter
+from .writer import BURST, LAZY_DELAY, StoreWriter, wake_after_stream
 from .x509 import load_trust_anchors, load_x509_credential
 
 log = logging.getLogger(__name__)
@@ -980,7 +980,10 @@ class XEP_MLS(BasePlugin):  # noqa: N801 - slixmpp plugin naming
         def job(store: StateStore) -> None:
             store.save_outbox(record)
             unsaved(store)
-        return self._watched(session, self.writer.submit(session.group_id, job))
+        # the thread is woken once the stream wrote the stanza (.writer, wake=False)
+        future = self.writer.submit(session.group_id, job, wake=False)
+        wake_after_stream(self.xmpp, self.writer)
+        return self._watched(session, future)
 
     def _watched(self, session: GroupSession,
                  future: asyncio.Future[None]) -> asyncio.Future[None]:

@@ -60,6 +60,7 @@ from .params import follow_parameters
 from .privacy import group_info_key, open_group_info, seal_group_info
 from .publication import watch_publication
 from .removal import send_removal_notices
+from .reservation import Reservation
 from .room import REPAIRERS, plan_affiliations
 from .trust import fingerprint
 from .writer import BURST, Unsaved
@@ -292,6 +293,8 @@ class GroupSession:
         #: the delayed write of a position only this device's echoes moved
         self.lazy_write: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Future[None] | None = None
+        #: what the store holds of the own sending reservation (.reservation)
+        self._reserved = Reservation()
         #: the worker was stopped before it finished reading the archive
         self._unread = False
         #: set when a ReInit closed the group: the group that replaces it (:mod:`.reinit`)
@@ -1001,7 +1004,7 @@ class GroupSession:
             del self._sent[next(iter(self._sent))]
 
     async def send(self, body: str, *, thread_id: str = "", reply_to: str = "",
-                   attachments: tuple[Attachment, ...] = ()) -> str:
+                   attachments: tuple[Attachment, ...] = (), durable: bool = True) -> str:
         """Encrypt ``body`` for the group and send it through the room.
 
         The message goes through the group's outbox (:mod:`.outbox`): it is
@@ -1018,6 +1021,18 @@ class GroupSession:
         A message too large for one stanza is uploaded (HTTP File Upload,
         XEP-0363) and sent by reference; members download and check it. The
         limit is :data:`MAX_MESSAGE_SIZE` (16 MiB of encoded content).
+
+        ``durable=False`` (an explicit choice, for a sender of many messages
+        that cannot wait for one store commit each): online, ``send()`` returns
+        once the stanza was handed to the stream; the outbox entry is still
+        written (in the next commit of the store writer, with whatever queued
+        up) but not waited for. Until :meth:`wait_stored` returns, a crash of
+        the process may lose such a message without a report (if its stanza had
+        not reached the server). Everything else holds as with ``durable=True``:
+        no generation is ever used twice (the reservation is written before the
+        stanza leaves), a lost stream or failed write is handled and reported
+        the same way, and offline the message is stored before ``send()``
+        returns. docs/PROTOCOL.md, "Crash and durability".
 
         :returns: the message's id (``Content.message_id``, random), which
             others may name in ``reply_to``.
@@ -1052,7 +1067,7 @@ class GroupSession:
         online = self._can_send()
         # online, the entry is written by the flush below, already "sent", in the
         # transaction of the ratchets that encrypt it (store_pending: if it was not)
-        self._outbox.add(message_id, content, defer_store=online)
+        self._outbox.add(message_id, content, defer_store=online, lazy=not durable)
         if online:
             try:
                 await self._flush_outbox()
@@ -1072,6 +1087,17 @@ class GroupSession:
                     raise error
                 raise TransportError(f"the message was not sent: {error}")
         return message_id
+
+    async def wait_stored(self) -> None:
+        """Return once every message :meth:`send` accepted before this call is in the
+        state store (those sent with ``durable=False`` included): from then on a
+        crash loses none of them -- each is delivered or reported ``failed``.
+
+        :raises StorageError: a write failed (the group is suspended and rolled
+            back, as for any failed write; the messages whose write failed may
+            be lost in a crash, their stanzas went out).
+        """
+        await self._outbox.written()
 
     @property
     def outbox(self) -> list[OutboxItem]:
@@ -1133,15 +1159,31 @@ class GroupSession:
                     raise NotConnectedError("the stream went down")
                 follow_parameters(self.group)  # pad as the group says
                 # a generation is never reused after a crash: the store holds the
-                # own ratchet RESERVED_GENERATIONS ahead, written only when that
-                # reservation is used up (docs/PROTOCOL.md, crash and durability)
-                reserve = self.group.reserve_generations(self._reservation())
+                # own ratchet RESERVED_GENERATIONS ahead, renewed off the event loop
+                # when half of it is used, and written before the stanza leaves only
+                # when no committed write covers the generation (.reservation;
+                # docs/PROTOCOL.md, crash and durability)
+                ahead = self._reservation()
+                generation = self.group.sending_generation()
+                if not self._reserved.covered(self.epoch, generation):
+                    await self._reserved.wait_renewal()  # the lock stays held
+                renewed = self.group.reserve_generations(ahead, early=ahead // 2)
+                write_now = not self._reserved.covered(self.epoch, generation)
+                upto = self.group.reserved_generations()
                 data = self.group.encrypt(content)  # in the epoch of this moment
                 epoch = self.epoch
-                if reserve:  # written before the stanza leaves
+                if write_now:  # written before the stanza leaves
                     sent = self._outbox.sending(data)  # marked sent in the same commit
-                    if self.plugin.persist_ratchets(self, sent) and sent is not None:
-                        self._outbox.stored_sent(sent)
+                    if self.plugin.persist_ratchets(self, sent):
+                        if upto is not None:
+                            self._reserved.stored(epoch, upto)
+                        if sent is not None:
+                            self._outbox.stored_sent(sent)
+                elif renewed and upto is not None:  # written off the loop, not waited for
+                    self.unsaved.ratchets = True
+                    write = self.plugin.persist_later(self)
+                    if write is not None:
+                        self._reserved.renewing(epoch, upto, write)
             return data
 
         async def prepare(data: bytes) -> Envelope:

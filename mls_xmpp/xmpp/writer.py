@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..storage import GroupRecord, OutboxRecord, StateStore, StorageError, TrustRecord
+from ..storage.sqlite import SQLiteStore
 
-__all__ = ["BURST", "LAZY_DELAY", "OrderedStore", "StoreWriter", "Unsaved"]
+__all__ = ["BURST", "LAZY_DELAY", "WAKE_AFTER", "OrderedStore", "StoreWriter", "Unsaved",
+           "wake_after_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ class StoreWriter:
         self._in_transaction = 0
         #: the store as the event loop must use it: every call after the submitted writes
         self.store = OrderedStore(store, self)
+        #: the task of :func:`wake_after_stream` waiting to wake the thread
+        self._waker: asyncio.Future[None] | None = None
         #: commits made by the thread, and the writes they held (for the benchmarks)
         self.commits = 0
         self.writes = 0
@@ -111,10 +115,15 @@ class StoreWriter:
         """Whether submitted writes run in a worker thread (the store is thread-safe)."""
         return self._threaded
 
-    def submit(self, group_id: bytes, job: Job) -> asyncio.Future[None]:
+    def submit(self, group_id: bytes, job: Job, *, wake: bool = True) -> asyncio.Future[None]:
         """Run ``job(store)`` after every write submitted before it; the future ends
         when it committed (or raises its :class:`StorageError`). Call from the event
-        loop, never inside an open store transaction."""
+        loop, never inside an open store transaction.
+
+        ``wake=False``: an idle thread is not woken for it yet (:meth:`wake` does,
+        as does any later submit, :meth:`drain` or :meth:`close`), so that it does
+        not compete with the event loop for the GIL and the CPU while a stanza is
+        on its way out."""
         if self._in_transaction:
             raise RuntimeError("a write submitted inside a store transaction")
         group_id = bytes(group_id)
@@ -123,7 +132,7 @@ class StoreWriter:
         if not self._threaded:
             try:
                 self._check(group_id)
-                with _transaction(self._raw):  # all of the job or none of it
+                with _transaction(self._raw, whole=True):  # all of the job or none of it
                     job(self._raw)
             except StorageError as e:
                 self._failed.setdefault(group_id, e)
@@ -135,19 +144,32 @@ class StoreWriter:
             if self._closed:
                 raise StorageError("the store is closed")
             self._jobs.append((group_id, job, loop, future))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="mls-store-writer",
-                                                daemon=True)
-                self._thread.start()
-            elif not self._busy:  # a busy thread takes the queue when its batch is done
-                self._cond.notify_all()
+            if wake:
+                self._wake_locked()
         return future
+
+    def wake(self) -> None:
+        """Let the thread take the writes submitted with ``wake=False``."""
+        if self._threaded:
+            with self._cond:
+                self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if not self._jobs:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mls-store-writer",
+                                            daemon=True)
+            self._thread.start()
+        elif not self._busy:  # a busy thread takes the queue when its batch is done
+            self._cond.notify_all()
 
     def drain(self) -> None:
         """Wait until every submitted write has finished (blocking: a commit at most)."""
         if not self._threaded or self._thread is threading.current_thread():
             return
         with self._cond:
+            self._wake_locked()
             while self._jobs or self._busy:
                 self._cond.wait()
 
@@ -168,6 +190,7 @@ class StoreWriter:
     def close(self) -> None:
         """Finish the submitted writes and stop the thread."""
         with self._cond:
+            self._wake_locked()
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
@@ -210,7 +233,7 @@ class StoreWriter:
             gid, job, _loop, _future = batch[0]
             try:
                 self._check(gid)
-                with _transaction(self._raw):
+                with _transaction(self._raw, whole=True):
                     job(self._raw)
             except Exception as e:  # noqa: BLE001 - reported to its caller
                 error = e if isinstance(e, StorageError) else StorageError(
@@ -226,7 +249,7 @@ class StoreWriter:
                 for gid, job, _loop, _future in batch:
                     try:
                         self._check(gid)
-                        with _transaction(self._raw):  # a savepoint: all of the job or none
+                        with _transaction(self._raw, whole=True):  # a savepoint: all or none
                             job(self._raw)
                     except StorageError as e:  # rolled back alone
                         self._failed.setdefault(gid, e)
@@ -247,6 +270,33 @@ class StoreWriter:
         return results
 
 
+#: Seconds a write submitted with ``wake=False`` waits at most for the stream.
+WAKE_AFTER = 0.005
+
+
+def wake_after_stream(xmpp: Any, writer: StoreWriter) -> None:
+    """Wake ``writer`` once slixmpp's send queue has written what it holds (the stanza
+    just handed to it: it goes out a few turns of the event loop later, through the
+    outgoing filters), or after :data:`WAKE_AFTER` seconds, whichever comes first."""
+    if not writer.threaded:
+        return
+    queue = getattr(xmpp, "waiting_queue", None)
+    if not isinstance(queue, asyncio.Queue):
+        writer.wake()
+        return
+    if getattr(writer, "_waker", None) is not None:
+        return  # one waker wakes it for every write queued meanwhile
+
+    async def waker() -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.join(), WAKE_AFTER)
+        finally:
+            writer._waker = None
+            writer.wake()
+    writer._waker = asyncio.ensure_future(waker())
+
+
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():
         return
@@ -257,10 +307,17 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.exception()  # retrieved: a fire-and-forget write reports it by callback
 
 
-def _transaction(store: StateStore) -> contextlib.AbstractContextManager[None]:
+def _transaction(store: StateStore, *, whole: bool = False
+                 ) -> contextlib.AbstractContextManager[None]:
+    """The store's ``transaction()``; ``whole``: all of it or nothing, no savepoint per
+    write inside (``parts=False``, where the store offers it: fewer SQLite calls, each
+    of which takes the GIL back in the writer's thread)."""
     tx = getattr(store, "transaction", None)
-    return contextlib.nullcontext() if tx is None else cast(
-        "contextlib.AbstractContextManager[None]", tx())
+    if tx is None:
+        return contextlib.nullcontext()
+    if whole and isinstance(store, SQLiteStore):
+        return store.transaction(parts=False)
+    return cast("contextlib.AbstractContextManager[None]", tx())
 
 
 class OrderedStore:

@@ -141,3 +141,24 @@ def test_reserved_secret_is_the_ratchet_secret_there() -> None:
 
 def _suite() -> CipherSuite:
     return get_suite(1)
+
+
+def test_early_renewal_before_the_reservation_is_used_up() -> None:
+    """``early``: a new reservation once ``early`` generations or fewer are left; the
+    encoding holds the new end at once (a stored copy of it covers more)."""
+    clients, a, b = make_pair()
+    assert a.reserve_generations(8, early=4) is True
+    assert a.reserved_generations() == 8 and a.sending_generation() == 0
+    renewals = []
+    for i in range(12):
+        if a.reserve_generations(8, early=4):
+            renewals.append((i, a.reserved_generations()))
+        assert a.sending_generation() == i
+        assert generation_of(a.encrypt(b"m"), b) == i
+    # renewed when generation 4 (4 left of 0..7) and then 8 (4 left of 4..11) came up
+    assert renewals == [(4, 12), (8, 16)]
+    assert next_gen(crash(a, clients[0])) == 16
+    with pytest.raises(LocalUsageError):
+        a.reserve_generations(8, early=8)
+    with pytest.raises(LocalUsageError):
+        a.reserve_generations(8, early=-1)

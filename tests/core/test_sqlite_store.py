@@ -874,3 +874,55 @@ def test_transaction_survives_reopening(db_path: Path, key: bytes | None) -> Non
     with SQLiteStore(db_path, key=key) as s:
         assert s.load_groups()[0].ratchets == b"rat1"
         assert s.load_extra(b"g1", "x") == b"value"
+
+
+def _statements(store: SQLiteStore) -> list[str]:
+    """Record every statement the store's connection runs from now on."""
+    seen: list[str] = []
+    db = store._db
+    assert db is not None
+    db.set_trace_callback(lambda sql: seen.append(sql.split()[0].upper()))
+    return seen
+
+
+def test_whole_transaction_opens_no_savepoint_per_write(store: SQLiteStore) -> None:
+    from mls_xmpp.storage import OutboxRecord
+
+    store.save_group(GroupRecord(b"g1", "r@muc.example.org", b"base", "s0", b"rat0"))
+    seen = _statements(store)
+    with store.transaction(parts=False):
+        store.save_ratchets(b"g1", b"rat1", "s1")
+        store.save_outbox(OutboxRecord(b"g1", 0, "m0", b"hello", b"d" * 32))
+    # BEGIN, one UPDATE of the ratchets (no SELECT first), one INSERT, COMMIT
+    assert seen == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]
+    (g,) = store.load_groups()
+    assert g.ratchets == b"rat1" and g.last_stanza_id == "s1"
+    assert [o.message_id for o in store.load_outbox(b"g1")] == ["m0"]
+    seen.clear()
+    with store.transaction():  # with parts: a savepoint around each write
+        store.save_position(b"g1", "s2")
+    assert seen == ["BEGIN", "SAVEPOINT", "UPDATE", "RELEASE", "COMMIT"]
+
+
+def test_whole_transaction_keeps_nothing_after_a_failed_write(store: SQLiteStore) -> None:
+    store.save_group(GroupRecord(b"g1", "r@muc.example.org", b"whole", "s0"))
+    store.save_group(GroupRecord(b"g2", "r2@muc.example.org", b"base", "t0", b"rat0"))
+    with pytest.raises(StorageError, match="nothing of it"), store.transaction(parts=False):
+        store.save_position(b"g2", "t1")
+        with pytest.raises(StorageError):  # g1 is stored whole: refused, and caught here
+            store.save_ratchets(b"g1", b"rat", "s1")
+        store.save_position(b"g1", "s2")
+    groups = {g.group_id: g for g in store.load_groups()}
+    assert groups[b"g1"].last_stanza_id == "s0" and groups[b"g2"].last_stanza_id == "t0"
+    # nested in a transaction with parts: rolled back alone, the outer block commits
+    with store.transaction():
+        store.save_position(b"g2", "t3")
+        with pytest.raises(StorageError), store.transaction(parts=False):
+            store.save_position(b"g1", "s4")
+            store.save_ratchets(b"g1", b"rat", "s5")
+    groups = {g.group_id: g for g in store.load_groups()}
+    assert groups[b"g1"].last_stanza_id == "s0" and groups[b"g2"].last_stanza_id == "t3"
+    # an unknown group's ratchets: nothing happens, as with parts
+    with store.transaction(parts=False):
+        store.save_ratchets(b"nope", b"rat", "x")
+    assert {g.group_id for g in store.load_groups()} == {b"g1", b"g2"}

@@ -1,12 +1,14 @@
 """A device that the crash test kills with SIGKILL: a plugin client on an SQLite store.
 
-Usage: python crash_child.py HOST PORT JID PASSWORD DB LOG [send]
+Usage: python crash_child.py HOST PORT JID PASSWORD DB LOG [send|send-lazy]
 
 Appends to LOG, with fsync, one line per event: ``msg <stanza-id> <body>``,
 ``joined``, ``epoch <n> <epoch_authenticator hex>`` (after start and after every
 Commit). Runs until killed. With ``send`` it also sends messages to its group
 without pause once ready, each body ``<pid>-<n>``, logging ``sending <body>``
-before ``send()`` and ``sent <body>`` once it returned.
+before ``send()`` and ``sent <body>`` once it returned. With ``send-lazy`` it sends
+with ``send(durable=False)`` (``handed <body>`` once it returned) and calls
+``wait_stored()`` after every fifth message, then logs ``sent <body>`` for the five.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import mls_xmpp  # noqa: F401 - registers the "mls" slixmpp plugin
 
 def main() -> None:
     host, port, jid, password, db, log_path = sys.argv[1:7]
-    sender = sys.argv[7:8] == ["send"]
+    sender = sys.argv[7:8] in (["send"], ["send-lazy"])
+    lazy = sys.argv[7:8] == ["send-lazy"]
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
     def write(line: str) -> None:
@@ -62,13 +65,24 @@ def main() -> None:
 
     async def send_forever() -> None:
         n = 0
+        handed: list[str] = []
         while True:
             for g in client.plugin["mls"].groups:
                 body = f"{os.getpid()}-{n}"
                 n += 1
                 write(f"sending {body}")
-                await g.send(body)
-                write(f"sent {body}")
+                if not lazy:
+                    await g.send(body)
+                    write(f"sent {body}")
+                    continue
+                await g.send(body, durable=False)
+                write(f"handed {body}")
+                handed.append(body)
+                if len(handed) == 5:
+                    await g.wait_stored()
+                    for b in handed:
+                        write(f"sent {b}")
+                    handed.clear()
             await asyncio.sleep(0.005)
 
     client.add_event_handler("mls_ready", ready)

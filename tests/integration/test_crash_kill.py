@@ -122,13 +122,15 @@ def test_sigkill_at_random_moments(prosody: ProsodyServer, tmp_path: Path,
 
 
 async def _sender_crash(server: ProsodyServer, alice_acc: Account, bob_acc: Account,
-                        tmp: Path) -> None:
+                        tmp: Path, mode: str = "send") -> None:
     """The killed device sends without pause (reserved generations, its outbox entry
     written after the stanza left, the writes in a thread): after each restart it
     resumes ahead of every generation it used, so the others never refuse a
-    message as a reused key, and each message whose send() returned arrives once."""
+    message as a reused key, and each message whose send() returned arrives once
+    (``mode="send-lazy"``: with ``send(durable=False)``, each message sent before a
+    ``wait_stored()`` that returned; none arrives twice either way)."""
     rng = random.Random(int(os.environ.get("MLS_XMPP_CRASH_SEED", "9420")))
-    child = Child(server, bob_acc, tmp, "send")
+    child = Child(server, bob_acc, tmp, mode)
     alice, ra = await mls_client(server, *alice_acc)
     try:
         child.start()
@@ -167,3 +169,11 @@ def test_sigkill_of_a_sender_at_random_moments(prosody: ProsodyServer, tmp_path:
                                                new_account: Callable[[str], Account]) -> None:
     asyncio.run(asyncio.wait_for(
         _sender_crash(prosody, new_account("alice"), new_account("bob"), tmp_path), 900))
+
+
+def test_sigkill_of_a_lazy_sender_at_random_moments(prosody: ProsodyServer, tmp_path: Path,
+                                                    new_account: Callable[[str], Account]
+                                                    ) -> None:
+    asyncio.run(asyncio.wait_for(
+        _sender_crash(prosody, new_account("alice"), new_account("bob"), tmp_path,
+                      "send-lazy"), 900))

@@ -67,15 +67,22 @@ def _writer(client: Any) -> StoreWriter:
     return writer
 
 
+async def _group_of_two(alice: Any, bob: Any, rb: Any) -> tuple[Any, Any]:
+    """Alice's group with bob, both caught up, and its first message sent (it makes
+    the first reservation of generations, written before its stanza leaves)."""
+    await befriend(alice, bob)
+    group = await alice.plugin["mls"].create_group(members=[bob.boundjid.bare])
+    (gb,) = await rb.wait("mls_joined")
+    await synced(group, gb)
+    await group.send("the first: it reserves generations, written before it leaves")
+    return group, gb
+
+
 async def _counts(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
     alice, ra = await mls_client(server, *accounts[0], config={"store": str(tmp / "a.db")})
     bob, rb = await mls_client(server, *accounts[1], config={"store": str(tmp / "b.db")})
     try:
-        await befriend(alice, bob)
-        group = await alice.plugin["mls"].create_group(members=[accounts[1].jid])
-        (gb,) = await rb.wait("mls_joined")
-        await synced(group, gb)
-        await group.send("the first: it reserves generations, written before it leaves")
+        group, gb = await _group_of_two(alice, bob, rb)
         await rb.wait("mls_message", 1)
         await until(lambda: group.outbox == [] and _writer(alice).idle
                     and _writer(bob).idle)
@@ -288,3 +295,59 @@ def test_send_says_a_message_was_transmitted_when_its_write_failed_after(
         new_account: Callable[[str], Account]) -> None:
     accounts = [new_account(n) for n in ("alice", "bob")]
     asyncio.run(asyncio.wait_for(_sent_not_stored(prosody, accounts, tmp_path), 150))
+
+
+async def _renewal(server: ProsodyServer, accounts: list[Account], tmp: Path) -> None:
+    """The reservation is renewed when half of it is used, in the writer's thread,
+    while the stanzas go on under the stored one; a message past the stored
+    reservation waits for the renewal's commit before its stanza leaves."""
+    from mls_xmpp.xmpp.session import RESERVED_GENERATIONS as N
+
+    alice, ra = await mls_client(server, *accounts[0], config={"store": str(tmp / "a.db")})
+    bob, rb = await mls_client(server, *accounts[1], config={"store": str(tmp / "b.db")})
+    try:
+        group, _ = await _group_of_two(alice, bob, rb)
+        await until(lambda: group.outbox == [] and _writer(alice).idle)
+        ta = Trace(alice)
+        # 2N messages one by one: each reservation after the first is renewed off the
+        # loop while the stored one still holds (none waits, nothing on the loop)
+        for i in range(2 * N):
+            await group.send(f"one by one {i}")
+        assert ta.commits("MainThread") == 0, ta.events
+        await rb.wait("mls_message", 2 * N + 1)
+
+        # the writer held (a job that waits): the stanzas under the stored reservation
+        # leave, the first one past it waits for the renewal's commit
+        await until(lambda: group.outbox == [] and _writer(alice).idle)
+        first = group.group.sending_generation()
+        stored_end = group.group.reserved_generations()
+        assert stored_end is not None and first < stored_end
+        release = threading.Event()
+        held = _writer(alice).submit(group.group_id, lambda store: release.wait(60))
+        ta.clear()
+        for i in range(stored_end - first):
+            await group.send(f"held {i}", durable=False)
+        transmits = [what for what, _ in ta.events].count("transmit")
+        assert transmits == stored_end - first
+        past = asyncio.ensure_future(group.send("past the stored reservation",
+                                                durable=False))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not past.done()
+        assert [what for what, _ in ta.events].count("transmit") == transmits
+        release.set()
+        await held
+        await past
+        assert [what for what, _ in ta.events].count("transmit") == transmits + 1
+        assert ta.commits("MainThread") == 0
+        await group.wait_stored()
+        await rb.wait("mls_message", 2 * N + transmits + 2)
+        assert ra.events["mls_error"] == [] and rb.events["mls_error"] == []
+    finally:
+        await close(alice, bob)
+
+
+def test_reservation_renewed_off_the_loop(prosody: ProsodyServer, tmp_path: Path,
+                                         new_account: Callable[[str], Account]) -> None:
+    accounts = [new_account(n) for n in ("alice", "bob")]
+    asyncio.run(asyncio.wait_for(_renewal(prosody, accounts, tmp_path), 150))

@@ -395,3 +395,67 @@ def test_a_write_failed_after_transmission_is_told_apart(tmp_path: Path) -> None
     assert len(wire.sent) == 3  # all three left
     assert [r.message_id for r in store.load_outbox(GID)] == ["a", "c"]
     assert [i.state for i in box.items] == ["sent"] * 3
+
+
+def test_lazy_entries_written_after_the_flush_and_waited_for_by_written(
+        tmp_path: Path) -> None:
+    """``add(lazy=True)`` (``send(durable=False)``): the flush submits the ``sent``
+    write after the stanza left and returns without waiting for it; ``written()``
+    waits for it (and raises its error); a durable entry's write is waited for."""
+    from mls_xmpp.storage import StorageError
+
+    store = SQLiteStore(tmp_path / "s.db")
+    box, wire = _outbox(store, []), Wire()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gates: list[tuple[OutboxRecord, asyncio.Future[None]]] = []
+
+        def store_later(record: OutboxRecord) -> asyncio.Future[None]:
+            gate: asyncio.Future[None] = loop.create_future()
+            gates.append((record, gate))
+            return gate
+
+        def commit(i: int, error: BaseException | None = None) -> None:
+            record, gate = gates[i]
+            if error is None:
+                store.save_outbox(record)
+                gate.set_result(None)
+            else:
+                gate.set_exception(error)
+
+        async def flush() -> None:
+            await box.flush(can_send=lambda: True, encrypt=wire.encrypt,
+                            prepare=wire.prepare, transmit=wire.transmit,
+                            store_later=store_later)
+
+        box.add("a", b"one", defer_store=True, lazy=True)
+        await asyncio.wait_for(flush(), 5)  # returns with its write still open
+        box.store_pending("a")  # the write is on its way: nothing written here
+        assert len(wire.sent) == 1 and len(gates) == 1 and store.load_outbox(GID) == []
+        assert box.state("a") == "sent"
+        waiting = asyncio.ensure_future(box.written())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # written() waits for the submitted write
+        commit(0)
+        await asyncio.wait_for(waiting, 5)
+        assert [r.message_id for r in store.load_outbox(GID)] == ["a"]
+        await box.written()  # nothing left: returns at once
+
+        # a durable entry: the flush waits for its write
+        box.add("b", b"two", defer_store=True)
+        flushing = asyncio.ensure_future(flush())
+        await asyncio.sleep(0.01)
+        assert not flushing.done() and len(gates) == 2
+        commit(1)
+        await asyncio.wait_for(flushing, 5)
+
+        # a failed lazy write: written() raises it
+        box.add("c", b"three", defer_store=True, lazy=True)
+        await asyncio.wait_for(flush(), 5)
+        commit(2, StorageError("disk full"))
+        with pytest.raises(StorageError, match="disk full"):
+            await box.written()
+        await box.written()  # reported once; the group is suspended by the write's owner
+
+    asyncio.run(scenario())

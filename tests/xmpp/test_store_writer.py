@@ -189,3 +189,33 @@ def test_nothing_is_submitted_inside_a_transaction(tmp_path: Path) -> None:
     asyncio.run(main())
     writer.close()
     store.close()
+
+
+def test_a_write_submitted_without_waking_waits_for_wake_or_a_drain(tmp_path: Path) -> None:
+    """``submit(wake=False)``: an idle thread is not woken (nothing commits) until
+    :meth:`StoreWriter.wake`; a drain from the event loop wakes it too (no deadlock)."""
+    from mls_xmpp.storage import GroupRecord, SQLiteStore
+
+    store = SQLiteStore(tmp_path / "w.db")
+    store.save_group(GroupRecord(b"g1", "r@x", b"base", "s0", b"rat0"))
+    writer = StoreWriter(store)
+
+    async def scenario() -> None:
+        first = writer.submit(b"g1", lambda s: s.save_position(b"g1", "s1"))
+        await first  # the thread exists and is idle now
+        held = writer.submit(b"g1", lambda s: s.save_position(b"g1", "s2"), wake=False)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not held.done() and not writer.idle
+        writer.wake()
+        await asyncio.wait_for(held, 10)
+        again = writer.submit(b"g1", lambda s: s.save_position(b"g1", "s3"), wake=False)
+        writer.drain()  # wakes it and waits
+        await asyncio.wait_for(again, 10)
+
+    try:
+        asyncio.run(scenario())
+        assert store.load_groups()[0].last_stanza_id == "s3"
+    finally:
+        writer.close()
+        store.close()

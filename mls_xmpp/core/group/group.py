@@ -36,6 +36,7 @@ from ..messages.proposals import (
 from ..messages.protection import protect_private, protect_public, sign_content
 from ..schedule.key_schedule import mls_exporter
 from ..schedule.psk import PreSharedKeyID
+from ..tree.secret_tree import RatchetType
 from .commit import PendingCommit, create_commit, make_group_info
 from .config import GroupConfig
 from .epoch import PskLookup
@@ -155,20 +156,38 @@ class Group:
         self._require_active()
         return self._frame(ContentType.APPLICATION, data, authenticated_data, True)
 
-    def reserve_generations(self, ahead: int) -> bool:
+    def reserve_generations(self, ahead: int, *, early: int = 0) -> bool:
         """Reserve the next ``ahead`` generations of this member's application ratchet
         in the current epoch (:meth:`SecretTree.reserve
         <mls_xmpp.core.tree.secret_tree.SecretTree.reserve>`): until they are used up,
         the serialised state is ahead of every generation :meth:`encrypt` uses, so
         a stored copy need not be written before each message.
 
-        Returns ``True`` when the caller must store the state (at least the
-        ratchets) before the next :meth:`encrypt`: a new reservation was made
-        (the first one of the epoch, or the previous one is used up).
+        Returns ``True`` when a new reservation was made (the first one of the
+        epoch, or the previous one is used up, or has ``early`` generations or
+        fewer left): the caller must store the state (at least the ratchets)
+        before :meth:`encrypt` uses a generation no stored copy is ahead of --
+        with ``early``, the previous reservation, if stored, still covers the
+        next ``early`` messages or fewer while the new one is written.
         """
         self._require_active()
         s = self._state
-        return s.secret_tree.reserve(s.own_leaf, ahead)
+        return s.secret_tree.reserve(s.own_leaf, ahead, early=early)
+
+    def sending_generation(self) -> int:
+        """The generation of this member's application ratchet that the next
+        :meth:`encrypt` of an application message uses (in the current epoch)."""
+        self._require_active()
+        s = self._state
+        return s.secret_tree.next_generation(s.own_leaf, RatchetType.APPLICATION)
+
+    def reserved_generations(self) -> int | None:
+        """The end ``M`` of this member's reservation in the current epoch (a stored
+        copy of the state now holds the ratchet at ``M``), or ``None``."""
+        self._require_active()
+        s = self._state
+        held = s.secret_tree.reserved_ratchet(s.own_leaf)
+        return None if held is None else held[0]
 
     def propose(self, proposal: Proposal, *, authenticated_data: bytes = b"") -> bytes:
         """Send a proposal (by reference in a later Commit); returns the MLSMessage."""

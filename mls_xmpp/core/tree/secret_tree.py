@@ -164,9 +164,11 @@ class SecretTree:
         key, nonce = key_nonce
         return generation, key, nonce
 
-    def reserve(self, leaf: int, ahead: int) -> bool:
+    def reserve(self, leaf: int, ahead: int, *, early: int = 0) -> bool:
         """Reserve the next ``ahead`` generations of ``leaf``'s application ratchet for
-        sending, unless the next one is reserved already.
+        sending, unless the next one is reserved already (with more than ``early``
+        reserved generations left after it: ``early`` renews a reservation before it
+        is used up, so that its write can go on while the old one still holds).
 
         From now on the serialisation of this tree writes that ratchet as if
         it had advanced to ``M = next generation + ahead`` (see the module
@@ -182,9 +184,11 @@ class SecretTree:
         if not 1 <= ahead <= max(1, self.max_generation_gap):
             raise LocalUsageError(
                 f"a reservation of {ahead} generations is outside 1..{self.max_generation_gap}")
+        if not 0 <= early < ahead:
+            raise LocalUsageError(f"early renewal {early} is outside 0..{ahead - 1}")
         ratchet = self._ratchet(leaf, RatchetType.APPLICATION)
         held = self._reserved.get(leaf)
-        if held is not None and ratchet.generation < held[0]:
+        if held is not None and ratchet.generation < held[0] - early:
             return False
         upto = min(ratchet.generation + ahead, MAX_GENERATION + 1)
         secret = ratchet.secret
