@@ -190,9 +190,11 @@ class Outbox:
     async def written(self) -> None:
         """Wait until the writes submitted so far for ``lazy`` entries have ended.
 
-        :raises StorageError: one of them failed (the first error, once all ended).
+        :raises SentNotStoredError: one of them failed (the first error, once all
+            ended; a StorageError): those messages were transmitted all the same.
         """
         first: BaseException | None = None
+        unstored: list[str] = []
         for message_id, write in list(self._writing.items()):
             try:
                 await asyncio.shield(write)
@@ -201,8 +203,13 @@ class Outbox:
                     raise  # this wait was cancelled
             except BaseException as e:  # noqa: BLE001 - raised below, after the rest
                 first = first or e
+                unstored.append(message_id)
             if self._writing.get(message_id) is write:  # ended: raised once
                 del self._writing[message_id]
+        if isinstance(first, StorageError):
+            raise SentNotStoredError(
+                f"transmitted, but writing the outbox entry failed: {first}",
+                tuple(unstored)) from first
         if first is not None:
             raise first
 

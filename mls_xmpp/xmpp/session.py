@@ -1093,9 +1093,10 @@ class GroupSession:
         state store (those sent with ``durable=False`` included): from then on a
         crash loses none of them -- each is delivered or reported ``failed``.
 
-        :raises StorageError: a write failed (the group is suspended and rolled
-            back, as for any failed write; the messages whose write failed may
-            be lost in a crash, their stanzas went out).
+        :raises SentNotStoredError: a write failed (a StorageError; the group is
+            suspended and rolled back, as for any failed write): the messages it
+            names (``.message_ids``) were transmitted -- do not send them again --
+            but may be lost in a crash.
         """
         await self._outbox.written()
 

@@ -454,8 +454,11 @@ def test_lazy_entries_written_after_the_flush_and_waited_for_by_written(
         box.add("c", b"three", defer_store=True, lazy=True)
         await asyncio.wait_for(flush(), 5)
         commit(2, StorageError("disk full"))
-        with pytest.raises(StorageError, match="disk full"):
+        with pytest.raises(StorageError, match="disk full") as info:
             await box.written()
+        from mls_xmpp.errors import SentNotStoredError  # transmitted all the same
+
+        assert isinstance(info.value, SentNotStoredError) and info.value.message_ids == ("c",)
         await box.written()  # reported once; the group is suspended by the write's owner
 
     asyncio.run(scenario())
