@@ -4,8 +4,11 @@
 At 50,000 members a join from a Welcome costs seconds of CPU (a signature per
 leaf). On the event loop it stalled every other task of the process (in a
 process with several devices, their room joins and IQs ran out of time). Now a
-large Welcome is joined in a worker thread. Over a real Prosody; nothing here is
-timed.
+large Welcome is joined in a worker thread. And each joiner subscribed to the
+device list of every member account and read it (100,000 requests per joiner at
+50,000, O(N^2) on the server); in a large group a device now follows only the
+accounts it may act on (mls_xmpp.xmpp.watching). Over a real Prosody; requests
+are counted, nothing is timed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 from mls_xmpp.core.group.client import Client
 from mls_xmpp.core.group.config import GroupConfig
 from mls_xmpp.testing import Account, ProsodyServer
+from mls_xmpp.xmpp.devices import ADDERS
 from mls_xmpp.xmpp.inbox import HEAVY_WELCOME
 
 from .mls_clients import befriend, close, mls_client, synced
@@ -37,6 +41,22 @@ async def _large_welcome(server: ProsodyServer, alice_acc: Account, bob_acc: Acc
     alice, _ = await mls_client(server, *alice_acc, {"invitations": "any"})
     bob, rb = await mls_client(server, *bob_acc, {"invitations": "any"})
     threads: list[bool] = []  # per Client.join: did it run on the event loop's thread?
+    followed: set[str] = set()  # the accounts whose device lists bob's device follows
+    watch = bob.plugin["mls"].device_watch.watch
+    subscribed: list[str] = []  # bob's device-list subscription requests
+    pubsub = bob.plugin["xep_0060"]
+    subscribe = pubsub.subscribe
+
+    async def spied_watch(jids: Any) -> None:
+        followed.update(jids)
+        await watch(jids)
+
+    async def spied_subscribe(jid: Any, node: str, **kwargs: Any) -> Any:
+        subscribed.append(str(jid))
+        return await subscribe(jid, node, **kwargs)
+
+    monkeypatch.setattr(bob.plugin["mls"].device_watch, "watch", spied_watch)
+    monkeypatch.setattr(pubsub, "subscribe", spied_subscribe)
     join = Client.join
 
     def spied(self: Client, *args: Any, **kwargs: Any) -> Any:
@@ -59,6 +79,12 @@ async def _large_welcome(server: ProsodyServer, alice_acc: Account, bob_acc: Acc
         await group.send("in a large group")
         await rb.wait("mls_message")
         assert rb.bodies() == ["in a large group"]
+        # bob's leaf comes after those of more than ADDERS member accounts: he is not
+        # among the devices that add or remove other accounts' devices, and follows
+        # (subscribes to, reads) only his own account's list, not 302
+        assert session.group.own_leaf_index > ADDERS + 1
+        assert followed == {bob_acc.jid}
+        assert set(subscribed) <= {bob_acc.jid}
     finally:
         await close(alice, bob)
 
