@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 
 from mls_xmpp.core.group.client import Client
-from mls_xmpp.core.group.config import GroupConfig
 from mls_xmpp.testing import Account, ProsodyServer
 from mls_xmpp.xmpp.devices import ADDERS
 from mls_xmpp.xmpp.inbox import HEAVY_WELCOME
 
-from .mls_clients import befriend, close, mls_client, synced
+from .mls_clients import befriend, close, mls_client, offline_key_packages, synced
 
 #: Offline members whose KeyPackages the test makes: a tree of ~300 leaves (~57 KB),
 #: a Welcome over :data:`HEAVY_WELCOME`.
@@ -66,11 +65,8 @@ async def _large_welcome(server: ProsodyServer, alice_acc: Account, bob_acc: Acc
     monkeypatch.setattr(Client, "join", spied)
     try:
         await befriend(alice, bob)
-        plugin = alice.plugin["mls"]
-        suite = int(plugin.config["suite"])
-        kps = [Client.generate(a.jid.encode(), suite, config=GroupConfig()).make_key_package()
-               for a in offline]
-        group = await plugin.create_group(members=[bob_acc.jid], key_packages=kps)
+        kps = offline_key_packages(alice, [a.jid for a in offline])
+        group = await alice.plugin["mls"].create_group(members=[bob_acc.jid], key_packages=kps)
         session = (await rb.wait("mls_joined"))[0]
         assert len(session.group.members) == OFFLINE + 2
         assert len(session.group.ratchet_tree()) >= HEAVY_WELCOME  # a large Welcome...
