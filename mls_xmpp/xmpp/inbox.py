@@ -470,7 +470,7 @@ class Inbox:
         plugin = self.plugin
         assert plugin.identity is not None
         bundles = [b for c in (plugin.identities.values() or [plugin.identity])
-                   for b in c.key_packages.values()]
+                   for b in list(c.key_packages.values())]  # (a join may run in a thread)
         if not bundles:
             return []  # nothing to be welcomed with
         oldest = min((lt.not_before for b in bundles
