@@ -237,7 +237,7 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
             for k in range(args.procs):
                 await fleet.spawn({"host": server.host, "port": server.c2s_port,
                                    "accounts": [list(a) for a in devices[k::args.procs]],
-                                   "concurrency": 4,
+                                   "concurrency": 4, "sample": args.sample,
                                    "config": {"pool_size": 2, "blob_origins": origins,
                                               "update_after_join": args.update_after_join}})
             creator = new_client(server.host, server.c2s_port, *creator_acc,
@@ -294,8 +294,13 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
                 args.timeout)
             del kps
             results["create_group_returned_s"] = round(time.monotonic() - t0, 3)
+            results["load_create_returned"] = os.getloadavg()
+            checkpoint(args, results)
             await fleet.wait("every online device to join",
                              lambda: len(fleet.joined) == n_on, args.timeout)
+            results["load_all_joined"] = os.getloadavg()
+            results["joined_after_s"] = sorted(round(t - t0, 1) for t in fleet.joined.values())
+            results["loop_blocked"] = lag_summary(fleet.lags)
             results["create_all_joined_s"] = round(max(fleet.joined.values()) - t0, 3)
             results["create_stages_s"] = {k: round(v, 3) for k, v in stages.items()}
             totals: dict[str, float] = {}
@@ -319,6 +324,8 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
             results["fanout_p50_ms"] = round(statistics.median(times) * 1000, 3)
             results["fanout_max_ms"] = round(max(times) * 1000, 3)
             log(f"  fan-out p50 {results['fanout_p50_ms']} ms, max {results['fanout_max_ms']} ms")
+            results["load_fanout"] = os.getloadavg()
+            checkpoint(args, results)
 
             # (3) an update --------------------------------------------------------------------
             epoch = group.epoch + 1
@@ -331,10 +338,14 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
             results["epoch_after_update"] = epoch
             log(f"  update returned after {results['commit_returned_s']} s, applied by all "
                 f"online after {results['commit_converge_s']} s")
+            results["load_update"] = os.getloadavg()
+            checkpoint(args, results)
 
             # (4) the late device comes online ---------------------------------------------------
             late = await run_late({**late_spec, "phase": "join", "body": body, "epoch": epoch})
             results.update({f"late_{k}": v for k, v in late.items()})
+            results["load_late"] = os.getloadavg()
+            checkpoint(args, results)
             log(f"  late device: {late}")
 
             # (5) memory -------------------------------------------------------------------------
@@ -349,11 +360,42 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
             results["mls_errors"] = len(fleet.errors)
             results["mls_error_samples"] = [e["reason"][:200] for e in fleet.errors[:10]]
             results["mls_error_kinds"] = error_kinds(fleet.errors)
+            results["loop_blocked"] = lag_summary(fleet.lags)
         finally:
             if creator is not None:
                 await disconnect([creator])
             await fleet.close()
     return results
+
+
+def lag_summary(lags: list[dict[str, Any]]) -> dict[str, float]:
+    """The device processes' event-loop stalls over 1 s (``lag`` events): how many, the
+    longest, their sum."""
+    return {"count": len(lags), "max_s": max((e["s"] for e in lags), default=0.0),
+            "sum_s": round(sum(e["s"] for e in lags), 1)}
+
+
+_STARTED = (time.monotonic(), os.getloadavg())
+
+
+def checkpoint(args: argparse.Namespace, results: dict[str, Any],
+               error: str | None = None) -> None:
+    """Write the figures so far to ``--json`` (after each stage, so that a run stopped
+    later, e.g. killed while its loop is busy, keeps them)."""
+    if not args.json:
+        return
+    doc = {
+        "benchmark": "50k",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": _STARTED[1],
+        "loadavg_at_end": os.getloadavg(),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "total_seconds": round(time.monotonic() - _STARTED[0], 1),
+        "results": results,
+        **({"error": error} if error else {}),
+    }
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
                         "server's admin (Prosody 0.12 takes one per request, O(N) each)")
     p.add_argument("--timeout", type=float, default=7200.0,
                    help="limit for each stage (creation, update, catch-up)")
+    p.add_argument("--sample", action="store_true",
+                   help="the device processes report where their event loop spends its "
+                        "time (a stack sample every 20 ms) and each stall over 1 s")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.offline < 1 or args.online < 1 or args.procs < 1:
         p.error("--offline, --online and --procs must be >= 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t0 = time.monotonic()
-    load_start = os.getloadavg()
     results: dict[str, Any] = {}
     error = None
     try:
@@ -404,18 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in results.items():
         print(f"{k:32} {v}")
     if args.json:
-        doc = {
-            "benchmark": "50k",
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "loadavg_at_start": load_start,
-            "loadavg_at_end": os.getloadavg(),
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "total_seconds": round(time.monotonic() - t0, 1),
-            "results": results,
-            **({"error": error} if error else {}),
-        }
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        checkpoint(args, results, error)
         log(f"wrote {args.json}")
     return 1 if error else 0
 

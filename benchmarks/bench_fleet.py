@@ -129,6 +129,58 @@ async def disconnect(clients: list[Any]) -> None:
 # -- a device process ---------------------------------------------------------------------
 
 
+def start_sampler(emit: Any, period: float = 0.02, every: float = 30.0) -> None:
+    """Where this process's event loop spends its time (``--sample``): a thread looks at
+    the main thread's stack every ``period`` s and counts the innermost frame of the
+    project's code (and the innermost frame of all); every ``every`` s the 12 most
+    counted go out as a ``profile`` event, and each time the loop was late by more
+    than 1 s (a blocking stretch) as a ``lag`` event with its length."""
+    import collections
+    import threading
+
+    main = threading.main_thread().ident
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def where() -> str:
+        frame = sys._current_frames().get(main or 0)
+        inner = own = None
+        while frame is not None:
+            code = frame.f_code
+            name = f"{Path(code.co_filename).name}:{code.co_name}"
+            inner = inner or name
+            if own is None and "mls_xmpp" in code.co_filename:
+                own = name
+            frame = frame.f_back
+        return f"{own} <- {inner}" if own != inner else str(own)
+
+    def sample() -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(period)
+            with lock:
+                counts[where()] += 1
+            if time.monotonic() - last > every:
+                last = time.monotonic()
+                with lock:
+                    top = counts.most_common(12)
+                    total = sum(counts.values())
+                    counts.clear()
+                emit(ev="profile", pid=os.getpid(), samples=total, top=top)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+    async def lag() -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.1)
+            late = time.monotonic() - t - 0.1
+            if late > 1.0:
+                emit(ev="lag", pid=os.getpid(), s=round(late, 2), t=time.monotonic())
+
+    asyncio.ensure_future(lag())
+
+
 async def device_main(spec: dict[str, Any]) -> None:
     """Run this process's devices; report on stdout (JSON lines) until stdin ends."""
     out = sys.stdout
@@ -138,6 +190,8 @@ async def device_main(spec: dict[str, Any]) -> None:
         out.flush()
 
     base = rss_mib()
+    if spec.get("sample"):
+        start_sampler(emit)
     host, port = spec["host"], spec["port"]
     config = {"invitations": "any", "workers": 0, **spec.get("config", {})}
     clients: list[Any] = []
@@ -219,6 +273,8 @@ class Fleet:
         self.ready: list[dict[str, Any]] = []
         self.rss: list[dict[str, Any]] = []
         self.joined: dict[str, float] = {}
+        #: ``lag`` events: a device process's event loop blocked for more than 1 s
+        self.lags: list[dict[str, Any]] = []
         self.arrivals: dict[str, dict[str, float]] = {}
         self.epochs: dict[int, dict[str, float]] = {}
         self.errors: list[dict[str, Any]] = []
@@ -259,6 +315,12 @@ class Fleet:
                     total = sum(self.started.values())
                     if total % 100 == 0 or total == self.expected:
                         log(f"  {total} devices ready")
+                elif kind == "profile":
+                    log(f"  [profile {ev['pid']}, {ev['samples']} samples] " + "; ".join(
+                        f"{n} {w}" for w, n in ev["top"]))
+                elif kind == "lag":
+                    self.lags.append(ev)
+                    log(f"  [loop of {ev['pid']} blocked {ev['s']} s]")
                 elif kind == "error":
                     self.errors.append(ev)
                     if len(self.errors) <= 20:

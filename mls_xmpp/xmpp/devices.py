@@ -9,7 +9,9 @@ it is not there yet, so a device the account took off its list is not put back
 by a restart of some other device.
 
 Each device subscribes explicitly (XEP-0060 §6.1, subscriber: its bare JID) to
-the device lists of the accounts it shares a group with, its own included; an
+the device lists of the accounts it shares a group with, its own included (in a
+group of more than ``watching.WATCH_ALL_MAX`` accounts only those it may act on,
+:mod:`.watching`); an
 explicit subscription works for accounts that are not roster contacts, where
 presence-based ``+notify`` would need a presence subscription and entity caps.
 
@@ -272,10 +274,14 @@ class DeviceWatch:
                 log.info("subscribing to the device list of %s: %s", jid, e)
 
     def watch_groups(self) -> None:
-        """Follow the lists of every account in this device's groups (in the background)."""
+        """Follow the lists of the accounts in this device's groups (in the background):
+        every account's in a small group, in a large one only those this device may act
+        on (:func:`~.watching.followed_accounts`)."""
+        from .watching import followed_accounts
+
         jids = {self.plugin.bare_jid}
         for session in self.plugin.sessions.values():
-            jids |= session.jids()
+            jids |= followed_accounts(session, self.plugin.bare_jid)
         self._spawn(self.watch(jids))
 
     def _on_event(self, msg: Any) -> None:

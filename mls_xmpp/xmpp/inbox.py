@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,15 @@ from .errors import EnvelopeError, InvitationRefusedError, TransportError
 from .events import InvitationEvent, JoinedEvent, MLSErrorEvent
 from .invitations import MAX_PENDING, InvitationGate, Verdict
 from .removal import on_removal_notice
-from .session import GroupSession, _bare, _jid_of
+from .session import GroupSession, _bare, _in_thread, _jid_of
 from .suites import check_move
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..core.group.client import Client
+    from ..core.group.group import Group
+    from ..core.group.join import OpenedWelcome
     from .plugin import XEP_MLS
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,16 @@ TREE_ATTEMPTS = 4
 #: Seconds before the second attempt; doubled after each, each wait spread by +-50 %
 #: so that joiners that failed together do not come back together.
 TREE_RETRY = 2.0
+#: Bytes of Welcome and tree from which joining runs in a worker thread, with the
+#: encoding of the state to store: about 256 leaves (the size from which a Commit
+#: is processed off the loop, ``session.HEAVY_TREE``). At 50,000 members a join takes
+#: seconds of CPU (a signature per leaf); on the event loop it stalled every other
+#: task of the process: the room join's answer, IQs, keepalives (docs/PERFORMANCE.md,
+#: "50,000 members on a real server").
+HEAVY_WELCOME = 48 * 1024
+#: One such join at a time in a process: threads share one GIL, so several at once end
+#: no sooner, hold more memory, and leave the event loop less of the GIL.
+_HEAVY_JOINS = threading.Lock()
 
 
 class _PositionUnknown(TransportError):
@@ -384,7 +399,13 @@ class Inbox:
             if env.ratchet_tree is not None:
                 domains = [*room_server_domains(str(room)), jid_domain(sender) or ""]
                 tree = await self._download_tree(env, domains)
-            group = client.join(opened, ratchet_tree=tree, signer_check=signed_by_inviter)
+            parts: tuple[bytes, bytes] | None = None
+            if len(env.mls_message) + len(tree or b"") >= HEAVY_WELCOME:
+                group, parts = await _in_thread(_join_and_encode, client, opened, tree,
+                                                signed_by_inviter)
+            else:
+                group = client.join(opened, ratchet_tree=tree,
+                                    signer_check=signed_by_inviter)
         except BaseException:
             if restored:  # a refused Welcome leaves the KeyPackages as they were
                 for r in held:
@@ -401,7 +422,7 @@ class Inbox:
         session = GroupSession(plugin, group, str(JID(env.room).bare),
                                env.after_stanza_id or None, first_epoch=group.epoch)
         plugin.sessions[session.room] = session
-        plugin.persist(session)
+        plugin.persist(session, parts)
         try:
             await plugin.delivery.join_room(session.room, plugin.nick(session.room))
         except TransportError as e:
@@ -449,7 +470,7 @@ class Inbox:
         plugin = self.plugin
         assert plugin.identity is not None
         bundles = [b for c in (plugin.identities.values() or [plugin.identity])
-                   for b in c.key_packages.values()]
+                   for b in list(c.key_packages.values())]  # (a join may run in a thread)
         if not bundles:
             return []  # nothing to be welcomed with
         oldest = min((lt.not_before for b in bundles
@@ -494,6 +515,18 @@ class Inbox:
             plugin.save_identity()
         except MLSError as e:
             plugin.error(MLSErrorEvent(f"KeyPackage upkeep failed: {e}", error=e))
+
+
+def _join_and_encode(client: Client, opened: OpenedWelcome, tree: bytes | None,
+                     signer_check: Callable[[LeafNode], None]
+                     ) -> tuple[Group, tuple[bytes, bytes]]:
+    """Join (``Client.join``) and encode the new group's state for the store, in one go
+    (a worker thread's job: see :data:`HEAVY_WELCOME`)."""
+    from ..core.group.serialize import encode_group_parts
+
+    with _HEAVY_JOINS:
+        group = client.join(opened, ratchet_tree=tree, signer_check=signer_check)
+        return group, encode_group_parts(group)
 
 
 def welcome_refs(data: bytes) -> set[bytes]:

@@ -112,6 +112,18 @@ async def befriend(*members: Any, timeout: float = TIMEOUT) -> None:
     await until(lambda: all(mutual(a, b) and mutual(b, a) for a, b in pairs), timeout)
 
 
+def offline_key_packages(client: Any, jids: list[str]) -> list[Any]:
+    """One KeyPackage for each of ``jids``, of ``client``'s plugin's cipher suite, made
+    as the plugin makes them (their private keys dropped): members added while offline
+    (``create_group(key_packages=...)``)."""
+    from mls_xmpp.core.group.client import Client
+    from mls_xmpp.core.group.config import GroupConfig
+
+    suite = int(client.plugin["mls"].config["suite"])
+    return [Client.generate(j.encode(), suite, config=GroupConfig()).make_key_package()
+            for j in jids]
+
+
 async def close(*clients: Any) -> None:
     """Disconnect clients."""
     for c in clients:

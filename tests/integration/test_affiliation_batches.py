@@ -21,7 +21,7 @@ from mls_xmpp.testing import Account, EjabberdServer, XmppServer
 from mls_xmpp.xmpp.affiliations import service_of
 from mls_xmpp.xmpp.room import wanted_affiliation
 
-from .mls_clients import befriend, close, mls_client
+from .mls_clients import befriend, close, mls_client, offline_key_packages
 
 OFFLINE = 20
 
@@ -53,8 +53,7 @@ async def _run(server: XmppServer, new_account: Callable[[str], Account]) -> Non
         await befriend(alice, bob)
         plugin = alice.plugin["mls"]
         suite = int(plugin.config["suite"])
-        kps = [Client.generate(a.jid.encode(), suite, config=GroupConfig()).make_key_package()
-               for a in offline]
+        kps = offline_key_packages(alice, [a.jid for a in offline])
         counts = counted(plugin.delivery)
         group = await plugin.create_group(members=[bob_acc.jid], key_packages=kps)
         await rb.wait("mls_joined")

@@ -164,7 +164,8 @@ def encode_client(client: Client) -> bytes:
     """
     suite = client.suite
     kps: list[_KeyPackageRecord] = []
-    for ref, bundle in client.key_packages.items():
+    # a snapshot: a join in a worker thread (mls_xmpp.xmpp.inbox) may drop one meanwhile
+    for ref, bundle in list(client.key_packages.items()):
         if bundle.key_package.ref(suite) != ref:
             raise LocalUsageError("Client.key_packages holds a KeyPackage under a ref that "
                                   "is not its KeyPackageRef")
