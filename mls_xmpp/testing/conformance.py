@@ -140,7 +140,11 @@ async def _client(server: ProsodyServer, account: Account, label: str,
     client.enable_starttls = False
     client.enable_plaintext = True
     client.plugin["feature_mechanisms"].unencrypted_scram = True
-    client.register_plugin("mls", {"invitations": "any", **(config or {})})
+    # no automatic update after joining: the scenario's steps are the only Commits
+    # (the first joiner in line updates within a second of its Welcome, and an
+    # epoch the steps do not expect made them wait in vain)
+    client.register_plugin("mls", {"invitations": "any", "update_after_join": False,
+                                   **(config or {})})
     StanzaTap(client, label, log)
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
