@@ -206,12 +206,7 @@ class Outbox:
                 unstored.append(message_id)
             if self._writing.get(message_id) is write:  # ended: raised once
                 del self._writing[message_id]
-        if isinstance(first, StorageError):
-            raise SentNotStoredError(
-                f"transmitted, but writing the outbox entry failed: {first}",
-                tuple(unstored)) from first
-        if first is not None:
-            raise first
+        _raise_first(first, unstored)
 
     def _write_in_background(self, message_id: str, write: Awaitable[None]) -> None:
         """A ``lazy`` entry's submitted write: kept for :meth:`written`, not waited for."""
@@ -393,12 +388,7 @@ class Outbox:
                 unstored.append(message_id)
             finally:
                 self._unstored.discard(message_id)
-        if isinstance(first, StorageError):
-            raise SentNotStoredError(
-                f"transmitted, but writing the outbox entry failed: {first}",
-                tuple(unstored)) from first
-        if first is not None:
-            raise first
+        _raise_first(first, unstored)
 
     async def _flush_entries(self, can_send: Callable[[], bool],
                              encrypt: Callable[[bytes], Awaitable[bytes]],
@@ -453,3 +443,15 @@ def _sent(entry: OutboxRecord, message: bytes) -> OutboxRecord:
     header = wire_header(message)
     return replace(entry, sent_digest=hashlib.sha256(message).digest(),
                    sent_epoch=None if header is None else header[0])
+
+
+def _raise_first(first: BaseException | None, unstored: list[str]) -> None:
+    """Raise the first failure of the writes of sent entries, if any: a store's
+    failure as :class:`SentNotStoredError` naming ``unstored`` (their stanzas left:
+    not to be sent again), anything else as it was."""
+    if isinstance(first, StorageError):
+        raise SentNotStoredError(
+            f"transmitted, but writing the outbox entry failed: {first}",
+            tuple(unstored)) from first
+    if first is not None:
+        raise first
